@@ -1,0 +1,110 @@
+"""The README's two commands: set up ``.venv`` in the checkout, then run the app or the tests.
+
+    python3 -m healthsync.bootstrap app    # install, make demo data, serve on :8501
+    python3 -m healthsync.bootstrap test   # install (plus Chromium), run the suite
+
+Only the standard library is used here, because this runs before anything is
+installed. Installing is skipped when ``requirements.txt`` and ``pyproject.toml``
+are unchanged since the last install (a stamp file in ``.venv`` records them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+PYTHON = VENV / "bin" / "python"
+STAMP = VENV / ".healthsync-installed"
+CHROMIUM = Path("/usr/bin/chromium")
+DEMO_DATA = ROOT / "data" / "demo"
+
+
+def _say(message: str) -> None:
+    print(f"[healthsync] {message}", flush=True)
+
+
+def _run(cmd: list[str], **kwargs) -> None:
+    subprocess.run(cmd, check=True, **kwargs)
+
+
+def _fingerprint() -> str:
+    digest = hashlib.sha256()
+    for name in ("requirements.txt", "pyproject.toml"):
+        digest.update((ROOT / name).read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_venv() -> None:
+    """Create ``.venv`` and install the pinned requirements plus this project (editable)."""
+    if sys.version_info[:2] != (3, 11):
+        _say(f"warning: HealthSync is tested on Python 3.11, this is {sys.version.split()[0]}")
+    if not PYTHON.exists():
+        _say("creating virtual environment in .venv")
+        _run([sys.executable, "-m", "venv", str(VENV)])
+    if STAMP.exists() and STAMP.read_text() == _fingerprint():
+        return
+    _say("installing requirements (first run takes a minute or two)")
+    _run([str(PYTHON), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
+    _run(
+        [str(PYTHON), "-m", "pip", "install", "--quiet", "-r", "requirements.txt", "-e", "."],
+        cwd=ROOT,
+    )
+    STAMP.write_text(_fingerprint())
+
+
+def ensure_chromium() -> None:
+    """Install Debian's Chromium for the browser tests (Playwright may not download browsers)."""
+    if CHROMIUM.exists():
+        return
+    apt = shutil.which("apt-get")
+    if apt is None:
+        raise SystemExit("error: /usr/bin/chromium is missing and apt-get is not available")
+    prefix = [] if os.geteuid() == 0 else ["sudo"]
+    _say("installing Debian's chromium for the browser tests")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _run([*prefix, apt, "update", "-qq"], env=env)
+    _run([*prefix, apt, "install", "-y", "-qq", "chromium"], env=env)
+
+
+def run_app() -> int:
+    """Generate the demo federation if missing, then serve the app on port 8501."""
+    ensure_venv()
+    if not (DEMO_DATA / "federation.json").exists():
+        _say("generating the demo federation in data/demo")
+        _run(
+            [str(PYTHON), "-m", "healthsync", "data", "generate", "--out", str(DEMO_DATA)], cwd=ROOT
+        )
+    _say("starting the app on http://localhost:8501")
+    os.chdir(ROOT)
+    os.execv(
+        str(PYTHON),
+        [str(PYTHON), "-m", "streamlit", "run", "app.py", "--server.port", "8501"],
+    )
+    return 0  # not reached
+
+
+def run_tests(extra: list[str]) -> int:
+    """Run the whole pytest suite from the checkout."""
+    ensure_venv()
+    ensure_chromium()
+    completed = subprocess.run([str(PYTHON), "-m", "pytest", *extra], cwd=ROOT)
+    return completed.returncode
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"app", "test"}:
+        print("usage: python3 -m healthsync.bootstrap app|test [pytest args...]", file=sys.stderr)
+        return 2
+    if argv[0] == "app":
+        return run_app()
+    return run_tests(argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,95 @@
+"""``healthsync runs list|show|cancel``: the run history in the metrics store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from healthsync.config import DEFAULT_DB
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    runs = subparsers.add_parser("runs", help="list, show and cancel recorded runs")
+    sub = runs.add_subparsers(dest="runs_command", metavar="COMMAND", required=True)
+
+    listing = sub.add_parser("list", help="every run, newest first")
+    listing.add_argument("--db", default=str(DEFAULT_DB))
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_list)
+
+    show = sub.add_parser("show", help="one run: config, rounds, per-hospital metrics")
+    show.add_argument("run_id", metavar="RUN_ID")
+    show.add_argument("--db", default=str(DEFAULT_DB))
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_show)
+
+    cancel = sub.add_parser("cancel", help="stop a run after its current round")
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    cancel.add_argument("--db", default=str(DEFAULT_DB))
+    cancel.set_defaults(func=cmd_cancel)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from healthsync import runlog
+    from healthsync.store import MetricsStore
+
+    store = MetricsStore(args.db)
+    runlog.reconcile_dead_runs(store)
+    frame = runlog.list_runs(store)
+    if args.json:
+        print(
+            json.dumps(runlog.to_records(frame.with_columns(pl.col(pl.Datetime).cast(pl.String))))
+        )
+        return 0
+    if frame.is_empty():
+        print("no runs yet: start one with `healthsync train`")
+        return 0
+    cols = [
+        "run_id",
+        "status",
+        "strategy",
+        "model",
+        "target",
+        "rounds_done",
+        "rounds_planned",
+        "final_auc",
+    ]
+    with pl.Config(
+        tbl_rows=-1, tbl_hide_dataframe_shape=True, float_precision=4, tbl_width_chars=160
+    ):
+        print(frame.select(cols))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from healthsync import runlog
+    from healthsync.store import MetricsStore
+
+    store = MetricsStore(args.db)
+    runlog.reconcile_dead_runs(store)
+    detail = runlog.run_detail(store, args.run_id)
+    if args.json:
+        print(json.dumps(detail))
+        return 0
+    print(
+        f"{detail['run_id']}: {detail['status']}"
+        + (f" ({detail['reason']})" if detail["reason"] else "")
+    )
+    print("config: " + ", ".join(f"{k}={v}" for k, v in detail["config"].items()))
+    with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, float_precision=4):
+        print(pl.DataFrame(detail["rounds"]) if detail["rounds"] else "no rounds recorded yet")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from healthsync.runs import cancel_run
+
+    if cancel_run(args.db, args.run_id):
+        print(f"cancel requested for {args.run_id}; it stops after its current round")
+        return 0
+    print(f"{args.run_id} is not running")
+    return 1

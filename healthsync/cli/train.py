@@ -1,0 +1,189 @@
+"""``healthsync train``, ``healthsync predict`` and ``healthsync compare``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from healthsync.config import DEFAULT_DATA, DEFAULT_DB, MODELS, TrainConfig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="run federated training (Flower on Ray) and record it in the metrics store",
+        description="Run federated training: every hospital is a Flower client on Ray. "
+        "Shows a progress bar by round; with --json the last line is one JSON object.",
+    )
+    add_training_arguments(train)
+    train.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    train.set_defaults(func=cmd_train)
+
+    predict = subparsers.add_parser(
+        "predict",
+        help="score new patients with a run's global model",
+        description="Print each patient's predicted risk from the run's final global model.",
+    )
+    predict.add_argument("--run", required=True, metavar="RUN_ID")
+    predict.add_argument("--db", default=str(DEFAULT_DB))
+    predict.add_argument("--input", required=True, metavar="PATIENTS.csv")
+    predict.add_argument("--json", action="store_true", help="print a JSON list instead of CSV")
+    predict.set_defaults(func=cmd_predict)
+
+    compare = subparsers.add_parser(
+        "compare",
+        help="pooled vs local-only vs federated, per hospital and overall",
+        description="Train the reference baselines (pooled: a simulation-only yardstick; "
+        "local-only: each hospital alone) and compare them with a federated run "
+        "(--run, or a new one with the same settings).",
+    )
+    add_training_arguments(compare)
+    compare.add_argument("--run", metavar="RUN_ID", help="compare against this finished run")
+    compare.add_argument("--json", action="store_true")
+    compare.set_defaults(func=cmd_compare)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="federation directory")
+    parser.add_argument("--db", default=str(DEFAULT_DB), help="DuckDB metrics store")
+    parser.add_argument("--rounds", type=int, default=d.rounds)
+    parser.add_argument("--strategy", default=d.strategy)
+    parser.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)}")
+    parser.add_argument(
+        "--target", default=None, help="binary outcome column (default: the data's)"
+    )
+    parser.add_argument("--fraction", type=float, default=d.fraction)
+    parser.add_argument("--local-epochs", type=int, default=d.local_epochs)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--proximal-mu", type=float, default=d.proximal_mu, help="FedProx mu")
+    parser.add_argument("--server-lr", type=float, default=d.server_lr, help="FedAdam/Yogi/Adagrad")
+    parser.add_argument("--trim-beta", type=float, default=d.trim_beta, help="FedTrimmedAvg")
+    parser.add_argument("--krum-f", type=int, default=d.krum_f, help="Krum's tolerated attackers")
+    parser.add_argument("--min-hospitals", type=int, default=d.min_hospitals)
+    parser.add_argument(
+        "--fail-hospital",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="fault drill: this hospital's client raises every round",
+    )
+    parser.add_argument("--ray-address", default=None, help="run on an existing Ray cluster")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        data_dir=args.data,
+        db=args.db,
+        target=args.target,
+        model=args.model,
+        strategy=args.strategy,
+        rounds=args.rounds,
+        fraction=args.fraction,
+        local_epochs=args.local_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        proximal_mu=args.proximal_mu,
+        server_lr=args.server_lr,
+        trim_beta=args.trim_beta,
+        krum_f=args.krum_f,
+        min_hospitals=args.min_hospitals,
+        fail_hospitals=tuple(args.fail_hospital),
+    )
+
+
+def run_and_watch(config: TrainConfig, *, ray_address: str | None, quiet: bool) -> dict[str, Any]:
+    """Start the run as its own process and show a progress bar until it ends.
+
+    Ctrl-C asks the run to stop after its current round (status ``cancelled``).
+    """
+    from tqdm import tqdm
+
+    from healthsync import runlog, runs
+    from healthsync.store import MetricsStore
+
+    run_id = runs.start_run(config, ray_address=ray_address)
+    log_file = Path(config.db).resolve().parent / "logs" / f"{run_id}.log"
+    print(f"run {run_id} started (log: {log_file})", file=sys.stderr)
+    bar = tqdm(
+        total=config.rounds,
+        desc=run_id,
+        unit="round",
+        file=sys.stderr,
+        disable=quiet and not sys.stderr.isatty(),
+    )
+
+    def advance(done: int) -> None:
+        bar.update(done - bar.n)
+
+    try:
+        runs.wait_for_run(config.db, run_id, on_round=advance)
+    except KeyboardInterrupt:
+        runs.cancel_run(config.db, run_id)
+        print(f"\ncancelling {run_id} after the current round...", file=sys.stderr)
+        runs.wait_for_run(config.db, run_id, on_round=advance)
+    finally:
+        bar.close()
+    return runlog.run_detail(MetricsStore(config.db), run_id)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    detail = run_and_watch(config, ray_address=args.ray_address, quiet=args.json)
+    summary = {k: detail[k] for k in ("run_id", "status", "reason", "final")}
+    summary["rounds_done"] = len(detail["rounds"])
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        f = summary["final"]
+        print(
+            f"{summary['run_id']}: {summary['status']} after {summary['rounds_done']} round(s)"
+            + (f" ({summary['reason']})" if summary["reason"] else "")
+        )
+        if f["auc"] is not None:
+            print(
+                f"final  loss {f['loss']:.4f}  AUC {f['auc']:.4f}  accuracy {f['accuracy']:.4f}  Brier {f['brier']:.4f}"
+            )
+    return 0 if summary["status"] == "completed" else 1
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from healthsync.predict import predict_file
+
+    risks = predict_file(args.db, args.run, args.input)
+    if args.json:
+        print(json.dumps(risks.to_dicts()))
+    else:
+        sys.stdout.write(risks.write_csv())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from healthsync.baselines import compare_table
+
+    config = config_from_args(args)
+    run_id = args.run
+    if run_id is None:
+        detail = run_and_watch(config, ray_address=args.ray_address, quiet=args.json)
+        run_id = detail["run_id"]
+        if detail["status"] != "completed":
+            print(
+                f"error: federated run {run_id} {detail['status']}: {detail['reason']}",
+                file=sys.stderr,
+            )
+            return 1
+    table = compare_table(config, run_id, progress=not args.json)
+    if args.json:
+        print(json.dumps({"run_id": run_id, "rows": table.to_dicts()}))
+    else:
+        import polars as pl
+
+        with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, float_precision=4):
+            print(table)
+    return 0

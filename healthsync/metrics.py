@@ -1,0 +1,100 @@
+"""Binary-classification metrics and their aggregation across hospitals.
+
+Hospitals compute metrics on their own test rows; only the numbers (and a
+coarse histogram of predicted scores, for ROC and calibration curves) leave.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+SCORE_BINS = 20
+
+
+@dataclass(frozen=True)
+class BinaryMetrics:
+    """Loss (log loss), AUC, accuracy at 0.5 and Brier score on ``n`` examples."""
+
+    n: int
+    loss: float
+    auc: float
+    accuracy: float
+    brier: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def auc_score(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC by the rank-sum formula (ties averaged); NaN if only one class is present."""
+    y = np.asarray(y).astype(bool)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(p, kind="mergesort")
+    ranks = np.empty(p.size, dtype=np.float64)
+    sorted_p = np.asarray(p)[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_p, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray) -> BinaryMetrics:
+    """All metrics for labels ``y`` (0/1) and predicted probabilities ``p``."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    if y.size == 0:
+        nan = float("nan")
+        return BinaryMetrics(0, nan, nan, nan, nan)
+    loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return BinaryMetrics(
+        n=int(y.size),
+        loss=loss,
+        auc=auc_score(y, p),
+        accuracy=float(np.mean((p >= 0.5) == (y == 1))),
+        brier=float(np.mean((p - y) ** 2)),
+    )
+
+
+def weighted_mean(values: list[float], weights: list[int]) -> float:
+    """Example-weighted mean that skips NaNs (e.g. AUC of a one-class hospital)."""
+    v = np.asarray(values, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    keep = ~np.isnan(v) & (w > 0)
+    if not keep.any():
+        return float("nan")
+    return float(np.sum(v[keep] * w[keep]) / np.sum(w[keep]))
+
+
+def aggregate(per_hospital: list[BinaryMetrics]) -> BinaryMetrics:
+    """The federation's metrics: each hospital's metrics weighted by its test examples."""
+    weights = [m.n for m in per_hospital]
+    return BinaryMetrics(
+        n=int(sum(weights)),
+        loss=weighted_mean([m.loss for m in per_hospital], weights),
+        auc=weighted_mean([m.auc for m in per_hospital], weights),
+        accuracy=weighted_mean([m.accuracy for m in per_hospital], weights),
+        brier=weighted_mean([m.brier for m in per_hospital], weights),
+    )
+
+
+def score_histogram(y: np.ndarray, p: np.ndarray, bins: int = SCORE_BINS) -> np.ndarray:
+    """Counts of positives and negatives per score bin, plus the sum of scores per bin.
+
+    Shape ``(bins, 3)``: columns positives, negatives, score sum. Summed across
+    hospitals this gives the federation's ROC curve and calibration plot
+    without any hospital revealing a single patient's score.
+    """
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p, dtype=np.float64)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    out = np.zeros((bins, 3), dtype=np.float64)
+    np.add.at(out[:, 0], idx[y], 1)
+    np.add.at(out[:, 1], idx[~y], 1)
+    np.add.at(out[:, 2], idx, p)
+    return out

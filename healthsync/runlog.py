@@ -1,0 +1,303 @@
+"""What the metrics store records about runs: writes by the simulation, reads for app and CLI.
+
+Reads return Polars frames or plain dicts. Every write is one short
+transaction (see ``healthsync.store``), so a run's rounds become visible to
+readers in other processes as soon as each round ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from healthsync.config import TrainConfig
+from healthsync.errors import HealthSyncError
+from healthsync.metrics import BinaryMetrics
+from healthsync.store import MetricsStore
+
+ROUND_KEYS = (
+    "round",
+    "loss",
+    "auc",
+    "accuracy",
+    "brier",
+    "seconds",
+    "hospitals_sampled",
+    "hospitals_ok",
+    "hospitals_failed",
+    "epsilon",
+)
+HOSPITAL_KEYS = ("hospital", "round", "n", "loss", "auc", "accuracy")
+ACTIVE = ("queued", "running")
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_run_id() -> str:
+    """Sortable and unique: ``run-YYYYmmdd-HHMMSS-xxxx``."""
+    return f"run-{now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+# ---------------------------------------------------------------- writes
+def create_run(
+    store: MetricsStore,
+    run_id: str,
+    config: TrainConfig,
+    *,
+    kind: str = "federated",
+    status: str = "queued",
+    pid: int | None = None,
+) -> None:
+    store.execute(
+        "INSERT INTO runs (run_id, kind, status, config, data_dir, target, model, strategy,"
+        " rounds_planned, created_at, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            run_id,
+            kind,
+            status,
+            config.to_json(),
+            config.data_dir,
+            config.target,
+            config.model,
+            config.strategy,
+            config.rounds,
+            now(),
+            pid,
+        ],
+    )
+
+
+def mark_running(store: MetricsStore, run_id: str, *, pid: int, target: str) -> None:
+    store.execute(
+        "UPDATE runs SET status = 'running', started_at = ?, pid = ?, target = ? WHERE run_id = ?",
+        [now(), pid, target, run_id],
+    )
+
+
+def record_round(
+    store: MetricsStore, run_id: str, round_row: dict[str, Any], hospital_rows: list[dict[str, Any]]
+) -> None:
+    """One finished round and its per-hospital metrics, in one transaction."""
+    with store.connect(write=True) as con:
+        con.execute(
+            f"INSERT INTO rounds (run_id, {', '.join(ROUND_KEYS)}, recorded_at)"
+            f" VALUES (?, {', '.join('?' for _ in ROUND_KEYS)}, ?)",
+            [run_id, *(clean_number(round_row.get(k)) for k in ROUND_KEYS), now()],
+        )
+        if hospital_rows:
+            con.executemany(
+                f"INSERT INTO hospital_rounds (run_id, {', '.join(HOSPITAL_KEYS)})"
+                f" VALUES (?, {', '.join('?' for _ in HOSPITAL_KEYS)})",
+                [[run_id, *(clean_number(r.get(k)) for k in HOSPITAL_KEYS)] for r in hospital_rows],
+            )
+
+
+def record_event(
+    store: MetricsStore,
+    run_id: str,
+    kind: str,
+    message: str,
+    *,
+    round: int | None = None,
+    hospital: str | None = None,
+) -> None:
+    store.execute(
+        "INSERT INTO events (run_id, recorded_at, round, hospital, kind, message) VALUES (?, ?, ?, ?, ?, ?)",
+        [run_id, now(), round, hospital, kind, message[:2000]],
+    )
+
+
+def finish_run(
+    store: MetricsStore,
+    run_id: str,
+    status: str,
+    *,
+    reason: str | None = None,
+    final: BinaryMetrics | None = None,
+) -> None:
+    """Set the end state once; a run already ended keeps its first end state."""
+    f = final or BinaryMetrics(0, *(float("nan"),) * 4)
+    store.execute(
+        "UPDATE runs SET status = ?, reason = ?, finished_at = ?, final_loss = ?, final_auc = ?,"
+        " final_accuracy = ?, final_brier = ? WHERE run_id = ? AND status IN ('queued', 'running')",
+        [
+            status,
+            reason,
+            now(),
+            clean_number(f.loss),
+            clean_number(f.auc),
+            clean_number(f.accuracy),
+            clean_number(f.brier),
+            run_id,
+        ],
+    )
+
+
+def request_cancel(store: MetricsStore, run_id: str) -> bool:
+    """Ask a run to stop after its current round; False if it is not active."""
+    get_run(store, run_id)
+    with store.connect(write=True) as con:
+        con.execute(
+            "UPDATE runs SET cancel_requested = true WHERE run_id = ? AND status IN ('queued', 'running')",
+            [run_id],
+        )
+        row = con.execute("SELECT cancel_requested FROM runs WHERE run_id = ?", [run_id]).fetchall()[0]
+    return bool(row and row[0])
+
+
+def save_model(store: MetricsStore, run_id: str, blob: bytes) -> None:
+    with store.connect(write=True) as con:
+        con.execute("DELETE FROM models WHERE run_id = ?", [run_id])
+        con.execute("INSERT INTO models VALUES (?, ?, ?)", [run_id, now(), blob])
+
+
+def save_score_bins(store: MetricsStore, run_id: str, histogram: np.ndarray) -> None:
+    """The federation's summed score histogram of the final model (ROC and calibration)."""
+    bins = histogram.shape[0]
+    rows = [
+        [run_id, i, i / bins, (i + 1) / bins, int(h[0]), int(h[1]), float(h[2])]
+        for i, h in enumerate(histogram)
+    ]
+    with store.connect(write=True) as con:
+        con.execute("DELETE FROM score_bins WHERE run_id = ?", [run_id])
+        con.executemany("INSERT INTO score_bins VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def reconcile_dead_runs(store: MetricsStore) -> list[str]:
+    """Mark runs whose process is gone as failed, so none stays ``running`` forever."""
+    active = store.frame("SELECT run_id, pid FROM runs WHERE status IN ('queued', 'running')")
+    dead = [r["run_id"] for r in active.iter_rows(named=True) if r["pid"] and not _alive(r["pid"])]
+    for run_id in dead:
+        finish_run(
+            store,
+            run_id,
+            "failed",
+            reason="the simulation process exited without finishing (killed or out of memory)",
+        )
+        record_event(store, run_id, "failed", "simulation process disappeared; marked failed")
+    return dead
+
+
+# ---------------------------------------------------------------- reads
+def list_runs(store: MetricsStore, *, limit: int | None = None) -> pl.DataFrame:
+    """Newest first: id, status, settings and final numbers of every run."""
+    sql = (
+        "SELECT r.run_id, r.kind, r.status, r.data_dir, r.target, r.model, r.strategy,"
+        " r.rounds_planned, coalesce(d.rounds_done, 0) AS rounds_done, r.created_at, r.started_at,"
+        " r.finished_at, r.final_loss, r.final_auc, r.final_accuracy, r.final_brier, r.reason"
+        " FROM runs r LEFT JOIN (SELECT run_id, count(*) AS rounds_done FROM rounds GROUP BY run_id) d"
+        " USING (run_id) ORDER BY r.created_at DESC, r.run_id DESC"
+    )
+    if limit:
+        sql += f" LIMIT {int(limit)}"
+    return store.frame(sql)
+
+
+def get_run(store: MetricsStore, run_id: str) -> dict[str, Any]:
+    frame = store.frame("SELECT * FROM runs WHERE run_id = ?", [run_id])
+    if frame.is_empty():
+        raise HealthSyncError(f"no run {run_id!r} in metrics store {store.path}")
+    row = frame.row(0, named=True)
+    row["config"] = json.loads(row["config"])
+    return row
+
+
+def rounds_frame(store: MetricsStore, run_id: str) -> pl.DataFrame:
+    return store.frame(
+        f"SELECT {', '.join(ROUND_KEYS)}, recorded_at FROM rounds WHERE run_id = ? ORDER BY round",
+        [run_id],
+    )
+
+
+def hospital_rounds_frame(store: MetricsStore, run_id: str) -> pl.DataFrame:
+    return store.frame(
+        f"SELECT {', '.join(HOSPITAL_KEYS)} FROM hospital_rounds WHERE run_id = ? ORDER BY round, hospital",
+        [run_id],
+    )
+
+
+def events_frame(store: MetricsStore, run_id: str) -> pl.DataFrame:
+    return store.frame(
+        "SELECT recorded_at, round, hospital, kind, message FROM events WHERE run_id = ? ORDER BY recorded_at",
+        [run_id],
+    )
+
+
+def load_model_blob(store: MetricsStore, run_id: str) -> bytes:
+    get_run(store, run_id)
+    blob = store.scalar("SELECT blob FROM models WHERE run_id = ?", [run_id])
+    if blob is None:
+        raise HealthSyncError(f"run {run_id!r} has no saved model (it did not finish a round)")
+    return bytes(blob)
+
+
+def score_bins_frame(store: MetricsStore, run_id: str) -> pl.DataFrame:
+    return store.frame(
+        "SELECT bin, lower, upper, positives, negatives, score_sum FROM score_bins WHERE run_id = ? ORDER BY bin",
+        [run_id],
+    )
+
+
+def run_detail(store: MetricsStore, run_id: str) -> dict[str, Any]:
+    """The ``runs show --json`` document: run, config, rounds and per-hospital rounds."""
+    run = get_run(store, run_id)
+    final = {k: _clean(run[f"final_{k}"]) for k in ("loss", "auc", "accuracy", "brier")}
+    return {
+        "run_id": run_id,
+        "status": run["status"],
+        "kind": run["kind"],
+        "reason": run["reason"],
+        "created_at": str(run["created_at"]),
+        "finished_at": None if run["finished_at"] is None else str(run["finished_at"]),
+        "config": run["config"],
+        "final": final,
+        "rounds": to_records(rounds_frame(store, run_id).drop("recorded_at")),
+        "hospitals": to_records(hospital_rounds_frame(store, run_id)),
+        "events": to_records(
+            events_frame(store, run_id).with_columns(pl.col("recorded_at").cast(pl.String))
+        ),
+    }
+
+
+def to_records(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    return [{k: _clean(v) for k, v in row.items()} for row in frame.iter_rows(named=True)]
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN becomes null."""
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def clean_number(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    return _clean(value)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def cancel_requested(store: MetricsStore, run_id: str) -> bool:
+    return bool(store.scalar("SELECT cancel_requested FROM runs WHERE run_id = ?", [run_id]))

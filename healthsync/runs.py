@@ -1,0 +1,130 @@
+"""Run lifecycle: check, start (as its own process), watch, cancel.
+
+A run is started as ``python -m simulation run ...`` in a new session, so that
+a closed browser tab, a reloaded page or a restarted web server does not stop
+it. Its progress and outcome live in the metrics store, which is also how the
+app and the CLI watch it and how a cancel request reaches it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from healthsync import runlog
+from healthsync.config import TrainConfig
+from healthsync.data import Federation, load_federation
+from healthsync.errors import HealthSyncError
+from healthsync.store import MetricsStore
+
+FINISHED = ("completed", "cancelled", "failed")
+
+
+def check_config(config: TrainConfig) -> tuple[TrainConfig, Federation]:
+    """Check the settings against the data before anything starts; absolute paths out.
+
+    Raises ``HealthSyncError`` for a missing data directory, a target the data
+    lacks, or more hospitals required than the federation has.
+    """
+    federation = load_federation(config.data_dir)
+    target = config.target or federation.default_target
+    if target not in federation.outcomes:
+        raise HealthSyncError(
+            f"target {target!r} is not in {config.data_dir}; choose one of {', '.join(federation.outcomes)}"
+        )
+    n = len(federation.hospitals)
+    if config.min_hospitals > n:
+        raise HealthSyncError(
+            f"{config.min_hospitals} hospitals required but the data has only {n}"
+        )
+    if int(n * config.fraction) < 1 and config.fraction < 1:
+        raise HealthSyncError(f"fraction {config.fraction} of {n} hospitals samples no hospital")
+    unknown = sorted(set(config.fail_hospitals) - {h.id for h in federation.hospitals})
+    if unknown:
+        raise HealthSyncError(f"unknown hospital id(s) in fail_hospitals: {', '.join(unknown)}")
+    checked = config.replace(
+        data_dir=str(Path(config.data_dir).resolve()),
+        db=str(Path(config.db).resolve()),
+        target=target,
+    )
+    return checked, federation
+
+
+def start_run(config: TrainConfig, *, ray_address: str | None = None) -> str:
+    """Validate, record the run as queued, start its process; return the run id at once."""
+    config, _ = check_config(config)
+    store = MetricsStore(config.db)
+    run_id = runlog.new_run_id()
+    runlog.create_run(store, run_id, config)
+    log_dir = Path(config.db).parent / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "simulation",
+        "run",
+        "--run-id",
+        run_id,
+        "--config-json",
+        config.to_json(),
+    ]
+    if ray_address:
+        cmd += ["--ray-address", ray_address]
+    with open(log_dir / f"{run_id}.log", "ab") as log_file:
+        process = subprocess.Popen(
+            cmd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    store.execute("UPDATE runs SET pid = ? WHERE run_id = ?", [process.pid, run_id])
+    # Reap the child when it ends so it never lingers as a zombie of this process.
+    threading.Thread(target=process.wait, daemon=True).start()
+    return run_id
+
+
+def cancel_run(db: str | Path, run_id: str) -> bool:
+    """Ask a run to stop after its current round (finished rounds are kept)."""
+    return runlog.request_cancel(MetricsStore(db), run_id)
+
+
+def run_status(db: str | Path, run_id: str) -> dict[str, Any]:
+    """The run's row, after marking it failed if its process has died."""
+    store = MetricsStore(db)
+    runlog.reconcile_dead_runs(store)
+    return runlog.get_run(store, run_id)
+
+
+def wait_for_run(
+    db: str | Path,
+    run_id: str,
+    *,
+    on_round: Callable[[int], None] | None = None,
+    poll_seconds: float = 0.2,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Block until the run ends; ``on_round(rounds_done)`` is called as rounds finish."""
+    store = MetricsStore(db)
+    seen = 0
+    started = time.monotonic()
+    while True:
+        done = int(store.scalar("SELECT count(*) FROM rounds WHERE run_id = ?", [run_id]) or 0)
+        if done != seen and on_round:
+            on_round(done)
+        seen = done
+        run = run_status(db, run_id)
+        if run["status"] in FINISHED:
+            if on_round:
+                on_round(
+                    int(store.scalar("SELECT count(*) FROM rounds WHERE run_id = ?", [run_id]) or 0)
+                )
+            return run
+        if timeout is not None and time.monotonic() - started > timeout:
+            raise HealthSyncError(f"run {run_id} did not finish within {timeout:.0f} s")
+        time.sleep(poll_seconds)

@@ -1,0 +1,170 @@
+"""The metrics store: aggregated, anonymised run metrics in one DuckDB file.
+
+DuckDB lets one process open a file read-write, or several processes read-only,
+never both at once. The app, the CLI and each running simulation are separate
+processes, so nobody keeps the file open: every operation opens a connection,
+does its work in one transaction and closes again (milliseconds), and an open
+that meets another process's lock is retried with backoff. A run's writer
+therefore never blocks readers for longer than one round's insert, and a
+reader sees each round as soon as the writer's transaction has committed.
+
+No table here has a patient-level row: only per-run, per-round and
+per-hospital aggregates, events, model parameters and score histograms.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from healthsync.errors import HealthSyncError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, status VARCHAR NOT NULL,
+    config JSON NOT NULL, data_dir VARCHAR, target VARCHAR, model VARCHAR, strategy VARCHAR,
+    rounds_planned INTEGER, created_at TIMESTAMP NOT NULL, started_at TIMESTAMP,
+    finished_at TIMESTAMP, pid INTEGER, reason VARCHAR,
+    cancel_requested BOOLEAN NOT NULL DEFAULT false,
+    final_loss DOUBLE, final_auc DOUBLE, final_accuracy DOUBLE, final_brier DOUBLE
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id VARCHAR NOT NULL, round INTEGER NOT NULL,
+    loss DOUBLE, auc DOUBLE, accuracy DOUBLE, brier DOUBLE, seconds DOUBLE,
+    hospitals_sampled INTEGER, hospitals_ok INTEGER, hospitals_failed INTEGER,
+    epsilon DOUBLE, recorded_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hospital_rounds (
+    run_id VARCHAR NOT NULL, round INTEGER NOT NULL, hospital VARCHAR NOT NULL,
+    n INTEGER, loss DOUBLE, auc DOUBLE, accuracy DOUBLE
+);
+CREATE TABLE IF NOT EXISTS events (
+    run_id VARCHAR NOT NULL, recorded_at TIMESTAMP NOT NULL, round INTEGER, hospital VARCHAR,
+    kind VARCHAR NOT NULL, message VARCHAR
+);
+CREATE TABLE IF NOT EXISTS models (
+    run_id VARCHAR PRIMARY KEY, saved_at TIMESTAMP NOT NULL, blob BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS score_bins (
+    run_id VARCHAR NOT NULL, bin INTEGER NOT NULL, lower DOUBLE, upper DOUBLE,
+    positives BIGINT, negatives BIGINT, score_sum DOUBLE
+);
+CREATE TABLE IF NOT EXISTS comparisons (
+    comparison_id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, data_dir VARCHAR,
+    target VARCHAR, model VARCHAR, method VARCHAR NOT NULL, hospital VARCHAR NOT NULL,
+    n INTEGER, loss DOUBLE, auc DOUBLE, accuracy DOUBLE, brier DOUBLE, run_id VARCHAR
+);
+CREATE INDEX IF NOT EXISTS rounds_run ON rounds(run_id);
+CREATE INDEX IF NOT EXISTS hospital_rounds_run ON hospital_rounds(run_id);
+"""
+
+_LOCK_MESSAGES = ("lock", "Conflicting", "being used by another process")
+_process_lock = threading.RLock()
+
+
+class MetricsStore:
+    """Open-use-close access to the DuckDB metrics file, safe across processes.
+
+    Parameters
+    ----------
+    path : the DuckDB file, or ``":memory:"`` for tests (one connection kept).
+    timeout : seconds to keep retrying while another process holds the file.
+    """
+
+    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+        self._memory = duckdb.connect(":memory:") if self.path == ":memory:" else None
+        self._ready = False
+
+    # ------------------------------------------------------------ connections
+    @contextmanager
+    def connect(self, *, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection; ``write=False`` opens read-only when the file exists."""
+        with _process_lock:
+            if self._memory is not None:
+                self._ensure_schema(self._memory)
+                cursor = self._memory.cursor()
+                try:
+                    yield cursor
+                finally:
+                    cursor.close()
+                return
+            if not self._ready:
+                self._create()
+            con = self._open(read_only=not write)
+            try:
+                if write:
+                    con.execute("BEGIN TRANSACTION")
+                    yield con
+                    con.execute("COMMIT")
+                else:
+                    yield con
+            except BaseException:
+                if write:
+                    con.execute("ROLLBACK")
+                raise
+            finally:
+                con.close()
+
+    def _create(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        con = self._open(read_only=False)
+        try:
+            self._ensure_schema(con)
+        finally:
+            con.close()
+        self._ready = True
+
+    def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        if not self._ready:
+            con.execute(SCHEMA)
+            self._ready = True
+
+    def _open(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.timeout
+        delay = 0.005
+        while True:
+            try:
+                return duckdb.connect(self.path, read_only=read_only)
+            except (duckdb.IOException, duckdb.ConnectionException) as err:
+                if not any(m in str(err) for m in _LOCK_MESSAGES):
+                    raise HealthSyncError(f"cannot open metrics store {self.path}: {err}") from err
+                if time.monotonic() > deadline:
+                    raise HealthSyncError(
+                        f"metrics store {self.path} stayed locked by another process "
+                        f"for {self.timeout:.0f} s"
+                    ) from err
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+    # ------------------------------------------------------------ helpers
+    def execute(self, sql: str, params: Sequence[Any] | None = None, *, write: bool = True) -> None:
+        """Run one statement in its own transaction."""
+        with self.connect(write=write) as con:
+            con.execute(sql, params or [])
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert many rows in one transaction (nothing happens for no rows)."""
+        if not rows:
+            return
+        with self.connect(write=True) as con:
+            con.executemany(sql, rows)
+
+    def frame(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+        """Run a read query and return a Polars frame."""
+        with self.connect() as con:
+            return con.sql(sql, params=list(params or [])).pl()
+
+    def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        """The first column of the first row, or ``None``."""
+        with self.connect() as con:
+            rows = con.execute(sql, params or []).fetchall()
+        return rows[0][0] if rows else None

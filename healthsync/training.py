@@ -1,0 +1,138 @@
+"""Local training and evaluation of one hospital's model, knowing nothing of Flower.
+
+Like ``task.py`` in Flower's examples: the client app and the baselines call
+these functions; they see only arrays a hospital's accessor already produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from healthsync.data import load_federation, open_hospital
+from healthsync.features import Encoder, Scaler, labels
+from healthsync.metrics import BinaryMetrics, binary_metrics, score_histogram
+from healthsync.model import get_arrays, predict_proba, set_arrays
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """One hospital's encoded, standardised train and test arrays."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def train_local(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    proximal_mu: float = 0.0,
+) -> float:
+    """Mini-batch SGD on one hospital's rows; returns the mean training loss of the last epoch.
+
+    With ``proximal_mu > 0`` the FedProx term ``mu/2 * ||w - w_global||^2`` keeps
+    the local model near the global one it started from.
+    """
+    torch.set_num_threads(1)
+    generator = torch.Generator().manual_seed(seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+    optimiser = torch.optim.SGD(model.parameters(), lr=lr)
+    loss_fn = nn.BCEWithLogitsLoss()
+    model.train()
+    last = float("nan")
+    for _ in range(epochs):
+        order = torch.randperm(len(xt), generator=generator)
+        total, count = 0.0, 0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            optimiser.zero_grad()
+            loss = loss_fn(model(xt[idx]).squeeze(-1), yt[idx])
+            if proximal_mu > 0:
+                prox = sum(
+                    ((p - g) ** 2).sum()
+                    for p, g in zip(model.parameters(), global_params, strict=True)
+                )
+                loss = loss + proximal_mu / 2 * prox
+            loss.backward()
+            optimiser.step()
+            total += float(loss) * len(idx)
+            count += len(idx)
+        last = total / max(count, 1)
+    return last
+
+
+def evaluate_local(
+    model: nn.Module, x: np.ndarray, y: np.ndarray
+) -> tuple[BinaryMetrics, np.ndarray]:
+    """Metrics of ``model`` on one hospital's test rows and its score histogram."""
+    p = predict_proba(model, x)
+    return binary_metrics(y, p), score_histogram(y, p)
+
+
+def fit_from(
+    model: nn.Module,
+    arrays: list[np.ndarray],
+    data: LocalData,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    proximal_mu: float = 0.0,
+) -> tuple[list[np.ndarray], float]:
+    """Load ``arrays``, train locally, return the new arrays and the training loss."""
+    set_arrays(model, arrays)
+    loss = train_local(
+        model,
+        data.x_train,
+        data.y_train,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        proximal_mu=proximal_mu,
+    )
+    return get_arrays(model), loss
+
+
+@dataclass(frozen=True)
+class HospitalArrays:
+    """One hospital's encoded but not yet standardised rows (kept inside the hospital)."""
+
+    hospital_id: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    def scaled(self, scaler: Scaler) -> LocalData:
+        return LocalData(
+            scaler.transform(self.x_train), self.y_train, scaler.transform(self.x_test), self.y_test
+        )
+
+
+def hospital_arrays(data_dir: str, hospital_id: str, target: str) -> HospitalArrays:
+    """Read one hospital's rows through its own accessor and encode them."""
+    federation = load_federation(data_dir)
+    encoder = Encoder.from_federation(federation, target)
+    accessor = open_hospital(data_dir, hospital_id)
+    train, test = accessor.train(), accessor.test()
+    return HospitalArrays(
+        hospital_id=hospital_id,
+        x_train=encoder.encode(train),
+        y_train=labels(train, target),
+        x_test=encoder.encode(test),
+        y_test=labels(test, target),
+    )

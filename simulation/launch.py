@@ -1,0 +1,40 @@
+"""The only place that starts Flower and Ray: one simulated hospital per Flower node."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from healthsync.config import TrainConfig
+from healthsync.data import load_federation
+
+
+def backend_config(ray_address: str | None = None) -> dict:
+    """Ray settings: one CPU per client actor so a 2-core machine runs two hospitals at once."""
+    init_args: dict = {"include_dashboard": False, "log_to_driver": False, "logging_level": "error"}
+    if ray_address:
+        init_args["address"] = ray_address
+    else:
+        init_args["num_cpus"] = os.cpu_count() or 1
+    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
+
+
+def run(config: TrainConfig, run_id: str, *, ray_address: str | None = None) -> None:
+    """Simulate the federation in this process until the run ends (its outcome goes to the store)."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from flwr.simulation import run_simulation
+
+    from simulation.client_app import app as client_app
+    from simulation.server_app import make_server_app
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    hospitals = len(load_federation(config.data_dir).hospitals)
+    run_simulation(
+        server_app=make_server_app(config, run_id),
+        client_app=client_app,
+        num_supernodes=hospitals,
+        backend_config=backend_config(ray_address),
+    )

@@ -1,0 +1,267 @@
+"""The coordinating side: a Flower ServerApp that runs rounds and records them as they end.
+
+The round loop calls the Flower strategy's own hooks (``configure_train``,
+``aggregate_train``, ``configure_evaluate``) rather than ``Strategy.start`` so
+that between rounds it can write each round to the metrics store, honour a
+cancel request, and count hospitals that failed. Everything recorded is an
+aggregate: per-round and per-hospital metrics, events, the global model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from healthsync import runlog
+from healthsync.config import TrainConfig
+from healthsync.errors import HealthSyncError
+from healthsync.features import Encoder, Scaler, ScalingStats
+from healthsync.metrics import BinaryMetrics, aggregate
+from healthsync.model import SavedModel, get_arrays, initial_model
+from healthsync.runs import check_config
+from healthsync.store import MetricsStore
+from simulation.strategies import build_strategy
+
+log = logging.getLogger("healthsync.simulation")
+NODE_WAIT_SECONDS = 120.0
+ROUND_TIMEOUT_SECONDS = 3600.0
+
+
+class RunCancelled(Exception):
+    """Raised between rounds when the run's cancel flag is set."""
+
+
+class FederatedRun:
+    """One run's round loop over a Flower ``Grid``."""
+
+    def __init__(self, grid: Grid, config: TrainConfig, run_id: str, store: MetricsStore) -> None:
+        self.grid = grid
+        self.config, self.federation = check_config(config)
+        self.target = str(self.config.target)
+        self.run_id = run_id
+        self.store = store
+        self.hospital_of: dict[int, str] = {}
+        self.base = {
+            "data-dir": str(self.federation.data_dir),
+            "target": self.target,
+            "model": config.model,
+            "fail-hospitals": ",".join(config.fail_hospitals),
+        }
+
+    # ------------------------------------------------------------ protocol
+    def _send(self, message_type: str, records: dict, node_ids: list[int]) -> list[Message]:
+        messages = [
+            Message(content=RecordDict(records), message_type=message_type, dst_node_id=n)
+            for n in node_ids
+        ]
+        return list(self.grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS))
+
+    def _wait_for_hospitals(self) -> list[int]:
+        expected = len(self.federation.hospitals)
+        deadline = time.monotonic() + NODE_WAIT_SECONDS
+        while len(nodes := list(self.grid.get_node_ids())) < expected:
+            if time.monotonic() > deadline:
+                raise HealthSyncError(f"only {len(nodes)} of {expected} hospitals came online")
+            time.sleep(0.05)
+        return nodes
+
+    def federated_scaler(self, nodes: list[int]) -> Scaler:
+        """Mean and std from every hospital's counts, sums and sums of squares."""
+        replies = self._send(MessageType.QUERY, {"config": ConfigRecord(self.base)}, nodes)
+        parts = []
+        for reply in replies:
+            if reply.has_error():
+                self._event("failed", f"scaling statistics: {reply.error.reason}", None, reply)
+                continue
+            m = reply.content["metrics"]
+            hospital = self.federation.hospitals[int(m["partition-id"])].id
+            self.hospital_of[reply.metadata.src_node_id] = hospital
+            parts.append(
+                ScalingStats(int(m["count"]), np.asarray(m["sums"]), np.asarray(m["sumsq"]))
+            )
+        if len(parts) < self.config.min_hospitals:
+            raise HealthSyncError("too few hospitals answered the scaling query")
+        return Scaler.from_stats(ScalingStats.combine(parts))
+
+    # ------------------------------------------------------------ the loop
+    def run(self, on_round: Callable[[int], None] | None = None) -> BinaryMetrics | None:
+        random.seed(self.config.seed)
+        nodes = self._wait_for_hospitals()
+        scaler = self.federated_scaler(nodes)
+        encoder = Encoder.from_federation(self.federation, self.target)
+        model = initial_model(self.config.model, encoder.width, self.config.seed)
+        arrays = ArrayRecord(numpy_ndarrays=get_arrays(model))
+        strategy = build_strategy(self.config, hospitals=len(nodes))
+        settings = {
+            **self.base,
+            "scale-mean": scaler.mean.tolist(),
+            "scale-std": scaler.std.tolist(),
+            "lr": self.config.lr,
+            "local-epochs": self.config.local_epochs,
+            "batch-size": self.config.batch_size,
+            "seed": self.config.seed,
+        }
+        final = None
+        for rnd in range(1, self.config.rounds + 1):
+            if runlog.cancel_requested(self.store, self.run_id):
+                raise RunCancelled
+            started = time.perf_counter()
+            train_messages = list(
+                strategy.configure_train(rnd, arrays, ConfigRecord(settings), self.grid)
+            )
+            replies = list(
+                self.grid.send_and_receive(train_messages, timeout=ROUND_TIMEOUT_SECONDS)
+            )
+            failed = [r for r in replies if r.has_error()]
+            for reply in failed:
+                self._event("hospital_failed", reply.error.reason, rnd, reply)
+            ok = len(replies) - len(failed)
+            if ok < self.config.min_hospitals:
+                raise HealthSyncError(
+                    f"round {rnd}: only {ok} hospital(s) answered, {self.config.min_hospitals} needed"
+                )
+            new_arrays, _ = strategy.aggregate_train(rnd, replies)
+            if new_arrays is not None:
+                arrays = new_arrays
+            final, histogram, per_hospital = self.evaluate(rnd, arrays, settings)
+            runlog.record_round(
+                self.store,
+                self.run_id,
+                {
+                    "round": rnd,
+                    **final.to_dict(),
+                    "seconds": time.perf_counter() - started,
+                    "hospitals_sampled": len(train_messages),
+                    "hospitals_ok": ok,
+                    "hospitals_failed": len(failed),
+                },
+                per_hospital,
+            )
+            self.save(encoder, scaler, arrays, histogram)
+            if on_round:
+                on_round(rnd)
+        return final
+
+    def evaluate(self, rnd: int, arrays: ArrayRecord, settings: dict):
+        """Global model on every hospital's test split, weighted by test examples."""
+        nodes = list(self.hospital_of)
+        replies = self._send(
+            MessageType.EVALUATE,
+            {"arrays": arrays, "config": ConfigRecord({**settings, "server-round": rnd})},
+            nodes,
+        )
+        results, rows = [], []
+        histogram = None
+        for reply in replies:
+            if reply.has_error():
+                self._event("hospital_failed", f"evaluate: {reply.error.reason}", rnd, reply)
+                continue
+            m = reply.content["metrics"]
+            result = BinaryMetrics(
+                int(m["num-examples"]),
+                float(m["loss"]),
+                float(m["auc"]),
+                float(m["accuracy"]),
+                float(m["brier"]),
+            )
+            results.append(result)
+            rows.append(
+                {
+                    "hospital": self.hospital_of[reply.metadata.src_node_id],
+                    "round": rnd,
+                    "n": result.n,
+                    "loss": result.loss,
+                    "auc": result.auc,
+                    "accuracy": result.accuracy,
+                }
+            )
+            h = np.stack([m["hist-pos"], m["hist-neg"], m["hist-sum"]], axis=1)
+            histogram = h if histogram is None else histogram + h
+        if not results:
+            raise HealthSyncError(f"round {rnd}: no hospital could evaluate the global model")
+        return aggregate(results), histogram, rows
+
+    def save(self, encoder: Encoder, scaler: Scaler, arrays: ArrayRecord, histogram) -> None:
+        saved = SavedModel(
+            self.config.model, self.target, encoder, scaler, arrays.to_numpy_ndarrays()
+        )
+        runlog.save_model(self.store, self.run_id, saved.to_bytes())
+        if histogram is not None:
+            runlog.save_score_bins(self.store, self.run_id, histogram)
+
+    def _event(self, kind: str, message: str, rnd: int | None, reply: Message) -> None:
+        hospital = self.hospital_of.get(reply.metadata.src_node_id)
+        runlog.record_event(
+            self.store, self.run_id, kind, _first_line(message), round=rnd, hospital=hospital
+        )
+
+
+def execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
+    """Run the rounds and record how the run ended; never raises (Flower would exit the process)."""
+    store = MetricsStore(config.db)
+    try:
+        federated = FederatedRun(grid, config, run_id, store)
+        runlog.mark_running(store, run_id, pid=os.getpid(), target=federated.target)
+        runlog.record_event(
+            store, run_id, "started", f"{len(federated.federation.hospitals)} hospitals"
+        )
+        final = federated.run()
+    except RunCancelled:
+        last = runlog.rounds_frame(store, run_id)
+        final = _last_metrics(last)
+        runlog.finish_run(store, run_id, "cancelled", reason="cancelled by request", final=final)
+        runlog.record_event(store, run_id, "cancelled", f"stopped after {last.height} round(s)")
+        return "cancelled"
+    except Exception as err:
+        log.exception("run %s failed", run_id)
+        reason = _first_line(str(err)) or type(err).__name__
+        runlog.finish_run(
+            store,
+            run_id,
+            "failed",
+            reason=reason,
+            final=_last_metrics(runlog.rounds_frame(store, run_id)),
+        )
+        runlog.record_event(store, run_id, "failed", reason)
+        return "failed"
+    runlog.finish_run(store, run_id, "completed", final=final)
+    runlog.record_event(store, run_id, "completed", "all rounds finished")
+    return "completed"
+
+
+def _last_metrics(rounds) -> BinaryMetrics | None:
+    if rounds.is_empty():
+        return None
+    r = rounds.row(-1, named=True)
+    return BinaryMetrics(0, r["loss"], r["auc"], r["accuracy"], r["brier"])
+
+
+def _first_line(text: str) -> str:
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    # Flower wraps client exceptions in a traceback; the last line names the error.
+    return lines[-1].strip()[:500] if lines else ""
+
+
+def make_server_app(config: TrainConfig | None = None, run_id: str | None = None) -> ServerApp:
+    """A ServerApp bound to ``config`` (launch), or reading Flower's ``run_config`` (``flwr run``)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_config = config or TrainConfig.from_run_config(dict(context.run_config))
+        rid = run_id or runlog.new_run_id()
+        if run_id is None:
+            runlog.create_run(MetricsStore(run_config.db), rid, run_config)
+        execute(grid, run_config, rid)
+
+    return server_app
+
+
+app = make_server_app()

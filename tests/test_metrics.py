@@ -1,0 +1,41 @@
+"""Metrics match their textbook definitions; aggregation weights by examples."""
+
+import numpy as np
+import pytest
+
+from healthsync.metrics import BinaryMetrics, aggregate, auc_score, binary_metrics, score_histogram
+
+
+def test_auc_matches_pairwise_definition():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.round(rng.random(200), 2)  # ties on purpose
+    pos, neg = p[y == 1], p[y == 0]
+    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        len(pos) * len(neg)
+    )
+    assert auc_score(y, p) == pytest.approx(pairwise)
+
+
+def test_single_class_auc_is_nan_and_skipped_when_aggregating():
+    assert np.isnan(auc_score(np.ones(5), np.linspace(0, 1, 5)))
+    combined = aggregate([BinaryMetrics(10, 0.5, float("nan"), 0.8, 0.1), BinaryMetrics(30, 0.3, 0.9, 0.6, 0.2)])
+    assert combined.auc == pytest.approx(0.9)
+    assert combined.accuracy == pytest.approx((10 * 0.8 + 30 * 0.6) / 40)
+    assert combined.n == 40
+
+
+def test_binary_metrics_values():
+    m = binary_metrics(np.array([0, 1, 1, 0]), np.array([0.1, 0.9, 0.4, 0.6]))
+    assert m.accuracy == pytest.approx(0.5)
+    assert m.brier == pytest.approx(np.mean([0.01, 0.01, 0.36, 0.36]))
+    assert m.auc == pytest.approx(0.75)
+
+
+def test_score_histogram_counts_every_patient_once():
+    y = np.array([0, 1, 1, 0, 1])
+    p = np.array([0.0, 0.99, 1.0, 0.51, 0.05])
+    h = score_histogram(y, p, bins=10)
+    assert h[:, 0].sum() == 3 and h[:, 1].sum() == 2
+    assert h[9, 0] == 2 and h[0, 1] == 1 and h[0, 0] == 1
+    assert h[:, 2].sum() == pytest.approx(p.sum())
