@@ -149,7 +149,9 @@ def request_cancel(store: MetricsStore, run_id: str) -> bool:
             "UPDATE runs SET cancel_requested = true WHERE run_id = ? AND status IN ('queued', 'running')",
             [run_id],
         )
-        row = con.execute("SELECT cancel_requested FROM runs WHERE run_id = ?", [run_id]).fetchall()[0]
+        row = con.execute(
+            "SELECT cancel_requested FROM runs WHERE run_id = ?", [run_id]
+        ).fetchall()[0]
     return bool(row and row[0])
 
 

@@ -67,7 +67,7 @@ def train_local(
                 loss = loss + proximal_mu / 2 * prox
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             count += len(idx)
         last = total / max(count, 1)
     return last

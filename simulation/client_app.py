@@ -37,10 +37,13 @@ def _local(msg: Message, context: Context) -> tuple[HospitalArrays, ConfigRecord
     config = msg.content["config"]
     partition_id = int(context.node_config["partition-id"])
     hospital = _hospital(str(config["data-dir"]), partition_id, str(config["target"]))
-    failing = str(config.get("fail-hospitals", "")).split(",")
-    if hospital.hospital_id in failing:
-        raise RuntimeError(f"fault drill: hospital {hospital.hospital_id} raised on purpose")
     return hospital, config
+
+
+def _fault_drill(hospital: HospitalArrays, config: ConfigRecord) -> None:
+    """Fail on purpose when the run lists this hospital in ``fail-hospitals``."""
+    if hospital.hospital_id in str(config.get("fail-hospitals", "")).split(","):
+        raise RuntimeError(f"fault drill: hospital {hospital.hospital_id} raised on purpose")
 
 
 def _scaler(config: ConfigRecord) -> Scaler:
@@ -67,6 +70,7 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Local epochs of SGD from the global model; reply with the new weights."""
     hospital, config = _local(msg, context)
+    _fault_drill(hospital, config)
     data = hospital.scaled(_scaler(config))
     model = build_model(str(config["model"]), data.x_train.shape[1])
     arrays = msg.content["arrays"].to_numpy_ndarrays()
@@ -96,6 +100,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Metrics of the global model on this hospital's test rows, plus a score histogram."""
     hospital, config = _local(msg, context)
+    _fault_drill(hospital, config)
     data = hospital.scaled(_scaler(config))
     model = build_model(str(config["model"]), data.x_test.shape[1])
     set_arrays(model, msg.content["arrays"].to_numpy_ndarrays())

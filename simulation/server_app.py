@@ -152,10 +152,12 @@ class FederatedRun:
     def evaluate(self, rnd: int, arrays: ArrayRecord, settings: dict):
         """Global model on every hospital's test split, weighted by test examples."""
         nodes = list(self.hospital_of)
-        replies = self._send(
-            MessageType.EVALUATE,
-            {"arrays": arrays, "config": ConfigRecord({**settings, "server-round": rnd})},
-            nodes,
+        replies = self._in_hospital_order(
+            self._send(
+                MessageType.EVALUATE,
+                {"arrays": arrays, "config": ConfigRecord({**settings, "server-round": rnd})},
+                nodes,
+            )
         )
         results, rows = [], []
         histogram = None
@@ -195,6 +197,10 @@ class FederatedRun:
         runlog.save_model(self.store, self.run_id, saved.to_bytes())
         if histogram is not None:
             runlog.save_score_bins(self.store, self.run_id, histogram)
+
+    def _in_hospital_order(self, replies) -> list[Message]:
+        """Replies sorted by hospital, so aggregation sums in the same order every run."""
+        return sorted(replies, key=lambda r: self.hospital_of.get(r.metadata.src_node_id, ""))
 
     def _event(self, kind: str, message: str, rnd: int | None, reply: Message) -> None:
         hospital = self.hospital_of.get(reply.metadata.src_node_id)

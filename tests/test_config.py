@@ -20,7 +20,9 @@ from healthsync.errors import HealthSyncError
     ],
 )
 def test_bad_settings_are_refused_with_a_named_problem(changes, message):
-    with pytest.raises(HealthSyncError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    with pytest.raises(
+        HealthSyncError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+    ):
         TrainConfig(**changes)
 
 
@@ -29,7 +31,9 @@ def test_every_strategy_name_is_accepted():
 
 
 def test_json_and_flower_run_config_round_trip():
-    config = TrainConfig(strategy="fedprox", rounds=3, fraction=0.5, lr=0.1, fail_hospitals=("h0001", "h0002"))
+    config = TrainConfig(
+        strategy="fedprox", rounds=3, fraction=0.5, lr=0.1, fail_hospitals=("h0001", "h0002")
+    )
     assert TrainConfig.from_json(config.to_json()) == config
     flat = config.to_run_config()
     assert flat["local-epochs"] == 1 and flat["fail-hospitals"] == "h0001,h0002"

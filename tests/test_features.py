@@ -10,7 +10,9 @@ from healthsync.features import Encoder, Scaler, ScalingStats, labels
 
 def test_federated_mean_std_equals_pooled():
     rng = np.random.default_rng(1)
-    parts = [rng.normal(i, i + 1, size=(n, 3)).astype(np.float32) for i, n in enumerate((5, 40, 300))]
+    parts = [
+        rng.normal(i, i + 1, size=(n, 3)).astype(np.float32) for i, n in enumerate((5, 40, 300))
+    ]
     stats = ScalingStats.combine(ScalingStats.of(p) for p in parts)
     mean, std = stats.mean_std()
     pooled = np.concatenate(parts)

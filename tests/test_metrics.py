@@ -11,15 +11,17 @@ def test_auc_matches_pairwise_definition():
     y = rng.integers(0, 2, 200)
     p = np.round(rng.random(200), 2)  # ties on purpose
     pos, neg = p[y == 1], p[y == 0]
-    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
-        len(pos) * len(neg)
-    )
+    pairwise = (
+        (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    ) / (len(pos) * len(neg))
     assert auc_score(y, p) == pytest.approx(pairwise)
 
 
 def test_single_class_auc_is_nan_and_skipped_when_aggregating():
     assert np.isnan(auc_score(np.ones(5), np.linspace(0, 1, 5)))
-    combined = aggregate([BinaryMetrics(10, 0.5, float("nan"), 0.8, 0.1), BinaryMetrics(30, 0.3, 0.9, 0.6, 0.2)])
+    combined = aggregate(
+        [BinaryMetrics(10, 0.5, float("nan"), 0.8, 0.1), BinaryMetrics(30, 0.3, 0.9, 0.6, 0.2)]
+    )
     assert combined.auc == pytest.approx(0.9)
     assert combined.accuracy == pytest.approx((10 * 0.8 + 30 * 0.6) / 40)
     assert combined.n == 40

@@ -22,25 +22,60 @@ def store():
 
 
 def _round(r: int) -> dict:
-    return {"round": r, "loss": 0.5 / r, "auc": 0.7 + r / 100, "accuracy": 0.8, "brier": 0.2,
-            "seconds": 0.1, "hospitals_sampled": 3, "hospitals_ok": 3, "hospitals_failed": 0}
+    return {
+        "round": r,
+        "loss": 0.5 / r,
+        "auc": 0.7 + r / 100,
+        "accuracy": 0.8,
+        "brier": 0.2,
+        "seconds": 0.1,
+        "hospitals_sampled": 3,
+        "hospitals_ok": 3,
+        "hospitals_failed": 0,
+    }
 
 
 def test_run_round_trip_and_detail_json(store):
     runlog.create_run(store, "run-1", TrainConfig(rounds=2))
     for r in (1, 2):
-        runlog.record_round(store, "run-1", _round(r), [
-            {"hospital": "h0000", "round": r, "n": 10, "loss": 0.4, "auc": float("nan"), "accuracy": 0.9}
-        ])
+        runlog.record_round(
+            store,
+            "run-1",
+            _round(r),
+            [
+                {
+                    "hospital": "h0000",
+                    "round": r,
+                    "n": 10,
+                    "loss": 0.4,
+                    "auc": float("nan"),
+                    "accuracy": 0.9,
+                }
+            ],
+        )
     runlog.finish_run(store, "run-1", "completed", final=BinaryMetrics(20, 0.25, 0.72, 0.8, 0.2))
     detail = runlog.run_detail(store, "run-1")
     json.dumps(detail, allow_nan=False)  # NaN became null
     assert detail["status"] == "completed"
     assert [r["round"] for r in detail["rounds"]] == [1, 2]
-    assert set(detail["rounds"][0]) >= {"round", "loss", "auc", "accuracy", "brier", "seconds",
-                                        "hospitals_ok", "hospitals_failed"}
-    assert detail["hospitals"][0] == {"hospital": "h0000", "round": 1, "n": 10, "loss": 0.4,
-                                      "auc": None, "accuracy": 0.9}
+    assert set(detail["rounds"][0]) >= {
+        "round",
+        "loss",
+        "auc",
+        "accuracy",
+        "brier",
+        "seconds",
+        "hospitals_ok",
+        "hospitals_failed",
+    }
+    assert detail["hospitals"][0] == {
+        "hospital": "h0000",
+        "round": 1,
+        "n": 10,
+        "loss": 0.4,
+        "auc": None,
+        "accuracy": 0.9,
+    }
     assert detail["config"]["rounds"] == 2
     assert detail["final"]["auc"] == pytest.approx(0.72)
 
@@ -98,7 +133,9 @@ def test_readers_see_every_round_within_a_second_while_another_process_writes(tm
     status = None
     while time.time() < deadline:
         try:
-            rounds = store.frame("SELECT round, epoch(recorded_at) AS at FROM rounds WHERE run_id = 'run-w'")
+            rounds = store.frame(
+                "SELECT round, epoch(recorded_at) AS at FROM rounds WHERE run_id = 'run-w'"
+            )
             status = store.scalar("SELECT status FROM runs WHERE run_id = 'run-w'")
         except HealthSyncError as err:  # only a lock timeout would land here
             pytest.fail(f"reader failed while the writer wrote: {err}")

@@ -180,7 +180,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             return 1
     table = compare_table(config, run_id, progress=not args.json)
     if args.json:
-        print(json.dumps({"run_id": run_id, "rows": table.to_dicts()}))
+        from healthsync.runlog import to_records
+
+        print(json.dumps({"run_id": run_id, "rows": to_records(table)}))
     else:
         import polars as pl
 

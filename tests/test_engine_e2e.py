@@ -1,0 +1,137 @@
+"""The engine end to end: Flower on Ray, runs recorded live, faults, cancel, kill, predict.
+
+Each test starts real simulation processes (about 10-20 s each on 2 cores).
+"""
+
+import os
+import signal
+import time
+
+import polars as pl
+import pytest
+
+from healthsync import runlog, runs
+from healthsync.cli import main
+from healthsync.config import TrainConfig
+from healthsync.data import open_hospital
+from healthsync.store import MetricsStore
+from tests.engine_helpers import cli_json, make_federation
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    return make_federation(tmp_path_factory.mktemp("engine"), "fed", hospitals=4, patients=150)
+
+
+def _wait_for_rounds(db, run_id, n, timeout=120):
+    store = MetricsStore(db)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (store.scalar("SELECT count(*) FROM rounds WHERE run_id = ?", [run_id]) or 0) >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{run_id} did not reach {n} rounds: {runlog.get_run(store, run_id)}")
+
+
+def test_live_reading_runs_show_and_predict(fed, tmp_path, capsys):
+    db = tmp_path / "m.duckdb"
+    run_id = runs.start_run(TrainConfig(data_dir=str(fed), db=str(db), rounds=4))
+    store = MetricsStore(db)
+    latency: dict[int, float] = {}
+    while True:  # read the store repeatedly while the run's process writes it
+        rounds = store.frame(
+            "SELECT round, epoch(recorded_at) AS at FROM rounds WHERE run_id = ?", [run_id]
+        )
+        now = time.time()
+        for r, at in rounds.iter_rows():
+            latency.setdefault(r, now - at)
+        if runlog.get_run(store, run_id)["status"] in runs.FINISHED:
+            break
+        time.sleep(0.05)
+    assert runlog.get_run(store, run_id)["status"] == "completed"
+    assert sorted(latency) == [1, 2, 3, 4]
+    assert max(latency.values()) < 1.0
+
+    code, detail = cli_json(capsys, "runs", "show", run_id, "--db", str(db), "--json")
+    assert code == 0 and detail["run_id"] == run_id and detail["status"] == "completed"
+    assert detail["config"]["rounds"] == 4
+    assert [r["round"] for r in detail["rounds"]] == [1, 2, 3, 4]
+    assert all(r["hospitals_ok"] == 4 and r["hospitals_failed"] == 0 for r in detail["rounds"])
+    assert {h["hospital"] for h in detail["hospitals"]} == {"h0000", "h0001", "h0002", "h0003"}
+    assert len(detail["hospitals"]) == 16
+    assert 0.5 < detail["rounds"][-1]["auc"] <= 1.0
+
+    code, listing = cli_json(capsys, "runs", "list", "--db", str(db), "--json")
+    assert code == 0 and listing[0]["run_id"] == run_id and listing[0]["rounds_done"] == 4
+
+    patients = open_hospital(fed, "h0002").test().drop("diabetes", "hypertension", "split")
+    csv = tmp_path / "patients.csv"
+    patients.write_csv(csv)
+    assert main(["predict", "--run", run_id, "--db", str(db), "--input", str(csv)]) == 0
+    risks = pl.read_csv(capsys.readouterr().out.encode())
+    assert risks.columns == ["row", "risk_diabetes"] and risks.height == patients.height
+    assert risks["risk_diabetes"].is_between(0, 1).all()
+
+    patients.drop("age").write_csv(csv)
+    assert main(["predict", "--run", run_id, "--db", str(db), "--input", str(csv)]) == 2
+    assert "missing column(s): age" in capsys.readouterr().err
+    patients.with_columns(pl.lit("high").alias("bmi")).write_csv(csv)
+    assert main(["predict", "--run", run_id, "--db", str(db), "--input", str(csv)]) == 2
+    assert "non-numeric values in column(s): bmi" in capsys.readouterr().err
+
+
+def test_failing_hospital_is_counted_and_runs_are_reproducible(fed, tmp_path, capsys):
+    db = str(tmp_path / "m.duckdb")
+    args = [
+        "train",
+        "--data",
+        str(fed),
+        "--db",
+        db,
+        "--rounds",
+        "2",
+        "--fail-hospital",
+        "h0001",
+        "--json",
+    ]
+    results = [cli_json(capsys, *args) for _ in range(2)]
+    for code, summary in results:
+        assert code == 0 and summary["status"] == "completed"
+        assert set(summary["final"]) == {"loss", "auc", "accuracy", "brier"}
+    details = [runlog.run_detail(MetricsStore(db), s["run_id"]) for _, s in results]
+    for detail in details:
+        assert [(r["hospitals_ok"], r["hospitals_failed"]) for r in detail["rounds"]] == [
+            (3, 1),
+            (3, 1),
+        ]
+        failures = [
+            e
+            for e in detail["events"]
+            if e["kind"] == "hospital_failed" and e["hospital"] == "h0001"
+        ]
+        assert failures and "fault drill" in failures[0]["message"]
+    strip = lambda d: [{k: v for k, v in r.items() if k != "seconds"} for r in d["rounds"]]  # noqa: E731
+    assert strip(details[0]) == strip(details[1])
+    assert details[0]["hospitals"] == details[1]["hospitals"]
+
+
+def test_cancel_keeps_finished_rounds(fed, tmp_path):
+    db = str(tmp_path / "m.duckdb")
+    run_id = runs.start_run(TrainConfig(data_dir=str(fed), db=db, rounds=200))
+    _wait_for_rounds(db, run_id, 1)
+    assert runs.cancel_run(db, run_id) is True
+    run = runs.wait_for_run(db, run_id, timeout=120)
+    done = MetricsStore(db).scalar("SELECT count(*) FROM rounds WHERE run_id = ?", [run_id])
+    assert run["status"] == "cancelled" and 1 <= done < 200
+
+
+def test_killed_simulation_is_marked_failed(fed, tmp_path):
+    db = str(tmp_path / "m.duckdb")
+    run_id = runs.start_run(TrainConfig(data_dir=str(fed), db=db, rounds=200))
+    _wait_for_rounds(db, run_id, 1)
+    os.kill(runlog.get_run(MetricsStore(db), run_id)["pid"], signal.SIGKILL)
+    run = runs.wait_for_run(db, run_id, timeout=60)
+    assert run["status"] == "failed" and "killed" in run["reason"]
+    assert MetricsStore(db).scalar("SELECT count(*) FROM rounds WHERE run_id = ?", [run_id]) >= 1

@@ -1,0 +1,41 @@
+"""Bad training settings are refused with one clear line before anything starts."""
+
+import pytest
+
+from healthsync.cli import main
+from healthsync.store import MetricsStore
+from tests.engine_helpers import make_federation
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory):
+    return make_federation(tmp_path_factory.mktemp("settings"), "fed", hospitals=3, patients=60)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--strategy", "fedfoo"], "unknown strategy 'fedfoo'"),
+        (["--rounds", "0"], "rounds must be >= 1"),
+        (["--fraction", "0"], "fraction must be in (0, 1]"),
+        (["--fraction", "1.2"], "fraction must be in (0, 1]"),
+        (["--min-hospitals", "4"], "4 hospitals required but the data has only 3"),
+        (["--target", "cancer"], "target 'cancer' is not in"),
+        (["--fraction", "0.1"], "samples no hospital"),
+        (["--model", "resnet"], "unknown model 'resnet'"),
+    ],
+)
+def test_bad_setting(fed, tmp_path, capsys, extra, message):
+    db = tmp_path / "m.duckdb"
+    code = main(["train", "--data", str(fed), "--db", str(db), "--rounds", "2", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    if db.exists():  # nothing was started or recorded
+        assert MetricsStore(db).scalar("SELECT count(*) FROM runs") == 0
+
+
+def test_missing_data_directory(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path / "nowhere"), "--db", str(tmp_path / "m.duckdb")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "nowhere" in err
