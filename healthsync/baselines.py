@@ -42,7 +42,7 @@ def baseline_rows(config: TrainConfig, progress: Callable[[str], None] | None = 
     """Train and evaluate the pooled and local-only baselines for ``config``."""
     config, federation = check_config(config)
     target = str(config.target)
-    hospitals = [hospital_arrays(config.data_dir, h.id, target) for h in federation.hospitals]
+    hospitals = [hospital_arrays(federation, h.id, target) for h in federation.hospitals]
     scaler = Scaler.from_stats(ScalingStats.combine(ScalingStats.of(h.x_train) for h in hospitals))
     data = {h.hospital_id: h.scaled(scaler) for h in hospitals}
     epochs = config.rounds * config.local_epochs

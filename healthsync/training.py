@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from healthsync.data import load_federation, open_hospital
+from healthsync.data import Federation, open_hospital
 from healthsync.features import Encoder, Scaler, labels
 from healthsync.metrics import BinaryMetrics, binary_metrics, score_histogram
 from healthsync.model import get_arrays, predict_proba, set_arrays
@@ -123,11 +123,10 @@ class HospitalArrays:
         )
 
 
-def hospital_arrays(data_dir: str, hospital_id: str, target: str) -> HospitalArrays:
+def hospital_arrays(federation: Federation, hospital_id: str, target: str) -> HospitalArrays:
     """Read one hospital's rows through its own accessor and encode them."""
-    federation = load_federation(data_dir)
     encoder = Encoder.from_federation(federation, target)
-    accessor = open_hospital(data_dir, hospital_id)
+    accessor = open_hospital(federation, hospital_id)
     train, test = accessor.train(), accessor.test()
     return HospitalArrays(
         hospital_id=hospital_id,

@@ -30,7 +30,7 @@ app = ClientApp()
 @lru_cache(maxsize=64)
 def _hospital(data_dir: str, partition_id: int, target: str) -> HospitalArrays:
     federation = load_federation(data_dir)
-    return hospital_arrays(data_dir, federation.hospitals[partition_id].id, target)
+    return hospital_arrays(federation, federation.hospitals[partition_id].id, target)
 
 
 def _local(msg: Message, context: Context) -> tuple[HospitalArrays, ConfigRecord]:

@@ -1,0 +1,151 @@
+"""One hospital's view of its own patients: the only code that reads a partition file.
+
+Federated learning is only meaningful if each hospital trains on its own rows
+alone. Every read of ``hospitals/<id>/patients.parquet`` goes through a
+:class:`HospitalAccessor`, which is bound to one hospital id taken from the
+manifest and refuses any path that leaves that hospital's folder, so no caller
+can reach another hospital's rows by a crafted id or a symlink.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from healthsync.data.manifest import (
+    HOSPITALS_DIR,
+    PARTITION_NAME,
+    SPLIT_COLUMN,
+    SPLITS,
+    Federation,
+    HospitalInfo,
+    load_federation,
+)
+from healthsync.errors import HealthSyncError
+
+if TYPE_CHECKING:
+    import polars as pl
+
+
+def partition_path(data_dir: str | Path, hospital_id: str) -> Path:
+    """Where a hospital's rows live; writers use it too, so the layout is stated once."""
+    return Path(data_dir) / HOSPITALS_DIR / hospital_id / PARTITION_NAME
+
+
+class HospitalAccessor:
+    """Reads one hospital's patients, typed as the manifest says.
+
+    Frames have the feature columns (numeric as ``Float64``, categorical as
+    ``String``), the outcome columns as ``Int8`` 0/1, and ``split``. The file
+    is read once and kept, since training asks for the same rows every round.
+    """
+
+    def __init__(self, federation: Federation, hospital_id: str) -> None:
+        self.federation = federation
+        # Only ids listed in the manifest (all filesystem-safe) can name a folder.
+        self.hospital: HospitalInfo = federation.hospital(hospital_id)
+        self._rows: pl.DataFrame | None = None
+
+    @property
+    def path(self) -> Path:
+        """The partition file, checked to lie inside this hospital's own folder."""
+        root = (self.federation.data_dir / HOSPITALS_DIR).resolve()
+        expected = root / self.hospital.id / PARTITION_NAME
+        actual = partition_path(self.federation.data_dir, self.hospital.id).resolve()
+        if actual != expected:
+            raise HealthSyncError(
+                f"{expected}: resolves to {actual}, outside hospital {self.hospital.id!r}'s folder"
+            )
+        return expected
+
+    def rows(self) -> pl.DataFrame:
+        """All of this hospital's patients, both splits, with the ``split`` column."""
+        if self._rows is None:
+            self._rows = self._read()
+        return self._rows
+
+    def train(self) -> pl.DataFrame:
+        """This hospital's training patients."""
+        import polars as pl
+
+        return self.rows().filter(pl.col(SPLIT_COLUMN) == "train")
+
+    def test(self) -> pl.DataFrame:
+        """This hospital's held-out patients."""
+        import polars as pl
+
+        return self.rows().filter(pl.col(SPLIT_COLUMN) == "test")
+
+    def _read(self) -> pl.DataFrame:
+        import polars as pl
+
+        path = self.path
+        if not path.is_file():
+            raise HealthSyncError(f"{path}: partition file is missing")
+        try:
+            frame = pl.read_parquet(path)
+        except (OSError, pl.exceptions.PolarsError) as err:
+            raise HealthSyncError(f"{path}: unreadable partition ({err})") from None
+        fed = self.federation
+        wanted = [*fed.feature_names, *fed.outcomes, SPLIT_COLUMN]
+        missing = [c for c in wanted if c not in frame.columns]
+        if missing:
+            raise HealthSyncError(f"{path}: missing columns {', '.join(missing)}")
+        try:
+            frame = frame.select(
+                *[
+                    pl.col(s.name).cast(pl.Float64 if s.kind == "numeric" else pl.String)
+                    for s in fed.features
+                ],
+                *[pl.col(o).cast(pl.Int8) for o in fed.outcomes],
+                pl.col(SPLIT_COLUMN).cast(pl.String),
+            )
+        except pl.exceptions.PolarsError as err:
+            raise HealthSyncError(f"{path}: columns do not match the manifest ({err})") from None
+        self._check(frame, path)
+        return frame
+
+    def _check(self, frame: pl.DataFrame, path: Path) -> None:
+        """Refuse a partition that disagrees with the manifest rather than train on it."""
+        import polars as pl
+
+        fed = self.federation
+        nulls = [c for c, n in zip(frame.columns, frame.null_count().row(0), strict=True) if n]
+        if nulls:
+            raise HealthSyncError(f"{path}: missing values in {', '.join(nulls)}")
+        for spec in fed.features:
+            if spec.categories is not None:
+                unknown = frame.filter(~pl.col(spec.name).is_in(spec.categories))
+                if unknown.height:
+                    raise HealthSyncError(
+                        f"{path}: column {spec.name!r} has values outside the manifest's categories"
+                    )
+        for outcome in fed.outcomes:
+            if frame.filter(~pl.col(outcome).is_in([0, 1])).height:
+                raise HealthSyncError(f"{path}: outcome {outcome!r} must be 0 or 1 on every row")
+        counts = {s: frame.filter(pl.col(SPLIT_COLUMN) == s).height for s in SPLITS}
+        if sum(counts.values()) != frame.height:
+            raise HealthSyncError(
+                f"{path}: {SPLIT_COLUMN!r} must be 'train' or 'test' on every row"
+            )
+        expected = {"train": self.hospital.n_train, "test": self.hospital.n_test}
+        if counts != expected:
+            raise HealthSyncError(
+                f"{path}: has {counts['train']} train / {counts['test']} test rows, "
+                f"the manifest says {expected['train']} / {expected['test']}"
+            )
+
+
+def open_hospital(data_dir: str | Path | Federation, hospital_id: str) -> HospitalAccessor:
+    """The accessor for one hospital of the federation in ``data_dir``.
+
+    ``data_dir`` may also be an already loaded :class:`Federation`, which
+    saves re-reading the manifest when opening many hospitals.
+
+    Raises
+    ------
+    HealthSyncError
+        If the federation is invalid or has no hospital ``hospital_id``.
+    """
+    federation = data_dir if isinstance(data_dir, Federation) else load_federation(data_dir)
+    return HospitalAccessor(federation, hospital_id)

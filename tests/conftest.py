@@ -1,0 +1,23 @@
+"""Shared fixtures. Data fixtures start with ``data_`` to keep names apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from healthsync.data import Federation
+from healthsync.data.synthetic import generate_federation
+
+
+@pytest.fixture(scope="session")
+def data_federation(tmp_path_factory: pytest.TempPathFactory) -> Federation:
+    """A small heterogeneous synthetic federation, shared read-only across tests."""
+    out = tmp_path_factory.mktemp("data") / "federation"
+    return generate_federation(out, hospitals=6, patients=80, seed=3, heterogeneity=0.6)
+
+
+@pytest.fixture
+def data_fresh_federation(tmp_path: Path) -> Federation:
+    """A small synthetic federation that a test may tamper with."""
+    return generate_federation(tmp_path / "fed", hospitals=3, patients=40, seed=1)

@@ -1,0 +1,290 @@
+"""``healthsync data generate``: reproducible, calibrated, heterogeneous, atomic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from healthsync.cli import main
+from healthsync.data import Federation, load_federation, open_hospital
+from healthsync.data import output as output_module
+from healthsync.data.synthetic import generate_federation, hospital_sizes
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def _pooled(federation: Federation, split: str | None = None) -> pl.DataFrame:
+    frames = []
+    for info in federation.hospitals:
+        accessor = open_hospital(federation, info.id)
+        frames.append({"train": accessor.train, "test": accessor.test}.get(split, accessor.rows)())
+    return pl.concat(frames)
+
+
+def test_same_arguments_give_identical_bytes(tmp_path):
+    generate_federation(tmp_path / "a", hospitals=12, patients=60, seed=5, heterogeneity=0.7)
+    generate_federation(tmp_path / "b", hospitals=12, patients=60, seed=5, heterogeneity=0.7)
+    first, second = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert len(first) == 13
+    assert first == second
+
+
+def test_another_seed_gives_other_patients(tmp_path):
+    generate_federation(tmp_path / "a", hospitals=2, patients=40, seed=1)
+    generate_federation(tmp_path / "b", hospitals=2, patients=40, seed=2)
+    a = open_hospital(tmp_path / "a", "h0000").rows()
+    b = open_hospital(tmp_path / "b", "h0000").rows()
+    assert not a.equals(b)
+
+
+def test_manifest_describes_schema_and_hospitals(data_federation):
+    raw = json.loads((data_federation.data_dir / "federation.json").read_text())
+    assert raw["format"] == "healthsync-federation/1"
+    assert raw["source"] == "synthetic"
+    assert raw["created_with"] == {
+        "generator": "healthsync-synthetic/1",
+        "hospitals": 6,
+        "patients": 80,
+        "seed": 3,
+        "heterogeneity": 0.6,
+    }
+    assert raw["outcomes"] == ["diabetes", "hypertension"]
+    assert raw["default_target"] == "diabetes"
+    features = {f["name"]: f for f in raw["features"]}
+    assert list(features) == [
+        "age", "sex", "bmi", "systolic_bp", "diastolic_bp", "fasting_glucose", "hba1c",
+        "total_cholesterol", "hdl_cholesterol", "smoking", "physical_activity",
+        "family_history_diabetes",
+    ]  # fmt: skip
+    assert features["smoking"]["categories"] == ["never", "former", "current"]
+    assert features["sex"] == {
+        "name": "sex",
+        "kind": "categorical",
+        "categories": ["F", "M"],
+        "unit": None,
+    }
+    assert features["fasting_glucose"] == {
+        "name": "fasting_glucose", "kind": "numeric", "categories": None, "unit": "mg/dL"
+    }  # fmt: skip
+    hospitals = raw["hospitals"]
+    assert [h["id"] for h in hospitals] == [f"h{i:04d}" for i in range(6)]
+    assert sum(h["n_train"] + h["n_test"] for h in hospitals) == 6 * 80
+    assert len({h["name"] for h in hospitals}) == 6
+    assert {h["kind"] for h in hospitals} <= {
+        "teaching centre",
+        "general hospital",
+        "community clinic",
+    }
+    loaded = load_federation(data_federation.data_dir)
+    assert loaded == data_federation
+    assert loaded.n_patients == 480
+    assert loaded.hospital("h0002").kind == hospitals[2]["kind"]
+
+
+def test_partitions_are_typed_and_split_about_80_20(data_federation):
+    rows = _pooled(data_federation)
+    assert rows.columns == [*data_federation.feature_names, "diabetes", "hypertension", "split"]
+    assert rows.schema["age"] == pl.Float64
+    assert rows.schema["smoking"] == pl.String
+    assert rows.schema["diabetes"] == pl.Int8
+    assert set(rows["split"].unique()) == {"train", "test"}
+    assert rows.null_count().sum_horizontal().item() == 0
+    for info in data_federation.hospitals:
+        assert info.n_patients >= 20
+        assert 0.1 <= info.n_test / info.n_patients <= 0.3
+        assert info.n_train >= 10
+
+
+def test_population_matches_published_ranges(tmp_path):
+    federation = generate_federation(tmp_path / "f", hospitals=8, patients=500, heterogeneity=0)
+    rows = _pooled(federation)
+    assert rows.height == 4000
+    assert 0.08 <= rows["diabetes"].mean() <= 0.16  # IDF 10.5 %, NHANES 15.8 %
+    assert 0.30 <= rows["hypertension"].mean() <= 0.46  # WHO 33 %, NHANES 45 %
+    assert 27.0 <= rows["bmi"].mean() <= 29.5
+    assert 45 <= rows["age"].mean() <= 55 and rows["age"].min() >= 18 and rows["age"].max() <= 90
+    assert 115 <= rows["systolic_bp"].mean() <= 132
+    assert 5.3 <= rows["hba1c"].mean() <= 5.9
+    assert 175 <= rows["total_cholesterol"].mean() <= 200
+    assert 0.07 <= (rows["smoking"] == "current").mean() <= 0.2
+    assert 0.45 <= (rows["sex"] == "F").mean() <= 0.57
+    assert 0.25 <= (rows["family_history_diabetes"] == "yes").mean() <= 0.35
+    corr = rows.select(
+        pl.corr("age", "systolic_bp").alias("age_bp"),
+        pl.corr("bmi", "fasting_glucose").alias("bmi_glucose"),
+        pl.corr("bmi", "systolic_bp").alias("bmi_bp"),
+        pl.corr("hba1c", "fasting_glucose").alias("hba1c_glucose"),
+    ).row(0, named=True)
+    assert corr["age_bp"] > 0.3 and corr["bmi_glucose"] > 0.1 and corr["bmi_bp"] > 0.1
+    assert corr["hba1c_glucose"] > 0.8
+    by_diabetes = rows.group_by("diabetes").agg(pl.mean("hba1c")).sort("diabetes")["hba1c"]
+    assert by_diabetes[1] - by_diabetes[0] > 1.0
+    by_htn = rows.group_by("hypertension").agg(pl.mean("systolic_bp")).sort("hypertension")
+    assert by_htn["systolic_bp"][1] - by_htn["systolic_bp"][0] > 12
+
+
+def _design(federation: Federation, rows: pl.DataFrame) -> np.ndarray:
+    columns = []
+    for spec in federation.features:
+        if spec.categories is None:
+            columns.append(rows[spec.name].to_numpy())
+        else:
+            columns += [
+                (rows[spec.name] == c).to_numpy().astype(float) for c in spec.categories[1:]
+            ]
+    return np.column_stack(columns)
+
+
+def _logistic_auc(x_train, y_train, x_test, y_test) -> float:
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-9
+
+    def scaled(x):
+        return np.column_stack([np.ones(len(x)), (x - mean) / std])
+
+    z, w = scaled(x_train), np.zeros(x_train.shape[1] + 1)
+    for _ in range(25):  # Newton steps with a little ridge
+        p = 1 / (1 + np.exp(-z @ w))
+        hessian = (z * (p * (1 - p))[:, None]).T @ z + 1e-3 * np.eye(len(w))
+        w -= np.linalg.solve(hessian, z.T @ (p - y_train) + 1e-3 * w)
+    ranks = np.argsort(np.argsort(scaled(x_test) @ w)) + 1
+    n_pos = y_test.sum()
+    return (ranks[y_test == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y_test) - n_pos))
+
+
+def test_both_outcomes_are_learnable(tmp_path):
+    federation = generate_federation(tmp_path / "f", hospitals=8, patients=500, heterogeneity=0.5)
+    train, test = _pooled(federation, "train"), _pooled(federation, "test")
+    for outcome in federation.outcomes:
+        auc = _logistic_auc(
+            _design(federation, train), train[outcome].to_numpy(),
+            _design(federation, test), test[outcome].to_numpy(),
+        )  # fmt: skip
+        assert auc > 0.85, outcome
+
+
+def test_sizes_keep_the_mean_and_a_floor():
+    rng = np.random.default_rng(0)
+    assert hospital_sizes(rng, 5, 300, 0.0).tolist() == [300] * 5
+    sizes = hospital_sizes(rng, 1000, 300, 1.0)
+    assert sizes.sum() == 300_000 and sizes.min() >= 20
+    assert sizes.max() > 5 * np.median(sizes)  # a few large centres, many small clinics
+
+
+def _spread(federation: Federation) -> dict[str, float]:
+    sizes = np.array([h.n_patients for h in federation.hospitals])
+    per_site = [open_hospital(federation, h.id).rows() for h in federation.hospitals]
+    return {
+        "size_cv": sizes.std() / sizes.mean(),
+        "diabetes_sd": float(np.std([r["diabetes"].mean() for r in per_site])),
+        "sbp_sd": float(np.std([r["systolic_bp"].mean() for r in per_site])),
+        "age_sd": float(np.std([r["age"].mean() for r in per_site])),
+    }
+
+
+def test_heterogeneity_one_spreads_hospitals_apart(tmp_path):
+    iid = _spread(generate_federation(tmp_path / "iid", 30, 200, seed=4, heterogeneity=0))
+    skewed = _spread(generate_federation(tmp_path / "skew", 30, 200, seed=4, heterogeneity=1))
+    assert iid["size_cv"] == 0
+    assert skewed["size_cv"] > 0.5
+    assert skewed["diabetes_sd"] > 2 * iid["diabetes_sd"]
+    assert skewed["sbp_sd"] > 2 * iid["sbp_sd"]
+    assert skewed["age_sd"] > 2 * iid["age_sd"]
+
+
+def test_cli_generates_with_one_line_summary(tmp_path, capsys):
+    out = tmp_path / "fed"
+    argv = ["data", "generate", "--hospitals", "3", "--patients", "30", "--out", str(out)]
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.count("\n") == 1
+    assert stdout.startswith("generated 3 hospitals, 90 patients")
+    assert len(load_federation(out).hospitals) == 3
+
+
+def test_cli_refuses_to_overwrite_without_force(tmp_path, capsys):
+    out = tmp_path / "fed"
+    assert (
+        main(["data", "generate", "--hospitals", "2", "--patients", "20", "--out", str(out)]) == 0
+    )
+    before = _files(out)
+    capsys.readouterr()
+    assert main(["data", "generate", "--hospitals", "4", "--out", str(out)]) == 2
+    assert "already holds a federation; pass --force" in capsys.readouterr().err
+    assert _files(out) == before
+    assert (
+        main(
+            [
+                "data",
+                "generate",
+                "--hospitals",
+                "4",
+                "--patients",
+                "20",
+                "--out",
+                str(out),
+                "--force",
+            ]
+        )
+        == 0
+    )
+    assert len(load_federation(out).hospitals) == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["fed"]  # no staging or backup left behind
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--hospitals", "0", "hospitals must be between 1"),
+        ("--patients", "19", "patients (the mean per hospital) must be between 20"),
+        ("--heterogeneity", "1.5", "heterogeneity must be between 0 and 1"),
+        ("--heterogeneity", "-0.1", "heterogeneity must be between 0 and 1"),
+        ("--seed", "-1", "seed must be zero or positive"),
+    ],
+)
+def test_cli_rejects_bad_arguments(tmp_path, capsys, flag, value, message):
+    out = tmp_path / "fed"
+    assert main(["data", "generate", flag, value, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_refuses_a_folder_that_is_not_a_federation(tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and holds no federation"):
+        generate_federation(out, hospitals=2, patients=20, force=True)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_failure_midway_leaves_previous_federation_untouched(tmp_path, monkeypatch):
+    out = tmp_path / "fed"
+    generate_federation(out, hospitals=2, patients=20)
+    before = _files(out)
+    calls = []
+
+    def failing_write(directory, hospital_id, rows):
+        calls.append(hospital_id)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real_write(directory, hospital_id, rows)
+
+    real_write = output_module.write_partition
+    monkeypatch.setattr("healthsync.data.synthetic.write_partition", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        generate_federation(out, hospitals=5, patients=20, force=True)
+    assert _files(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["fed"]
+    with pytest.raises(OSError, match="disk full"):
+        calls.clear()
+        generate_federation(tmp_path / "new" / "fed", hospitals=5, patients=20)
+    assert not (tmp_path / "new").exists()

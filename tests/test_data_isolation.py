@@ -1,0 +1,178 @@
+"""Each hospital's rows stay in its own partition and are read only by its own accessor."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from healthsync.data import load_federation, open_hospital
+from healthsync.data.importer import HospitalFile, import_federation
+from healthsync.data.synthetic import generate_federation
+from healthsync.errors import HealthSyncError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_accessor_returns_only_its_own_rows(data_federation):
+    data_dir = data_federation.data_dir
+    for info in data_federation.hospitals:
+        accessor = open_hospital(data_dir, info.id)
+        own = pl.read_parquet(data_dir / "hospitals" / info.id / "patients.parquet")
+        assert accessor.rows().equals(own)
+        assert accessor.train().height == info.n_train
+        assert accessor.test().height == info.n_test
+        assert set(accessor.train()["split"]) == {"train"}
+        assert set(accessor.test()["split"]) == {"test"}
+    first, second = (open_hospital(data_dir, h.id).rows() for h in data_federation.hospitals[:2])
+    assert first.join(second, on=first.columns, how="inner").height == 0
+
+
+@pytest.mark.parametrize(
+    "hospital_id",
+    ["../h0001", "h0000/../h0001", "h0001/", "/h0001", "H0001", " h0001", "", "..", "h9999"],
+)
+def test_crafted_ids_are_refused(data_federation, hospital_id):
+    with pytest.raises(HealthSyncError, match="no hospital with id"):
+        open_hospital(data_federation.data_dir, hospital_id)
+
+
+def test_imported_hospitals_cannot_see_each_other(tmp_path):
+    files = []
+    for name in ("Alpha", "Beta"):
+        path = tmp_path / f"{name}.csv"
+        pl.DataFrame({"site": [name] * 12, "x": list(range(12)), "y": [0, 1] * 6}).write_csv(path)
+        files.append(HospitalFile(name, path))
+    federation = import_federation(tmp_path / "out", files, "y")
+    assert set(open_hospital(federation, "alpha").rows()["site"]) == {"Alpha"}
+    assert set(open_hospital(federation, "beta").rows()["site"]) == {"Beta"}
+
+
+def test_symlink_to_another_hospital_is_refused(data_fresh_federation):
+    hospitals = data_fresh_federation.data_dir / "hospitals"
+    shutil.rmtree(hospitals / "h0000")
+    (hospitals / "h0000").symlink_to(hospitals / "h0001", target_is_directory=True)
+    with pytest.raises(HealthSyncError, match="outside hospital 'h0000'"):
+        open_hospital(data_fresh_federation.data_dir, "h0000").rows()
+
+
+def test_symlinked_partition_file_is_refused(data_fresh_federation):
+    own = data_fresh_federation.data_dir / "hospitals" / "h0000" / "patients.parquet"
+    own.unlink()
+    own.symlink_to(data_fresh_federation.data_dir / "hospitals" / "h0001" / "patients.parquet")
+    with pytest.raises(HealthSyncError, match="outside hospital"):
+        open_hospital(data_fresh_federation.data_dir, "h0000").train()
+
+
+def test_manifest_with_unsafe_id_is_refused(data_fresh_federation):
+    path = data_fresh_federation.data_dir / "federation.json"
+    raw = json.loads(path.read_text())
+    raw["hospitals"][0]["id"] = "../h0001"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(HealthSyncError, match="not filesystem-safe"):
+        load_federation(data_fresh_federation.data_dir)
+
+
+def test_partition_disagreeing_with_manifest_is_refused(data_fresh_federation):
+    path = data_fresh_federation.data_dir / "hospitals" / "h0000" / "patients.parquet"
+    rows = pl.read_parquet(path)
+    rows.head(rows.height - 1).write_parquet(path)
+    with pytest.raises(HealthSyncError, match="the manifest says"):
+        open_hospital(data_fresh_federation.data_dir, "h0000").rows()
+
+
+def test_missing_or_invalid_federation_is_a_clear_error(tmp_path):
+    with pytest.raises(HealthSyncError, match="no such federation directory"):
+        load_federation(tmp_path / "absent")
+    with pytest.raises(HealthSyncError, match="not a federation"):
+        load_federation(tmp_path)
+    (tmp_path / "federation.json").write_text("{not json")
+    with pytest.raises(HealthSyncError, match="unreadable manifest"):
+        load_federation(tmp_path)
+    (tmp_path / "federation.json").write_text(json.dumps({"format": "other/9"}))
+    with pytest.raises(HealthSyncError, match="unsupported format"):
+        load_federation(tmp_path)
+
+
+def test_only_partition_files_hold_rows(data_federation):
+    data_dir = data_federation.data_dir
+    files = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file())
+    expected = ["federation.json"] + [
+        f"hospitals/{h.id}/patients.parquet" for h in data_federation.hospitals
+    ]
+    assert files == sorted(expected)
+    assert [p.name for p in data_dir.parent.iterdir()] == [data_dir.name]  # no staging left
+
+
+def test_manifest_holds_schema_and_counts_only(tmp_path):
+    small = generate_federation(tmp_path / "small", 3, patients=30, seed=9, heterogeneity=0)
+    large = generate_federation(tmp_path / "large", 3, patients=3000, seed=9, heterogeneity=0)
+    raw = json.loads((large.data_dir / "federation.json").read_text())
+    assert set(raw) == {
+        "format", "name", "source", "created_with", "outcomes", "default_target", "features",
+        "hospitals",
+    }  # fmt: skip
+    for hospital in raw["hospitals"]:
+        assert set(hospital) == {"id", "name", "n_train", "n_test", "kind", "prevalence"}
+        assert set(hospital["prevalence"]) == {"diabetes", "hypertension"}
+    # The one row-derived figure, a prevalence, is withheld for small cells.
+    small_raw = json.loads((small.data_dir / "federation.json").read_text())
+    assert all(h["prevalence"]["diabetes"] is None for h in small_raw["hospitals"])
+    assert all(0 < h["prevalence"]["hypertension"] < 1 for h in raw["hospitals"])
+    for feature in raw["features"]:
+        assert set(feature) == {"name", "kind", "categories", "unit"}
+    # 100 times the patients, yet the manifest only grows by the digits of the counts.
+    small_size = (small.data_dir / "federation.json").stat().st_size
+    large_size = (large.data_dir / "federation.json").stat().st_size
+    assert (
+        0 < large_size - small_size <= 20 + 2 * 3 * 6
+    )  # count digits; 2 prevalences x 3 hospitals
+
+
+def test_imported_values_never_reach_the_manifest(tmp_path):
+    path = tmp_path / "h.csv"
+    sentinel = [1234.5678 + i for i in range(12)]
+    pl.DataFrame({"marker": sentinel, "y": [0, 1] * 6}).write_csv(path)
+    federation = import_federation(tmp_path / "out", [HospitalFile("H", path)], "y")
+    text = (federation.data_dir / "federation.json").read_text()
+    assert "1234" not in text and "1245" not in text
+    assert open_hospital(federation, "h").rows()["marker"].to_list() == sentinel
+
+
+def _references(path: Path, names: set[str]) -> set[str]:
+    """Which of ``names`` (or the partition file name) a module's code, not its prose, uses."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    prose = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}  # docstrings
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.alias):
+            found.add(node.name)
+        elif isinstance(node, ast.Constant) and id(node) not in prose:
+            found.add(str(node.value))
+    hits = found & names
+    if any("patients.parquet" in text for text in found):
+        hits.add("patients.parquet")
+    return hits
+
+
+def test_no_other_code_locates_partition_files():
+    """Only the accessor reads partitions; the writers and the layout constants are the exceptions."""
+    allowed = {"accessor.py", "manifest.py", "output.py"}
+    names = {"partition_path", "PARTITION_NAME", "HOSPITALS_DIR"}
+    offenders = {}
+    for folder in ("healthsync", "simulation", "pages"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.parent.name == "data" and path.name in allowed:
+                continue
+            found = _references(path, names)
+            if found:
+                offenders[str(path.relative_to(ROOT))] = sorted(found)
+    assert offenders == {}
