@@ -30,7 +30,7 @@ from healthsync.store import MetricsStore
 from simulation.strategies import build_strategy
 
 log = logging.getLogger("healthsync.simulation")
-NODE_WAIT_SECONDS = 120.0
+NODE_WAIT_SECONDS = 60.0
 ROUND_TIMEOUT_SECONDS = 3600.0
 
 
@@ -68,7 +68,10 @@ class FederatedRun:
         deadline = time.monotonic() + NODE_WAIT_SECONDS
         while len(nodes := list(self.grid.get_node_ids())) < expected:
             if time.monotonic() > deadline:
-                raise HealthSyncError(f"only {len(nodes)} of {expected} hospitals came online")
+                raise HealthSyncError(
+                    f"only {len(nodes)} of {expected} hospitals came online; each hospital needs"
+                    " its own node (with `flwr run`, set num-supernodes to the number of hospitals)"
+                )
             time.sleep(0.05)
         return nodes
 
