@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ STRATEGIES: tuple[str, ...] = (
 )
 MODELS: tuple[str, ...] = ("logreg", "mlp")
 DEFAULT_DB = Path("data/healthsync.duckdb")
+AUTO_BLOCK_THRESHOLD = 32
+MAX_AUTO_BLOCK = 2048
 DEFAULT_DATA = Path("data/demo")
 
 
@@ -49,6 +52,9 @@ class TrainConfig:
     krum_f : number of malicious hospitals Krum tolerates.
     fail_hospitals : fault drill: hospital ids whose client raises in every round.
     min_hospitals : the run fails if fewer hospitals than this answer a round.
+    block_size : hospitals one Flower client trains at once, vectorised; 1 is the
+        classic one-client-per-hospital path, 0 picks automatically
+        (``block_size_for``).
     """
 
     data_dir: str = str(DEFAULT_DATA)
@@ -68,6 +74,7 @@ class TrainConfig:
     krum_f: int = 1
     fail_hospitals: tuple[str, ...] = field(default_factory=tuple)
     min_hospitals: int = 1
+    block_size: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fail_hospitals", tuple(self.fail_hospitals))
@@ -93,6 +100,23 @@ class TrainConfig:
         _check(self.krum_f >= 0, f"krum f must be >= 0, got {self.krum_f}")
         _check(self.min_hospitals >= 1, f"min hospitals must be >= 1, got {self.min_hospitals}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(
+            self.block_size >= 0, f"block size must be >= 0 (0: automatic), got {self.block_size}"
+        )
+
+    def block_size_for(self, hospitals: int, cpus: int | None = None) -> int:
+        """The block size used for ``hospitals``: the setting, or an automatic choice.
+
+        Small federations keep one Flower client per hospital (what a demo
+        audience expects to see); large ones get one block per CPU, so each Ray
+        actor trains its share of hospitals in a single vectorised call.
+        """
+        if self.block_size:
+            return min(self.block_size, hospitals)
+        if hospitals <= AUTO_BLOCK_THRESHOLD:
+            return 1
+        cpus = cpus or os.cpu_count() or 1
+        return min(-(-hospitals // cpus), MAX_AUTO_BLOCK)
 
     # ------------------------------------------------------------ conversions
     def replace(self, **changes: Any) -> TrainConfig:

@@ -1,43 +1,64 @@
-"""The hospital side: one Flower ClientApp per hospital, on that hospital's rows only.
+"""The hospital side: each Flower node serves a block of hospitals, each on its own rows.
 
-Each simulated node is one hospital (its ``partition-id`` indexes the
-federation's hospital list). The node reads its rows through the hospital's
-own accessor, once per process (cached), and answers three kinds of message:
+Node ``partition-id`` p serves hospitals ``p*B .. p*B+B-1`` of the federation's
+list (``block-size`` B; B = 1 is the classic one-client-per-hospital path).
+A node reads each hospital's rows through that hospital's own accessor, once
+per process (cached across rounds), and answers:
 
-- ``query``: aggregate statistics (counts, sums, sums of squares) for
-  federated feature scaling;
-- ``train``: local training from the global model; returns the new weights;
-- ``evaluate``: metrics of the global model on the hospital's test split.
+- ``query.identify``: which block it serves;
+- ``query``: per-hospital counts, sums and sums of squares for federated scaling;
+- ``train``: local training of each requested hospital from the global model;
+  B > 1 trains the whole block in one vectorised call (``healthsync.blocks``);
+- ``evaluate``: the global model's metrics on each hospital's test split.
 
-Only weights and aggregates leave; never a row.
+Replies keep hospitals apart (``arrays/<i>``, ``metrics/<i>``, ``errors``), so
+the server can hand every strategy one update per hospital. Only weights and
+aggregates leave; never a row.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
+import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from healthsync.data import load_federation
+from healthsync.blocks import evaluate_block, train_block
+from healthsync.data import Federation, load_federation
 from healthsync.features import Scaler, ScalingStats
 from healthsync.model import build_model, set_arrays
 from healthsync.training import HospitalArrays, evaluate_local, fit_from, hospital_arrays
 
+# One Ray actor per CPU, one thread per actor: no oversubscription, and the same
+# reduction order (hence the same numbers) whichever actor serves a hospital.
+torch.set_num_threads(1)
 app = ClientApp()
 
 
-@lru_cache(maxsize=64)
-def _hospital(data_dir: str, partition_id: int, target: str) -> HospitalArrays:
-    federation = load_federation(data_dir)
-    return hospital_arrays(federation, federation.hospitals[partition_id].id, target)
+@cache
+def _federation(data_dir: str) -> Federation:
+    return load_federation(data_dir)
 
 
-def _local(msg: Message, context: Context) -> tuple[HospitalArrays, ConfigRecord]:
+@cache
+def _hospital(data_dir: str, index: int, target: str) -> HospitalArrays:
+    federation = _federation(data_dir)
+    return hospital_arrays(federation, federation.hospitals[index].id, target)
+
+
+def _requested(msg: Message, context: Context) -> tuple[list[int], ConfigRecord]:
+    """The hospital indices this message asks for, checked against the node's own block."""
     config = msg.content["config"]
-    partition_id = int(context.node_config["partition-id"])
-    hospital = _hospital(str(config["data-dir"]), partition_id, str(config["target"]))
-    return hospital, config
+    block = int(config.get("block-size", 1))
+    first = int(context.node_config["partition-id"]) * block
+    mine = range(first, min(first + block, len(_federation(str(config["data-dir"])).hospitals)))
+    wanted = [int(i) for i in config.get("hospitals", list(mine))]
+    foreign = [i for i in wanted if i not in mine]
+    if foreign:
+        raise ValueError(f"hospitals {foreign} are not served by this node")
+    return wanted, config
 
 
 def _fault_drill(hospital: HospitalArrays, config: ConfigRecord) -> None:
@@ -46,75 +67,123 @@ def _fault_drill(hospital: HospitalArrays, config: ConfigRecord) -> None:
         raise RuntimeError(f"fault drill: hospital {hospital.hospital_id} raised on purpose")
 
 
+def _serve(msg: Message, context: Context, work) -> Message:
+    """Run ``work(index, hospital, config) -> records`` per hospital; failures stay per hospital."""
+    wanted, config = _requested(msg, context)
+    records: dict = {}
+    errors: dict[str, str] = {}
+    ready: list[tuple[int, HospitalArrays]] = []
+    for index in wanted:
+        try:
+            hospital = _hospital(str(config["data-dir"]), index, str(config["target"]))
+            if msg.metadata.message_type != "query":
+                _fault_drill(hospital, config)
+            ready.append((index, hospital))
+        except Exception as err:  # reported per hospital; the block goes on
+            errors[str(index)] = f"{type(err).__name__}: {err}"
+    if ready:
+        records.update(work(ready, config))
+    records["errors"] = ConfigRecord(errors)
+    return Message(RecordDict(records), reply_to=msg)
+
+
 def _scaler(config: ConfigRecord) -> Scaler:
     return Scaler.from_lists(config["scale-mean"], config["scale-std"])
 
 
+@app.query("identify")
+def identify(msg: Message, context: Context) -> Message:
+    """Which block of hospitals this node serves."""
+    metrics = MetricRecord({"partition-id": int(context.node_config["partition-id"])})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Who this hospital is and its scaling statistics over its training rows."""
-    hospital, _ = _local(msg, context)
-    stats = ScalingStats.of(hospital.x_train)
-    metrics = MetricRecord(
-        {
-            "partition-id": int(context.node_config["partition-id"]),
-            "count": stats.count,
-            "sums": stats.sums.tolist(),
-            "sumsq": stats.sumsq.tolist(),
-        }
-    )
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    """Each hospital's scaling statistics over its training rows."""
+
+    def work(ready, config):
+        out = {}
+        for index, hospital in ready:
+            stats = ScalingStats.of(hospital.x_train)
+            out[f"metrics/{index}"] = MetricRecord(
+                {"count": stats.count, "sums": stats.sums.tolist(), "sumsq": stats.sumsq.tolist()}
+            )
+        return out
+
+    return _serve(msg, context, work)
+
+
+def _seed(config: ConfigRecord, index: int) -> int:
+    return int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + index
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local epochs of SGD from the global model; reply with the new weights."""
-    hospital, config = _local(msg, context)
-    _fault_drill(hospital, config)
-    data = hospital.scaled(_scaler(config))
-    model = build_model(str(config["model"]), data.x_train.shape[1])
+    """Local epochs of SGD from the global model; one new set of weights per hospital."""
     arrays = msg.content["arrays"].to_numpy_ndarrays()
-    seed = (
-        int(config["seed"]) * 1_000_003
-        + int(config["server-round"]) * 1_009
-        + int(context.node_config["partition-id"])
-    )
-    new_arrays, loss = fit_from(
-        model,
-        arrays,
-        data,
-        epochs=int(config["local-epochs"]),
-        batch_size=int(config["batch-size"]),
-        lr=float(config["lr"]),
-        seed=seed,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
-    )
-    metrics = MetricRecord({"num-examples": len(data.y_train), "train-loss": float(loss)})
-    return Message(
-        RecordDict({"arrays": ArrayRecord(numpy_ndarrays=new_arrays), "metrics": metrics}),
-        reply_to=msg,
-    )
+
+    def work(ready, config):
+        scaler = _scaler(config)
+        data = [hospital.scaled(scaler) for _, hospital in ready]
+        settings = {
+            "epochs": int(config["local-epochs"]),
+            "batch_size": int(config["batch-size"]),
+            "lr": float(config["lr"]),
+            "proximal_mu": float(config.get("proximal-mu", 0.0)),
+        }
+        if len(ready) == 1:  # the classic path: one hospital, an ordinary PyTorch loop
+            model = build_model(str(config["model"]), data[0].x_train.shape[1])
+            new, loss = fit_from(
+                model, arrays, data[0], seed=_seed(config, ready[0][0]), **settings
+            )
+            results = [(new, loss)]
+        else:
+            seeds = [_seed(config, index) for index, _ in ready]
+            new_arrays, losses = train_block(
+                str(config["model"]), arrays, data, seeds=seeds, **settings
+            )
+            results = list(zip(new_arrays, losses, strict=True))
+        out = {}
+        for (index, _), d, (new, loss) in zip(ready, data, results, strict=True):
+            out[f"arrays/{index}"] = ArrayRecord(numpy_ndarrays=new)
+            out[f"metrics/{index}"] = MetricRecord(
+                {"num-examples": len(d.y_train), "train-loss": float(loss)}
+            )
+        return out
+
+    return _serve(msg, context, work)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Metrics of the global model on this hospital's test rows, plus a score histogram."""
-    hospital, config = _local(msg, context)
-    _fault_drill(hospital, config)
-    data = hospital.scaled(_scaler(config))
-    model = build_model(str(config["model"]), data.x_test.shape[1])
-    set_arrays(model, msg.content["arrays"].to_numpy_ndarrays())
-    result, histogram = evaluate_local(model, data.x_test, data.y_test)
-    metrics = MetricRecord(
-        {
-            "num-examples": result.n,
-            "loss": result.loss,
-            "auc": result.auc,
-            "accuracy": result.accuracy,
-            "brier": result.brier,
-            "hist-pos": histogram[:, 0].tolist(),
-            "hist-neg": histogram[:, 1].tolist(),
-            "hist-sum": histogram[:, 2].tolist(),
-        }
-    )
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    """Metrics of the global model on each hospital's test rows, plus a score histogram."""
+    arrays = msg.content["arrays"].to_numpy_ndarrays()
+
+    def work(ready, config):
+        scaler = _scaler(config)
+        data = [hospital.scaled(scaler) for _, hospital in ready]
+        kind = str(config["model"])
+        if len(ready) == 1:
+            model = build_model(kind, data[0].x_test.shape[1])
+            set_arrays(model, arrays)
+            results = [evaluate_local(model, data[0].x_test, data[0].y_test)]
+        else:
+            results = evaluate_block(kind, arrays, data)
+        out = {}
+        for (index, _), (result, histogram) in zip(ready, results, strict=True):
+            out[f"metrics/{index}"] = MetricRecord(
+                {
+                    "num-examples": result.n,
+                    "loss": result.loss,
+                    "auc": result.auc,
+                    "accuracy": result.accuracy,
+                    "brier": result.brier,
+                    "hist-pos": np.asarray(histogram[:, 0]).tolist(),
+                    "hist-neg": np.asarray(histogram[:, 1]).tolist(),
+                    "hist-sum": np.asarray(histogram[:, 2]).tolist(),
+                }
+            )
+        return out
+
+    return _serve(msg, context, work)

@@ -1,4 +1,4 @@
-"""The only place that starts Flower and Ray: one simulated hospital per Flower node."""
+"""The only place that starts Flower and Ray: one Flower node per block of hospitals."""
 
 from __future__ import annotations
 
@@ -32,9 +32,10 @@ def run(config: TrainConfig, run_id: str, *, ray_address: str | None = None) -> 
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     hospitals = len(load_federation(config.data_dir).hospitals)
+    block = config.block_size_for(hospitals)
     run_simulation(
-        server_app=make_server_app(config, run_id),
+        server_app=make_server_app(config.replace(block_size=block), run_id),
         client_app=client_app,
-        num_supernodes=hospitals,
+        num_supernodes=-(-hospitals // block),
         backend_config=backend_config(ray_address),
     )

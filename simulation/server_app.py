@@ -27,6 +27,7 @@ from healthsync.metrics import BinaryMetrics, aggregate
 from healthsync.model import SavedModel, get_arrays, initial_model
 from healthsync.runs import check_config
 from healthsync.store import MetricsStore
+from simulation.hospital_grid import HospitalGrid
 from simulation.strategies import build_strategy
 
 log = logging.getLogger("healthsync.simulation")
@@ -42,50 +43,42 @@ class FederatedRun:
     """One run's round loop over a Flower ``Grid``."""
 
     def __init__(self, grid: Grid, config: TrainConfig, run_id: str, store: MetricsStore) -> None:
-        self.grid = grid
         self.config, self.federation = check_config(config)
         self.target = str(self.config.target)
         self.run_id = run_id
         self.store = store
-        self.hospital_of: dict[int, str] = {}
+        hospitals = len(self.federation.hospitals)
+        self.block_size = self.config.block_size_for(hospitals)
+        self.grid = HospitalGrid(grid, hospitals, self.block_size, wait_seconds=NODE_WAIT_SECONDS)
+        # The grid's virtual node ids are hospital index + 1.
+        self.hospital_of = {i + 1: h.id for i, h in enumerate(self.federation.hospitals)}
         self.base = {
             "data-dir": str(self.federation.data_dir),
             "target": self.target,
-            "model": config.model,
-            "fail-hospitals": ",".join(config.fail_hospitals),
+            "model": self.config.model,
+            "fail-hospitals": ",".join(self.config.fail_hospitals),
         }
 
     # ------------------------------------------------------------ protocol
-    def _send(self, message_type: str, records: dict, node_ids: list[int]) -> list[Message]:
+    def _send(self, message_type: str, records: dict) -> list[Message]:
+        """One message per hospital (the grid batches them per block), replies in hospital order."""
+        content = RecordDict(records)
         messages = [
-            Message(content=RecordDict(records), message_type=message_type, dst_node_id=n)
-            for n in node_ids
+            Message(content=content, message_type=message_type, dst_node_id=n)
+            for n in self.hospital_of
         ]
-        return list(self.grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS))
+        return self._in_hospital_order(
+            self.grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS)
+        )
 
-    def _wait_for_hospitals(self) -> list[int]:
-        expected = len(self.federation.hospitals)
-        deadline = time.monotonic() + NODE_WAIT_SECONDS
-        while len(nodes := list(self.grid.get_node_ids())) < expected:
-            if time.monotonic() > deadline:
-                raise HealthSyncError(
-                    f"only {len(nodes)} of {expected} hospitals came online; each hospital needs"
-                    " its own node (with `flwr run`, set num-supernodes to the number of hospitals)"
-                )
-            time.sleep(0.05)
-        return nodes
-
-    def federated_scaler(self, nodes: list[int]) -> Scaler:
+    def federated_scaler(self) -> Scaler:
         """Mean and std from every hospital's counts, sums and sums of squares."""
-        replies = self._send(MessageType.QUERY, {"config": ConfigRecord(self.base)}, nodes)
         parts = []
-        for reply in replies:
+        for reply in self._send(MessageType.QUERY, {"config": ConfigRecord(self.base)}):
             if reply.has_error():
                 self._event("failed", f"scaling statistics: {reply.error.reason}", None, reply)
                 continue
             m = reply.content["metrics"]
-            hospital = self.federation.hospitals[int(m["partition-id"])].id
-            self.hospital_of[reply.metadata.src_node_id] = hospital
             parts.append(
                 ScalingStats(int(m["count"]), np.asarray(m["sums"]), np.asarray(m["sumsq"]))
             )
@@ -96,12 +89,11 @@ class FederatedRun:
     # ------------------------------------------------------------ the loop
     def run(self, on_round: Callable[[int], None] | None = None) -> BinaryMetrics | None:
         random.seed(self.config.seed)
-        nodes = self._wait_for_hospitals()
-        scaler = self.federated_scaler(nodes)
+        scaler = self.federated_scaler()
         encoder = Encoder.from_federation(self.federation, self.target)
         model = initial_model(self.config.model, encoder.width, self.config.seed)
         arrays = ArrayRecord(numpy_ndarrays=get_arrays(model))
-        strategy = build_strategy(self.config, hospitals=len(nodes))
+        strategy = build_strategy(self.config, hospitals=len(self.hospital_of))
         settings = {
             **self.base,
             "scale-mean": scaler.mean.tolist(),
@@ -154,13 +146,9 @@ class FederatedRun:
 
     def evaluate(self, rnd: int, arrays: ArrayRecord, settings: dict):
         """Global model on every hospital's test split, weighted by test examples."""
-        nodes = list(self.hospital_of)
-        replies = self._in_hospital_order(
-            self._send(
-                MessageType.EVALUATE,
-                {"arrays": arrays, "config": ConfigRecord({**settings, "server-round": rnd})},
-                nodes,
-            )
+        replies = self._send(
+            MessageType.EVALUATE,
+            {"arrays": arrays, "config": ConfigRecord({**settings, "server-round": rnd})},
         )
         results, rows = [], []
         histogram = None

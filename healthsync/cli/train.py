@@ -73,6 +73,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ID",
         help="fault drill: this hospital's client raises every round",
     )
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        default=d.block_size,
+        help="hospitals one Flower client trains at once, vectorised (1: one client per hospital; 0: automatic)",
+    )
     parser.add_argument("--ray-address", default=None, help="run on an existing Ray cluster")
 
 
@@ -95,6 +101,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         krum_f=args.krum_f,
         min_hospitals=args.min_hospitals,
         fail_hospitals=tuple(args.fail_hospital),
+        block_size=args.block_size,
     )
 
 

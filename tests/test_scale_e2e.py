@@ -1,0 +1,109 @@
+"""Block execution and Ray clusters, end to end through Flower."""
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from healthsync import runlog
+from healthsync.predict import load_saved_model
+from healthsync.store import MetricsStore
+from tests.engine_helpers import cli_json, make_federation
+
+pytestmark = pytest.mark.slow
+RAY = Path(sys.executable).with_name("ray")
+
+
+def test_block_64_equals_one_client_per_hospital(tmp_path, capsys):
+    fed = make_federation(tmp_path, "fed", hospitals=70, patients=40, seed=5, heterogeneity=1.0)
+    db = str(tmp_path / "m.duckdb")
+    runs = {}
+    for block in ("1", "64"):
+        code, summary = cli_json(
+            capsys,
+            "train",
+            "--data",
+            str(fed),
+            "--db",
+            db,
+            "--rounds",
+            "1",
+            "--model",
+            "mlp",
+            "--block-size",
+            block,
+            "--json",
+        )
+        assert code == 0 and summary["status"] == "completed", summary
+        runs[block] = summary["run_id"]
+    one, block = (load_saved_model(db, runs[b]).arrays for b in ("1", "64"))
+    for a, b in zip(one, block, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    store = MetricsStore(db)
+    per_hospital = [runlog.hospital_rounds_frame(store, runs[b]) for b in ("1", "64")]
+    assert per_hospital[0].height == per_hospital[1].height == 70
+    np.testing.assert_allclose(
+        per_hospital[0]["loss"].to_numpy(), per_hospital[1]["loss"].to_numpy(), atol=1e-5
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not RAY.exists(), reason="ray CLI not installed beside this Python")
+def test_runs_on_a_two_node_ray_cluster(tmp_path, capsys):
+    fed = make_federation(tmp_path, "fed", hospitals=4, patients=80)
+    port = _free_port()
+    address = f"127.0.0.1:{port}"  # Ray itself advertises the machine's own address
+    env_args = ["--disable-usage-stats", "--num-cpus", "1"]
+    try:
+        subprocess.run(
+            [
+                str(RAY),
+                "start",
+                "--head",
+                "--node-ip-address",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--include-dashboard",
+                "false",
+                *env_args,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        subprocess.run(
+            [str(RAY), "start", "--address", address, *env_args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        status = subprocess.run(
+            [str(RAY), "status", "--address", address], capture_output=True, text=True, timeout=60
+        )
+        assert status.stdout.count(" node_") == 2, status.stdout
+        code, summary = cli_json(
+            capsys,
+            "train",
+            "--data",
+            str(fed),
+            "--db",
+            str(tmp_path / "m.duckdb"),
+            "--rounds",
+            "2",
+            "--ray-address",
+            address,
+            "--json",
+        )
+        assert code == 0 and summary["status"] == "completed", summary
+        assert summary["rounds_done"] == 2
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120)
