@@ -64,14 +64,21 @@ class Encoder:
         for name, categories in self.categorical:
             col = pl.col(name).cast(pl.String)
             exprs.extend((col == c).cast(pl.Float32).alias(f"{name}={c}") for c in categories)
-        encoded = frame.select(exprs)
-        bad = [c for c in self.numeric if encoded[c].null_count() > frame[c].null_count()]
-        if bad:
-            raise HealthSyncError(f"non-numeric values in column(s): {', '.join(bad)}")
-        if encoded.null_count().sum_horizontal().item() > 0:
-            nulls = [c for c in encoded.columns if encoded[c].null_count() > 0]
-            raise HealthSyncError(f"missing values in column(s): {', '.join(nulls)}")
-        return encoded.to_numpy().astype(np.float32, copy=False)
+        x = frame.select(exprs).to_numpy().astype(np.float32, copy=False)
+        if np.isnan(x).any():  # slow path, only to name the culprits
+            self._explain_missing(frame, x)
+        return x
+
+    def _explain_missing(self, frame: pl.DataFrame, x: np.ndarray) -> None:
+        broken = [c for c, bad in zip(self.columns, np.isnan(x).any(axis=0), strict=True) if bad]
+        non_numeric = [
+            c
+            for c in self.numeric
+            if c in broken and frame[c].null_count() < np.isnan(x[:, self.columns.index(c)]).sum()
+        ]
+        if non_numeric:
+            raise HealthSyncError(f"non-numeric values in column(s): {', '.join(non_numeric)}")
+        raise HealthSyncError(f"missing values in column(s): {', '.join(broken)}")
 
 
 @dataclass(frozen=True)

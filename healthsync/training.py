@@ -124,14 +124,11 @@ class HospitalArrays:
 
 
 def hospital_arrays(federation: Federation, hospital_id: str, target: str) -> HospitalArrays:
-    """Read one hospital's rows through its own accessor and encode them."""
+    """Read one hospital's rows through its own accessor and encode them (one pass)."""
     encoder = Encoder.from_federation(federation, target)
-    accessor = open_hospital(federation, hospital_id)
-    train, test = accessor.train(), accessor.test()
+    rows = open_hospital(federation, hospital_id).rows()
+    x, y = encoder.encode(rows), labels(rows, target)
+    test = (rows["split"] == "test").to_numpy()
     return HospitalArrays(
-        hospital_id=hospital_id,
-        x_train=encoder.encode(train),
-        y_train=labels(train, target),
-        x_test=encoder.encode(test),
-        y_test=labels(test, target),
+        hospital_id=hospital_id, x_train=x[~test], y_train=y[~test], x_test=x[test], y_test=y[test]
     )

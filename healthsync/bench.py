@@ -1,0 +1,281 @@
+"""Stress test: the same federated workload three ways, side by side, kept in the store.
+
+- ``flower``: Flower on Ray, one client per hospital (block size 1), the classic
+  simulation every hospital as its own ClientApp call;
+- ``healthsync``: Flower on Ray with block execution (automatic block size);
+- ``vectorised``: one process, no Flower or Ray (``healthsync.vectorised``),
+  the hardware lower bound.
+
+Each runs in its own process tree on the same data, model, rounds and seed;
+this module samples the tree's resident memory while it runs. Results go to
+the ``bench_results`` table as each measurement ends, so the Stress-test page
+can draw a sweep while it runs and compare it with earlier sweeps.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import polars as pl
+
+from healthsync import runlog, runs
+from healthsync.config import MODELS, TrainConfig
+from healthsync.data import load_federation
+from healthsync.errors import HealthSyncError
+from healthsync.proctree import tree_rss_bytes
+from healthsync.store import MetricsStore
+
+WAYS = ("flower", "healthsync", "vectorised")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS bench_results (
+    sweep_id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, way VARCHAR NOT NULL,
+    model VARCHAR NOT NULL, hospitals INTEGER NOT NULL, patients INTEGER, rounds INTEGER,
+    seconds_per_round DOUBLE, updates_per_second DOUBLE, peak_memory_mib DOUBLE,
+    first_round_seconds DOUBLE, status VARCHAR NOT NULL, note VARCHAR
+)
+"""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One stress-test sweep.
+
+    ``max_flower_hospitals`` skips the one-client-per-hospital way above that
+    size (at tens of ms per hospital per round it would take hours); the skip is
+    recorded with the reason rather than silently left out.
+    """
+
+    hospitals: tuple[int, ...] = (10, 100, 1000, 10000)
+    patients: int = 500
+    models: tuple[str, ...] = MODELS
+    ways: tuple[str, ...] = WAYS
+    rounds: int = 3
+    seed: int = 0
+    work_dir: str = "data/bench"
+    db: str = "data/healthsync.duckdb"
+    max_flower_hospitals: int = 1000
+    timeout_seconds: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not self.hospitals or min(self.hospitals) < 2:
+            raise HealthSyncError("hospital counts must be at least 2")
+        if max(self.hospitals) > 100_000:
+            raise HealthSyncError("at most 100,000 hospitals per sweep point")
+        unknown = sorted(set(self.ways) - set(WAYS)) + sorted(set(self.models) - set(MODELS))
+        if unknown:
+            raise HealthSyncError(f"unknown way or model: {', '.join(unknown)}")
+        if self.rounds < 2:
+            raise HealthSyncError(
+                "a sweep needs at least 2 rounds (the first one includes warm-up)"
+            )
+
+
+@dataclass
+class Measurement:
+    way: str
+    model: str
+    hospitals: int
+    seconds_per_round: float | None = None
+    updates_per_second: float | None = None
+    peak_memory_mib: float | None = None
+    first_round_seconds: float | None = None
+    status: str = "ok"
+    note: str | None = None
+
+
+def ensure_schema(store: MetricsStore) -> None:
+    store.execute(SCHEMA)
+
+
+def _watch(pid: int, done: Callable[[], bool], timeout: float) -> float:
+    """Poll until ``done()``; return the peak memory (MiB) of ``pid``'s process tree."""
+    peak = 0
+    deadline = time.monotonic() + timeout
+    while not done():
+        peak = max(peak, tree_rss_bytes(pid))
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(0.2)
+    return peak / 2**20
+
+
+def measure_flower(
+    data: Path, db: str, model: str, rounds: int, seed: int, block_size: int, timeout: float
+) -> Measurement:
+    way = "flower" if block_size == 1 else "healthsync"
+    started = time.time()
+    config = TrainConfig(
+        data_dir=str(data), db=db, model=model, rounds=rounds, seed=seed, block_size=block_size
+    )
+    run_id = runs.start_run(config)
+    store = MetricsStore(db)
+    pid = runlog.get_run(store, run_id)["pid"]
+    hospitals = len(load_federation(data).hospitals)
+
+    def finished() -> bool:
+        return runlog.get_run(store, run_id)["status"] in runs.FINISHED
+
+    try:
+        peak = _watch(pid, finished, timeout)
+    except TimeoutError:
+        runs.cancel_run(db, run_id)
+        return Measurement(way, model, hospitals, status="timeout", note=f"over {timeout:.0f} s")
+    run = runs.run_status(db, run_id)
+    rounds_frame = runlog.rounds_frame(store, run_id)
+    if run["status"] != "completed" or rounds_frame.is_empty():
+        return Measurement(way, model, hospitals, status="failed", note=run["reason"])
+    later = rounds_frame["seconds"].to_list()[1:] or rounds_frame["seconds"].to_list()
+    per_round = sum(later) / len(later)
+    first = rounds_frame["recorded_at"][0].timestamp() - started
+    updates = rounds_frame["hospitals_ok"].mean()
+    return Measurement(way, model, hospitals, per_round, updates / per_round, peak, first)
+
+
+def measure_vectorised(
+    data: Path, model: str, rounds: int, seed: int, timeout: float
+) -> Measurement:
+    hospitals = len(load_federation(data).hospitals)
+    started = time.time()
+    cmd = [
+        sys.executable,
+        "-m",
+        "healthsync.vectorised",
+        "--data",
+        str(data),
+        "--rounds",
+        str(rounds),
+        "--model",
+        model,
+        "--seed",
+        str(seed),
+    ]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        peak = _watch(process.pid, lambda: process.poll() is not None, timeout)
+    except TimeoutError:
+        process.kill()
+        return Measurement(
+            "vectorised", model, hospitals, status="timeout", note=f"over {timeout:.0f} s"
+        )
+    lines = [
+        json.loads(line) for line in process.stdout.read().splitlines() if line.startswith("{")
+    ]
+    rounds_out = [line for line in lines if "round" in line]
+    if process.returncode != 0 or not rounds_out:
+        return Measurement(
+            "vectorised", model, hospitals, status="failed", note=f"exit {process.returncode}"
+        )
+    later = [r["seconds"] for r in rounds_out[1:]] or [rounds_out[0]["seconds"]]
+    per_round = sum(later) / len(later)
+    # the first round ends at start + load + its own time; the child does not timestamp, so
+    # take the parent's view: wall time minus the later rounds.
+    first = (time.time() - started) - sum(r["seconds"] for r in rounds_out[1:])
+    return Measurement(
+        "vectorised",
+        model,
+        hospitals,
+        per_round,
+        rounds_out[-1]["updates"] / per_round,
+        peak,
+        first,
+    )
+
+
+def dataset(work_dir: Path, hospitals: int, patients: int, seed: int) -> Path:
+    """The sweep's federation for ``hospitals`` (generated once, reused across ways and models)."""
+    from healthsync.data.synthetic import generate_federation
+
+    out = work_dir / f"h{hospitals}x{patients}s{seed}"
+    if not (out / "federation.json").exists():
+        generate_federation(
+            out, hospitals=hospitals, patients=patients, seed=seed, heterogeneity=0.5, force=True
+        )
+    return out
+
+
+def run_sweep(
+    config: SweepConfig,
+    *,
+    sweep_id: str | None = None,
+    progress: Callable[[int, int, Measurement], None] | None = None,
+) -> pl.DataFrame:
+    """Measure every (hospital count, model, way) of ``config``; return and store the table."""
+    store = MetricsStore(config.db)
+    ensure_schema(store)
+    sweep_id = sweep_id or f"sweep-{runlog.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    work_dir = Path(config.work_dir)
+    steps = [(h, m, w) for h in config.hospitals for m in config.models for w in config.ways]
+    results = []
+    for i, (hospitals, model, way) in enumerate(steps, start=1):
+        data = dataset(work_dir, hospitals, config.patients, config.seed)
+        if way == "flower" and hospitals > config.max_flower_hospitals:
+            result = Measurement(
+                way,
+                model,
+                hospitals,
+                status="skipped",
+                note=f"one client per hospital is skipped above {config.max_flower_hospitals} hospitals",
+            )
+        elif way == "vectorised":
+            result = measure_vectorised(
+                data, model, config.rounds, config.seed, config.timeout_seconds
+            )
+        else:
+            result = measure_flower(
+                data,
+                str(Path(config.db)),
+                model,
+                config.rounds,
+                config.seed,
+                1 if way == "flower" else 0,
+                config.timeout_seconds,
+            )
+        store.execute(
+            "INSERT INTO bench_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                sweep_id,
+                runlog.now(),
+                result.way,
+                result.model,
+                result.hospitals,
+                config.patients,
+                config.rounds,
+                result.seconds_per_round,
+                result.updates_per_second,
+                result.peak_memory_mib,
+                result.first_round_seconds,
+                result.status,
+                result.note,
+            ],
+        )
+        results.append(asdict(result))
+        if progress:
+            progress(i, len(steps), result)
+    return pl.DataFrame(results)
+
+
+def ratios(table: pl.DataFrame) -> pl.DataFrame:
+    """Per hospital count and model: (b)/(c) and (a)/(b) seconds per round."""
+    wide = table.filter(pl.col("status") == "ok").pivot(
+        on="way", index=["hospitals", "model"], values="seconds_per_round"
+    )
+    for way in WAYS:
+        if way not in wide.columns:
+            wide = wide.with_columns(pl.lit(None, dtype=pl.Float64).alias(way))
+    return wide.with_columns(
+        (pl.col("healthsync") / pl.col("vectorised")).alias("healthsync/vectorised"),
+        (pl.col("flower") / pl.col("healthsync")).alias("flower/healthsync"),
+    ).sort("hospitals", "model")
+
+
+def sweeps(store: MetricsStore) -> pl.DataFrame:
+    """Every stored measurement, newest sweep first."""
+    ensure_schema(store)
+    return store.frame("SELECT * FROM bench_results ORDER BY created_at DESC")

@@ -1,0 +1,79 @@
+"""``healthsync bench``: the stress-test sweep, printed as a table with ratios."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from healthsync.config import DEFAULT_DB, MODELS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    bench = subparsers.add_parser(
+        "bench",
+        help="stress test: Flower one-client-per-hospital vs HealthSync blocks vs a vectorised lower bound",
+        description="Run the same federated workload three ways at each hospital count and print seconds "
+        "per round, hospital updates per second, peak memory and time to the first round, with the ratios "
+        "healthsync/vectorised and flower/healthsync. Results are also kept in the metrics store.",
+    )
+    bench.add_argument("--hospitals", type=int, nargs="+", default=[10, 100, 1000, 10000])
+    bench.add_argument("--patients", type=int, default=500)
+    bench.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    bench.add_argument(
+        "--ways",
+        nargs="+",
+        default=["flower", "healthsync", "vectorised"],
+        choices=["flower", "healthsync", "vectorised"],
+    )
+    bench.add_argument("--rounds", type=int, default=3)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument(
+        "--work-dir", default="data/bench", help="where the sweep's federations are generated"
+    )
+    bench.add_argument("--db", default=str(DEFAULT_DB))
+    bench.add_argument(
+        "--max-flower-hospitals",
+        type=int,
+        default=1000,
+        help="skip one-client-per-hospital above this many hospitals",
+    )
+    bench.add_argument("--sweep-id", default=None, help=argparse.SUPPRESS)
+    bench.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import polars as pl
+    from tqdm import tqdm
+
+    from healthsync.bench import SweepConfig, ratios, run_sweep
+
+    config = SweepConfig(
+        hospitals=tuple(args.hospitals),
+        patients=args.patients,
+        models=tuple(args.models),
+        ways=tuple(args.ways),
+        rounds=args.rounds,
+        seed=args.seed,
+        work_dir=args.work_dir,
+        db=args.db,
+        max_flower_hospitals=args.max_flower_hospitals,
+    )
+    total = len(config.hospitals) * len(config.models) * len(config.ways)
+    bar = tqdm(total=total, unit="measurement", file=sys.stderr)
+
+    def progress(done: int, _total: int, result) -> None:
+        bar.set_postfix_str(f"{result.way} {result.model} {result.hospitals}: {result.status}")
+        bar.update(1)
+
+    table = run_sweep(config, sweep_id=args.sweep_id, progress=progress)
+    bar.close()
+    with pl.Config(
+        tbl_rows=-1,
+        tbl_cols=-1,
+        tbl_width_chars=200,
+        float_precision=3,
+        tbl_hide_dataframe_shape=True,
+    ):
+        print(table)
+        print(ratios(table))
+    return 0

@@ -1,0 +1,106 @@
+"""The hardware lower bound: FedAvg in one process, all hospitals in one vectorised call.
+
+No Flower, no Ray, no messages: the benchmark's yardstick for how fast the
+same federated workload (same data, model, rounds, seed) could possibly run on
+this machine. Each hospital's rows are still read through its own accessor.
+
+    python -m healthsync.vectorised --data DIR --rounds R --model logreg
+
+prints one JSON object per line: ``{"event": "ready"}`` once data is loaded,
+then ``{"round": r, "seconds": s, "auc": ...}`` per round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from healthsync.blocks import evaluate_block, train_block
+from healthsync.config import TrainConfig
+from healthsync.features import Scaler, ScalingStats
+from healthsync.metrics import aggregate
+from healthsync.model import get_arrays, initial_model
+from healthsync.runs import check_config
+from healthsync.training import hospital_arrays
+
+CHUNK = 2048  # hospitals per vectorised call, to bound memory
+
+
+def run(config: TrainConfig, emit=print) -> None:
+    config, federation = check_config(config)
+    target = str(config.target)
+    hospitals = [hospital_arrays(federation, h.id, target) for h in federation.hospitals]
+    scaler = Scaler.from_stats(ScalingStats.combine(ScalingStats.of(h.x_train) for h in hospitals))
+    data = [h.scaled(scaler) for h in hospitals]
+    arrays = get_arrays(initial_model(config.model, data[0].x_train.shape[1], config.seed))
+    emit(json.dumps({"event": "ready", "hospitals": len(data)}))
+    rng = np.random.default_rng(config.seed)
+    for rnd in range(1, config.rounds + 1):
+        started = time.perf_counter()
+        chosen = np.sort(
+            rng.choice(len(data), size=max(1, int(len(data) * config.fraction)), replace=False)
+        )
+        weights = 0.0
+        summed = [np.zeros_like(a, dtype=np.float64) for a in arrays]
+        for start in range(0, len(chosen), CHUNK):
+            part = [data[i] for i in chosen[start : start + CHUNK]]
+            seeds = [
+                config.seed * 1_000_003 + rnd * 1_009 + int(i)
+                for i in chosen[start : start + CHUNK]
+            ]
+            new, _ = train_block(
+                config.model,
+                arrays,
+                part,
+                epochs=config.local_epochs,
+                batch_size=config.batch_size,
+                lr=config.lr,
+                seeds=seeds,
+            )
+            for d, update in zip(part, new, strict=True):
+                n = len(d.y_train)
+                weights += n
+                for s, u in zip(summed, update, strict=True):
+                    s += n * u
+        arrays = [(s / weights).astype(np.float32) for s in summed]
+        results = []
+        for start in range(0, len(data), CHUNK):
+            results += [
+                m for m, _ in evaluate_block(config.model, arrays, data[start : start + CHUNK])
+            ]
+        final = aggregate(results)
+        emit(
+            json.dumps(
+                {
+                    "round": rnd,
+                    "seconds": time.perf_counter() - started,
+                    "updates": len(chosen),
+                    "auc": final.auc,
+                    "loss": final.loss,
+                }
+            )
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m healthsync.vectorised", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default="logreg")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    run(
+        TrainConfig(data_dir=args.data, rounds=args.rounds, model=args.model, seed=args.seed),
+        emit=lambda line: print(line, flush=True),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
