@@ -1,0 +1,323 @@
+"""Chart builders for the app: Polars frames in, ``alt.Chart`` out, no Streamlit.
+
+Every chart has a title, axis titles with units and a tooltip, and uses the
+same colours for the same things (AUC, accuracy, loss; ok and failed
+hospitals), so a chart reads the same on every page. Frames come from
+``healthsync.dashboard``.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import polars as pl
+
+METRIC_COLORS = {"AUC": "#0f766e", "accuracy": "#4f46e5", "log loss": "#ea580c"}
+STATUS_COLORS = {"ok": "#0f766e", "failed": "#dc2626"}
+OUTCOME_COLORS = ["#0f766e", "#4f46e5", "#ea580c", "#0891b2"]
+PERCENT = ".0%"
+#: Above this many hospitals, per-hospital labels would overlap; charts summarise instead.
+MANY_HOSPITALS = 40
+
+
+def _band_height(rows: int, *, step: int = 22, axes: int = 110, most: int = 640) -> int:
+    """Total chart height for ``rows`` bands: Streamlit's height includes title and axes."""
+    return min(max(step * rows, 60) + axes, most)
+
+
+def _round_axis(title: str = "Round (number)") -> alt.Axis:
+    return alt.Axis(title=title, format="d", tickMinStep=1)
+
+
+def _label(frame: pl.DataFrame) -> str:
+    """The column naming hospitals on an axis: their names when the frame has them."""
+    return "name" if "name" in frame.columns else "hospital"
+
+
+def _diagonal(title: str) -> alt.Chart:
+    """The dashed y = x reference line of ROC and calibration plots."""
+    line = pl.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0], "reference": [title, title]})
+    return (
+        alt.Chart(line)
+        .mark_line(strokeDash=[5, 5], color="#9ca3af")
+        .encode(x="x:Q", y="y:Q", tooltip=alt.Tooltip("reference:N", title="Reference"))
+    )
+
+
+def metric_lines(frame: pl.DataFrame, *, title: str, y_title: str) -> alt.Chart:
+    """Global metrics by round, one coloured line per metric (``round, metric, value``)."""
+    metrics = [m for m in METRIC_COLORS if m in set(frame["metric"].to_list())]
+    return (
+        alt.Chart(frame, title=title)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("round:Q", axis=_round_axis()),
+            y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False)),
+            color=alt.Color(
+                "metric:N",
+                title="Metric",
+                scale=alt.Scale(domain=metrics, range=[METRIC_COLORS[m] for m in metrics]),
+            ),
+            tooltip=[
+                alt.Tooltip("round:Q", title="Round"),
+                alt.Tooltip("metric:N", title="Metric"),
+                alt.Tooltip("value:Q", title="Value", format=".3f"),
+            ],
+        )
+        .properties(height=260)
+    )
+
+
+def hospital_heatmap(frame: pl.DataFrame, *, metric_title: str = "AUC") -> alt.Chart:
+    """Each hospital's metric in each round (``hospital, round, value``): who lags, and when."""
+    hospitals = frame["hospital"].n_unique() if not frame.is_empty() else 0
+    many = hospitals > MANY_HOSPITALS
+    return (
+        alt.Chart(frame, title=f"{metric_title} per hospital and round")
+        .mark_rect()
+        .encode(
+            x=alt.X(
+                "round:O", title="Round (number)", axis=alt.Axis(labelAngle=0, labelOverlap=True)
+            ),
+            y=alt.Y(
+                f"{_label(frame)}:N",
+                title=f"Hospital ({hospitals})",
+                axis=alt.Axis(labels=not many, ticks=not many, labelLimit=220),
+            ),
+            color=alt.Color(
+                "value:Q",
+                title=metric_title,
+                scale=alt.Scale(scheme="viridis", domain=[0.5, 1.0], clamp=True),
+            ),
+            tooltip=[
+                alt.Tooltip(f"{_label(frame)}:N", title="Hospital"),
+                alt.Tooltip("round:O", title="Round"),
+                alt.Tooltip("value:Q", title=metric_title, format=".3f"),
+            ],
+        )
+        .properties(height=_band_height(hospitals, step=28))
+    )
+
+
+def hospital_status_bars(frame: pl.DataFrame) -> alt.Chart:
+    """Hospitals that answered (ok) or failed in each round (``round, status, hospitals``)."""
+    return (
+        alt.Chart(frame, title="Hospitals ok and failed per round")
+        .mark_bar()
+        .encode(
+            x=alt.X(
+                "round:O", title="Round (number)", axis=alt.Axis(labelAngle=0, labelOverlap=True)
+            ),
+            y=alt.Y("hospitals:Q", title="Hospitals (count)", stack=True),
+            color=alt.Color(
+                "status:N",
+                title="Status",
+                scale=alt.Scale(domain=list(STATUS_COLORS), range=list(STATUS_COLORS.values())),
+            ),
+            tooltip=[
+                alt.Tooltip("round:O", title="Round"),
+                alt.Tooltip("status:N", title="Status"),
+                alt.Tooltip("hospitals:Q", title="Hospitals"),
+            ],
+        )
+        .properties(height=260)
+    )
+
+
+def run_curves(frame: pl.DataFrame, *, metric_title: str) -> alt.Chart:
+    """One metric by round for several runs (``run_id, round, value``), one line per run."""
+    return (
+        alt.Chart(frame, title=f"{metric_title} by round, per run")
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("round:Q", axis=_round_axis()),
+            y=alt.Y("value:Q", title=metric_title, scale=alt.Scale(zero=False)),
+            color=alt.Color("run_id:N", title="Run", scale=alt.Scale(scheme="tableau10")),
+            tooltip=[
+                alt.Tooltip("run_id:N", title="Run"),
+                alt.Tooltip("round:Q", title="Round"),
+                alt.Tooltip("value:Q", title=metric_title, format=".3f"),
+            ],
+        )
+        .properties(height=320)
+    )
+
+
+def roc_curve(points: pl.DataFrame, *, auc: float) -> alt.LayerChart:
+    """ROC curve from the binned scores (``threshold, fpr, tpr``) against chance."""
+    curve = (
+        alt.Chart(points)
+        .mark_line(color=METRIC_COLORS["AUC"], point=alt.OverlayMarkDef(color=METRIC_COLORS["AUC"]))
+        .encode(
+            x=alt.X(
+                "fpr:Q",
+                title="False positive rate (%)",
+                scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format=PERCENT),
+            ),
+            y=alt.Y(
+                "tpr:Q",
+                title="True positive rate (%)",
+                scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format=PERCENT),
+            ),
+            order="fpr:Q",
+            tooltip=[
+                alt.Tooltip("threshold:Q", title="Risk threshold", format=".2f"),
+                alt.Tooltip("fpr:Q", title="False positive rate", format=PERCENT),
+                alt.Tooltip("tpr:Q", title="True positive rate", format=PERCENT),
+            ],
+        )
+    )
+    return alt.layer(_diagonal("chance (AUC 0.5)"), curve).properties(
+        title=f"ROC curve (AUC {auc:.3f} from binned scores)", height=340
+    )
+
+
+def calibration_plot(points: pl.DataFrame) -> alt.LayerChart:
+    """Observed event rate against mean predicted risk per score bin (``predicted, observed, patients``)."""
+    dots = (
+        alt.Chart(points)
+        .mark_circle(color=METRIC_COLORS["accuracy"], opacity=0.8)
+        .encode(
+            x=alt.X(
+                "predicted:Q",
+                title="Mean predicted risk (%)",
+                scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format=PERCENT),
+            ),
+            y=alt.Y(
+                "observed:Q",
+                title="Observed event rate (%)",
+                scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(format=PERCENT),
+            ),
+            size=alt.Size("patients:Q", title="Patients (count)"),
+            tooltip=[
+                alt.Tooltip("predicted:Q", title="Mean predicted risk", format=".1%"),
+                alt.Tooltip("observed:Q", title="Observed rate", format=".1%"),
+                alt.Tooltip("patients:Q", title="Patients"),
+            ],
+        )
+    )
+    return alt.layer(_diagonal("perfect calibration"), dots).properties(
+        title="Calibration: predicted risk against what happened", height=340
+    )
+
+
+def hospital_metric_bars(
+    frame: pl.DataFrame, *, metric: str = "auc", metric_title: str = "AUC"
+) -> alt.Chart:
+    """One bar per hospital for its last-round metric, or their spread when there are many."""
+    if frame.height > MANY_HOSPITALS:
+        return (
+            alt.Chart(frame, title=f"Spread of {metric_title} across {frame.height} hospitals")
+            .mark_bar(color=METRIC_COLORS["AUC"])
+            .encode(
+                x=alt.X(f"{metric}:Q", bin=alt.Bin(maxbins=20), title=f"{metric_title} (0–1)"),
+                y=alt.Y("count():Q", title="Hospitals (count)"),
+                tooltip=[alt.Tooltip("count():Q", title="Hospitals")],
+            )
+            .properties(height=260)
+        )
+    return (
+        alt.Chart(frame, title=f"{metric_title} per hospital in the last round")
+        .mark_bar(color=METRIC_COLORS["AUC"])
+        .encode(
+            x=alt.X(
+                f"{metric}:Q",
+                title=f"{metric_title} (0–1)",
+                scale=alt.Scale(domain=[0, 1]),
+                axis=alt.Axis(tickCount=10),
+            ),
+            y=alt.Y(
+                f"{_label(frame)}:N", title="Hospital", sort="-x", axis=alt.Axis(labelLimit=220)
+            ),
+            tooltip=[
+                alt.Tooltip(f"{_label(frame)}:N", title="Hospital"),
+                alt.Tooltip(f"{metric}:Q", title=metric_title, format=".3f"),
+                alt.Tooltip("n:Q", title="Test patients"),
+            ],
+        )
+        .properties(height=_band_height(frame.height, step=30))
+    )
+
+
+def hospital_sizes(frame: pl.DataFrame) -> alt.Chart:
+    """Training and test patients per hospital (``hospital, name, n_train, n_test, n_patients``)."""
+    if frame.height > MANY_HOSPITALS:
+        return (
+            alt.Chart(frame, title=f"Hospital sizes ({frame.height} hospitals)")
+            .mark_bar(color=METRIC_COLORS["AUC"])
+            .encode(
+                x=alt.X("n_patients:Q", bin=alt.Bin(maxbins=30), title="Patients per hospital"),
+                y=alt.Y("count():Q", title="Hospitals (count)"),
+                tooltip=[alt.Tooltip("count():Q", title="Hospitals")],
+            )
+            .properties(height=260)
+        )
+    long = frame.unpivot(
+        index=["hospital", "name", "n_patients"],
+        on=["n_train", "n_test"],
+        variable_name="split",
+        value_name="patients",
+    ).with_columns(pl.col("split").replace({"n_train": "training", "n_test": "test"}))
+    return (
+        alt.Chart(long, title="Patients per hospital")
+        .mark_bar()
+        .encode(
+            x=alt.X("patients:Q", title="Patients (count)", stack=True),
+            y=alt.Y(
+                "name:N",
+                title="Hospital",
+                sort=alt.SortField("n_patients", "descending"),
+                axis=alt.Axis(labelLimit=220),
+            ),
+            color=alt.Color(
+                "split:N",
+                title="Split",
+                scale=alt.Scale(domain=["training", "test"], range=["#0f766e", "#99d5c9"]),
+            ),
+            tooltip=[
+                alt.Tooltip("name:N", title="Hospital"),
+                alt.Tooltip("split:N", title="Split"),
+                alt.Tooltip("patients:Q", title="Patients"),
+            ],
+        )
+        .properties(height=_band_height(frame.height, step=26))
+    )
+
+
+def prevalence_bars(frame: pl.DataFrame) -> alt.Chart:
+    """Outcome prevalence per hospital (``hospital, name, outcome, prevalence``)."""
+    if frame["hospital"].n_unique() > MANY_HOSPITALS:
+        return (
+            alt.Chart(frame, title="Spread of outcome prevalence across hospitals")
+            .mark_boxplot(color=METRIC_COLORS["AUC"])
+            .encode(
+                x=alt.X(
+                    "prevalence:Q",
+                    title="Prevalence (% of patients)",
+                    axis=alt.Axis(format=PERCENT),
+                ),
+                y=alt.Y("outcome:N", title="Outcome"),
+            )
+            .properties(height=_band_height(frame["outcome"].n_unique(), step=40))
+        )
+    return (
+        alt.Chart(frame, title="Outcome prevalence per hospital")
+        .mark_bar()
+        .encode(
+            x=alt.X(
+                "prevalence:Q", title="Prevalence (% of patients)", axis=alt.Axis(format=PERCENT)
+            ),
+            y=alt.Y("name:N", title="Hospital", axis=alt.Axis(labelLimit=220)),
+            yOffset="outcome:N",
+            color=alt.Color("outcome:N", title="Outcome", scale=alt.Scale(range=OUTCOME_COLORS)),
+            tooltip=[
+                alt.Tooltip("name:N", title="Hospital"),
+                alt.Tooltip("outcome:N", title="Outcome"),
+                alt.Tooltip("prevalence:Q", title="Prevalence", format=".1%"),
+            ],
+        )
+        .properties(height=_band_height(frame["hospital"].n_unique(), step=34))
+    )

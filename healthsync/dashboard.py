@@ -1,0 +1,400 @@
+"""Data shaping for the app's pages: settings, federation overview, run progress, curves.
+
+Pages stay thin by asking this module for frames that are ready to draw
+(Polars in, Polars out) and for a few aggregations done in SQL so that a store
+with thousands of runs and millions of per-hospital rows still renders fast.
+Nothing here imports Streamlit, so it is unit-tested directly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from healthsync import auth, runlog
+from healthsync.data import Federation, load_federation
+from healthsync.data.manifest import MANIFEST_NAME
+from healthsync.errors import HealthSyncError
+from healthsync.store import MetricsStore
+
+METRICS = {"auc": "AUC", "accuracy": "accuracy", "loss": "log loss"}
+#: What the CSV exports hold: table -> columns in order, aggregates only.
+EXPORTS = {
+    "rounds": ("run_id", *runlog.ROUND_KEYS),
+    "hospital_rounds": ("run_id", "round", "hospital", "n", "loss", "auc", "accuracy"),
+}
+
+
+# ---------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class AppSettings:
+    """Where the app finds its store, federations and credentials.
+
+    Read from ``HEALTHSYNC_DB``, ``HEALTHSYNC_DATA_ROOT`` and ``HEALTHSYNC_HOME``;
+    relative paths are taken from the checkout root, so the app behaves the
+    same whatever directory ``streamlit run`` was started from.
+    """
+
+    root: Path
+    db: Path
+    data_root: Path
+    home: Path
+
+    @classmethod
+    def from_env(cls, root: Path, environ: Mapping[str, str] = os.environ) -> AppSettings:
+        def resolve(name: str, default: str) -> Path:
+            path = Path(environ.get(name) or default).expanduser()
+            return path if path.is_absolute() else root / path
+
+        return cls(
+            root=root,
+            db=resolve("HEALTHSYNC_DB", "data/healthsync.duckdb"),
+            data_root=resolve("HEALTHSYNC_DATA_ROOT", "data"),
+            home=resolve("HEALTHSYNC_HOME", auth.DEFAULT_HOME),
+        )
+
+
+def find_federations(data_root: Path) -> list[Path]:
+    """Subfolders of ``data_root`` holding a ``federation.json``, by name."""
+    if not data_root.is_dir():
+        return []
+    return sorted(p for p in data_root.iterdir() if (p / MANIFEST_NAME).is_file())
+
+
+# ---------------------------------------------------------------- overview
+def hospitals_frame(federation: Federation) -> pl.DataFrame:
+    """One row per hospital: id, name, kind and split sizes (from the manifest only)."""
+    return pl.DataFrame(
+        {
+            "hospital": [h.id for h in federation.hospitals],
+            "name": [h.name for h in federation.hospitals],
+            "kind": [h.kind or "" for h in federation.hospitals],
+            "n_train": [h.n_train for h in federation.hospitals],
+            "n_test": [h.n_test for h in federation.hospitals],
+        },
+        schema_overrides={"n_train": pl.Int64, "n_test": pl.Int64},
+    ).with_columns(n_patients=pl.col("n_train") + pl.col("n_test"))
+
+
+def prevalence_frame(federation: Federation) -> pl.DataFrame:
+    """Outcome prevalence per hospital, long format; empty if the manifest records none.
+
+    Read from each hospital's ``extras["prevalence"]`` (``{outcome: fraction}``),
+    an aggregate the data layer adds; patient rows are never opened. A figure
+    the data layer withheld (``None``: too few patients with or without the
+    outcome to publish safely) stays as a missing value.
+    """
+    rows = [
+        {
+            "hospital": h.id,
+            "name": h.name,
+            "outcome": outcome,
+            "prevalence": float(value) if isinstance(value, int | float) else None,
+        }
+        for h in federation.hospitals
+        if isinstance(h.extras.get("prevalence"), Mapping)
+        for outcome, value in h.extras["prevalence"].items()
+    ]
+    schema = {"hospital": pl.String, "name": pl.String, "outcome": pl.String}
+    return pl.DataFrame(rows, schema={**schema, "prevalence": pl.Float64})
+
+
+def heterogeneity_label(federation: Federation) -> str:
+    """How different the hospitals were made to be, in words (from ``created_with``)."""
+    value = federation.created_with.get("heterogeneity")
+    if not isinstance(value, int | float):
+        return "not recorded" + (" (imported data)" if federation.source == "import" else "")
+    if value == 0:
+        return "0 (identical hospitals)"
+    word = "low" if value < 0.34 else "moderate" if value < 0.67 else "strong"
+    return f"{value:g} ({word})"
+
+
+def federation_facts(federation: Federation) -> dict[str, Any]:
+    """Headline numbers of a federation for the Overview page."""
+    sizes = hospitals_frame(federation)["n_patients"]
+    return {
+        "name": federation.name,
+        "source": federation.source,
+        "hospitals": len(federation.hospitals),
+        "patients": federation.n_patients,
+        "smallest": int(sizes.min()),
+        "largest": int(sizes.max()),
+        "outcomes": ", ".join(federation.outcomes),
+        "heterogeneity": heterogeneity_label(federation),
+    }
+
+
+# ---------------------------------------------------------------- runs
+def default_run(runs: pl.DataFrame) -> str | None:
+    """The run to watch when none is chosen: the newest active one, else the newest."""
+    if runs.is_empty():
+        return None
+    active = runs.filter(pl.col("status").is_in(runlog.ACTIVE))
+    return str((active if not active.is_empty() else runs)["run_id"][0])
+
+
+def run_labels(runs: pl.DataFrame) -> dict[str, str]:
+    """``run_id -> "run_id · status · strategy/model · target"`` for pickers."""
+    return {
+        r["run_id"]: f"{r['run_id']} · {r['status']} · {r['strategy']}/{r['model']} · {r['target']}"
+        for r in runs.iter_rows(named=True)
+    }
+
+
+def runs_table(runs: pl.DataFrame) -> pl.DataFrame:
+    """The run history as shown: settings, progress and final numbers."""
+    return runs.select(
+        pl.col("run_id").alias("run"),
+        "status",
+        pl.col("data_dir").str.split("/").list.last().alias("data set"),
+        pl.col("target").alias("outcome"),
+        "strategy",
+        "model",
+        pl.format("{}/{}", "rounds_done", "rounds_planned").alias("rounds"),
+        pl.col("created_at").dt.strftime("%Y-%m-%d %H:%M").alias("started"),
+        pl.col("final_auc").fill_nan(None).round(3).alias("AUC"),
+        pl.col("final_accuracy").fill_nan(None).round(3).alias("accuracy"),
+        pl.col("final_loss").fill_nan(None).round(3).alias("loss"),
+        pl.col("reason").fill_null("").alias("note"),
+    )
+
+
+def format_metric(value: float | None) -> str:
+    """Three decimals, or a dash for a missing number (None or NaN)."""
+    return "–" if value is None or value != value else f"{value:.3f}"
+
+
+def hospital_names(data_dir: str | Path | None) -> dict[str, str]:
+    """``hospital id -> name`` from a run's federation manifest (empty if it is gone)."""
+    try:
+        federation = load_federation(data_dir) if data_dir else None
+    except HealthSyncError:
+        return {}
+    return {h.id: h.name for h in federation.hospitals} if federation else {}
+
+
+def with_names(frame: pl.DataFrame, names: Mapping[str, str]) -> pl.DataFrame:
+    """Add a ``name`` column (the hospital's name, or its id when unknown) for chart labels."""
+    return frame.with_columns(
+        pl.col("hospital").replace_strict(dict(names), default=pl.col("hospital")).alias("name")
+    )
+
+
+def finished_runs(runs: pl.DataFrame) -> pl.DataFrame:
+    """Runs that ended after at least one round (they have a model and final numbers)."""
+    return runs.filter(~pl.col("status").is_in(runlog.ACTIVE) & (pl.col("rounds_done") > 0))
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a run is, and a rough estimate of the time left."""
+
+    done: int
+    planned: int
+    seconds_left: float | None
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.planned) if self.planned else 0.0
+
+    def text(self, status: str) -> str:
+        head = f"Round {self.done} of {self.planned}"
+        if status not in runlog.ACTIVE:
+            return f"{head} · {status}"
+        if self.seconds_left is None:
+            return f"{head} · starting hospitals, estimating time left…"
+        return f"{head} · about {format_duration(self.seconds_left)} left"
+
+
+def progress(rounds: pl.DataFrame, planned: int) -> Progress:
+    """Rounds done and time left, from the median duration of the last five rounds."""
+    done = rounds.height
+    if done == 0 or "seconds" not in rounds.columns:
+        return Progress(done, planned, None)
+    recent = rounds["seconds"].drop_nulls().tail(5)
+    per_round = recent.median() if recent.len() else None
+    left = None if per_round is None else float(per_round) * max(planned - done, 0)
+    return Progress(done, planned, left)
+
+
+def format_duration(seconds: float) -> str:
+    """``"45 s"``, ``"3 min 05 s"`` or ``"2 h 10 min"``."""
+    seconds = max(0, math.ceil(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def metrics_long(rounds: pl.DataFrame, metrics: Sequence[str] = tuple(METRICS)) -> pl.DataFrame:
+    """``round, metric, value`` rows for line charts of the global metrics."""
+    if rounds.is_empty():
+        return pl.DataFrame(schema={"round": pl.Int64, "metric": pl.String, "value": pl.Float64})
+    return (
+        rounds.select(pl.col("round").cast(pl.Int64), *metrics)
+        .unpivot(index="round", variable_name="metric", value_name="value")
+        .with_columns(pl.col("metric").replace_strict(METRICS), pl.col("value").fill_nan(None))
+    )
+
+
+def hospital_status_long(rounds: pl.DataFrame) -> pl.DataFrame:
+    """``round, status (ok/failed), hospitals`` rows for the per-round stacked bars."""
+    if rounds.is_empty():
+        return pl.DataFrame(schema={"round": pl.Int64, "status": pl.String, "hospitals": pl.Int64})
+    return (
+        rounds.select(
+            pl.col("round").cast(pl.Int64),
+            pl.col("hospitals_ok").fill_null(0).alias("ok"),
+            pl.col("hospitals_failed").fill_null(0).alias("failed"),
+        )
+        .unpivot(index="round", variable_name="status", value_name="hospitals")
+        .with_columns(pl.col("hospitals").cast(pl.Int64))
+    )
+
+
+def heatmap_frame(hospital_rounds: pl.DataFrame, metric: str = "auc") -> pl.DataFrame:
+    """``hospital, round, value`` cells for the hospital-by-round heatmap (NaN as missing)."""
+    return hospital_rounds.select(
+        "hospital",
+        pl.col("round").cast(pl.Int64),
+        pl.col(metric).fill_nan(None).alias("value"),
+    )
+
+
+def _in(run_ids: Sequence[str]) -> str:
+    return ", ".join("?" for _ in run_ids)
+
+
+def compare_curves(store: MetricsStore, run_ids: Sequence[str], metric: str) -> pl.DataFrame:
+    """``run_id, round, value`` of one global metric for several runs, in one query."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}")
+    if not run_ids:
+        return pl.DataFrame(schema={"run_id": pl.String, "round": pl.Int64, "value": pl.Float64})
+    return store.frame(
+        f"SELECT run_id, round::BIGINT AS round, {metric} AS value FROM rounds"
+        f" WHERE run_id IN ({_in(run_ids)}) ORDER BY run_id, round",
+        list(run_ids),
+    ).with_columns(pl.col("value").fill_nan(None))
+
+
+def last_round_hospitals(store: MetricsStore, run_id: str) -> pl.DataFrame:
+    """Each hospital's metrics in the run's last recorded round (fairness across sites)."""
+    return store.frame(
+        "SELECT hospital, n, auc, accuracy, loss FROM hospital_rounds WHERE run_id = ?"
+        " AND round = (SELECT max(round) FROM hospital_rounds WHERE run_id = ?)"
+        " ORDER BY hospital",
+        [run_id, run_id],
+    ).with_columns(pl.col("auc", "accuracy", "loss").fill_nan(None))
+
+
+def latest_comparison(store: MetricsStore, run_id: str) -> pl.DataFrame:
+    """The newest stored pooled / local / federated table for the run (may be empty)."""
+    return store.frame(
+        "SELECT method, hospital, n, auc, accuracy, loss, brier FROM comparisons"
+        " WHERE comparison_id = (SELECT comparison_id FROM comparisons WHERE run_id = ?"
+        " ORDER BY created_at DESC LIMIT 1)"
+        " ORDER BY method, hospital <> 'overall', hospital",
+        [run_id],
+    )
+
+
+def metrics_csv(store: MetricsStore, run_ids: Sequence[str], table: str = "rounds") -> str:
+    """The runs' global rounds (``rounds``) or per-hospital rounds (``hospital_rounds``) as CSV."""
+    columns = EXPORTS[table]
+    return store.frame(
+        f"SELECT {', '.join(columns)} FROM {table} WHERE run_id IN ({_in(run_ids)})"
+        f" ORDER BY {', '.join(columns[:3])}",
+        list(run_ids),
+    ).write_csv()
+
+
+# ---------------------------------------------------------------- model
+def roc_points(bins: pl.DataFrame) -> pl.DataFrame:
+    """ROC curve from the score histogram: ``threshold, fpr, tpr``, from (0, 0) to (1, 1).
+
+    Each bin's lower edge is a threshold; patients in bins at or above it are
+    called positive. Coarse (one point per bin) but exact at those thresholds.
+    """
+    ordered = bins.sort("bin", descending=True)
+    positives = max(int(ordered["positives"].sum()), 1)
+    negatives = max(int(ordered["negatives"].sum()), 1)
+    curve = ordered.select(
+        pl.col("lower").alias("threshold"),
+        (pl.col("negatives").cum_sum() / negatives).alias("fpr"),
+        (pl.col("positives").cum_sum() / positives).alias("tpr"),
+    )
+    start = pl.DataFrame({"threshold": [1.0], "fpr": [0.0], "tpr": [0.0]})
+    return pl.concat([start, curve.cast(pl.Float64)])
+
+
+def auc_from_roc(points: pl.DataFrame) -> float:
+    """Area under the binned ROC curve (trapezoids)."""
+    fpr, tpr = points["fpr"].to_list(), points["tpr"].to_list()
+    return sum((fpr[i] - fpr[i - 1]) * (tpr[i] + tpr[i - 1]) / 2 for i in range(1, len(fpr)))
+
+
+def calibration_points(bins: pl.DataFrame) -> pl.DataFrame:
+    """Per non-empty bin: mean predicted risk, observed event rate and number of patients."""
+    return (
+        bins.with_columns(patients=pl.col("positives") + pl.col("negatives"))
+        .filter(pl.col("patients") > 0)
+        .select(
+            (pl.col("score_sum") / pl.col("patients")).alias("predicted"),
+            (pl.col("positives") / pl.col("patients")).alias("observed"),
+            pl.col("patients").cast(pl.Int64),
+        )
+    )
+
+
+@dataclass(frozen=True)
+class FeatureInput:
+    """One input of the risk calculator: a model feature with a sensible default."""
+
+    name: str
+    kind: str
+    default: float | str
+    categories: tuple[str, ...] = ()
+    unit: str | None = None
+
+    @property
+    def label(self) -> str:
+        text = self.name.replace("_", " ")
+        return f"{text} ({self.unit})" if self.unit else text
+
+
+def feature_inputs(model: Any, federation: Federation | None = None) -> list[FeatureInput]:
+    """The saved model's features; numeric defaults are the federation means it was scaled with."""
+    units = {f.name: f.unit for f in federation.features} if federation else {}
+    means = [float(v) for v in model.scaler.mean]
+    inputs = [
+        FeatureInput(name, "numeric", round(means[i], 1), unit=units.get(name))
+        for i, name in enumerate(model.encoder.numeric)
+    ]
+    inputs += [
+        FeatureInput(name, "categorical", categories[0], tuple(categories), units.get(name))
+        for name, categories in model.encoder.categorical
+    ]
+    return inputs
+
+
+def patient_frame(
+    values: Mapping[str, float | str], inputs: Sequence[FeatureInput]
+) -> pl.DataFrame:
+    """A one-patient frame with the right column types for ``SavedModel.predict``."""
+    return pl.DataFrame(
+        {
+            i.name: [float(values[i.name]) if i.kind == "numeric" else str(values[i.name])]
+            for i in inputs
+        }
+    )

@@ -1,0 +1,78 @@
+"""The shared top of every page: check the user's role, then hand over settings and store.
+
+Each page starts with ``page = require("<permission>")``. It checks this
+session's token itself (signature, expiry, logout, the user's current role)
+rather than trusting ``app.py`` to have run: until some session has called
+``st.navigation``, Streamlit serves ``pages/*.py`` by URL without ``app.py``.
+Without a user whose role grants the permission, the page says why and stops
+before it reads any data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from healthsync import auth
+from healthsync.dashboard import AppSettings, find_federations
+from healthsync.data import Federation, load_federation
+from healthsync.errors import HealthSyncError
+from healthsync.store import MetricsStore
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN_KEY = "auth_token"
+
+
+@dataclass(frozen=True)
+class PageContext:
+    """What a page may use once its permission is checked."""
+
+    user: auth.User
+    settings: AppSettings
+
+    @property
+    def store(self) -> MetricsStore:
+        return MetricsStore(self.settings.db)
+
+    def can(self, permission: str) -> bool:
+        return self.user.can(permission)
+
+
+def require(permission: str) -> PageContext:
+    """Stop the page unless the logged-in user's role grants ``permission``."""
+    settings = AppSettings.from_env(ROOT)
+    token = st.session_state.get(TOKEN_KEY)
+    user = auth.Sessions(auth.UserStore(settings.home)).user_for(token)
+    if user is None:
+        st.title("Please log in")
+        st.info("This page is only for logged-in users.")
+        st.markdown("[Go to the login page](/)")
+        st.stop()
+    if not user.can(permission):
+        st.title("Not available for your role")
+        st.error(f"Your role ({user.role}) cannot open this page. Ask an admin if you need access.")
+        st.stop()
+    return PageContext(user, settings)
+
+
+def choose_federation(page: PageContext) -> Federation:
+    """The data-set picker that data pages start with; stops with a hint when there is none."""
+    folders = find_federations(page.settings.data_root)
+    if not folders:
+        st.info(
+            f"No federation found in `{page.settings.data_root}`. Create one with "
+            "`healthsync data generate --out data/demo` (or `healthsync data import`), then reload."
+        )
+        st.stop()
+    folder = st.selectbox("Data set", folders, format_func=lambda p: p.name)
+    try:
+        return load_federation(folder)
+    except HealthSyncError as err:
+        st.error(str(err))
+        st.stop()
+
+
+if __name__ == "__main__":  # opened as a page by URL: nothing to show but the guard itself
+    require("manage_users")

@@ -1,0 +1,69 @@
+"""Launch: every training setting in one form; the run starts as its own process."""
+
+import streamlit as st
+
+from healthsync import runs
+from healthsync.config import MODELS, STRATEGIES, TrainConfig
+from healthsync.errors import HealthSyncError
+from pages._guard import choose_federation, require
+
+page = require("launch")
+st.title("Launch a training run")
+
+federation = choose_federation(page)
+st.caption(
+    f"{federation.name}: {len(federation.hospitals)} hospitals, {federation.n_patients:,} patients."
+)
+
+d = TrainConfig()
+with st.form("launch"):
+    left, right = st.columns(2)
+    settings = {  # TrainConfig field -> widget value (ints stay ints, floats floats)
+        "target": left.selectbox("Outcome to predict", federation.outcomes),
+        "model": left.selectbox(
+            "Model", MODELS, help="logreg: logistic regression; mlp: small neural net"
+        ),
+        "strategy": left.selectbox("Aggregation strategy", STRATEGIES),
+        "rounds": left.number_input("Rounds", value=d.rounds, step=1),
+        "fraction": left.number_input("Share of hospitals per round", value=d.fraction, step=0.1),
+        "local_epochs": right.number_input("Local epochs per round", value=d.local_epochs, step=1),
+        "batch_size": right.number_input("Batch size (patients)", value=d.batch_size, step=8),
+        "lr": right.number_input("Learning rate", value=d.lr, step=0.01, format="%.4f"),
+        "seed": right.number_input("Seed", value=d.seed, step=1),
+    }
+    with st.expander("Strategy options, scaling and fault drill"):
+        a, b = st.columns(2)
+        settings |= {
+            "proximal_mu": a.number_input("FedProx μ", value=d.proximal_mu, format="%.3f"),
+            "server_lr": a.number_input(
+                "Server learning rate (FedAdam/Yogi/Adagrad)", value=d.server_lr, format="%.3f"
+            ),
+            "trim_beta": a.number_input(
+                "Trimmed share (FedTrimmedAvg)", value=d.trim_beta, step=0.05
+            ),
+            "krum_f": b.number_input("Tolerated attackers (Krum)", value=d.krum_f, step=1),
+            "min_hospitals": b.number_input(
+                "Minimum hospitals per round", value=d.min_hospitals, step=1
+            ),
+            "block_size": b.number_input(
+                "Hospitals per Flower client (0: automatic)", value=d.block_size, step=1
+            ),
+            "fail_hospitals": b.multiselect(
+                "Hospitals that fail every round (drill)", federation.hospital_ids
+            ),
+        }
+    submitted = st.form_submit_button(
+        "Start training", type="primary", icon=":material/play_arrow:"
+    )
+
+if submitted:
+    try:
+        config = TrainConfig(
+            data_dir=str(federation.data_dir), db=str(page.settings.db), **settings
+        )
+        run_id = runs.start_run(config)
+    except HealthSyncError as err:
+        st.error(f"Cannot start this run: {err}")
+    else:
+        st.session_state["live_run"] = run_id
+        st.switch_page("pages/live.py", query_params={"run": run_id})

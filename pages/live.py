@@ -1,0 +1,62 @@
+"""Live training: one run's rounds as they land in the store, redrawn without a page reload."""
+
+import streamlit as st
+
+from healthsync import charts, dashboard, runlog
+from healthsync.runs import cancel_run
+from pages._guard import require
+
+page = require("view")
+st.title("Live training")
+
+store = page.store
+runlog.reconcile_dead_runs(store)
+all_runs = runlog.list_runs(store)
+if all_runs.is_empty():
+    st.info("No run to watch yet. Start one on the Launch page; it shows up here as it trains.")
+    st.stop()
+labels = dashboard.run_labels(all_runs)
+wanted = st.query_params.get("run") or st.session_state.get("live_run")
+run_ids = list(labels)
+default = wanted if wanted in labels else dashboard.default_run(all_runs)
+run_id = st.selectbox("Run", run_ids, index=run_ids.index(default), format_func=labels.get)
+st.query_params["run"] = run_id
+active = runlog.get_run(store, run_id)["status"] in runlog.ACTIVE
+
+
+@st.fragment(run_every=1.0 if active else None)
+def watch() -> None:
+    run = runlog.get_run(store, run_id)
+    if active and run["status"] not in runlog.ACTIVE:
+        st.rerun()  # finished: redraw once more as a whole and stop polling
+    rounds = runlog.rounds_frame(store, run_id)
+    progress = dashboard.progress(rounds, run["rounds_planned"])
+    st.progress(progress.fraction, text=progress.text(run["status"]))
+    if run["reason"]:
+        st.warning(f"{run['status'].capitalize()}: {run['reason']}")
+    if rounds.is_empty():
+        st.info("Waiting for the first round: Ray is starting and hospitals are coming online.")
+        return
+    left, right = st.columns(2)
+    with left:
+        scores = dashboard.metrics_long(rounds, ("auc", "accuracy"))
+        st.altair_chart(
+            charts.metric_lines(scores, title="Global AUC and accuracy", y_title="Score (0–1)")
+        )
+        st.caption("The global model on every hospital's test patients, weighted by test size.")
+    with right:
+        loss = dashboard.metrics_long(rounds, ("loss",))
+        st.altair_chart(charts.metric_lines(loss, title="Global loss", y_title="Log loss (nats)"))
+        st.caption("Lower is better; a rising loss means the federation is drifting apart.")
+    heat = dashboard.heatmap_frame(runlog.hospital_rounds_frame(store, run_id))
+    heat = dashboard.with_names(heat, dashboard.hospital_names(run["data_dir"]))
+    st.altair_chart(charts.hospital_heatmap(heat))
+    st.caption("Each hospital's AUC for the global model in each round; dark cells lag behind.")
+    st.altair_chart(charts.hospital_status_bars(dashboard.hospital_status_long(rounds)))
+    st.caption("Hospitals whose training answer arrived (ok) or failed, per round.")
+
+
+watch()
+if active and page.can("cancel") and st.button("Cancel run", icon=":material/stop_circle:"):
+    cancel_run(store.path, run_id)
+    st.toast("Cancel requested: the run stops after its current round.")

@@ -1,0 +1,89 @@
+"""Model: how well a finished run's global model ranks and calibrates, per site, and a risk calculator."""
+
+import streamlit as st
+
+from healthsync import charts, dashboard, runlog
+from healthsync.data import load_federation
+from healthsync.errors import HealthSyncError
+from pages._guard import require
+
+page = require("view")
+st.title("Global model")
+
+store = page.store
+runs = dashboard.finished_runs(runlog.list_runs(store))
+if runs.is_empty():
+    st.info("No finished run yet. Launch one, and its model appears here when it ends.")
+    st.stop()
+labels = dashboard.run_labels(runs)
+run_ids = list(labels)
+wanted = st.query_params.get("run")
+run_id = st.selectbox(
+    "Run", run_ids, index=run_ids.index(wanted) if wanted in labels else 0, format_func=labels.get
+)
+st.query_params["run"] = run_id
+run = runlog.get_run(store, run_id)
+
+left, right = st.columns(2)
+bins = runlog.score_bins_frame(store, run_id)
+if bins.is_empty() or bins["positives"].sum() + bins["negatives"].sum() == 0:
+    st.info("This run stored no score histogram, so there is no ROC or calibration plot.")
+else:
+    roc = dashboard.roc_points(bins)
+    left.altair_chart(charts.roc_curve(roc, auc=dashboard.auc_from_roc(roc)))
+    left.caption(
+        "How well the model ranks patients with the outcome above those without, pooled over every hospital's test patients."
+    )
+    right.altair_chart(charts.calibration_plot(dashboard.calibration_points(bins)))
+    right.caption(
+        "Each dot is a band of predicted risk: on the dashed line, predicted risk matches what happened."
+    )
+
+sites = dashboard.last_round_hospitals(store, run_id)
+sites = dashboard.with_names(sites, dashboard.hospital_names(run["data_dir"]))
+st.altair_chart(charts.hospital_metric_bars(sites))
+st.caption(
+    "The final global model's AUC at each hospital: a fair model does well at every site, not only on average."
+)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the model…")
+def saved_model(db: str, run_id: str):
+    from healthsync.predict import load_saved_model  # imports torch: only when needed
+
+    return load_saved_model(db, run_id)
+
+
+try:
+    model = saved_model(str(page.settings.db), run_id)
+except HealthSyncError as err:
+    st.info(f"No model to score with: {err}")
+    st.stop()
+st.subheader(f"Risk calculator: {model.target}")
+try:
+    federation = load_federation(run["data_dir"])
+except HealthSyncError:
+    federation = None  # units are optional
+inputs = dashboard.feature_inputs(model, federation)
+with st.form("risk"):
+    cols = st.columns(3)
+    values = {}
+    for i, item in enumerate(inputs):
+        with cols[i % 3]:
+            if item.kind == "numeric":
+                values[item.name] = st.number_input(
+                    item.label, value=float(item.default), format="%.1f"
+                )
+            else:
+                values[item.name] = st.selectbox(item.label, item.categories)
+    scored = st.form_submit_button("Estimate risk", type="primary")
+if scored:
+    try:
+        risk = float(model.predict(dashboard.patient_frame(values, inputs))[0])
+    except HealthSyncError as err:
+        st.error(str(err))
+    else:
+        st.metric(f"Predicted risk of {model.target}", f"{risk:.1%}")
+        st.caption(
+            "From the run's final global model for one hypothetical patient. A demonstration, not clinical advice."
+        )

@@ -1,0 +1,85 @@
+"""Runs: history, curves of several runs on one chart, pooled/local/federated table, CSV export."""
+
+from functools import partial
+
+import streamlit as st
+
+from healthsync import charts, dashboard, runlog
+from healthsync.config import TrainConfig
+from healthsync.errors import HealthSyncError
+from pages._guard import require
+
+page = require("view")
+st.title("Run history")
+
+store = page.store
+runlog.reconcile_dead_runs(store)
+runs = runlog.list_runs(store)
+if runs.is_empty():
+    st.info("No runs recorded yet. Start one on the Launch page (or with `healthsync train`).")
+    st.stop()
+labels = dashboard.run_labels(runs)
+st.dataframe(dashboard.runs_table(runs), hide_index=True, height=min(38 + 35 * runs.height, 400))
+st.caption(
+    "Every run in the metrics store, newest first, with its settings and final global numbers."
+)
+
+st.subheader("Compare runs")
+metric = (
+    st.segmented_control(
+        "Metric", list(dashboard.METRICS), default="auc", format_func=dashboard.METRICS.get
+    )
+    or "auc"
+)
+chosen = st.multiselect("Runs", list(labels), default=list(labels)[:2], format_func=labels.get)
+if len(chosen) < 2:
+    st.info("Pick two or more runs to compare their curves.")
+else:
+    curves = dashboard.compare_curves(store, chosen, metric)
+    st.altair_chart(charts.run_curves(curves, metric_title=dashboard.METRICS[metric]))
+    st.caption("The global metric of each chosen run, round by round, on the same axes.")
+
+st.subheader("Pooled, local-only and federated")
+finished = dashboard.finished_runs(runs)
+if finished.is_empty():
+    st.info("Once a run has finished, compare it here with the pooled and local-only baselines.")
+else:
+    run_id = st.selectbox("Finished run", finished["run_id"].to_list(), format_func=labels.get)
+    if page.can("compare") and st.button("Train baselines and compare", icon=":material/balance:"):
+        with st.spinner("Training the pooled and local-only baselines (takes a few seconds)…"):
+            from healthsync.baselines import compare_table  # imports torch: only when needed
+
+            try:
+                compare_table(TrainConfig(db=str(page.settings.db)), run_id)
+            except HealthSyncError as err:
+                st.error(str(err))
+    table = dashboard.latest_comparison(store, run_id)
+    if table.is_empty():
+        hint = (
+            "Use the button above to compute it."
+            if page.can("compare")
+            else "Ask an analyst to compute it."
+        )
+        st.info(f"No comparison stored for this run yet. {hint}")
+    else:
+        st.dataframe(table, hide_index=True)
+        st.caption(
+            "Each method on every hospital's test patients. Pooled is a simulation-only "
+            "reference (all data in one place); local-only trains each hospital alone."
+        )
+
+st.subheader("Download metrics")
+export = st.multiselect("Runs to export", list(labels), default=chosen, format_func=labels.get)
+with st.container(horizontal=True):
+    for label, table in (("Rounds", "rounds"), ("Per-hospital rounds", "hospital_rounds")):
+        st.download_button(
+            f"{label} (CSV)",
+            partial(dashboard.metrics_csv, store, export, table),
+            file_name=f"healthsync-{table.replace('_', '-')}.csv",
+            mime="text/csv",
+            disabled=not export,
+            icon=":material/download:",
+        )
+st.caption(
+    "Aggregated metrics only: one row per round, or per hospital and round. No patient data."
+)

@@ -1,0 +1,297 @@
+"""The Streamlit app with AppTest: login, roles, each page's content and empty states."""
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from healthsync import auth, runlog
+from tests.app_helpers import ROOT, AppEnv, button, charts, fake_run, texts
+
+PAGES = ["overview", "launch", "live", "runs", "model", "admin"]
+ADMIN_PASSWORD = "admin-password-1"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    env = AppEnv(tmp_path, monkeypatch)
+    env.users.set_password("admin", ADMIN_PASSWORD)
+    return env
+
+
+@pytest.fixture
+def empty_env(tmp_path, monkeypatch):
+    return AppEnv(tmp_path, monkeypatch, federation=False)
+
+
+def log_in(at: AppTest, name: str, password: str) -> AppTest:
+    at.text_input[0].input(name)
+    at.text_input[1].input(password)
+    return button(at, "Log in").click().run()
+
+
+# ---------------------------------------------------------------- login and roles
+def test_logged_out_there_is_only_the_login_page(env):
+    at = env.app()
+    assert [t.value for t in at.title] == ["HealthSync"]
+    assert [w.label for w in at.text_input] == ["User name", "Password"]
+    assert button(at, "Log out") is None and not charts(at)
+    for page in ("pages/overview.py", "pages/runs.py"):
+        with pytest.raises(ValueError, match="Could not find a navigation page"):
+            at.switch_page(page)
+
+
+def test_login_then_logout_ends_the_session(env):
+    at = log_in(env.app(), "admin", ADMIN_PASSWORD)
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Federation overview"]
+    token = at.session_state["auth_token"]
+    assert env.sessions.user_for(token) == auth.User("admin", "admin")
+    button(at, "Log out").click().run()
+    # AppTest reruns the page file itself (as Streamlit does before any st.navigation call),
+    # so the page's own guard answers; in a browser the login page shows (test_browser).
+    assert [t.value for t in at.title] in (["HealthSync"], ["Please log in"])
+    assert "auth_token" not in at.session_state
+    assert env.sessions.user_for(token) is None  # a copied cookie is worthless now
+
+
+def test_wrong_passwords_lock_the_login_for_a_while(env):
+    at = env.app()
+    for left in (4, 3, 2, 1):
+        log_in(at, "admin", "wrong")
+        assert f"{left} attempt" in at.error[0].value
+    log_in(at, "admin", "wrong")
+    assert "Too many failed logins" in at.error[0].value
+    log_in(at, "admin", ADMIN_PASSWORD)
+    assert "Too many failed logins" in at.error[0].value
+    assert [t.value for t in at.title] == ["HealthSync"]
+
+
+@pytest.mark.parametrize(
+    ("role", "allowed"),
+    [
+        ("admin", PAGES),
+        ("analyst", ["overview", "launch", "live", "runs", "model"]),
+        ("viewer", ["overview", "live", "runs", "model"]),
+    ],
+)
+def test_navigation_is_built_from_the_role(env, role, allowed):
+    denied = [p for p in PAGES if p not in allowed]
+    for page in denied:
+        with pytest.raises(ValueError, match="Could not find a navigation page"):
+            env.app(role).switch_page(f"pages/{page}.py")
+    at = env.app(role)
+    for page in allowed:
+        at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception, page
+        assert "Please log in" not in texts(at) and "Not available" not in texts(at)
+    # AppTest, like a server before any st.navigation call, now serves every page file:
+    # the page's own guard refuses.
+    for page in denied:
+        at.switch_page(f"pages/{page}.py").run()
+        assert [t.value for t in at.title] == ["Not available for your role"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_a_page_opened_directly_without_login_shows_nothing(env, page):
+    """Before app.py ever ran, Streamlit serves pages/*.py by URL: the guard must hold."""
+    fake_run(env.store, "run-a", data_dir=env.fed_dir, model=True)
+    at = AppTest.from_file(str(ROOT / "pages" / f"{page}.py"), default_timeout=60).run()
+    assert [t.value for t in at.title] == ["Please log in"]
+    assert not charts(at) and not at.dataframe and not at.text_input and not at.metric
+
+
+@pytest.mark.parametrize("page", ["launch", "admin"])
+def test_a_viewer_opening_launch_or_admin_directly_is_refused(env, page):
+    at = AppTest.from_file(str(ROOT / "pages" / f"{page}.py"), default_timeout=60)
+    at.session_state["auth_token"] = env.token("viewer")
+    at.run()
+    assert [t.value for t in at.title] == ["Not available for your role"]
+    assert not at.text_input and not at.number_input and not at.dataframe
+
+
+def test_role_changes_apply_on_the_next_rerun(env):
+    at = env.app("analyst", "pages/launch.py")
+    env.users.set_role("analyst-user", "viewer")
+    at.run()
+    assert [t.value for t in at.title] != ["Launch a training run"]
+
+
+# ---------------------------------------------------------------- empty states
+@pytest.mark.parametrize(
+    ("page", "hint"),
+    [
+        ("overview", "No federation found"),
+        ("launch", "No federation found"),
+        ("live", "No run to watch yet"),
+        ("runs", "No runs recorded yet"),
+        ("model", "No finished run yet"),
+    ],
+)
+def test_empty_states_say_what_to_do_next(empty_env, page, hint):
+    at = empty_env.app("admin", f"pages/{page}.py")
+    assert not at.exception
+    assert hint in texts(at)
+
+
+def test_overview_without_runs_points_to_launch(env):
+    at = env.app("viewer")
+    assert "No training run yet" in texts(at)
+    assert [m.label for m in at.metric][:2] == ["Hospitals", "Patients"]
+    assert at.metric[0].value == "3"
+    assert len(charts(at)) == 2  # sizes, and prevalence (the synthetic manifest records it)
+
+
+# ---------------------------------------------------------------- launch
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("Rounds", 0, "rounds must be >= 1, got 0"),
+        ("Share of hospitals per round", 0.0, "fraction must be in (0, 1], got 0.0"),
+        ("Learning rate", 0.0, "learning rate must be > 0, got 0.0"),
+        ("Minimum hospitals per round", 10, "10 hospitals required but the data has only 3"),
+    ],
+)
+def test_launch_form_reports_invalid_settings(env, monkeypatch, field, value, message):
+    monkeypatch.setattr("healthsync.runs.subprocess.Popen", pytest.fail)  # nothing may start
+    at = env.app("analyst", "pages/launch.py")
+    next(w for w in at.number_input if w.label == field).set_value(value)
+    button(at, "Start training").click().run()
+    assert len(at.error) == 1
+    assert at.error[0].value == f"Cannot start this run: {message}"
+    assert runlog.list_runs(env.store).is_empty()
+
+
+def test_launch_starts_a_run_and_opens_it_on_the_live_page(env, monkeypatch):
+    started = []
+
+    def start_run(config):
+        started.append(config)
+        fake_run(
+            env.store,
+            "run-new",
+            data_dir=env.fed_dir,
+            rounds=0,
+            planned=config.rounds,
+            status="running",
+        )
+        return "run-new"
+
+    monkeypatch.setattr("healthsync.runs.start_run", start_run)
+    at = env.app("admin", "pages/launch.py")
+    next(w for w in at.number_input if w.label == "Rounds").set_value(3)
+    next(w for w in at.selectbox if w.label == "Aggregation strategy").set_value("fedprox")
+    button(at, "Start training").click().run()
+    (config,) = started
+    assert (config.rounds, config.strategy, config.target) == (3, "fedprox", "diabetes")
+    assert config.db == str(env.db) and config.data_dir == str(env.fed_dir)
+    assert [t.value for t in at.title] == ["Live training"]
+    assert at.query_params["run"] in ("run-new", ["run-new"])
+    assert at.progress[0].proto.text.startswith("Round 0 of 3")
+    assert "Waiting for the first round" in texts(at)
+
+
+# ---------------------------------------------------------------- live
+def test_live_shows_progress_charts_and_cancel_for_analysts(env):
+    fake_run(env.store, "run-old", data_dir=env.fed_dir)
+    fake_run(
+        env.store,
+        "run-live",
+        data_dir=env.fed_dir,
+        rounds=2,
+        planned=5,
+        status="running",
+        failed_round=2,
+    )
+    at = env.app("analyst", "pages/live.py")
+    assert at.selectbox[0].value == "run-live"  # the newest running run by default
+    assert at.progress[0].proto.text == "Round 2 of 5 · about 6 s left"
+    assert len(charts(at)) == 4
+    button(at, "Cancel run").click().run()
+    assert runlog.cancel_requested(env.store, "run-live")
+
+
+def test_live_for_viewers_has_no_cancel_and_follows_the_run_query_param(env):
+    fake_run(env.store, "run-old", data_dir=env.fed_dir)
+    fake_run(env.store, "run-live", data_dir=env.fed_dir, rounds=1, planned=5, status="running")
+    at = env.app("viewer", "pages/live.py", run="run-old")
+    assert at.selectbox[0].value == "run-old"
+    assert at.progress[0].proto.text == "Round 3 of 3 · completed"
+    assert button(at, "Cancel run") is None
+
+
+# ---------------------------------------------------------------- runs
+def test_runs_history_comparison_chart_and_downloads(env):
+    fake_run(env.store, "run-a", data_dir=env.fed_dir)
+    fake_run(env.store, "run-b", data_dir=env.fed_dir, rounds=4)
+    at = env.app("viewer", "pages/runs.py")
+    history = at.dataframe[0].value
+    assert list(history["run"]) == ["run-b", "run-a"]
+    assert len(charts(at)) == 1  # the two newest runs are compared by default
+    assert [b.label for b in at.download_button] == ["Rounds (CSV)", "Per-hospital rounds (CSV)"]
+    assert button(at, "Train baselines and compare") is None
+    assert "Ask an analyst" in texts(at)
+    at.multiselect[0].set_value(["run-a"]).run()
+    assert "Pick two or more runs" in texts(at)
+
+
+def test_analysts_compute_the_pooled_local_federated_table(env):
+    fake_run(env.store, "run-a", data_dir=env.fed_dir, model=True)
+    at = env.app("analyst", "pages/runs.py")
+    button(at, "Train baselines and compare").click().run(timeout=120)
+    assert not at.error and not at.exception
+    table = at.dataframe[-1].value
+    assert {"pooled (reference)", "local only", "federated (fedavg)"} <= set(table["method"])
+    assert not env.store.frame("SELECT * FROM comparisons WHERE run_id = 'run-a'").is_empty()
+
+
+# ---------------------------------------------------------------- model
+def test_model_page_curves_and_risk_calculator(env):
+    fake_run(env.store, "run-a", data_dir=env.fed_dir, model=True)
+    at = env.app("viewer", "pages/model.py")
+    assert len(charts(at)) == 3  # ROC, calibration, per-hospital AUC
+    labels = [w.label for w in at.number_input]
+    assert "age (years)" in labels and "bmi (kg/m2)" in labels
+    next(w for w in at.number_input if w.label == "age (years)").set_value(70.0)
+    button(at, "Estimate risk").click().run()
+    assert not at.exception
+    assert at.metric[0].label == "Predicted risk of diabetes"
+    assert at.metric[0].value.endswith("%")
+
+
+def test_model_page_without_a_saved_model(env):
+    fake_run(env.store, "run-a", data_dir=env.fed_dir)
+    at = env.app("viewer", "pages/model.py")
+    assert "No model to score with" in texts(at)
+
+
+# ---------------------------------------------------------------- admin
+def test_admin_adds_a_user_and_sees_the_password_once(env):
+    at = env.app("admin", "pages/admin.py")
+    at.text_input[0].input("nina")
+    button(at, "Add user").click().run()
+    assert at.success[0].value == "Added nina as viewer."
+    password = at.code[0].value
+    assert env.users.verify("nina", password) == auth.User("nina", "viewer")
+    at.run()
+    assert not at.code  # shown once
+    at.text_input[0].input("nina")
+    button(at, "Add user").click().run()
+    assert at.error[0].value == "User 'nina' already exists"
+
+
+def test_admin_changes_role_resets_password_and_removes(env):
+    env.users.add("nina", "viewer")
+    at = env.app("admin", "pages/admin.py")
+    at.selectbox(key="role_user").set_value("nina")
+    at.selectbox(key="role_new").set_value("analyst")
+    button(at, "Change role").click().run()
+    assert env.users.get("nina").role == "analyst"
+    at.selectbox(key="reset_user").set_value("nina")
+    button(at, "Generate a new password").click().run()
+    assert env.users.verify("nina", at.code[0].value)
+    at.selectbox(key="remove_user").set_value("nina")
+    button(at, "Remove user").click().run()
+    assert "tick the box" in at.warning[0].value and env.users.get("nina")
+    at.checkbox[0].check()
+    button(at, "Remove user").click().run()
+    assert env.users.get("nina") is None
+    assert "admin-user" not in at.selectbox(key="remove_user").options  # never yourself

@@ -1,0 +1,317 @@
+"""The app in a real browser (Playwright + Debian's Chromium) against a real server and run.
+
+One server for the module, started fresh: the first test opens every page's
+URL before any session has run ``app.py`` (when Streamlit serves
+``pages/*.py`` directly), so it proves the pages' own guards. Screenshots go to
+``test-artifacts/screenshots/`` for a human to look at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from healthsync import auth, runlog
+from healthsync.store import MetricsStore
+from tests.app_helpers import ROOT, fake_run, make_federation
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+# URL, and the page's own title: what must NOT show without the right to see it.
+PAGES = {
+    "overview": "Federation overview",
+    "launch": "Launch a training run",
+    "live": "Live training",
+    "runs": "Run history",
+    "model": "Global model",
+    "admin": "Users and roles",
+}
+LOGIN_MARKERS = ("Please log in", "User name")
+
+
+class Server:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.home = root / "home"
+        self.db = root / "data" / "healthsync.duckdb"
+        self.log_path = root / "server.log"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://localhost:{self.port}"
+        env = {
+            **os.environ,
+            "HEALTHSYNC_HOME": str(self.home),
+            "HEALTHSYNC_DB": str(self.db),
+            "HEALTHSYNC_DATA_ROOT": str(root / "data"),
+        }
+        self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                str(ROOT / "app.py"),
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(self.port),
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log_path.read_text()
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as reply:
+                    if reply.read() == b"ok":
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"server not healthy after {timeout} s:\n{self.log_path.read_text()}")
+
+    def admin_password(self, timeout: float = 30) -> str:
+        """The password printed once on stdout when the first session created the file."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(r"user 'admin', password: (\S+)", self.log_path.read_text())
+            if found:
+                return found.group(1)
+            time.sleep(0.2)
+        raise AssertionError(f"no admin password printed:\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        store = MetricsStore(self.db)
+        if self.db.exists():  # runs started from the browser live in their own sessions
+            active = runlog.list_runs(store).filter(pl.col("status").is_in(runlog.ACTIVE))
+            for run_id in active["run_id"]:
+                pid = runlog.get_run(store, run_id)["pid"]
+                if pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGTERM)
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not CHROMIUM.exists():
+        pytest.fail("/usr/bin/chromium is missing: apt-get install chromium")
+    root = tmp_path_factory.mktemp("browser")
+    make_federation(root / "data" / "demo", hospitals=3, patients=100)
+    server = Server(root)
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+def new_page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    return context.new_page()
+
+
+def wait_for_text(page, *needles: str, timeout: float = 30) -> str:
+    """Poll the page's text (no reload) until one of ``needles`` shows; return the text."""
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = page.inner_text("body")
+        if any(n in text for n in needles):
+            return text
+        page.wait_for_timeout(250)
+    raise AssertionError(
+        f"none of {needles} appeared within {timeout} s; page shows:\n{text[:2000]}"
+    )
+
+
+def settle(page) -> None:
+    """Give Streamlit time to finish the script run (its running indicator gone), then a moment."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.wait_for_timeout(300)
+    with contextlib.suppress(PlaywrightTimeout):  # a busy machine: go on, assertions still wait
+        page.wait_for_function(
+            "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000
+        )
+    page.wait_for_timeout(500)
+
+
+def screenshot(page, path: Path) -> None:
+    """The whole page: Streamlit scrolls inside its main block, so grow the window to fit it."""
+    height = page.evaluate(
+        "() => Math.max(...[...document.querySelectorAll('[data-testid=stMain], "
+        "[data-testid=stMainBlockContainer]')].map(e => e.scrollHeight), 900)"
+    )
+    page.set_viewport_size({"width": 1400, "height": height + 40})
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 900})
+
+
+def log_in(page, url: str, name: str, password: str) -> None:
+    page.goto(url + "/")
+    wait_for_text(page, "User name")
+    page.get_by_role("textbox", name="User name").fill(name)
+    page.get_by_role("textbox", name="Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    wait_for_text(page, "Log out")
+
+
+def assert_shows_no_data(page, *, titles: list[str]) -> None:
+    text = page.inner_text("body")
+    for title in titles:
+        assert title not in text, f"{title!r} visible:\n{text[:1500]}"
+    assert page.locator(".vega-embed").count() == 0
+    assert page.locator('[data-testid="stDataFrame"]').count() == 0
+    assert page.locator('[data-testid="stForm"]').count() <= 1  # at most the login form
+
+
+def test_pages_opened_by_url_show_no_data_without_the_right_role(server, browser):
+    # First thing after the server starts: no session has run app.py yet.
+    page = new_page(browser)
+    for name, title in PAGES.items():
+        page.goto(f"{server.url}/{name}")
+        wait_for_text(page, *LOGIN_MARKERS)
+        settle(page)
+        assert_shows_no_data(page, titles=list(PAGES.values()))
+        assert title not in page.inner_text("body")
+    # Once app.py has run (and called st.navigation), logged out still means the login page.
+    page.goto(server.url + "/")
+    wait_for_text(page, "User name")
+    password = server.admin_password()
+    for name in PAGES:
+        page.goto(f"{server.url}/{name}")
+        wait_for_text(page, "User name")
+        settle(page)
+        assert_shows_no_data(page, titles=list(PAGES.values()))
+    page.context.close()
+
+    auth.UserStore(server.home).add("vic", "viewer", "viewer-password")
+    viewer = new_page(browser)
+    log_in(viewer, server.url, "vic", "viewer-password")
+    for name in ("launch", "admin"):
+        viewer.goto(f"{server.url}/{name}")
+        wait_for_text(viewer, "Log out")
+        settle(viewer)
+        text = viewer.inner_text("body")
+        for hidden in (PAGES[name], "Start training", "Add user", "Reset password"):
+            assert hidden not in text
+        assert viewer.get_by_role("spinbutton").count() == 0
+    viewer.context.close()
+    assert password
+
+
+def test_launch_a_run_and_watch_it_live_without_reloading(server, browser):
+    page = new_page(browser)
+    log_in(page, server.url, "admin", server.admin_password())
+    page.goto(f"{server.url}/launch")
+    wait_for_text(page, "Start training")
+    settle(page)
+    page.get_by_role("spinbutton", name="Rounds").fill("3")
+    page.get_by_role("button", name="Start training").click()
+    wait_for_text(page, "Round 0 of 3", "Round 1 of 3", "Round 2 of 3", "Round 3 of 3", timeout=30)
+    assert "run=run-" in page.url
+    page.evaluate("window.__noReload = true")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    screenshot(page, SCREENSHOTS / "3_live_starting.png")
+    text = wait_for_text(page, "Round 3 of 3", timeout=150)  # ~40 s, more on a busy machine
+    assert page.evaluate("window.__noReload === true"), "the page was reloaded"
+    assert "failed" not in text.split("Round 3 of 3")[1][:40], text[:1500]
+    page.wait_for_timeout(2000)
+    assert page.locator(".vega-embed").count() >= 3
+    run_id = page.url.split("run=")[1].split("&")[0]
+
+    # A second tab of the same browser is logged in by the cookie and sees the same numbers.
+    other = page.context.new_page()
+    other.goto(f"{server.url}/live?run={run_id}")
+    wait_for_text(other, "Round 3 of 3 · completed")
+    wait_for_text(page, "Round 3 of 3 · completed")
+    assert f"run={run_id}" in other.url
+    page.context.close()
+
+
+def test_screenshots_of_every_page(server, browser):
+    """One full-page PNG per page; a second, recorded (not trained) run fills the comparison."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    store = MetricsStore(server.db)
+    (real,) = runlog.list_runs(store)["run_id"]
+    fake_run(
+        store,
+        "run-recorded-fedprox",
+        data_dir=server.root / "data" / "demo",
+        rounds=5,
+        model=True,
+        strategy="fedprox",
+    )
+    page = new_page(browser)
+    page.goto(server.url + "/")
+    wait_for_text(page, "User name")
+    screenshot(page, SCREENSHOTS / "0_login.png")
+    log_in(page, server.url, "admin", server.admin_password())
+    for i, (name, title) in enumerate(PAGES.items(), start=1):
+        query = f"?run={real}" if name in ("live", "model") else ""
+        page.goto(server.url + ("/" if name == "overview" else f"/{name}") + query)
+        wait_for_text(page, title)
+        settle(page)
+        if name in ("overview", "live", "runs", "model"):
+            page.wait_for_selector(".vega-embed", timeout=30_000)
+        if name == "model":
+            wait_for_text(page, "Estimate risk", timeout=60)  # the first model load imports torch
+        screenshot(page, SCREENSHOTS / f"{i}_{name}.png")
+        assert "Traceback" not in page.inner_text("body")
+    page.context.close()
+
+
+def test_logout_clears_the_cookie_and_a_reload_shows_the_login(server, browser):
+    page = new_page(browser)
+    log_in(page, server.url, "admin", server.admin_password())
+    cookie_names = [c["name"] for c in page.context.cookies()]
+    assert "healthsync_session" in cookie_names
+    page.get_by_role("button", name="Log out").click()
+    wait_for_text(page, "User name")
+    settle(page)
+    assert "healthsync_session" not in [c["name"] for c in page.context.cookies()]
+    page.reload()
+    wait_for_text(page, "User name")
+    settle(page)
+    assert "Log out" not in page.inner_text("body")
+    page.context.close()

@@ -1,0 +1,145 @@
+"""Chart builders (healthsync.charts): valid Vega-Lite with titles, units and tooltips."""
+
+import altair as alt
+import polars as pl
+import pytest
+
+from healthsync import charts, dashboard
+
+
+def spec(chart) -> dict:
+    return chart.to_dict()
+
+
+def axis_titles(d: dict) -> list[str]:
+    """Every x/y title in a (possibly layered) spec."""
+    channels = [
+        layer.get("encoding", {}).get(axis, {}) for layer in d.get("layer", [d]) for axis in "xy"
+    ]
+    found = [c.get("title") or (c.get("axis") or {}).get("title") for c in channels]
+    return [t for t in found if t]
+
+
+def title(d: dict) -> str:
+    return d["title"] if isinstance(d["title"], str) else d["title"]["text"]
+
+
+@pytest.fixture
+def rounds() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "round": [1, 2, 3],
+            "loss": [0.7, 0.6, 0.5],
+            "auc": [0.6, 0.7, 0.8],
+            "accuracy": [0.6, 0.65, 0.7],
+            "hospitals_ok": [3, 2, 3],
+            "hospitals_failed": [0, 1, 0],
+        }
+    )
+
+
+def hospitals(n: int) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "hospital": [f"h{i}" for i in range(n)],
+            "name": [f"Hospital {i}" for i in range(n)],
+            "n": [20] * n,
+            "auc": [0.5 + i / (2 * n) for i in range(n)],
+            "n_train": [80] * n,
+            "n_test": [20] * n,
+            "n_patients": [100] * n,
+        }
+    )
+
+
+def test_metric_lines_have_units_and_fixed_colours(rounds):
+    d = spec(
+        charts.metric_lines(dashboard.metrics_long(rounds), title="Global", y_title="Score (0–1)")
+    )
+    assert title(d) == "Global"
+    assert axis_titles(d) == ["Round (number)", "Score (0–1)"]
+    assert d["encoding"]["color"]["scale"]["domain"] == ["AUC", "accuracy", "log loss"]
+    assert d["encoding"]["tooltip"]
+
+
+def test_heatmap_uses_names_and_hides_labels_when_crowded():
+    cells = pl.DataFrame({"hospital": ["h0", "h1"], "round": [1, 1], "value": [0.7, None]})
+    d = spec(charts.hospital_heatmap(dashboard.with_names(cells, {"h0": "North"})))
+    assert d["mark"]["type"] == "rect" and d["encoding"]["y"]["field"] == "name"
+    assert d["encoding"]["color"]["scale"]["domain"] == [0.5, 1.0]
+    many = pl.DataFrame(
+        {"hospital": [f"h{i}" for i in range(100)], "round": [1] * 100, "value": [0.7] * 100}
+    )
+    crowded = spec(charts.hospital_heatmap(many))
+    assert crowded["encoding"]["y"]["axis"]["labels"] is False
+    assert crowded["height"] <= 640
+
+
+def test_status_bars_stack_ok_and_failed(rounds):
+    d = spec(charts.hospital_status_bars(dashboard.hospital_status_long(rounds)))
+    assert d["encoding"]["color"]["scale"]["domain"] == ["ok", "failed"]
+    assert "Hospitals (count)" in axis_titles(d)
+
+
+def test_run_curves_colour_by_run():
+    frame = pl.DataFrame({"run_id": ["a", "a", "b"], "round": [1, 2, 1], "value": [0.6, 0.7, 0.65]})
+    d = spec(charts.run_curves(frame, metric_title="AUC"))
+    assert d["encoding"]["color"]["field"] == "run_id" and title(d) == "AUC by round, per run"
+
+
+def test_roc_and_calibration_are_layered_over_a_diagonal():
+    bins = pl.DataFrame(
+        {
+            "bin": [0, 1],
+            "lower": [0.0, 0.5],
+            "upper": [0.5, 1.0],
+            "positives": [1, 3],
+            "negatives": [3, 1],
+            "score_sum": [1.0, 3.0],
+        }
+    )
+    roc = spec(charts.roc_curve(dashboard.roc_points(bins), auc=0.75))
+    assert len(roc["layer"]) == 2 and "AUC 0.750" in title(roc)
+    assert "False positive rate (%)" in axis_titles(roc)
+    cal = spec(charts.calibration_plot(dashboard.calibration_points(bins)))
+    assert len(cal["layer"]) == 2 and "Mean predicted risk (%)" in axis_titles(cal)
+
+
+def test_per_hospital_charts_switch_to_a_histogram_for_many_hospitals():
+    few = spec(charts.hospital_metric_bars(hospitals(3)))
+    assert few["encoding"]["y"]["field"] == "name"
+    many = spec(charts.hospital_metric_bars(hospitals(100)))
+    assert many["encoding"]["x"]["bin"] and "100 hospitals" in title(many)
+    sizes_few = spec(charts.hospital_sizes(hospitals(3)))
+    assert sizes_few["encoding"]["color"]["scale"]["domain"] == ["training", "test"]
+    assert "bin" in spec(charts.hospital_sizes(hospitals(100)))["encoding"]["x"]
+
+
+def test_prevalence_bars():
+    frame = pl.DataFrame(
+        {
+            "hospital": ["h0", "h0"],
+            "name": ["North", "North"],
+            "outcome": ["a", "b"],
+            "prevalence": [0.1, 0.3],
+        }
+    )
+    d = spec(charts.prevalence_bars(frame))
+    assert d["encoding"]["x"]["axis"]["format"] == ".0%"
+    assert "Prevalence (% of patients)" in axis_titles(d)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: charts.metric_lines(
+            pl.DataFrame({"round": [1], "metric": ["AUC"], "value": [0.7]}), title="t", y_title="y"
+        ),
+        lambda: charts.hospital_heatmap(
+            pl.DataFrame({"hospital": ["h"], "round": [1], "value": [0.7]})
+        ),
+        lambda: charts.hospital_sizes(hospitals(2)),
+    ],
+)
+def test_builders_return_altair_charts(build):
+    assert isinstance(build(), alt.TopLevelMixin)
