@@ -85,7 +85,11 @@ def mark_running(store: MetricsStore, run_id: str, *, pid: int, target: str) -> 
 def record_round(
     store: MetricsStore, run_id: str, round_row: dict[str, Any], hospital_rows: list[dict[str, Any]]
 ) -> None:
-    """One finished round and its per-hospital metrics, in one transaction."""
+    """One finished round and its per-hospital metrics, in one transaction.
+
+    Per-hospital rows go in as one Arrow batch: row-by-row inserts cost
+    ~0.2 ms each, which at thousands of hospitals would rival the round itself.
+    """
     with store.connect(write=True) as con:
         con.execute(
             f"INSERT INTO rounds (run_id, {', '.join(ROUND_KEYS)}, recorded_at)"
@@ -93,11 +97,24 @@ def record_round(
             [run_id, *(clean_number(round_row.get(k)) for k in ROUND_KEYS), now()],
         )
         if hospital_rows:
-            con.executemany(
+            batch = pl.DataFrame(
+                {k: [clean_number(r.get(k)) for r in hospital_rows] for k in HOSPITAL_KEYS},
+                schema={
+                    "hospital": pl.String,
+                    "round": pl.Int32,
+                    "n": pl.Int32,
+                    "loss": pl.Float64,
+                    "auc": pl.Float64,
+                    "accuracy": pl.Float64,
+                },
+            ).to_arrow()
+            con.register("hospital_batch", batch)
+            con.execute(
                 f"INSERT INTO hospital_rounds (run_id, {', '.join(HOSPITAL_KEYS)})"
-                f" VALUES (?, {', '.join('?' for _ in HOSPITAL_KEYS)})",
-                [[run_id, *(clean_number(r.get(k)) for k in HOSPITAL_KEYS)] for r in hospital_rows],
+                f" SELECT ?, {', '.join(HOSPITAL_KEYS)} FROM hospital_batch",
+                [run_id],
             )
+            con.unregister("hospital_batch")
 
 
 def record_event(

@@ -7,6 +7,7 @@ import streamlit as st
 from healthsync import auth
 from healthsync.errors import HealthSyncError
 from pages._guard import require
+from pages.audit import audit_section
 
 page = require("manage_users")
 st.title("Users and roles")
@@ -74,3 +75,6 @@ with remove, st.form("remove_user"):
             act(lambda: users.remove(name), f"Removed {name}.")
         else:
             st.warning("Choose a user and tick the box to confirm.")
+
+
+audit_section(page)

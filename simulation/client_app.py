@@ -187,3 +187,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         return out
 
     return _serve(msg, context, work)
+
+
+from simulation.analytics_client import answer_cohort  # noqa: E402
+
+app.query("cohort")(answer_cohort)

@@ -1,0 +1,115 @@
+"""What the Cohort explorer page offers, and its widget values turned into query text.
+
+The page builds the same text the CLI takes (``age >= 70``, ``sex != M``),
+so both reach :func:`~healthsync.cohort.explore` the same way, and the page
+can show the equivalent command. Choices come from the manifest only.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from healthsync.cohort.bands import scale_for
+from healthsync.cohort.plan import OUTCOME_LEVELS
+from healthsync.cohort.query import HOSPITAL
+from healthsync.data import Federation
+from healthsync.errors import HealthSyncError
+
+ANY = "(any)"
+
+
+@dataclass(frozen=True)
+class ColumnChoice:
+    """One column as the page shows it.
+
+    ``bounds`` are the documented clipping bounds of a numeric column (the
+    slider's range), ``None`` when HealthSync knows none (free number inputs).
+    """
+
+    name: str
+    kind: str
+    levels: tuple[str, ...] = ()
+    bounds: tuple[float, float] | None = None
+    unit: str | None = None
+
+    @property
+    def groupable(self) -> bool:
+        return self.kind != "numeric" or self.bounds is not None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.unit})" if self.unit else self.name
+
+
+@dataclass(frozen=True)
+class Choices:
+    """Every column and statistic a federation's schema allows."""
+
+    columns: tuple[ColumnChoice, ...]
+    stats: tuple[str, ...]
+
+    def column(self, name: str) -> ColumnChoice:
+        return next(c for c in self.columns if c.name == name)
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def groupable(self) -> list[str]:
+        return [c.name for c in self.columns if c.groupable]
+
+
+def choices(federation: Federation) -> Choices:
+    """The page's options for ``federation``."""
+    columns = [ColumnChoice(HOSPITAL, "hospital", federation.hospital_ids)]
+    stats = ["count"] + [f"prevalence:{o}" for o in federation.outcomes]
+    for spec in federation.features:
+        scale = scale_for(spec)
+        if spec.kind == "categorical":
+            columns.append(ColumnChoice(spec.name, "categorical", spec.categories or ()))
+            continue
+        bounds = (scale.lower, scale.upper) if scale else None
+        columns.append(ColumnChoice(spec.name, "numeric", (), bounds, spec.unit))
+        if scale is not None:
+            stats += [f"{kind}:{spec.name}" for kind in ("mean", "std", "histogram")]
+    columns += [ColumnChoice(o, "outcome", OUTCOME_LEVELS) for o in federation.outcomes]
+    return Choices(tuple(columns), tuple(stats))
+
+
+def conditions(column: ColumnChoice, value: object) -> list[str]:
+    """Query text for one filter widget's value.
+
+    ``value`` is ``(low, high)`` for a numeric column (either may be ``None``),
+    the chosen levels for a categorical one, or one level (or ``ANY``) for a
+    hospital or an outcome.
+    """
+    name = column.name
+    if column.kind == "numeric":
+        low, high = value  # type: ignore[misc]
+        lower, upper = column.bounds or (None, None)
+        out = []
+        if low is not None and (lower is None or low > lower):
+            out.append(f"{name} >= {low:g}")
+        if high is not None and (upper is None or high < upper):
+            out.append(f"{name} <= {high:g}")
+        return out
+    if column.kind == "categorical":
+        chosen = list(value)  # type: ignore[call-overload]
+        if not chosen:
+            raise HealthSyncError(f"choose at least one value of {name}")
+        return [f"{name} != {level}" for level in column.levels if level not in chosen]
+    return [] if value in (None, ANY) else [f"{name} == {value}"]
+
+
+def command(
+    data_dir: Path, db: Path, user: str, where: list[str], group_by: list[str], stats: list[str]
+) -> str:
+    """The ``healthsync cohort`` command that asks the same query."""
+    parts = ["healthsync", "cohort", "--data", str(data_dir), "--db", str(db), "--user", user]
+    parts += [a for w in where for a in ("--where", w)]
+    parts += [a for g in group_by for a in ("--group-by", g)]
+    parts += [a for s in stats for a in ("--stat", s)]
+    return " ".join(shlex.quote(p) for p in parts)

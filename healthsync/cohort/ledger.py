@@ -1,0 +1,147 @@
+"""The cohort explorer's tables in the metrics store: budget ledger, answer cache, audit log.
+
+- ``privacy_ledger``: one row per answered query and user: the epsilon spent.
+- ``cohort_cache``: the guarded answer per user, federation and canonical
+  query, so asking again returns the same noisy numbers instead of fresh
+  ones that could be averaged.
+- ``cohort_audit``: every request, answered or not: who, when, what, the
+  epsilon spent and what the guards hid.
+
+All three hold guarded aggregates and descriptions only, never a patient row.
+The tables are created here, lazily, with ``CREATE TABLE IF NOT EXISTS``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from healthsync.store import MetricsStore
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS privacy_ledger (
+    user_name VARCHAR NOT NULL, federation VARCHAR NOT NULL, query_key VARCHAR NOT NULL,
+    epsilon DOUBLE NOT NULL, spent_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cohort_cache (
+    user_name VARCHAR NOT NULL, federation VARCHAR NOT NULL, query_key VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL, answer JSON NOT NULL,
+    PRIMARY KEY (user_name, federation, query_key)
+);
+CREATE TABLE IF NOT EXISTS cohort_audit (
+    asked_at TIMESTAMP NOT NULL, user_name VARCHAR, role VARCHAR, federation VARCHAR,
+    data_dir VARCHAR, query VARCHAR, status VARCHAR NOT NULL, epsilon DOUBLE NOT NULL,
+    suppressed VARCHAR, message VARCHAR, seconds DOUBLE
+);
+"""
+#: ``status`` in the audit log.
+STATUSES = ("answered", "cached", "refused", "rejected", "failed")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit log."""
+
+    user: str
+    status: str
+    query: str
+    role: str | None = None
+    federation: str | None = None
+    data_dir: str | None = None
+    epsilon: float = 0.0
+    suppressed: str | None = None
+    message: str | None = None
+    seconds: float | None = None
+
+    def row(self) -> list[Any]:
+        return [
+            _now(),
+            self.user,
+            self.role,
+            self.federation,
+            self.data_dir,
+            self.query,
+            self.status,
+            self.epsilon,
+            self.suppressed,
+            self.message,
+            self.seconds,
+        ]
+
+
+def ensure(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the tables if this store has never seen a cohort query."""
+    con.execute(SCHEMA)
+
+
+def spent(con: duckdb.DuckDBPyConnection, user: str, federation: str) -> float:
+    """Epsilon ``user`` has spent on ``federation`` so far."""
+    row = con.execute(
+        "SELECT coalesce(sum(epsilon), 0) FROM privacy_ledger WHERE user_name = ? AND federation = ?",
+        [user, federation],
+    ).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def cached(
+    con: duckdb.DuckDBPyConnection, user: str, federation: str, key: str
+) -> dict[str, Any] | None:
+    """The answer ``user`` already got for this canonical query, if any."""
+    row = con.execute(
+        "SELECT answer FROM cohort_cache WHERE user_name = ? AND federation = ? AND query_key = ?",
+        [user, federation, key],
+    ).fetchone()
+    return json.loads(row[0]) if row else None
+
+
+def record_answer(
+    con: duckdb.DuckDBPyConnection,
+    user: str,
+    federation: str,
+    key: str,
+    epsilon: float,
+    answer: dict[str, Any],
+) -> None:
+    """Charge the budget and cache the answer (in the caller's transaction)."""
+    now = _now()
+    con.execute(
+        "INSERT INTO privacy_ledger VALUES (?, ?, ?, ?, ?)", [user, federation, key, epsilon, now]
+    )
+    con.execute(
+        "INSERT INTO cohort_cache VALUES (?, ?, ?, ?, ?)",
+        [user, federation, key, now, json.dumps(answer)],
+    )
+
+
+def audit(con: duckdb.DuckDBPyConnection, entry: AuditEntry) -> None:
+    """Append one line to the audit log."""
+    con.execute("INSERT INTO cohort_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", entry.row())
+
+
+def write_audit(store: MetricsStore, entry: AuditEntry) -> None:
+    """Append one line in its own transaction (for requests refused before any other write)."""
+    with store.connect(write=True) as con:
+        ensure(con)
+        audit(con, entry)
+
+
+def audit_frame(store: MetricsStore, *, limit: int | None = 1000) -> pl.DataFrame:
+    """The audit log, newest first (``limit=None`` for all of it)."""
+    with store.connect(write=True) as con:
+        ensure(con)
+    sql = (
+        "SELECT asked_at AS time, user_name AS user, role, federation, data_dir, query, status, epsilon, "
+        "suppressed, message, seconds FROM cohort_audit ORDER BY asked_at DESC"
+    )
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    return store.frame(sql)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)

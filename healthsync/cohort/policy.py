@@ -1,0 +1,122 @@
+"""The privacy policy of the cohort explorer: threshold, epsilon per query, budgets, cell limit.
+
+The defaults hold unless an admin writes ``cohort.yaml`` into
+``HEALTHSYNC_HOME`` (next to the credentials, so the people who manage
+users also manage their budgets)::
+
+    threshold: 11            # counts below this are shown as "<11"; never below 11
+    epsilon_per_query: 0.5   # spent by each new query, split across its statistics
+    budget: 10               # epsilon each user may spend per federation
+    max_cells: 500           # largest grouping a query may ask for
+    budgets: {alice: 20}     # optional per-user budgets
+
+Nothing here can be changed from the CLI or the page: an analyst cannot
+loosen the guards that limit them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from healthsync.errors import HealthSyncError
+
+POLICY_NAME = "cohort.yaml"
+#: No configuration may release a count below this (the usual small-number rule).
+MIN_THRESHOLD = 11
+MAX_CELLS_LIMIT = 5000
+#: Above this a query's noise stops protecting anyone; no configuration may go higher.
+MAX_EPSILON_PER_QUERY = 5.0
+
+
+@dataclass(frozen=True)
+class CohortPolicy:
+    """How much a cohort query may reveal, and how often.
+
+    Parameters
+    ----------
+    threshold : smallest count released; smaller counts (and zero) show as ``<threshold``.
+    epsilon_per_query : differential-privacy cost of one new query.
+    budget : epsilon one user may spend on one federation, unless ``budgets`` says otherwise.
+    max_cells : most cells a grouping may produce.
+    budgets : per-user budgets that replace ``budget``.
+    """
+
+    threshold: int = MIN_THRESHOLD
+    epsilon_per_query: float = 0.5
+    budget: float = 10.0
+    max_cells: int = 500
+    budgets: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int):
+            raise HealthSyncError("cohort threshold must be a whole number")
+        if self.threshold < MIN_THRESHOLD:
+            raise HealthSyncError(f"cohort threshold must be at least {MIN_THRESHOLD}")
+        for name, value in (("epsilon_per_query", self.epsilon_per_query), ("budget", self.budget)):
+            if not _positive(value):
+                raise HealthSyncError(f"cohort {name} must be a positive number")
+        if self.epsilon_per_query > MAX_EPSILON_PER_QUERY:
+            raise HealthSyncError(
+                f"cohort epsilon_per_query must be at most {MAX_EPSILON_PER_QUERY}"
+            )
+        for user, value in self.budgets.items():
+            if not isinstance(user, str) or not (_positive(value) or value == 0):
+                raise HealthSyncError(f"cohort budget of {user!r} must be a number >= 0")
+        if not isinstance(self.max_cells, int) or not 1 <= self.max_cells <= MAX_CELLS_LIMIT:
+            raise HealthSyncError(f"cohort max_cells must be between 1 and {MAX_CELLS_LIMIT}")
+
+    def budget_for(self, user: str) -> float:
+        """The epsilon ``user`` may spend on one federation."""
+        return float(self.budgets.get(user, self.budget))
+
+    @property
+    def small(self) -> str:
+        """How a suppressed small count is shown: ``"<11"``."""
+        return f"<{self.threshold}"
+
+    def release_settings(self) -> dict[str, Any]:
+        """What the guards need (sent to the analytics service with each query)."""
+        return {
+            "threshold": self.threshold,
+            "epsilon_per_query": self.epsilon_per_query,
+            "max_cells": self.max_cells,
+        }
+
+    @classmethod
+    def from_settings(cls, data: Mapping[str, Any]) -> CohortPolicy:
+        """Inverse of :meth:`release_settings`, validated again on the receiving side."""
+        return cls(
+            threshold=data.get("threshold", MIN_THRESHOLD),
+            epsilon_per_query=data.get("epsilon_per_query", 0.5),
+            max_cells=data.get("max_cells", 500),
+        )
+
+    @classmethod
+    def from_home(cls, home: str | Path) -> CohortPolicy:
+        """The policy in ``home/cohort.yaml``, or the defaults if there is none."""
+        path = Path(home) / POLICY_NAME
+        if not path.is_file():
+            return cls()
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise HealthSyncError(f"{path}: unreadable cohort policy ({err})") from None
+        known = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) - known:
+            raise HealthSyncError(f"{path}: expected only the keys {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+def _positive(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )

@@ -1,0 +1,343 @@
+"""The warm analytics service: one long-lived Flower simulation per federation.
+
+Starting Flower's simulation on Ray takes seconds, far too long per query.
+So the first cohort query on a federation starts ``python -m
+simulation.analytics serve`` as its own process; its ServerApp keeps the
+simulation running and waits for queries on a local channel, and exits
+after an idle timeout. Later queries, from the CLI or the app, reuse it.
+
+The channel is a ``multiprocessing.connection`` listener on 127.0.0.1,
+authenticated with a random key that the service writes, with its port, to a
+state file readable by its owner only (``<db folder>/cohort-service/``).
+Messages are JSON: a checked query and the release settings go in, a
+guarded :class:`~healthsync.cohort.result.Release` comes out. Both ends of
+the protocol live here, so the service (``simulation/``) only wires Flower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import queue
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+from typing import Any, Protocol
+
+from healthsync.cohort.plan import QueryPlan
+from healthsync.cohort.policy import CohortPolicy
+from healthsync.cohort.result import Release
+from healthsync.data import Federation
+from healthsync.errors import HealthSyncError
+
+STATE_DIR_NAME = "cohort-service"
+IDLE_SECONDS = 900.0
+START_SECONDS = 300.0
+QUERY_SECONDS = 300.0
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+Progress = Callable[[str], None]
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Executor(Protocol):
+    """Where a checked query is answered: returns the guarded release, nothing rawer."""
+
+    def release(self, federation: Federation, plan: QueryPlan, policy: CohortPolicy) -> Release:
+        """Ask every hospital the query and return the guarded answer."""
+        ...
+
+
+def federation_id(federation: Federation) -> str:
+    """A fingerprint of the manifest: same data, same ledger, wherever the folder is."""
+    text = json.dumps(federation.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def state_dir_for(db: str | Path) -> Path:
+    """Where services serving this store's users keep their state files and logs."""
+    if str(db) == ":memory:":
+        return Path(tempfile.gettempdir()) / f"healthsync-{STATE_DIR_NAME}"
+    return Path(db).resolve().parent / STATE_DIR_NAME
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """How to reach a running service (the file is the service's announcement that it is ready)."""
+
+    port: int
+    authkey: str
+    pid: int
+    data_dir: str
+    federation: str
+
+    @staticmethod
+    def path(state_dir: Path, federation: Federation) -> Path:
+        where = hashlib.sha256(str(federation.data_dir.resolve()).encode()).hexdigest()[:8]
+        return state_dir / f"{federation_id(federation)}-{where}.json"
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(asdict(self), handle)
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: Path) -> ServiceState | None:
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+# ---------------------------------------------------------------- service side
+def serve(handle: Handler, state_path: Path, state: dict[str, Any], *, idle_timeout: float) -> None:
+    """Answer requests one at a time until a ``stop`` request or ``idle_timeout`` seconds of quiet.
+
+    Called by the service once its hospitals are online; writing the state
+    file is what tells clients it is ready. ``state`` gives ``data_dir`` and
+    ``federation`` for the file.
+    """
+    authkey = secrets.token_bytes(32)
+    listener = Listener(("127.0.0.1", 0), authkey=authkey)
+    pending: queue.Queue[Connection] = queue.Queue()
+    threading.Thread(target=_accept_forever, args=(listener, pending), daemon=True).start()
+    ServiceState(listener.address[1], authkey.hex(), os.getpid(), **state).write(state_path)
+    try:
+        while True:
+            try:
+                conn = pending.get(timeout=idle_timeout)
+            except queue.Empty:
+                return
+            with conn:
+                if not _answer(conn, handle):
+                    return
+    finally:
+        current = ServiceState.read(state_path)
+        if current is not None and current.pid == os.getpid():
+            state_path.unlink(missing_ok=True)
+        listener.close()
+
+
+def _accept_forever(listener: Listener, pending: queue.Queue[Connection]) -> None:
+    while True:
+        try:
+            pending.put(listener.accept())
+        except AuthenticationError:
+            continue  # a caller without the key; ignore it
+        except OSError:
+            return  # the listener was closed
+
+
+def _answer(conn: Connection, handle: Handler) -> bool:
+    """Answer one request; ``False`` when it asked the service to stop."""
+    try:
+        request = json.loads(conn.recv_bytes(MAX_MESSAGE_BYTES))
+    except (EOFError, OSError, ValueError):
+        return True
+    if not isinstance(request, dict):
+        response: dict[str, Any] = {"ok": False, "error": "a request must be a JSON object"}
+    elif request.get("op") == "stop":
+        response = {"ok": True}
+    elif request.get("op") == "ping":
+        response = {"ok": True, "pid": os.getpid()}
+    else:
+        try:
+            response = handle(request)
+        except HealthSyncError as err:
+            response = {"ok": False, "error": str(err)}
+    with contextlib.suppress(OSError):
+        conn.send_bytes(json.dumps(response).encode())
+    return request.get("op") != "stop" if isinstance(request, dict) else True
+
+
+# ---------------------------------------------------------------- client side
+class FlowerExecutor:
+    """Answers queries through the warm Flower analytics service, starting it when needed.
+
+    Parameters
+    ----------
+    state_dir : where services announce themselves (see :func:`state_dir_for`).
+    progress : called with a line of text while the service starts.
+    idle_timeout : seconds a started service waits for queries before it exits.
+    start_timeout : seconds to wait for a service to come up.
+    block_size : hospitals answered together by one simulated client in a service this
+        executor starts (default: the service's choice, one each up to 100 hospitals).
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        progress: Progress | None = None,
+        idle_timeout: float = IDLE_SECONDS,
+        start_timeout: float = START_SECONDS,
+        block_size: int | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.progress = progress or (lambda _line: None)
+        self.idle_timeout = idle_timeout
+        self.start_timeout = start_timeout
+        self.block_size = block_size
+
+    def release(self, federation: Federation, plan: QueryPlan, policy: CohortPolicy) -> Release:
+        request = {
+            "op": "query",
+            "federation": federation_id(federation),
+            "query": plan.query.to_dict(),
+            "policy": policy.release_settings(),
+        }
+        response = self.request(federation, request)
+        if not response.get("ok"):
+            raise HealthSyncError(str(response.get("error", "the analytics service failed")))
+        return Release.from_dict(response["release"])
+
+    def request(self, federation: Federation, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one request to the federation's service (started if needed); its reply.
+
+        A service that goes away before replying (it may have just reached its
+        idle timeout) is replaced once; nothing reached the caller, so asking
+        again reveals nothing more.
+        """
+        try:
+            return self._exchange(federation, request)
+        except (EOFError, OSError):
+            pass
+        try:
+            return self._exchange(federation, request)
+        except (EOFError, OSError) as err:
+            raise HealthSyncError(
+                f"the analytics service stopped while answering ({err or 'closed'})"
+            ) from None
+
+    def _exchange(self, federation: Federation, request: dict[str, Any]) -> dict[str, Any]:
+        with self._connection(federation) as conn:
+            conn.send_bytes(json.dumps(request).encode())
+            if not conn.poll(QUERY_SECONDS):
+                raise HealthSyncError(
+                    f"the analytics service did not answer in {QUERY_SECONDS:.0f} s"
+                )
+            return json.loads(conn.recv_bytes(MAX_MESSAGE_BYTES))
+
+    def stop(self, federation: Federation) -> bool:
+        """Ask a running service to exit; whether one was running."""
+        conn = self._connect(ServiceState.path(self.state_dir, federation))
+        if conn is None:
+            return False
+        with conn:
+            conn.send_bytes(json.dumps({"op": "stop"}).encode())
+            conn.poll(10)
+        return True
+
+    @contextlib.contextmanager
+    def _connection(self, federation: Federation) -> Iterator[Connection]:
+        path = ServiceState.path(self.state_dir, federation)
+        conn = self._connect(path)
+        if conn is None:
+            with _file_lock(path.with_suffix(".lock")):
+                conn = self._connect(path) or self._start(federation, path)
+        with conn:
+            yield conn
+
+    def _connect(self, path: Path) -> Connection | None:
+        state = ServiceState.read(path)
+        if state is None:
+            return None
+        try:
+            return Client(("127.0.0.1", state.port), authkey=bytes.fromhex(state.authkey))
+        except (OSError, AuthenticationError, ValueError):
+            if not _alive(state.pid):
+                path.unlink(missing_ok=True)  # left behind by a service that died
+            return None
+
+    def _start(self, federation: Federation, path: Path) -> Connection:
+        log_path = path.with_suffix(".log")
+        cmd = [
+            sys.executable,
+            "-m",
+            "simulation.analytics",
+            "serve",
+            "--data",
+            str(federation.data_dir.resolve()),
+            "--state",
+            str(path),
+            "--idle-timeout",
+            str(self.idle_timeout),
+        ]
+        if self.block_size:
+            cmd += ["--block-size", str(self.block_size)]
+        n = len(federation.hospitals)
+        self.progress(
+            f"starting the analytics service (Flower on Ray) for the {n} hospitals of "
+            f"{federation.data_dir.name}; the first query waits for it…"
+        )
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        threading.Thread(target=process.wait, daemon=True).start()
+        started = time.monotonic()
+        shown = 0
+        while (conn := self._connect(path)) is None:
+            elapsed = time.monotonic() - started
+            if process.poll() is not None:
+                raise HealthSyncError(
+                    f"the analytics service exited while starting: {_last_line(log_path)}"
+                )
+            if elapsed > self.start_timeout:
+                process.terminate()
+                raise HealthSyncError(
+                    f"the analytics service did not start within {self.start_timeout:.0f} s "
+                    f"(see {log_path})"
+                )
+            if elapsed >= shown + 5:
+                shown = int(elapsed)
+                self.progress(f"still starting the analytics service… {shown} s")
+            time.sleep(0.2)
+        self.progress(f"analytics service ready after {time.monotonic() - started:.0f} s")
+        return conn
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip()[:300] if lines else "no output"

@@ -1,0 +1,177 @@
+"""The cohort explorer's faces: CLI errors and output, the page's states, charts, the audit section."""
+
+import ast
+import json
+from pathlib import Path
+
+import altair as alt
+import polars as pl
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from healthsync.cli import main
+from healthsync.cohort import charts, explore
+from healthsync.data import load_federation
+from tests.app_helpers import ROOT, AppEnv
+from tests.test_cohort_attacks import InProcess
+from tests.test_cohort_guards import assert_no_small_counts
+
+PAGE = ROOT / "pages" / "cohort.py"
+AUDIT = ROOT / "pages" / "audit.py"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    env = AppEnv(tmp_path, monkeypatch)
+    env.token("analyst")  # creates analyst-user
+    return env
+
+
+def page(env: AppEnv, role: str, path: Path = PAGE) -> AppTest:
+    at = AppTest.from_file(str(path), default_timeout=60)
+    at.session_state["auth_token"] = env.token(role)
+    return at.run()
+
+
+def ask(env: AppEnv, **query):
+    federation = load_federation(env.fed_dir)
+    return explore(
+        env.fed_dir, db=env.db, user="analyst-user", executor=InProcess(federation), **query
+    )
+
+
+# ---------------------------------------------------------------- CLI
+def cli(env: AppEnv, capsys, *args: str) -> tuple[int, str, str]:
+    base = ["cohort", "--data", str(env.fed_dir), "--db", str(env.db), *args]
+    code = main(base)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--user", "viewer-user"], "error: user 'viewer-user' is a viewer"),
+        (["--user", "nobody"], "error: unknown user 'nobody'"),
+        (["--user", "analyst-user", "--where", "height > 2"], "error: unknown column 'height'"),
+        (["--user", "analyst-user", "--stat", "max:age"], "error: unknown statistic 'max:age'"),
+    ],
+)
+def test_cli_errors_are_one_line_with_status_2(env, capsys, args, message):
+    env.token("viewer")
+    code, out, err = cli(env, capsys, *args)
+    assert code == 2 and out == ""
+    assert err.startswith(message) and err.count("\n") == 1
+
+
+def test_cli_help_shows_the_interface(capsys):
+    with pytest.raises(SystemExit):
+        main(["cohort", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--data", "--db", "--user", "--where", "--group-by", "--stat", "--json"):
+        assert flag in text
+    assert "prevalence:OUTCOME" in text and "<11" in text
+
+
+def test_results_print_as_json_and_as_a_table(env):
+    result = ask(
+        env,
+        where=["age >= 30"],
+        group_by=["sex"],
+        stats=["prevalence:diabetes", "mean:bmi", "histogram:age"],
+    )
+    data = json.loads(result.to_json())
+    assert data["privacy_budget"] == {"total": 10.0, "spent": 0.5, "left": 9.5}
+    assert data["group_by"] == ["sex"] and [c["sex"] for c in data["cells"]] == ["F", "M"]
+    assert {"patient_count", "diabetes_case_count", "diabetes_prevalence", "bmi_mean"} <= set(
+        data["cells"][0]
+    )
+    assert_no_small_counts(data)
+    text = result.text()
+    assert text.splitlines()[0].split() == [
+        "sex", "patient_count", "diabetes_case_count", "diabetes_prevalence", "bmi_mean",
+    ]  # fmt: skip
+    assert "histogram of age" in text and "privacy budget left: 9.5 of 10" in text
+
+
+# ---------------------------------------------------------------- page
+def test_viewers_cannot_open_the_explorer(env):
+    at = page(env, "viewer")
+    assert [t.value for t in at.title] == ["Not available for your role"]
+
+
+def test_the_page_says_when_there_is_no_data(tmp_path, monkeypatch):
+    env = AppEnv(tmp_path, monkeypatch, federation=False)
+    at = page(env, "analyst")
+    assert "No federation found" in at.info[0].value
+
+
+def test_the_page_offers_the_schema_and_shows_the_budget(env):
+    at = page(env, "analyst")
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Cohort explorer"]
+    assert at.metric[0].value == "10 of 10"
+    labels = [m.label for m in at.multiselect]
+    assert labels == ["Filter on", "Group by", "Statistics"]
+    assert "histogram:age" in at.multiselect[2].options
+    assert "sex" in at.multiselect[1].options and "bmi" in at.multiselect[1].options
+    assert "Choose filters" in at.info[0].value
+
+
+def test_a_bad_filter_shows_an_error_and_spends_nothing(env):
+    at = page(env, "analyst")
+    at.multiselect[0].set_value(["sex"]).run()
+    at.multiselect[1].set_value([])  # no sex at all
+    at.button[0].click().run()
+    assert at.error[0].value == "Choose at least one value of sex"
+    assert at.metric[0].value == "10 of 10"
+
+
+def test_the_audit_section_is_for_admins(env):
+    assert [t.value for t in page(env, "analyst", AUDIT).title] == ["Not available for your role"]
+    at = page(env, "admin", AUDIT)
+    assert "No cohort query yet" in at.info[0].value
+    ask(env, group_by=["smoking"])
+    at = page(env, "admin", AUDIT)
+    log = at.dataframe[0].value
+    assert log["user"].to_list() == ["analyst-user"] and log["status"].to_list() == ["answered"]
+
+
+# ---------------------------------------------------------------- charts and layers
+def test_charts_have_titles_and_axis_units(env):
+    result = ask(
+        env, group_by=["age", "sex"], stats=["prevalence:diabetes", "mean:bmi", "histogram:age"]
+    )
+    values, dims = result.values(), list(result.release.dimensions)
+    units = {"age": "years", "bmi": "kg/m2"}
+    built = [
+        charts.count_bars(values, dims, units),
+        charts.prevalence_bars(values, dims, "diabetes", units),
+        charts.mean_bars(values, dims, "bmi", units),
+        charts.histogram(result.histograms("age"), "age", "years", cell="50–59 · F"),
+    ]
+    for chart, y_unit in zip(built, ["(count)", "(%)", "(kg/m2)", "(count)"], strict=True):
+        assert isinstance(chart, alt.Chart)
+        spec = chart.to_dict()
+        assert spec["title"] and spec["encoding"]["y"]["title"].endswith(y_unit)
+        assert spec["encoding"]["x"]["title"].endswith("(years)")
+    assert built[0].to_dict()["encoding"]["x"]["title"] == "Age band (years)"
+    assert built[3].to_dict()["encoding"]["x"]["title"] == "Age (years)"
+
+
+def test_hidden_cells_are_null_in_chart_frames(env):
+    result = ask(env, where=["age >= 80"], group_by=["hospital", "smoking"])
+    values = result.values()
+    assert values.schema["patient_count"] == pl.Int64
+    hidden = [
+        c["patient_count"] for c in result.release.cells if isinstance(c["patient_count"], str)
+    ]
+    assert values["patient_count"].null_count() == len(hidden) > 0
+
+
+def test_the_cohort_library_never_imports_streamlit():
+    for path in (ROOT / "healthsync" / "cohort").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [n for n in names if n.split(".")[0] == "streamlit"], path
