@@ -18,6 +18,7 @@ import json
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -39,7 +40,11 @@ CREATE TABLE IF NOT EXISTS bench_results (
     model VARCHAR NOT NULL, hospitals INTEGER NOT NULL, patients INTEGER, rounds INTEGER,
     seconds_per_round DOUBLE, updates_per_second DOUBLE, peak_memory_mib DOUBLE,
     first_round_seconds DOUBLE, status VARCHAR NOT NULL, note VARCHAR
-)
+);
+CREATE TABLE IF NOT EXISTS bench_sweeps (
+    sweep_id VARCHAR PRIMARY KEY, created_at TIMESTAMP NOT NULL, config JSON NOT NULL,
+    total INTEGER NOT NULL, pid INTEGER
+);
 """
 
 
@@ -92,6 +97,73 @@ class Measurement:
 
 def ensure_schema(store: MetricsStore) -> None:
     store.execute(SCHEMA)
+
+
+def new_sweep_id() -> str:
+    return f"sweep-{runlog.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def start_sweep(config: SweepConfig) -> str:
+    """Start ``healthsync bench`` as its own process (it outlives the page); return the sweep id."""
+    store = MetricsStore(config.db)
+    ensure_schema(store)
+    sweep_id = new_sweep_id()
+    total = len(config.hospitals) * len(config.models) * len(config.ways)
+    store.execute(
+        "INSERT INTO bench_sweeps VALUES (?, ?, ?, ?, NULL)",
+        [sweep_id, runlog.now(), json.dumps(asdict(config)), total],
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "healthsync",
+        "bench",
+        "--sweep-id",
+        sweep_id,
+        "--db",
+        config.db,
+        "--work-dir",
+        config.work_dir,
+        "--patients",
+        str(config.patients),
+        "--rounds",
+        str(config.rounds),
+        "--seed",
+        str(config.seed),
+        "--max-flower-hospitals",
+        str(config.max_flower_hospitals),
+        "--hospitals",
+        *map(str, config.hospitals),
+        "--models",
+        *config.models,
+        "--ways",
+        *config.ways,
+    ]
+    log_dir = Path(config.db).parent / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{sweep_id}.log", "ab") as log_file:
+        process = subprocess.Popen(
+            cmd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    store.execute("UPDATE bench_sweeps SET pid = ? WHERE sweep_id = ?", [process.pid, sweep_id])
+    threading.Thread(target=process.wait, daemon=True).start()
+    return sweep_id
+
+
+def sweep_progress(store: MetricsStore, sweep_id: str) -> tuple[int, int, bool]:
+    """Measurements done, planned, and whether the sweep's process is still alive."""
+    ensure_schema(store)
+    planned = store.frame("SELECT total, pid FROM bench_sweeps WHERE sweep_id = ?", [sweep_id])
+    total, pid = planned.row(0) if planned.height else (0, None)
+    done = int(
+        store.scalar("SELECT count(*) FROM bench_results WHERE sweep_id = ?", [sweep_id]) or 0
+    )
+    alive = bool(pid) and runlog.process_alive(int(pid))
+    return done, int(total or done), alive
 
 
 def _watch(pid: int, done: Callable[[], bool], timeout: float) -> float:
@@ -209,7 +281,7 @@ def run_sweep(
     """Measure every (hospital count, model, way) of ``config``; return and store the table."""
     store = MetricsStore(config.db)
     ensure_schema(store)
-    sweep_id = sweep_id or f"sweep-{runlog.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    sweep_id = sweep_id or new_sweep_id()
     work_dir = Path(config.work_dir)
     steps = [(h, m, w) for h in config.hospitals for m in config.models for w in config.ways]
     results = []

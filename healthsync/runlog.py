@@ -193,7 +193,11 @@ def save_score_bins(store: MetricsStore, run_id: str, histogram: np.ndarray) -> 
 def reconcile_dead_runs(store: MetricsStore) -> list[str]:
     """Mark runs whose process is gone as failed, so none stays ``running`` forever."""
     active = store.frame("SELECT run_id, pid FROM runs WHERE status IN ('queued', 'running')")
-    dead = [r["run_id"] for r in active.iter_rows(named=True) if r["pid"] and not _alive(r["pid"])]
+    dead = [
+        r["run_id"]
+        for r in active.iter_rows(named=True)
+        if r["pid"] and not process_alive(r["pid"])
+    ]
     for run_id in dead:
         finish_run(
             store,
@@ -303,7 +307,7 @@ def clean_number(value: Any) -> Any:
     return _clean(value)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

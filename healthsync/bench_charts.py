@@ -1,0 +1,51 @@
+"""Altair charts of stress-test sweeps: each measure against the number of hospitals."""
+
+from __future__ import annotations
+
+import altair as alt
+import polars as pl
+
+MEASURES = {
+    "seconds_per_round": ("Time per round", "Seconds per round (s, log scale)"),
+    "updates_per_second": ("Hospital updates per second", "Updates per second (log scale)"),
+    "peak_memory_mib": ("Peak memory", "Peak resident memory (MiB)"),
+    "first_round_seconds": ("Time to the first round", "Seconds from start (s)"),
+}
+WAY_LABELS = {
+    "flower": "Flower, one client per hospital",
+    "healthsync": "HealthSync blocks",
+    "vectorised": "Vectorised, no Flower (lower bound)",
+}
+
+
+def sweep_chart(results: pl.DataFrame, measure: str) -> alt.Chart:
+    """One measure against hospital count (log x), a line per way and model."""
+    title, y_title = MEASURES[measure]
+    frame = results.filter(pl.col("status") == "ok").with_columns(
+        pl.col("way").replace_strict(WAY_LABELS, default=pl.col("way")).alias("Way"),
+        (pl.col("sweep_id") + " · " + pl.col("model")).alias("Series"),
+    )
+    log_y = measure in ("seconds_per_round", "updates_per_second")
+    return (
+        alt.Chart(frame, title=title)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X(
+                "hospitals:Q", scale=alt.Scale(type="log"), title="Hospitals (count, log scale)"
+            ),
+            y=alt.Y(
+                f"{measure}:Q", scale=alt.Scale(type="log" if log_y else "linear"), title=y_title
+            ),
+            color=alt.Color("Way:N", title="Execution"),
+            strokeDash=alt.StrokeDash("model:N", title="Model"),
+            detail="Series:N",
+            tooltip=[
+                "sweep_id",
+                "Way",
+                "model",
+                "hospitals",
+                alt.Tooltip(f"{measure}:Q", format=".3f"),
+            ],
+        )
+        .properties(height=300)
+    )

@@ -1,0 +1,91 @@
+"""Stress test: how many hospitals can be simulated, three ways side by side, kept for comparison."""
+
+import streamlit as st
+
+from healthsync import bench, bench_charts
+from healthsync.errors import HealthSyncError
+from pages._guard import require
+
+page = require("view")
+st.title("Stress test")
+st.caption(
+    "The same federated workload (data, model, rounds, seed) run three ways: Flower with one client "
+    "per hospital, HealthSync's block execution, and a single-process vectorised loop with no Flower "
+    "or Ray, the hardware lower bound. Every measurement is kept in the metrics store."
+)
+store = page.store
+
+if page.user.can("launch"):
+    with st.form("sweep"):
+        left, right = st.columns(2)
+        hospitals = left.multiselect(
+            "Hospital counts", [10, 30, 100, 300, 1000, 3000, 10000], default=[10, 100]
+        )
+        models = right.multiselect("Models", ["logreg", "mlp"], default=["logreg"])
+        ways = left.multiselect(
+            "Ways to run",
+            list(bench.WAYS),
+            default=list(bench.WAYS),
+            format_func=bench_charts.WAY_LABELS.get,
+        )
+        rounds = right.number_input("Rounds (the first includes warm-up)", 2, 20, 3)
+        patients = left.number_input("Mean patients per hospital", 50, 5000, 500, step=50)
+        limit = right.number_input(
+            "Skip one-client-per-hospital above (hospitals)", 10, 10000, 1000
+        )
+        submitted = st.form_submit_button("Run sweep", type="primary")
+    if submitted:
+        try:
+            config = bench.SweepConfig(
+                hospitals=tuple(sorted(hospitals)),
+                models=tuple(models),
+                ways=tuple(ways),
+                rounds=int(rounds),
+                patients=int(patients),
+                max_flower_hospitals=int(limit),
+                work_dir=str(page.settings.data_root / "bench"),
+                db=str(page.settings.db),
+            )
+            st.session_state["sweep"] = bench.start_sweep(config)
+        except HealthSyncError as err:
+            st.error(str(err))
+
+results = bench.sweeps(store)
+sweep_id = st.session_state.get("sweep")
+
+
+@st.fragment(run_every=2.0 if sweep_id else None)
+def progress() -> None:
+    done, total, alive = bench.sweep_progress(store, sweep_id)
+    st.progress(done / max(total, 1), text=f"Sweep {sweep_id}: {done} of {total} measurements")
+    if done >= total or not alive:
+        st.session_state.pop("sweep", None)
+        st.rerun()
+
+
+if sweep_id:
+    progress()
+
+if results.is_empty():
+    st.info(
+        "No sweep yet. Analysts can run one above; `healthsync bench` runs the full sweep from a terminal."
+    )
+    st.stop()
+chosen = st.multiselect(
+    "Sweeps to compare",
+    results["sweep_id"].unique(maintain_order=True).to_list(),
+    default=results["sweep_id"].unique(maintain_order=True).to_list()[:1],
+)
+shown = results.filter(results["sweep_id"].is_in(chosen))
+for measure in bench_charts.MEASURES:
+    st.altair_chart(bench_charts.sweep_chart(shown, measure), width="stretch")
+    st.caption(
+        f"{bench_charts.MEASURES[measure][1]} against the number of simulated hospitals, per execution way and model."
+    )
+st.subheader("Ratios")
+st.dataframe(bench.ratios(shown), hide_index=True)
+st.caption(
+    "healthsync/vectorised: HealthSync's time per round over the lower bound (target: at most 2 at 10,000 hospitals); "
+    "flower/healthsync: how many times faster blocks are than one client per hospital."
+)
+st.dataframe(shown, hide_index=True)
