@@ -21,10 +21,8 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -135,25 +133,14 @@ def make_server_app(
 
 def run(data_dir: Path, state_path: Path, *, idle_timeout: float, block_size: int | None) -> None:
     """Run the service in this process until it stops."""
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    from flwr.simulation import run_simulation
+    from simulation.launch import simulate
 
-    from simulation.client_app import app as client_app
-    from simulation.launch import backend_config
-
-    logging.getLogger("flwr").setLevel(logging.WARNING)
     hospitals = len(load_federation(data_dir).hospitals)
     block_size = block_size or default_block_size(hospitals)
-    run_simulation(
-        server_app=make_server_app(
-            data_dir, state_path, idle_timeout=idle_timeout, block_size=block_size
-        ),
-        client_app=client_app,
-        num_supernodes=math.ceil(hospitals / block_size),
-        backend_config=backend_config(),
+    server_app = make_server_app(
+        data_dir, state_path, idle_timeout=idle_timeout, block_size=block_size
     )
+    simulate(server_app, math.ceil(hospitals / block_size))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from healthsync.data import load_federation
 
 
 def backend_config(ray_address: str | None = None) -> dict:
-    """Ray settings: one CPU per client actor so a 2-core machine runs two hospitals at once."""
+    """Ray settings: one CPU per client actor so a 2-core machine runs two blocks at once."""
     init_args: dict = {"include_dashboard": False, "log_to_driver": False, "logging_level": "error"}
     if ray_address:
         init_args["address"] = ray_address
@@ -20,22 +20,29 @@ def backend_config(ray_address: str | None = None) -> dict:
     return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
 
 
-def run(config: TrainConfig, run_id: str, *, ray_address: str | None = None) -> None:
-    """Simulate the federation in this process until the run ends (its outcome goes to the store)."""
+def simulate(server_app, nodes: int, *, ray_address: str | None = None) -> None:
+    """Run ``server_app`` against ``nodes`` simulated nodes of our ClientApp, on Ray, until it ends."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     from flwr.simulation import run_simulation
 
     from simulation.client_app import app as client_app
-    from simulation.server_app import make_server_app
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    hospitals = len(load_federation(config.data_dir).hospitals)
-    block = config.block_size_for(hospitals)
     run_simulation(
-        server_app=make_server_app(config.replace(block_size=block), run_id),
+        server_app=server_app,
         client_app=client_app,
-        num_supernodes=-(-hospitals // block),
+        num_supernodes=nodes,
         backend_config=backend_config(ray_address),
     )
+
+
+def run(config: TrainConfig, run_id: str, *, ray_address: str | None = None) -> None:
+    """Simulate one training run in this process (its outcome goes to the store)."""
+    from simulation.server_app import make_server_app
+
+    hospitals = len(load_federation(config.data_dir).hospitals)
+    block = config.block_size_for(hospitals)
+    server_app = make_server_app(config.replace(block_size=block), run_id)
+    simulate(server_app, -(-hospitals // block), ray_address=ray_address)
