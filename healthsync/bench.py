@@ -18,7 +18,6 @@ import json
 import secrets
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from healthsync import runlog, runs
 from healthsync.config import MODELS, TrainConfig
 from healthsync.data import load_federation
 from healthsync.errors import HealthSyncError
+from healthsync.processes import process_alive, spawn_detached
 from healthsync.proctree import tree_rss_bytes
 from healthsync.store import MetricsStore
 
@@ -139,18 +139,8 @@ def start_sweep(config: SweepConfig) -> str:
         "--ways",
         *config.ways,
     ]
-    log_dir = Path(config.db).parent / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / f"{sweep_id}.log", "ab") as log_file:
-        process = subprocess.Popen(
-            cmd,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    process = spawn_detached(cmd, Path(config.db).parent / "logs" / f"{sweep_id}.log")
     store.execute("UPDATE bench_sweeps SET pid = ? WHERE sweep_id = ?", [process.pid, sweep_id])
-    threading.Thread(target=process.wait, daemon=True).start()
     return sweep_id
 
 
@@ -162,7 +152,7 @@ def sweep_progress(store: MetricsStore, sweep_id: str) -> tuple[int, int, bool]:
     done = int(
         store.scalar("SELECT count(*) FROM bench_results WHERE sweep_id = ?", [sweep_id]) or 0
     )
-    alive = bool(pid) and runlog.process_alive(int(pid))
+    alive = bool(pid) and process_alive(int(pid))
     return done, int(total or done), alive
 
 

@@ -8,7 +8,6 @@ readers in other processes as soon as each round ends.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ import polars as pl
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
 from healthsync.metrics import BinaryMetrics
+from healthsync.processes import process_alive
 from healthsync.store import MetricsStore
 
 ROUND_KEYS = (
@@ -305,21 +305,6 @@ def clean_number(value: Any) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
     return _clean(value)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def cancel_requested(store: MetricsStore, run_id: str) -> bool:

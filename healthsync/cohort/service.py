@@ -23,7 +23,6 @@ import json
 import os
 import queue
 import secrets
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,6 +39,7 @@ from healthsync.cohort.policy import CohortPolicy
 from healthsync.cohort.result import Release
 from healthsync.data import Federation
 from healthsync.errors import HealthSyncError
+from healthsync.processes import process_alive, spawn_detached
 
 STATE_DIR_NAME = "cohort-service"
 IDLE_SECONDS = 900.0
@@ -258,7 +258,7 @@ class FlowerExecutor:
         try:
             return Client(("127.0.0.1", state.port), authkey=bytes.fromhex(state.authkey))
         except (OSError, AuthenticationError, ValueError):
-            if not _alive(state.pid):
+            if not process_alive(state.pid):
                 path.unlink(missing_ok=True)  # left behind by a service that died
             return None
 
@@ -283,15 +283,7 @@ class FlowerExecutor:
             f"starting the analytics service (Flower on Ray) for the {n} hospitals of "
             f"{federation.data_dir.name}; the first query waits for it…"
         )
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        threading.Thread(target=process.wait, daemon=True).start()
+        process = spawn_detached(cmd, log_path)
         started = time.monotonic()
         shown = 0
         while (conn := self._connect(path)) is None:
@@ -323,16 +315,6 @@ def _file_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _last_line(path: Path) -> str:

@@ -1,0 +1,41 @@
+"""Background processes that outlive the page or command that started them.
+
+Runs, stress-test sweeps and the analytics service each run as their own
+process in a new session, so a closed browser tab, a reloaded page or a
+restarted web server does not stop them; their output goes to a log file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def spawn_detached(cmd: Sequence[str], log_path: Path) -> subprocess.Popen:
+    """Start ``cmd`` in its own session with output appended to ``log_path``.
+
+    A daemon thread waits for it, so it never lingers as a zombie of this
+    process once it ends.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            list(cmd),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    threading.Thread(target=process.wait, daemon=True).start()
+    return process
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, exited but not reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
