@@ -1,26 +1,39 @@
 """HealthSync's Streamlit entry point: page setup, login, and navigation built from the role.
 
-``st.navigation`` is called in every run, logged out too (with only the login
-page): until some session has called it, Streamlit serves every
-``pages/*.py`` by URL without this file. Each page still checks the role itself
-(``pages/_guard.py``). Users, lockout and session tokens live in
-``healthsync.auth``; on first start it creates the credentials file and the
-admin password is printed here, once.
+The login is streamlit-authenticator's: its form, its bcrypt check, and its
+signed cookie that logs a browser back in. ``healthsync.auth`` adds what it
+lacks, an expiring lockout and server-side logout (``healthsync/auth/sessions.py``
+says how and why). Every run asks streamlit-authenticator first, then accepts the
+session only if ``pages/_guard.py`` does; a session it no longer accepts (logged
+out, new password, user removed, expired) is logged out of streamlit-authenticator
+too, which deletes the cookie. ``st.navigation`` is called in every run, logged
+out too (with only the login page): until some session has called it, Streamlit
+serves every ``pages/*.py`` by URL without this file, so each page checks the
+session itself. On first start the credentials file is created and the admin
+password printed here, once.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
+import streamlit_authenticator as stauth
 
 from healthsync import auth
 from healthsync.dashboard import AppSettings
-from healthsync.errors import HealthSyncError
-from pages._guard import TOKEN_KEY
+from pages._guard import LOGIN_KEY, STATUS_KEY, session_user
 
 ROOT = Path(__file__).resolve().parent
-LOGGED_OUT_KEY = "logged_out"
+#: streamlit-authenticator's flag that stops it reading its cookie again in this session.
+LOGOUT_FLAG = "logout"
+LOGIN_FIELDS = {
+    "Form name": "Log in",
+    "Username": "User name",
+    "Password": "Password",
+    "Login": "Log in",
+}
 # file, title, icon, permission needed: the one place that lists the pages.
 PAGES = {
     "Federation": [("pages/overview.py", "Overview", ":material/hub:", "view")],
@@ -29,18 +42,13 @@ PAGES = {
         ("pages/live.py", "Live training", ":material/monitoring:", "view"),
         ("pages/runs.py", "Runs", ":material/history:", "view"),
     ],
-    "Results": [("pages/model.py", "Model", ":material/model_training:", "view")],
+    "Results": [
+        ("pages/model.py", "Model", ":material/model_training:", "view"),
+        ("pages/cohort.py", "Cohort explorer", ":material/groups:", "explore"),
+        ("pages/stress.py", "Stress test", ":material/speed:", "view"),
+    ],
     "Administration": [("pages/admin.py", "Users", ":material/manage_accounts:", "manage_users")],
 }
-# Sets or clears the session cookie in the browser (Python cannot set cookies itself).
-COOKIE_JS = """
-export default function ({ data }) {
-  if (data && data.cookie) {
-    const secure = window.location.protocol === "https:" ? "; Secure" : "";
-    document.cookie = data.cookie + "; Path=/; SameSite=Strict" + secure;
-  }
-}
-"""
 
 settings = AppSettings.from_env(ROOT)
 users = auth.UserStore(settings.home)
@@ -51,53 +59,69 @@ if (admin_password := users.ensure()) is not None:
         "`healthsync users passwd admin`",
         flush=True,
     )
-session_store = auth.Sessions(users)
-cookie = st.components.v2.component("healthsync_session_cookie", js=COOKIE_JS)
+sessions = auth.Sessions(users)
+cookie = users.cookie
 st.set_page_config(page_title="HealthSync", page_icon=":material/health_and_safety:", layout="wide")
+# streamlit-authenticator's cookie components are invisible iframes: let them take no space.
+st.html('<style>.element-container:has(iframe[height="0"]) { display: none; }</style>')
+# Built afresh each run: what streamlit-authenticator writes into it is dropped with the run.
+credentials = sessions.login_credentials()
+authenticator = stauth.Authenticate(
+    credentials,
+    cookie.name,
+    cookie.key,
+    cookie.days,
+    auto_hash=False,  # the file holds bcrypt hashes only
+    login_sleep_time=0,  # it reads its cookie from the request: nothing to wait for
+)
 
 
 def current_user() -> auth.User | None:
-    """The user of this session's token (or of the cookie after a reload), checked afresh."""
-    token = st.session_state.get(TOKEN_KEY)
-    if token is None and not st.session_state.get(LOGGED_OUT_KEY):
-        token = st.context.cookies.get(users.cookie_name)
-    user = session_store.user_for(token)
-    if user is None:
-        st.session_state.pop(TOKEN_KEY, None)
-    else:
-        st.session_state[TOKEN_KEY] = token
+    """This session's user: logged in by the form or the cookie, and still accepted by us."""
+    try:
+        authenticator.login(location="unrendered")  # logs in from the cookie, if any
+    except stauth.LoginError:  # a cookie of a user who is gone: ignore it from now on
+        st.session_state[LOGOUT_FLAG] = True
+    if st.session_state.get(STATUS_KEY) and LOGIN_KEY not in st.session_state:
+        login = sessions.from_cookie(st.context.cookies.get(cookie.name))
+        if login is not None:
+            st.session_state[LOGIN_KEY] = login
+    user = session_user(sessions)
+    if user is None and st.session_state.get(STATUS_KEY):
+        end_session()
     return user
+
+
+def end_session() -> None:
+    """Log out of streamlit-authenticator (its state, and its cookie) and forget all else."""
+    if st.session_state.get(STATUS_KEY):
+        authenticator.logout(location="unrendered")
+    for key in [k for k in st.session_state if k != LOGOUT_FLAG]:
+        del st.session_state[key]
+
+
+def logged_in(event: dict[str, Any]) -> None:
+    """streamlit-authenticator accepted a password: start our record of the login."""
+    st.session_state[LOGIN_KEY] = sessions.start(event["name"])  # "username" is lower-cased
 
 
 def login_page() -> None:
     st.title("HealthSync")
     st.caption("Federated patient-risk models across hospitals. Please log in.")
-    with st.form("login", border=True, width=420):
-        name = st.text_input("User name", autocomplete="username")
-        password = st.text_input("Password", type="password", autocomplete="current-password")
-        submitted = st.form_submit_button("Log in", type="primary")
-    if submitted:
-        try:
-            user = session_store.login(name, password)
-        except HealthSyncError as err:
-            st.error(str(err).capitalize())
-            return
-        st.session_state.clear()
-        st.session_state[TOKEN_KEY] = session_store.issue(user)
-        st.rerun()
-
-
-def logout() -> None:
-    """End the session: revoke the token, forget all state, clear the cookie."""
-    session_store.revoke(st.session_state.get(TOKEN_KEY))
-    st.session_state.clear()
-    st.session_state[LOGGED_OUT_KEY] = True
+    st.session_state[STATUS_KEY] = None  # so that False below means: this attempt failed
+    with st.container(width=420):
+        authenticator.login(key="login", fields=LOGIN_FIELDS, callback=logged_in)
+        if st.session_state.get(STATUS_KEY) is False:
+            message = sessions.failed(sessions.failed_name(credentials))
+            st.error(message[0].upper() + message[1:])
+        elif st.session_state.get(STATUS_KEY):
+            # Its cookie is being set in the browser, which then reruns the app, logged in.
+            st.success("Logged in, opening HealthSync…")
 
 
 user = current_user()
 if user is None:
     page = st.navigation([st.Page(login_page, title="Log in", icon=":material/login:")])
-    cookie(data={"cookie": f"{users.cookie_name}=; Max-Age=0"}, key="cookie", height=0)
 else:
     page = st.navigation(
         {
@@ -110,12 +134,14 @@ else:
             if any(user.can(permission) for *_, permission in entries)
         }
     )
-    max_age = int(session_store.session_seconds)
-    token = st.session_state[TOKEN_KEY]
-    cookie(
-        data={"cookie": f"{users.cookie_name}={token}; Max-Age={max_age}"}, key="cookie", height=0
-    )
     with st.sidebar:
         st.caption(f"Logged in as **{user.name}** ({user.role})")
-        st.button("Log out", icon=":material/logout:", on_click=logout, width="stretch")
+        # Ends every session of this user; the run that follows logs this one out.
+        st.button(
+            "Log out",
+            icon=":material/logout:",
+            on_click=sessions.end,
+            args=(user.name,),
+            width="stretch",
+        )
 page.run()

@@ -1,11 +1,13 @@
 """The shared top of every page: check the user's role, then hand over settings and store.
 
 Each page starts with ``page = require("<permission>")``. It checks this
-session's token itself (signature, expiry, logout, the user's current role)
-rather than trusting ``app.py`` to have run: until some session has called
-``st.navigation``, Streamlit serves ``pages/*.py`` by URL without ``app.py``.
-Without a user whose role grants the permission, the page says why and stops
-before it reads any data.
+session itself rather than trusting ``app.py`` to have run (until some session
+has called ``st.navigation``, Streamlit serves ``pages/*.py`` by URL without
+``app.py``): streamlit-authenticator must have it logged in, and our record of
+the login must still count (the user exists, has not logged out or changed
+password since, the login has not expired; ``healthsync.auth.sessions``). The
+role is the user's current one. Without a user whose role grants the
+permission, the page says why and stops before it reads any data.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from healthsync.errors import HealthSyncError
 from healthsync.store import MetricsStore
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN_KEY = "auth_token"
+#: Our record of this session's login (an ``auth.Login``), set by ``app.py`` only.
+LOGIN_KEY = "healthsync_login"
+#: streamlit-authenticator's own session state: whether, and as whom (lower case), it logged in.
+STATUS_KEY = "authentication_status"
+USERNAME_KEY = "username"
 
 
 @dataclass(frozen=True)
@@ -40,11 +46,20 @@ class PageContext:
         return self.user.can(permission)
 
 
+def session_user(sessions: auth.Sessions) -> auth.User | None:
+    """This session's user, if streamlit-authenticator logged it in and the login still counts."""
+    login = st.session_state.get(LOGIN_KEY)
+    if st.session_state.get(STATUS_KEY) is not True or not isinstance(login, auth.Login):
+        return None
+    if st.session_state.get(USERNAME_KEY) != login.name.lower():
+        return None
+    return sessions.user_for(login)
+
+
 def require(permission: str) -> PageContext:
     """Stop the page unless the logged-in user's role grants ``permission``."""
     settings = AppSettings.from_env(ROOT)
-    token = st.session_state.get(TOKEN_KEY)
-    user = auth.Sessions(auth.UserStore(settings.home)).user_for(token)
+    user = session_user(auth.Sessions(auth.UserStore(settings.home)))
     if user is None:
         st.title("Please log in")
         st.info("This page is only for logged-in users.")

@@ -7,6 +7,7 @@ tested against the real store without training anything.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
 if str(ROOT) not in sys.path:  # pages import their guard as ``pages._guard``
     sys.path.insert(0, str(ROOT))
+
+from pages._guard import LOGIN_KEY, STATUS_KEY, USERNAME_KEY  # noqa: E402
 
 
 class AppEnv:
@@ -48,23 +51,39 @@ class AppEnv:
     def store(self) -> MetricsStore:
         return MetricsStore(self.db)
 
-    def token(self, role: str) -> str:
-        """A session token for a (new) user with ``role``."""
+    def user(self, role: str) -> str:
+        """The name of a user with ``role`` (created on first use, password "a-long-password")."""
         name = f"{role}-user"
         if self.users.get(name) is None:
             self.users.add(name, role, "a-long-password")
-        return self.sessions.issue(auth.User(name, role))
+        return name
+
+    def log_in(self, at: AppTest, role: str) -> AppTest:
+        """Give ``at`` the state of a session logged in as a user with ``role``."""
+        return log_in(at, self.user(role))
 
     def app(self, role: str | None = None, page: str | None = None, **query: str) -> AppTest:
         """A run AppTest, logged in with ``role`` (or logged out), on ``page`` if given."""
         at = AppTest.from_file(str(APP), default_timeout=60)
         if role is not None:
-            at.session_state["auth_token"] = self.token(role)
+            self.log_in(at, role)
         at.query_params.update(query)
         at.run()
         if page is not None:
             at.switch_page(page).run()
         return at
+
+
+def log_in(at: AppTest, name: str) -> AppTest:
+    """Give ``at`` the state of a session logged in as the user ``name``, as a form login does.
+
+    That is streamlit-authenticator's status and (lower-case) user name, and our
+    record of the login, begun now.
+    """
+    at.session_state[STATUS_KEY] = True
+    at.session_state[USERNAME_KEY] = name.lower()
+    at.session_state[LOGIN_KEY] = auth.Login(name, time.time())
+    return at
 
 
 def make_federation(out: Path, hospitals: int = 3, patients: int = 100) -> None:

@@ -1,10 +1,13 @@
 """The Streamlit app with AppTest: login, roles, each page's content and empty states."""
 
+import json
+import time
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from healthsync import auth, runlog
-from tests.app_helpers import ROOT, AppEnv, button, charts, fake_run, texts
+from tests.app_helpers import LOGIN_KEY, ROOT, STATUS_KEY, AppEnv, button, charts, fake_run, texts
 
 PAGES = ["overview", "launch", "live", "runs", "model", "admin"]
 ADMIN_PASSWORD = "admin-password-1"
@@ -25,7 +28,12 @@ def empty_env(tmp_path, monkeypatch):
 def log_in(at: AppTest, name: str, password: str) -> AppTest:
     at.text_input[0].input(name)
     at.text_input[1].input(password)
-    return button(at, "Log in").click().run()
+    button(at, "Log in").click().run()
+    if at.session_state[STATUS_KEY]:
+        # In a browser, streamlit-authenticator's cookie component reruns the app once the
+        # cookie is set; AppTest runs no JavaScript.
+        at.run()
+    return at
 
 
 # ---------------------------------------------------------------- login and roles
@@ -43,26 +51,62 @@ def test_login_then_logout_ends_the_session(env):
     at = log_in(env.app(), "admin", ADMIN_PASSWORD)
     assert not at.exception
     assert [t.value for t in at.title] == ["Federation overview"]
-    token = at.session_state["auth_token"]
-    assert env.sessions.user_for(token) == auth.User("admin", "admin")
+    login = at.session_state[LOGIN_KEY]
+    assert env.sessions.user_for(login) == auth.User("admin", "admin")
     button(at, "Log out").click().run()
     # AppTest reruns the page file itself (as Streamlit does before any st.navigation call),
     # so the page's own guard answers; in a browser the login page shows (test_browser).
     assert [t.value for t in at.title] in (["HealthSync"], ["Please log in"])
-    assert "auth_token" not in at.session_state
-    assert env.sessions.user_for(token) is None  # a copied cookie is worthless now
+    assert button(at, "Log out") is None
+    assert env.sessions.user_for(login) is None  # so is the cookie of that login
+
+
+def test_logging_in_ignores_the_case_of_the_name(env):
+    env.users.add("Nina", "viewer", "nina-password")
+    at = log_in(env.app(), " NINA", "nina-password")
+    assert "Logged in as **Nina** (viewer)" in texts(at)
+
+
+def test_a_new_password_or_removal_ends_open_sessions(env):
+    at = log_in(env.app(), "admin", ADMIN_PASSWORD)
+    env.users.set_password("admin", "another-password")
+    at.run()
+    assert [t.value for t in at.title] in (["HealthSync"], ["Please log in"])
+    assert button(at, "Log out") is None
+    at = env.app("analyst")
+    env.users.remove("analyst-user")
+    at.run()
+    assert [t.value for t in at.title] in (["HealthSync"], ["Please log in"])
 
 
 def test_wrong_passwords_lock_the_login_for_a_while(env):
     at = env.app()
-    for left in (4, 3, 2, 1):
+    for _ in range(4):
         log_in(at, "admin", "wrong")
-        assert f"{left} attempt" in at.error[0].value
+        assert at.error[0].value.startswith("Wrong user name or password (5 failed logins")
     log_in(at, "admin", "wrong")
     assert "Too many failed logins" in at.error[0].value
     log_in(at, "admin", ADMIN_PASSWORD)
     assert "Too many failed logins" in at.error[0].value
     assert [t.value for t in at.title] == ["HealthSync"]
+    # streamlit-authenticator's own counter never reaches the credentials file.
+    assert "failed_login_attempts" not in env.users.path.read_text()
+    # The lock expires (here: its time is moved to the past), and the password works again.
+    logins = env.home / "logins.json"
+    state = json.loads(logins.read_text())
+    state["failures"]["admin"]["locked_until"] = time.time() - 1
+    logins.write_text(json.dumps(state))
+    log_in(at, "admin", ADMIN_PASSWORD)
+    assert [t.value for t in at.title] == ["Federation overview"]
+
+
+def test_an_unknown_name_gets_the_same_message_as_a_wrong_password(env):
+    at = env.app()
+    log_in(at, "admin", "wrong")
+    wrong_password = at.error[0].value
+    for _ in range(6):  # stauth does not say which unknown name was typed: nothing to lock
+        log_in(at, "ghost", "wrong")
+        assert at.error[0].value == wrong_password
 
 
 @pytest.mark.parametrize(
@@ -101,8 +145,9 @@ def test_a_page_opened_directly_without_login_shows_nothing(env, page):
 
 @pytest.mark.parametrize("page", ["launch", "admin"])
 def test_a_viewer_opening_launch_or_admin_directly_is_refused(env, page):
-    at = AppTest.from_file(str(ROOT / "pages" / f"{page}.py"), default_timeout=60)
-    at.session_state["auth_token"] = env.token("viewer")
+    at = env.log_in(
+        AppTest.from_file(str(ROOT / "pages" / f"{page}.py"), default_timeout=60), "viewer"
+    )
     at.run()
     assert [t.value for t in at.title] == ["Not available for your role"]
     assert not at.text_input and not at.number_input and not at.dataframe

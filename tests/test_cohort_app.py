@@ -23,14 +23,13 @@ AUDIT = ROOT / "pages" / "audit.py"
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     env = AppEnv(tmp_path, monkeypatch)
-    env.token("analyst")  # creates analyst-user
+    env.user("analyst")  # creates analyst-user
     return env
 
 
 def page(env: AppEnv, role: str, path: Path = PAGE) -> AppTest:
     at = AppTest.from_file(str(path), default_timeout=60)
-    at.session_state["auth_token"] = env.token(role)
-    return at.run()
+    return env.log_in(at, role).run()
 
 
 def ask(env: AppEnv, **query):
@@ -58,7 +57,7 @@ def cli(env: AppEnv, capsys, *args: str) -> tuple[int, str, str]:
     ],
 )
 def test_cli_errors_are_one_line_with_status_2(env, capsys, args, message):
-    env.token("viewer")
+    env.user("viewer")
     code, out, err = cli(env, capsys, *args)
     assert code == 2 and out == ""
     assert err.startswith(message) and err.count("\n") == 1

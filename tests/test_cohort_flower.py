@@ -14,7 +14,7 @@ from healthsync.cohort import audit_log, stop_service
 from healthsync.cohort.service import ServiceState, state_dir_for
 from healthsync.data import HospitalAccessor
 from healthsync.data.synthetic import generate_federation
-from tests.app_helpers import ROOT
+from tests.app_helpers import ROOT, log_in
 from tests.test_cohort_guards import assert_no_small_counts
 
 pytestmark = pytest.mark.slow
@@ -82,9 +82,7 @@ def test_cli_and_page_answer_through_the_warm_service(served, capsys, monkeypatc
     monkeypatch.setenv("HEALTHSYNC_DB", str(served.db))
     monkeypatch.setenv("HEALTHSYNC_HOME", str(served.home))
     at = AppTest.from_file(str(ROOT / "pages" / "cohort.py"), default_timeout=120)
-    sessions = auth.Sessions(auth.UserStore(served.home, rounds=4))
-    at.session_state["auth_token"] = sessions.issue(auth.User("alice", "analyst"))
-    at.run()
+    log_in(at, "alice").run()
     at.multiselect[1].set_value(["smoking"])
     at.multiselect[2].set_value(["count", "prevalence:hypertension"])
     at.button[0].click().run()

@@ -69,6 +69,10 @@ def test_passwd_role_and_remove(home, capsys):
             "error: unknown role 'boss'; choose one of admin, analyst, viewer",
         ),
         (["add", "admin", "--role", "viewer"], "error: user 'admin' already exists"),
+        (
+            ["add", "Admin", "--role", "viewer"],
+            "error: user 'admin' already exists (user names ignore case at login)",
+        ),
         (["remove", "admin"], "error: cannot remove 'admin': it is the last admin"),
         (["remove", "ghost"], "error: unknown user 'ghost'"),
         (["passwd", "ghost"], "error: unknown user 'ghost'"),

@@ -149,6 +149,7 @@ def main() -> int:
     from healthsync import auth, dashboard
     from healthsync.data.synthetic import generate_federation
     from healthsync.store import MetricsStore
+    from tests.app_helpers import log_in
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -168,14 +169,10 @@ def main() -> int:
             f"store: {len(run_ids)} runs, {store.scalar('SELECT count(*) FROM rounds'):,} rounds, "
             f"{rows:,} hospital rounds; filled in {time.perf_counter() - t:.1f} s\n"
         )
-        users = auth.UserStore(root / "home", rounds=4)
-        users.ensure()
-        token = auth.Sessions(users).issue(auth.User("admin", "admin"))
+        auth.UserStore(root / "home", rounds=4).ensure()
 
         def fresh() -> AppTest:
-            at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-            at.session_state["auth_token"] = token
-            return at
+            return log_in(AppTest.from_file(str(ROOT / "app.py"), default_timeout=120), "admin")
 
         results: dict[str, list[float]] = {}
         at = fresh()
