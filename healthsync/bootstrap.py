@@ -80,6 +80,10 @@ def run_app() -> int:
         _run(
             [str(PYTHON), "-m", "healthsync", "data", "generate", "--out", str(DEMO_DATA)], cwd=ROOT
         )
+    home = Path(os.environ.get("HEALTHSYNC_HOME", ROOT / ".healthsync"))
+    if not (home / "credentials.yaml").exists():
+        _say("creating the app's users file; note the admin password printed below (shown once)")
+        _run([str(PYTHON), "-m", "healthsync", "users", "list"], cwd=ROOT)
     _say("starting the app on http://localhost:8501")
     os.chdir(ROOT)
     os.execv(
