@@ -27,6 +27,10 @@ STRATEGIES: tuple[str, ...] = (
     "krum",
 )
 MODELS: tuple[str, ...] = ("logreg", "mlp")
+ATTACKS: tuple[str, ...] = ("label-flip", "scale", "random")
+DP_SIDES: tuple[str, ...] = ("server", "client")
+# Flower accounts differential privacy only for a clipped, uniformly weighted mean.
+DP_STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox")
 DEFAULT_DB = Path("data/healthsync.duckdb")
 AUTO_BLOCK_THRESHOLD = 32
 MAX_AUTO_BLOCK = 2048
@@ -55,6 +59,20 @@ class TrainConfig:
     block_size : hospitals one Flower client trains at once, vectorised; 1 is the
         classic one-client-per-hospital path, 0 picks automatically
         (``block_size_for``).
+    dp_noise, dp_clip : client-level differential privacy: each hospital's update
+        is clipped to L2 norm ``dp_clip`` and the mean gets Gaussian noise of
+        ``dp_noise * dp_clip / sampled hospitals``; 0 and 0 turn it off.
+    dp_delta : the delta at which the spent epsilon is reported.
+    dp_epsilon_budget : stop (completed) before a round would spend more; 0: none.
+    dp_side : where updates are clipped: ``server`` (before aggregation) or
+        ``client`` (in each hospital, before its update leaves).
+    secagg : secure aggregation (SecAgg+); not supported yet (docs/privacy.md).
+    dropout : chance that a hospital sits out a round's training (simulated).
+    straggler_delay : each hospital's simulated training delay is drawn from
+        ``[0, straggler_delay)`` seconds, per round.
+    round_timeout : hospitals whose delay exceeds it are dropped from the round; 0: none.
+    adversarial, attack : that many hospitals, chosen from the seed, attack every
+        round with ``attack`` (one of ``ATTACKS``).
     """
 
     data_dir: str = str(DEFAULT_DATA)
@@ -75,6 +93,22 @@ class TrainConfig:
     fail_hospitals: tuple[str, ...] = field(default_factory=tuple)
     min_hospitals: int = 1
     block_size: int = 0
+    dp_noise: float = 0.0
+    dp_clip: float = 0.0
+    dp_delta: float = 1e-5
+    dp_epsilon_budget: float = 0.0
+    dp_side: str = "server"
+    secagg: bool = False
+    dropout: float = 0.0
+    straggler_delay: float = 0.0
+    round_timeout: float = 0.0
+    adversarial: int = 0
+    attack: str | None = None
+
+    @property
+    def dp(self) -> bool:
+        """Whether the run is differentially private (noise and clipping both set)."""
+        return self.dp_noise > 0 and self.dp_clip > 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fail_hospitals", tuple(self.fail_hospitals))
@@ -102,6 +136,77 @@ class TrainConfig:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(
             self.block_size >= 0, f"block size must be >= 0 (0: automatic), got {self.block_size}"
+        )
+        self._check_privacy()
+        self._check_faults()
+
+    def _check_privacy(self) -> None:
+        _check(self.dp_noise >= 0, f"dp noise must be >= 0 (0: no privacy), got {self.dp_noise}")
+        _check(self.dp_clip >= 0, f"dp clip must be >= 0, got {self.dp_clip}")
+        _check(
+            not (self.dp_noise > 0 and self.dp_clip == 0),
+            f"dp noise {self.dp_noise:g} needs a clipping norm (dp clip > 0)",
+        )
+        _check(
+            not (self.dp_clip > 0 and self.dp_noise == 0),
+            f"dp clip {self.dp_clip:g} needs a noise multiplier (dp noise > 0)",
+        )
+        _check(0 < self.dp_delta < 1, f"dp delta must be in (0, 1), got {self.dp_delta}")
+        _check(
+            self.dp_side in DP_SIDES,
+            f"unknown dp side {self.dp_side!r}; choose one of {', '.join(DP_SIDES)}",
+        )
+        _check(
+            self.dp_epsilon_budget >= 0,
+            f"dp epsilon budget must be >= 0 (0: none), got {self.dp_epsilon_budget}",
+        )
+        _check(
+            self.dp or not self.dp_epsilon_budget,
+            "an epsilon budget needs differential privacy (dp noise and dp clip)",
+        )
+        _check(not self.secagg, "secure aggregation (secagg) is not supported yet")
+        if not self.dp:
+            return
+        _check(
+            self.strategy in DP_STRATEGIES,
+            f"differential privacy works with strategy {' or '.join(DP_STRATEGIES)} only "
+            f"(a clipped, uniform mean), not {self.strategy}",
+        )
+        if self.dp_epsilon_budget:
+            from healthsync.privacy import epsilon_for
+
+            first = epsilon_for(self.dp_noise, 1, self.dp_delta)
+            _check(
+                first <= self.dp_epsilon_budget,
+                f"epsilon budget {self.dp_epsilon_budget:g} is below the cost of one round "
+                f"({first:.3g} at dp noise {self.dp_noise:g}, delta {self.dp_delta:g})",
+            )
+
+    def _check_faults(self) -> None:
+        _check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        _check(
+            self.straggler_delay >= 0,
+            f"straggler delay must be >= 0 seconds, got {self.straggler_delay}",
+        )
+        _check(
+            self.round_timeout >= 0,
+            f"round timeout must be >= 0 seconds (0: none), got {self.round_timeout}",
+        )
+        _check(
+            isinstance(self.adversarial, int) and self.adversarial >= 0,
+            f"adversarial must be >= 0 hospitals, got {self.adversarial}",
+        )
+        _check(
+            self.attack is None or self.attack in ATTACKS,
+            f"unknown attack {self.attack!r}; choose one of {', '.join(ATTACKS)}",
+        )
+        _check(
+            not (self.attack and not self.adversarial),
+            f"attack {self.attack!r} needs adversarial hospitals (adversarial >= 1)",
+        )
+        _check(
+            not (self.adversarial and not self.attack),
+            f"{self.adversarial} adversarial hospital(s) need an attack: one of {', '.join(ATTACKS)}",
         )
 
     def block_size_for(self, hospitals: int, cpus: int | None = None) -> int:
@@ -158,28 +263,31 @@ class TrainConfig:
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> TrainConfig:
-        """Build from Flower's ``run_config`` (as set in pyproject or by ``flwr run``)."""
+        """Build from Flower's ``run_config`` (as set in pyproject or by ``flwr run``).
+
+        Each value is converted to the type of its field's default, so every
+        field converts without a list of names to keep up to date.
+        """
         fields = {f.name: f for f in dataclasses.fields(cls)}
         data: dict[str, Any] = {}
         for key, value in run_config.items():
             name = key.replace("-", "_")
-            if name not in fields:
-                continue
-            if name == "fail_hospitals":
-                value = tuple(v for v in str(value).split(",") if v)
-            elif name in {
-                "rounds",
-                "local_epochs",
-                "batch_size",
-                "seed",
-                "krum_f",
-                "min_hospitals",
-            }:
-                value = int(value)
-            elif name in {"fraction", "lr", "proximal_mu", "server_lr", "trim_beta"}:
-                value = float(value)
-            data[name] = value
+            if name in fields:
+                data[name] = _from_flat(fields[name], value)
         return cls(**data)
+
+
+def _from_flat(spec: dataclasses.Field, value: Any) -> Any:
+    default = spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+    if isinstance(default, tuple):
+        return tuple(v for v in str(value).split(",") if v)
+    if isinstance(default, bool):
+        return value if isinstance(value, bool) else str(value).lower() in {"true", "1", "yes"}
+    if isinstance(default, int):
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    return value
 
 
 def _check(condition: bool, message: str) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from healthsync import runlog
+from healthsync import attacks, runlog
 from healthsync.config import TrainConfig
 from healthsync.data import Federation, load_federation
 from healthsync.errors import HealthSyncError
@@ -29,7 +29,7 @@ def check_config(config: TrainConfig) -> tuple[TrainConfig, Federation]:
     """Check the settings against the data before anything starts; absolute paths out.
 
     Raises ``HealthSyncError`` for a missing data directory, a target the data
-    lacks, or more hospitals required than the federation has.
+    lacks, or more hospitals required (or adversarial) than the federation has.
     """
     federation = load_federation(config.data_dir)
     target = config.target or federation.default_target
@@ -47,6 +47,7 @@ def check_config(config: TrainConfig) -> tuple[TrainConfig, Federation]:
     unknown = sorted(set(config.fail_hospitals) - {h.id for h in federation.hospitals})
     if unknown:
         raise HealthSyncError(f"unknown hospital id(s) in fail_hospitals: {', '.join(unknown)}")
+    attacks.choose_adversaries(federation.hospital_ids, config.adversarial, config.seed)
     checked = config.replace(
         data_dir=str(Path(config.data_dir).resolve()),
         db=str(Path(config.db).resolve()),

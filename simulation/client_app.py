@@ -14,22 +14,42 @@ per process (cached across rounds), and answers:
 Replies keep hospitals apart (``arrays/<i>``, ``metrics/<i>``, ``errors``), so
 the server can hand every strategy one update per hospital. Only weights and
 aggregates leave; never a row.
+
+Privacy and robustness drills act per hospital, also inside a block: a hospital
+that drops out or is later than the round timeout (``healthsync.attacks``)
+answers with an error and does not train; the block sleeps as long as its
+slowest on-time hospital, never past the timeout. With client-side DP each
+hospital clips its own update to the norm the server's DP wrapper sends
+(Flower's ``fixedclipping_mod`` cannot: it wraps the whole block message). An
+adversarial hospital then applies its attack, so it does not honour clipping.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from collections.abc import Callable
 from functools import cache
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_clip_model_update
 
+from healthsync import attacks
 from healthsync.blocks import evaluate_block, train_block
 from healthsync.data import Federation, load_federation
 from healthsync.features import Scaler, ScalingStats
 from healthsync.model import build_model, set_arrays
-from healthsync.training import HospitalArrays, evaluate_local, fit_from, hospital_arrays
+from healthsync.training import (
+    HospitalArrays,
+    LocalData,
+    evaluate_local,
+    fit_from,
+    hospital_arrays,
+)
+from simulation.strategies import HOSPITAL_WEIGHT
 
 # One Ray actor per CPU, one thread per actor: no oversubscription, and the same
 # reduction order (hence the same numbers) whichever actor serves a hospital.
@@ -67,14 +87,42 @@ def _fault_drill(hospital: HospitalArrays, config: ConfigRecord) -> None:
         raise RuntimeError(f"fault drill: hospital {hospital.hospital_id} raised on purpose")
 
 
-def _serve(msg: Message, context: Context, work) -> Message:
-    """Run ``work(index, hospital, config) -> records`` per hospital; failures stay per hospital."""
+class HospitalAbsent(Exception):
+    """A simulated dropout or straggler: the hospital does not answer this round."""
+
+
+def _absent(index: int, config: ConfigRecord) -> None:
+    why = attacks.absence(
+        int(config["seed"]),
+        int(config["server-round"]),
+        index,
+        dropout=float(config.get("dropout", 0.0)),
+        max_delay=float(config.get("straggler-delay", 0.0)),
+        timeout=float(config.get("round-timeout", 0.0)),
+    )
+    if why:
+        raise HospitalAbsent(why)
+
+
+def _serve(
+    msg: Message,
+    context: Context,
+    work: Callable[[list[tuple[int, HospitalArrays]], ConfigRecord], dict],
+    *,
+    screen: Callable[[int, ConfigRecord], None] | None = None,
+) -> Message:
+    """Run ``work(ready, config) -> records`` for the block; failures stay per hospital.
+
+    ``screen(index, config)`` may raise to keep one hospital out (its error is reported).
+    """
     wanted, config = _requested(msg, context)
     records: dict = {}
     errors: dict[str, str] = {}
     ready: list[tuple[int, HospitalArrays]] = []
     for index in wanted:
         try:
+            if screen:
+                screen(index, config)
             hospital = _hospital(str(config["data-dir"]), index, str(config["target"]))
             if msg.metadata.message_type != "query":
                 _fault_drill(hospital, config)
@@ -118,14 +166,47 @@ def _seed(config: ConfigRecord, index: int) -> int:
     return int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + index
 
 
+def _attack(hospital: HospitalArrays, config: ConfigRecord) -> str:
+    """The attack this hospital carries out, or ``""`` for an honest one."""
+    attackers = str(config.get("adversaries", "")).split(",")
+    return str(config.get("attack", "")) if hospital.hospital_id in attackers else ""
+
+
+def _local_data(hospital: HospitalArrays, scaler: Scaler, config: ConfigRecord) -> LocalData:
+    data = hospital.scaled(scaler)
+    if _attack(hospital, config) == "label-flip":
+        data = dataclasses.replace(data, y_train=attacks.flip_labels(data.y_train))
+    return data
+
+
+def _outgoing(
+    new: list[np.ndarray], start: list[np.ndarray], config: ConfigRecord, attack: str, seed: int
+) -> list[np.ndarray]:
+    """The update a hospital sends: clipped if the server asks (client-side DP), then attacked."""
+    if KEY_CLIPPING_NORM in config:
+        compute_clip_model_update(new, start, float(config[KEY_CLIPPING_NORM]))
+    return attacks.poison(attack, new, start, seed=seed)
+
+
+def _wait_like_stragglers(ready: list[tuple[int, HospitalArrays]], config: ConfigRecord) -> None:
+    """Sleep as long as the block's slowest on-time hospital (absent ones were screened out)."""
+    max_delay = float(config.get("straggler-delay", 0.0))
+    delays = [
+        attacks.straggler_delay(int(config["seed"]), int(config["server-round"]), i, max_delay)
+        for i, _ in ready
+    ]
+    time.sleep(max(delays, default=0.0))
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local epochs of SGD from the global model; one new set of weights per hospital."""
     arrays = msg.content["arrays"].to_numpy_ndarrays()
 
     def work(ready, config):
+        _wait_like_stragglers(ready, config)
         scaler = _scaler(config)
-        data = [hospital.scaled(scaler) for _, hospital in ready]
+        data = [_local_data(hospital, scaler, config) for _, hospital in ready]
         settings = {
             "epochs": int(config["local-epochs"]),
             "batch_size": int(config["batch-size"]),
@@ -145,14 +226,15 @@ def train(msg: Message, context: Context) -> Message:
             )
             results = list(zip(new_arrays, losses, strict=True))
         out = {}
-        for (index, _), d, (new, loss) in zip(ready, data, results, strict=True):
+        for (index, hospital), d, (new, loss) in zip(ready, data, results, strict=True):
+            new = _outgoing(new, arrays, config, _attack(hospital, config), _seed(config, index))
             out[f"arrays/{index}"] = ArrayRecord(numpy_ndarrays=new)
             out[f"metrics/{index}"] = MetricRecord(
-                {"num-examples": len(d.y_train), "train-loss": float(loss)}
+                {"num-examples": len(d.y_train), "train-loss": float(loss), HOSPITAL_WEIGHT: 1}
             )
         return out
 
-    return _serve(msg, context, work)
+    return _serve(msg, context, work, screen=_absent)
 
 
 @app.evaluate()

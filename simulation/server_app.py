@@ -3,8 +3,10 @@
 The round loop calls the Flower strategy's own hooks (``configure_train``,
 ``aggregate_train``, ``configure_evaluate``) rather than ``Strategy.start`` so
 that between rounds it can write each round to the metrics store, honour a
-cancel request, and count hospitals that failed. Everything recorded is an
-aggregate: per-round and per-hospital metrics, events, the global model.
+cancel request, count hospitals that failed or dropped out, record the epsilon
+a DP run has spent and stop when its budget is reached (``simulation.safeguards``).
+Everything recorded is an aggregate: per-round and per-hospital metrics,
+events, the global model.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from collections.abc import Callable
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 
-from healthsync import runlog
+from healthsync import attacks, runlog
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
 from healthsync.features import Encoder, Scaler, ScalingStats
@@ -27,8 +30,9 @@ from healthsync.metrics import BinaryMetrics, aggregate
 from healthsync.model import SavedModel, get_arrays, initial_model
 from healthsync.runs import check_config
 from healthsync.store import MetricsStore
+from simulation import safeguards
 from simulation.hospital_grid import HospitalGrid
-from simulation.strategies import build_strategy
+from simulation.strategies import build_strategy, privacy_spent
 
 log = logging.getLogger("healthsync.simulation")
 NODE_WAIT_SECONDS = 60.0
@@ -52,6 +56,10 @@ class FederatedRun:
         self.grid = HospitalGrid(grid, hospitals, self.block_size, wait_seconds=NODE_WAIT_SECONDS)
         # The grid's virtual node ids are hospital index + 1.
         self.hospital_of = {i + 1: h.id for i, h in enumerate(self.federation.hospitals)}
+        self.adversaries = attacks.choose_adversaries(
+            list(self.hospital_of.values()), self.config.adversarial, self.config.seed
+        )
+        self.stop_reason: str | None = None  # why the run ended before its last round
         self.base = {
             "data-dir": str(self.federation.data_dir),
             "target": self.target,
@@ -89,6 +97,7 @@ class FederatedRun:
     # ------------------------------------------------------------ the loop
     def run(self, on_round: Callable[[int], None] | None = None) -> BinaryMetrics | None:
         random.seed(self.config.seed)
+        np.random.seed(self.config.seed)  # Flower's DP noise draws from NumPy's global generator
         scaler = self.federated_scaler()
         encoder = Encoder.from_federation(self.federation, self.target)
         model = initial_model(self.config.model, encoder.width, self.config.seed)
@@ -102,30 +111,51 @@ class FederatedRun:
             "local-epochs": self.config.local_epochs,
             "batch-size": self.config.batch_size,
             "seed": self.config.seed,
+            **safeguards.client_settings(self.config, self.adversaries),
         }
+        for kind, message, hospital in safeguards.setup_events(self.config, self.adversaries):
+            runlog.record_event(self.store, self.run_id, kind, message, hospital=hospital)
         final = None
         for rnd in range(1, self.config.rounds + 1):
             if runlog.cancel_requested(self.store, self.run_id):
                 raise RunCancelled
             started = time.perf_counter()
-            train_messages = list(
-                strategy.configure_train(rnd, arrays, ConfigRecord(settings), self.grid)
-            )
+            try:
+                train_messages = list(
+                    strategy.configure_train(rnd, arrays, ConfigRecord(settings), self.grid)
+                )
+            except PrivacyBudgetExhausted:
+                self.stop_reason = safeguards.budget_reason(
+                    self.config, rnd - 1, privacy_spent(strategy).epsilon
+                )
+                runlog.record_event(
+                    self.store, self.run_id, "budget_reached", self.stop_reason, round=rnd - 1
+                )
+                break
             replies = list(
-                self.grid.send_and_receive(train_messages, timeout=ROUND_TIMEOUT_SECONDS)
+                self.grid.send_and_receive(
+                    train_messages,
+                    timeout=safeguards.train_timeout(self.config, ROUND_TIMEOUT_SECONDS),
+                )
             )
             failed = [r for r in replies if r.has_error()]
             for reply in failed:
-                self._event("hospital_failed", reply.error.reason, rnd, reply)
+                kind, why = safeguards.missing_event(
+                    self.config, rnd, reply.metadata.src_node_id - 1, reply.error.reason
+                )
+                self._event(kind, why, rnd, reply)
             ok = len(replies) - len(failed)
             if ok < self.config.min_hospitals:
                 raise HealthSyncError(
                     f"round {rnd}: only {ok} hospital(s) answered, {self.config.min_hospitals} needed"
                 )
+            if self.config.dp:
+                replies = safeguards.unchanged_for_missing(replies, train_messages, arrays)
             new_arrays, _ = strategy.aggregate_train(rnd, replies)
             if new_arrays is not None:
                 arrays = new_arrays
             final, histogram, per_hospital = self.evaluate(rnd, arrays, settings)
+            spent = privacy_spent(strategy)
             runlog.record_round(
                 self.store,
                 self.run_id,
@@ -136,6 +166,7 @@ class FederatedRun:
                     "hospitals_sampled": len(train_messages),
                     "hospitals_ok": ok,
                     "hospitals_failed": len(failed),
+                    "epsilon": spent.epsilon if spent else None,
                 },
                 per_hospital,
             )
@@ -228,8 +259,9 @@ def execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
         )
         runlog.record_event(store, run_id, "failed", reason)
         return "failed"
-    runlog.finish_run(store, run_id, "completed", final=final)
-    runlog.record_event(store, run_id, "completed", "all rounds finished")
+    reason = federated.stop_reason
+    runlog.finish_run(store, run_id, "completed", reason=reason, final=final)
+    runlog.record_event(store, run_id, "completed", reason or "all rounds finished")
     return "completed"
 
 

@@ -1,8 +1,16 @@
-"""Flower's own strategies, chosen by the names in ``healthsync.config.STRATEGIES``."""
+"""Flower's own strategies, chosen by the names in ``healthsync.config.STRATEGIES``.
+
+A differentially private run wraps the chosen strategy in Flower's fixed-clipping
+DP wrapper, with Flower's privacy accountant: the wrapper clips (server side) or
+expects clipped updates (client side), adds Gaussian noise to the mean, counts
+epsilon per released round and refuses a round that would exceed the budget.
+"""
 
 from __future__ import annotations
 
 from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
     FedAdagrad,
     FedAdam,
     FedAvg,
@@ -13,8 +21,18 @@ from flwr.serverapp.strategy import (
     Krum,
     Strategy,
 )
+from flwr.supercore.privacy_accounting import PrivacySpent
 
+from healthsync import privacy
 from healthsync.config import TrainConfig
+
+# Every hospital's training reply carries this metric, always 1: a DP mean weighs
+# hospitals equally, since clipping bounds a hospital's influence only then.
+HOSPITAL_WEIGHT = "hospital-weight"
+DP_WRAPPERS = {
+    "server": DifferentialPrivacyServerSideFixedClipping,
+    "client": DifferentialPrivacyClientSideFixedClipping,
+}
 
 
 def build_strategy(config: TrainConfig, hospitals: int) -> Strategy:
@@ -30,6 +48,21 @@ def build_strategy(config: TrainConfig, hospitals: int) -> Strategy:
         "min_evaluate_nodes": hospitals,
         "min_available_nodes": hospitals,
     }
+    if config.dp:
+        common["weighted_by_key"] = HOSPITAL_WEIGHT
+    strategy = _base(config, common)
+    if not config.dp:
+        return strategy
+    return DP_WRAPPERS[config.dp_side](
+        strategy,
+        config.dp_noise,
+        config.dp_clip,
+        sampled_hospitals(config, hospitals),
+        accountant=privacy.new_accountant(hospitals, config.dp_delta, config.dp_epsilon_budget),
+    )
+
+
+def _base(config: TrainConfig, common: dict) -> Strategy:
     server_opt = {"eta": config.server_lr, "eta_l": config.lr}
     match config.strategy:
         case "fedavg":
@@ -49,3 +82,14 @@ def build_strategy(config: TrainConfig, hospitals: int) -> Strategy:
         case "krum":
             return Krum(**common, num_malicious_nodes=config.krum_f)
     raise ValueError(f"unknown strategy {config.strategy!r}")  # config validation prevents this
+
+
+def sampled_hospitals(config: TrainConfig, hospitals: int) -> int:
+    """How many hospitals Flower's sampling picks for training each round (as ``FedAvg`` does)."""
+    return max(int(hospitals * config.fraction), 1)
+
+
+def privacy_spent(strategy: Strategy) -> PrivacySpent | None:
+    """Epsilon spent so far by a DP strategy's accountant; ``None`` without DP."""
+    spent = getattr(strategy, "privacy_spent", None)
+    return spent() if spent else None

@@ -23,6 +23,33 @@ def fed(tmp_path_factory):
         (["--target", "cancer"], "target 'cancer' is not in"),
         (["--fraction", "0.1"], "samples no hospital"),
         (["--model", "resnet"], "unknown model 'resnet'"),
+        # privacy and robustness (docs/privacy.md)
+        (["--dp-noise", "1.0"], "dp noise 1 needs a clipping norm (dp clip > 0)"),
+        (["--dp-clip", "1.0"], "dp clip 1 needs a noise multiplier (dp noise > 0)"),
+        (["--dp-noise", "-1"], "dp noise must be >= 0"),
+        (["--dp-noise", "1", "--dp-clip", "1", "--dp-delta", "1"], "dp delta must be in (0, 1)"),
+        (["--dp-epsilon-budget", "5"], "an epsilon budget needs differential privacy"),
+        (
+            ["--dp-noise", "1", "--dp-clip", "1", "--dp-epsilon-budget", "1"],
+            "epsilon budget 1 is below the cost of one round (4.73",
+        ),
+        (["--dp-noise", "1", "--dp-clip", "1", "--dp-side", "both"], "unknown dp side 'both'"),
+        (
+            ["--dp-noise", "1", "--dp-clip", "1", "--strategy", "krum"],
+            "differential privacy works with strategy fedavg or fedprox only",
+        ),
+        (["--secagg"], "secure aggregation (secagg) is not supported yet"),
+        (["--dropout", "1"], "dropout must be in [0, 1)"),
+        (["--dropout", "-0.1"], "dropout must be in [0, 1)"),
+        (["--straggler-delay", "-1"], "straggler delay must be >= 0 seconds"),
+        (["--round-timeout", "-1"], "round timeout must be >= 0 seconds"),
+        (["--attack", "scale"], "attack 'scale' needs adversarial hospitals"),
+        (["--adversarial", "1"], "1 adversarial hospital(s) need an attack"),
+        (["--adversarial", "1", "--attack", "bribe"], "unknown attack 'bribe'"),
+        (
+            ["--adversarial", "3", "--attack", "scale"],
+            "3 adversarial hospital(s) but the data has only 3",
+        ),
     ],
 )
 def test_bad_setting(fed, tmp_path, capsys, extra, message):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from healthsync.config import DEFAULT_DATA, DEFAULT_DB, MODELS, TrainConfig
+from healthsync.config import ATTACKS, DEFAULT_DATA, DEFAULT_DB, DP_SIDES, MODELS, TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,6 +80,74 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="hospitals one Flower client trains at once, vectorised (1: one client per hospital; 0: automatic)",
     )
     parser.add_argument("--ray-address", default=None, help="run on an existing Ray cluster")
+    add_privacy_arguments(parser, d)
+
+
+def add_privacy_arguments(parser: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Differential privacy, secure aggregation, and the dropout/straggler/attack drills."""
+    dp = parser.add_argument_group("privacy (docs/privacy.md)")
+    dp.add_argument(
+        "--dp-noise",
+        type=float,
+        default=d.dp_noise,
+        metavar="MULTIPLIER",
+        help="differential privacy: Gaussian noise multiplier (with --dp-clip)",
+    )
+    dp.add_argument(
+        "--dp-clip",
+        type=float,
+        default=d.dp_clip,
+        metavar="NORM",
+        help="differential privacy: clip each hospital's update to this L2 norm",
+    )
+    dp.add_argument(
+        "--dp-delta",
+        type=float,
+        default=d.dp_delta,
+        metavar="D",
+        help="report epsilon at this delta",
+    )
+    dp.add_argument(
+        "--dp-epsilon-budget",
+        type=float,
+        default=d.dp_epsilon_budget,
+        metavar="E",
+        help="stop (completed) before a round would spend more epsilon",
+    )
+    dp.add_argument("--dp-side", default=d.dp_side, help=f"where to clip: {', '.join(DP_SIDES)}")
+    dp.add_argument(
+        "--secagg", action="store_true", help="secure aggregation (SecAgg+); not supported yet"
+    )
+    drills = parser.add_argument_group("robustness drills")
+    drills.add_argument(
+        "--dropout",
+        type=float,
+        default=d.dropout,
+        metavar="P",
+        help="chance that a hospital sits out a round's training",
+    )
+    drills.add_argument(
+        "--straggler-delay",
+        type=float,
+        default=d.straggler_delay,
+        metavar="SECONDS",
+        help="each hospital's simulated delay per round is uniform in [0, SECONDS)",
+    )
+    drills.add_argument(
+        "--round-timeout",
+        type=float,
+        default=d.round_timeout,
+        metavar="SECONDS",
+        help="hospitals later than this are dropped from the round (0: no timeout)",
+    )
+    drills.add_argument(
+        "--adversarial",
+        type=int,
+        default=d.adversarial,
+        metavar="K",
+        help="K hospitals, chosen from the seed, attack every round (with --attack)",
+    )
+    drills.add_argument("--attack", default=d.attack, help=f"one of {', '.join(ATTACKS)}")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -102,6 +170,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         min_hospitals=args.min_hospitals,
         fail_hospitals=tuple(args.fail_hospital),
         block_size=args.block_size,
+        dp_noise=args.dp_noise,
+        dp_clip=args.dp_clip,
+        dp_delta=args.dp_delta,
+        dp_epsilon_budget=args.dp_epsilon_budget,
+        dp_side=args.dp_side,
+        secagg=args.secagg,
+        dropout=args.dropout,
+        straggler_delay=args.straggler_delay,
+        round_timeout=args.round_timeout,
+        adversarial=args.adversarial,
+        attack=args.attack,
     )
 
 
