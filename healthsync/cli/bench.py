@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=["flower", "healthsync", "vectorised"],
         choices=["flower", "healthsync", "vectorised"],
     )
-    bench.add_argument("--rounds", type=int, default=3)
+    bench.add_argument(
+        "--rounds", type=int, default=4, help="per-round time is the median of rounds 2..R"
+    )
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument(
         "--work-dir", default="data/bench", help="where the sweep's federations are generated"
