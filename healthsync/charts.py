@@ -124,16 +124,25 @@ def hospital_status_bars(frame: pl.DataFrame) -> alt.Chart:
 
 
 def run_curves(frame: pl.DataFrame, *, metric_title: str) -> alt.Chart:
-    """One metric by round for several runs (``run_id, round, value``), one line per run."""
+    """One metric by round for several runs (``run_id, round, value``), one line per run.
+
+    With a ``label`` column (e.g. ``"fedavg · scale×3 (run-…)"``) the legend shows it.
+    """
+    series = "label" if "label" in frame.columns else "run_id"
     return (
         alt.Chart(frame, title=f"{metric_title} by round, per run")
         .mark_line(point=True)
         .encode(
             x=alt.X("round:Q", axis=_round_axis()),
             y=alt.Y("value:Q", title=metric_title, scale=alt.Scale(zero=False)),
-            color=alt.Color("run_id:N", title="Run", scale=alt.Scale(scheme="tableau10")),
+            color=alt.Color(
+                f"{series}:N",
+                title="Run",
+                scale=alt.Scale(scheme="tableau10"),
+                legend=alt.Legend(orient="bottom", columns=1, labelLimit=0),
+            ),
             tooltip=[
-                alt.Tooltip("run_id:N", title="Run"),
+                alt.Tooltip(f"{series}:N", title="Run"),
                 alt.Tooltip("round:Q", title="Round"),
                 alt.Tooltip("value:Q", title=metric_title, format=".3f"),
             ],

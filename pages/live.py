@@ -1,8 +1,10 @@
 """Live training: one run's rounds as they land in the store, redrawn without a page reload."""
 
+import polars as pl
 import streamlit as st
 
-from healthsync import charts, dashboard, runlog
+from healthsync import charts, dashboard, privacy_charts, runlog
+from healthsync import privacy_dashboard as safety
 from healthsync.runs import cancel_run
 from pages._guard import require
 
@@ -15,7 +17,7 @@ all_runs = runlog.list_runs(store)
 if all_runs.is_empty():
     st.info("No run to watch yet. Start one on the Launch page; it shows up here as it trains.")
     st.stop()
-labels = dashboard.run_labels(all_runs)
+labels = safety.run_labels(store, all_runs)
 wanted = st.query_params.get("run") or st.session_state.get("live_run")
 run_ids = list(labels)
 default = wanted if wanted in labels else dashboard.default_run(all_runs)
@@ -54,6 +56,45 @@ def watch() -> None:
     st.caption("Each hospital's AUC for the global model in each round; dark cells lag behind.")
     st.altair_chart(charts.hospital_status_bars(dashboard.hospital_status_long(rounds)))
     st.caption("Hospitals whose training answer arrived (ok) or failed, per round.")
+    safeguards(run, rounds)
+
+
+def safeguards(run: dict, rounds: pl.DataFrame) -> None:
+    """Epsilon spent (DP runs), attackers and dropped hospitals, when the run has any."""
+    config, events = run["config"], runlog.events_frame(store, run_id)
+    epsilon = safety.epsilon_spent(rounds)
+    if epsilon is not None:
+        st.subheader("Privacy")
+        budget = config.get("dp_epsilon_budget") or None
+        left, right = st.columns([1, 3])
+        left.metric(
+            "Privacy spent (ε)",
+            f"{epsilon:.3g}",
+            help=f"At δ = {config.get('dp_delta', 1e-5):g}; lower is more private.",
+        )
+        if budget:
+            left.metric("Budget (ε)", f"{budget:g}", delta=f"{budget - epsilon:.3g} left")
+        with right:
+            st.altair_chart(
+                privacy_charts.epsilon_by_round(
+                    safety.epsilon_frame(rounds), delta=config.get("dp_delta", 1e-5), budget=budget
+                )
+            )
+            st.caption(
+                f"{safety.privacy_summary(config)} ε adds up over rounds (Flower's RDP "
+                "accountant, no sampling amplification: an upper bound)."
+            )
+    adversaries = safety.adversaries_line(events, config.get("attack"))
+    dropped = safety.dropped_frame(events)
+    if adversaries or not dropped.is_empty():
+        st.subheader("Attackers and dropouts")
+        if adversaries:
+            st.caption(f"{adversaries}: they attack every round, chosen from the seed.")
+        if not dropped.is_empty():
+            st.dataframe(dropped, hide_index=True, height=min(38 + 35 * dropped.height, 250))
+            st.caption(
+                "Hospitals dropped from each round's training (simulated dropout or timeout)."
+            )
 
 
 watch()

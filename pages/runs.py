@@ -1,10 +1,11 @@
-"""Runs: history, curves of several runs on one chart, pooled/local/federated table, CSV export."""
+"""Runs: history, curves of several runs, utility versus privacy, pooled/local/federated table, CSV."""
 
 from functools import partial
 
 import streamlit as st
 
-from healthsync import charts, dashboard, runlog
+from healthsync import charts, dashboard, privacy, privacy_charts, runlog
+from healthsync import privacy_dashboard as safety
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
 from pages._guard import require
@@ -18,7 +19,7 @@ runs = runlog.list_runs(store)
 if runs.is_empty():
     st.info("No runs recorded yet. Start one on the Launch page (or with `healthsync train`).")
     st.stop()
-labels = dashboard.run_labels(runs)
+labels = safety.run_labels(store, runs)
 st.dataframe(dashboard.runs_table(runs), hide_index=True, height=min(38 + 35 * runs.height, 400))
 st.caption(
     "Every run in the metrics store, newest first, with its settings and final global numbers."
@@ -35,9 +36,29 @@ chosen = st.multiselect("Runs", list(labels), default=list(labels)[:2], format_f
 if len(chosen) < 2:
     st.info("Pick two or more runs to compare their curves.")
 else:
-    curves = dashboard.compare_curves(store, chosen, metric)
+    curves = safety.labelled_curves(store, chosen, metric)
     st.altair_chart(charts.run_curves(curves, metric_title=dashboard.METRICS[metric]))
-    st.caption("The global metric of each chosen run, round by round, on the same axes.")
+    st.caption(
+        "The global metric of each chosen run, round by round, on the same axes. Labels name "
+        "the strategy and any attack drill (e.g. scale×3: three hospitals sending scaled "
+        "updates), so FedAvg and median, trimmed mean or Krum under one attack compare directly."
+    )
+
+st.subheader("Utility versus privacy")
+utility = safety.utility_points(privacy.utility_frame(store))
+if not utility["epsilon"].is_not_null().any():
+    st.info(
+        "No completed run with differential privacy yet. On the Launch page, set a noise "
+        "multiplier and a clipping norm under “Privacy and robustness” (fedavg or fedprox) "
+        "to see what privacy costs in AUC."
+    )
+else:
+    st.altair_chart(privacy_charts.utility_vs_epsilon(utility))
+    st.caption(
+        "Each point is a completed DP run: the epsilon it spent against its final AUC; further "
+        "left is more private. Dashed lines are runs without DP, the reference to compare with. "
+        "Runs on other data sets or outcomes are not directly comparable."
+    )
 
 st.subheader("Pooled, local-only and federated")
 finished = dashboard.finished_runs(runs)

@@ -4,7 +4,7 @@ import altair as alt
 import polars as pl
 import pytest
 
-from healthsync import charts, dashboard
+from healthsync import charts, dashboard, privacy_charts, privacy_dashboard
 
 
 def spec(chart) -> dict:
@@ -143,3 +143,49 @@ def test_prevalence_bars():
 )
 def test_builders_return_altair_charts(build):
     assert isinstance(build(), alt.TopLevelMixin)
+
+
+def test_run_curves_legend_uses_labels_when_given():
+    frame = pl.DataFrame(
+        {
+            "run_id": ["a", "b"],
+            "round": [1, 1],
+            "value": [0.6, 0.7],
+            "label": ["fedavg · scale×3 (a)", "krum · scale×3 (b)"],
+        }
+    )
+    d = spec(charts.run_curves(frame, metric_title="AUC"))
+    assert d["encoding"]["color"]["field"] == "label"
+    assert d["encoding"]["color"]["legend"]["labelLimit"] == 0
+
+
+def test_epsilon_chart_draws_the_budget_only_when_set():
+    frame = pl.DataFrame({"round": [1, 2], "epsilon": [4.7, 6.9]})
+    plain = spec(privacy_charts.epsilon_by_round(frame, delta=1e-5))
+    assert title(plain) == "Privacy spent by round" and "layer" not in plain
+    assert axis_titles(plain) == ["Round (number)", "Epsilon spent (ε, cumulative, at δ = 1e-05)"]
+    budgeted = spec(privacy_charts.epsilon_by_round(frame, delta=1e-5, budget=10.0))
+    assert [layer["mark"]["type"] for layer in budgeted["layer"]] == ["line", "rule"]
+    assert "budget" in title(budgeted)
+
+
+def test_utility_chart_shows_dp_points_and_no_dp_rules_in_one_legend():
+    utility = pl.DataFrame(
+        {
+            "run_id": ["p", "d1", "d2"],
+            "strategy": ["fedavg", "fedavg", "fedprox"],
+            "dp_noise": [0.0, 1.0, 2.0],
+            "rounds_done": [3, 3, 3],
+            "epsilon": [None, 9.0, 4.0],
+            "auc": [0.85, 0.7, 0.6],
+        }
+    )
+    d = spec(privacy_charts.utility_vs_epsilon(privacy_dashboard.utility_points(utility)))
+    assert title(d).startswith("Utility versus privacy")
+    points, rules = d["layer"]
+    assert (points["mark"]["type"], rules["mark"]["type"]) == ("point", "rule")
+    assert points["encoding"]["x"]["scale"]["type"] == "log"
+    scale = points["encoding"]["color"]["scale"]
+    assert scale["domain"] == ["fedavg", "fedprox", privacy_dashboard.NO_DP]
+    assert scale["range"][-1] == privacy_charts.NO_DP_COLOR
+    assert "Final AUC (0–1)" in axis_titles(d)

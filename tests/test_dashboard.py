@@ -9,7 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from healthsync import dashboard, runlog
+from healthsync import dashboard, privacy_dashboard, runlog
+from healthsync.config import TrainConfig
 from healthsync.data import FeatureSpec, Federation, HospitalInfo
 from healthsync.metrics import auc_score
 from healthsync.store import MetricsStore
@@ -304,3 +305,77 @@ def test_duration_rounding_is_up():
     assert math.isclose(
         dashboard.progress(pl.DataFrame({"seconds": [1.0, 3.0]}), 4).seconds_left, 4.0
     )
+
+
+# ---------------------------------------------------------------- privacy and robustness
+def test_safeguards_label_names_attack_dp_and_faults():
+    assert privacy_dashboard.safeguards_label(TrainConfig().to_dict()) == ""
+    config = TrainConfig(
+        dp_noise=1.0,
+        dp_clip=0.5,
+        dp_epsilon_budget=20,
+        adversarial=3,
+        attack="scale",
+        dropout=0.2,
+        straggler_delay=0.5,
+        round_timeout=0.3,
+    )
+    assert privacy_dashboard.safeguards_label(config.to_dict()) == (
+        "scale×3 · DP z=1 ε≤20 · dropout 0.2 · stragglers <0.5 s, timeout 0.3 s"
+    )
+    assert privacy_dashboard.privacy_summary(TrainConfig().to_dict()) is None
+    assert privacy_dashboard.privacy_summary(config.to_dict()) == (
+        "Differential privacy: noise multiplier 1, clipping norm 0.5 (server side), "
+        "δ = 1e-05, budget ε ≤ 20."
+    )
+
+
+def test_run_labels_and_curve_labels_carry_the_attack(store):
+    fake_run(store, "run-a")
+    runlog.create_run(
+        store, "run-b", TrainConfig(strategy="krum", adversarial=2, attack="scale", rounds=1)
+    )
+    runlog.record_round(store, "run-b", {"round": 1, "auc": 0.7}, [])
+    runs = runlog.list_runs(store)
+    labels = privacy_dashboard.run_labels(store, runs)
+    assert labels["run-a"] == dashboard.run_labels(runs)["run-a"]
+    assert labels["run-b"].endswith("krum/logreg · None · scale×2")
+    curves = privacy_dashboard.labelled_curves(store, ["run-a", "run-b"], "auc")
+    assert set(curves["label"]) == {"fedavg (run-a)", "krum · scale×2 (run-b)"}
+    assert privacy_dashboard.run_configs(store, []) == {}
+
+
+def test_epsilon_dropouts_and_adversaries_from_rounds_and_events():
+    rounds = pl.DataFrame({"round": [1, 2, 3], "epsilon": [4.7, None, 9.0]})
+    assert privacy_dashboard.epsilon_frame(rounds)["round"].to_list() == [1, 3]
+    assert privacy_dashboard.epsilon_spent(rounds) == 9.0
+    assert privacy_dashboard.epsilon_spent(rounds.with_columns(epsilon=None)) is None
+    ids = [f"h{i:04d}" for i in range(12)]
+    events = pl.DataFrame(
+        {
+            "round": [None, None, 3, 3, 5, *[7] * 12],
+            "hospital": ["h0005", "h0001", "h0007", "h0004", "h0002", *ids],
+            "kind": ["adversary", "adversary", *["hospital_dropped"] * 15],
+        }
+    )
+    dropped = privacy_dashboard.dropped_frame(events)
+    assert dropped.rows() == [
+        (3, 2, "h0004, h0007"),
+        (5, 1, "h0002"),
+        (7, 12, ", ".join(ids[:8]) + " and 4 more"),
+    ]
+    assert (
+        privacy_dashboard.adversaries_line(events, "scale") == "Adversarial: h0001, h0005 (scale)"
+    )
+    quiet = events.clear()
+    assert privacy_dashboard.dropped_frame(quiet).is_empty()
+    assert privacy_dashboard.adversaries_line(quiet, None) is None
+
+
+def test_utility_points_mark_runs_without_dp_as_the_reference():
+    utility = pl.DataFrame(
+        {"strategy": ["fedavg", "fedprox"], "epsilon": [None, 4.0], "auc": [0.8, float("nan")]}
+    )
+    points = privacy_dashboard.utility_points(utility)
+    assert points["series"].to_list() == [privacy_dashboard.NO_DP, "fedprox"]
+    assert points["auc"].to_list() == [0.8, None]
