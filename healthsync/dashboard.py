@@ -344,11 +344,15 @@ def auc_from_roc(points: pl.DataFrame) -> float:
     return sum((fpr[i] - fpr[i - 1]) * (tpr[i] + tpr[i - 1]) / 2 for i in range(1, len(fpr)))
 
 
-def calibration_points(bins: pl.DataFrame) -> pl.DataFrame:
-    """Per non-empty bin: mean predicted risk, observed event rate and number of patients."""
+def calibration_points(bins: pl.DataFrame, *, min_patients: int = 11) -> pl.DataFrame:
+    """Per bin: mean predicted risk, observed event rate and number of patients.
+
+    Bins with fewer than ``min_patients`` patients are left out: an observed
+    rate over one or two patients would all but show their outcomes.
+    """
     return (
         bins.with_columns(patients=pl.col("positives") + pl.col("negatives"))
-        .filter(pl.col("patients") > 0)
+        .filter(pl.col("patients") >= min_patients)
         .select(
             (pl.col("score_sum") / pl.col("patients")).alias("predicted"),
             (pl.col("positives") / pl.col("patients")).alias("observed"),

@@ -36,7 +36,8 @@ else:
     )
     right.altair_chart(charts.calibration_plot(dashboard.calibration_points(bins)))
     right.caption(
-        "Each dot is a band of predicted risk: on the dashed line, predicted risk matches what happened."
+        "Each dot is a band of predicted risk: on the dashed line, predicted risk matches what happened. "
+        "Bands with fewer than 11 patients are not shown."
     )
 
 sites = dashboard.last_round_hospitals(store, run_id)

@@ -266,14 +266,15 @@ def test_roc_of_perfect_and_useless_scores():
     assert dashboard.auc_from_roc(same) == 0.5
 
 
-def test_calibration_points_skip_empty_bins():
-    points = dashboard.calibration_points(
-        bins_from_scores(np.array([0, 1, 1, 0]), np.array([0.12, 0.12, 0.81, 0.81]))
-    )
-    assert points.height == 2
-    assert points["predicted"].to_list() == pytest.approx([0.12, 0.81])
-    assert points["observed"].to_list() == [0.5, 0.5]
-    assert points["patients"].to_list() == [2, 2]
+def test_calibration_points_skip_empty_and_small_bins():
+    y = np.array([0, 1] * 6 + [1, 0])
+    scores = np.array([0.12] * 12 + [0.81, 0.81])  # 12 patients in one band, 2 in another
+    points = dashboard.calibration_points(bins_from_scores(y, scores))
+    assert points.height == 1  # the band of 2 patients is withheld
+    assert points["predicted"].to_list() == pytest.approx([0.12])
+    assert points["observed"].to_list() == [0.5]
+    assert points["patients"].to_list() == [12]
+    assert dashboard.calibration_points(bins_from_scores(y, scores), min_patients=1).height == 2
 
 
 def test_feature_inputs_and_patient_frame():

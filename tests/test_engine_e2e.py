@@ -41,13 +41,14 @@ def test_live_reading_runs_show_and_predict(fed, tmp_path, capsys):
     store = MetricsStore(db)
     latency: dict[int, float] = {}
     while True:  # read the store repeatedly while the run's process writes it
+        finished = runlog.get_run(store, run_id)["status"] in runs.FINISHED  # before the rounds
         rounds = store.frame(
             "SELECT round, epoch(recorded_at) AS at FROM rounds WHERE run_id = ?", [run_id]
         )
         now = time.time()
         for r, at in rounds.iter_rows():
             latency.setdefault(r, now - at)
-        if runlog.get_run(store, run_id)["status"] in runs.FINISHED:
+        if finished:
             break
         time.sleep(0.05)
     assert runlog.get_run(store, run_id)["status"] == "completed"

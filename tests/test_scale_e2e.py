@@ -3,6 +3,7 @@
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,10 +87,19 @@ def test_runs_on_a_two_node_ray_cluster(tmp_path, capsys):
             capture_output=True,
             timeout=120,
         )
-        status = subprocess.run(
-            [str(RAY), "status", "--address", address], capture_output=True, text=True, timeout=60
-        )
-        assert status.stdout.count(" node_") == 2, status.stdout
+        nodes, status = 0, None
+        for _ in range(60):  # the worker takes a moment to register with the head
+            status = subprocess.run(
+                [str(RAY), "status", "--address", address],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            nodes = status.stdout.split("Pending:")[0].count(" node_")
+            if nodes == 2:
+                break
+            time.sleep(1)
+        assert nodes == 2, status.stdout
         code, summary = cli_json(
             capsys,
             "train",

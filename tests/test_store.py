@@ -132,11 +132,11 @@ def test_readers_see_every_round_within_a_second_while_another_process_writes(tm
     deadline = time.time() + 60
     status = None
     while time.time() < deadline:
-        try:
+        try:  # status first: once it says completed, the rounds read after it are all there
+            status = store.scalar("SELECT status FROM runs WHERE run_id = 'run-w'")
             rounds = store.frame(
                 "SELECT round, epoch(recorded_at) AS at FROM rounds WHERE run_id = 'run-w'"
             )
-            status = store.scalar("SELECT status FROM runs WHERE run_id = 'run-w'")
         except HealthSyncError as err:  # only a lock timeout would land here
             pytest.fail(f"reader failed while the writer wrote: {err}")
         now = time.time()
