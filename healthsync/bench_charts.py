@@ -14,7 +14,7 @@ MEASURES = {
 WAY_LABELS = {
     "flower": "Flower, one client per hospital",
     "healthsync": "HealthSync blocks",
-    "vectorised": "Vectorised, no Flower (lower bound)",
+    "vectorised": "Vectorised (lower bound)",
 }
 
 

@@ -28,7 +28,7 @@ if page.user.can("launch"):
             default=list(bench.WAYS),
             format_func=bench_charts.WAY_LABELS.get,
         )
-        rounds = right.number_input("Rounds (the first includes warm-up)", 2, 20, 3)
+        rounds = right.number_input("Rounds (the first includes warm-up)", 2, 20, 4)
         patients = left.number_input("Mean patients per hospital", 50, 5000, 500, step=50)
         limit = right.number_input(
             "Skip one-client-per-hospital above (hospitals)", 10, 10000, 1000

@@ -38,6 +38,8 @@ PAGES = {
     "live": "Live training",
     "runs": "Run history",
     "model": "Global model",
+    "cohort": "Cohort explorer",
+    "stress": "Stress test",
     "admin": "Users and roles",
 }
 LOGIN_MARKERS = ("Please log in", "User name")
@@ -228,7 +230,7 @@ def test_pages_opened_by_url_show_no_data_without_the_right_role(server, browser
     auth.UserStore(server.home).add("vic", "viewer", "viewer-password")
     viewer = new_page(browser)
     log_in(viewer, server.url, "vic", "viewer-password")
-    for name in ("launch", "admin"):
+    for name in ("launch", "cohort", "admin"):
         viewer.goto(f"{server.url}/{name}")
         wait_for_text(viewer, "Log out")
         settle(viewer)
