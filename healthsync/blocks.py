@@ -16,9 +16,10 @@ import math
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 from torch.func import functional_call, grad_and_value, vmap
 
-from healthsync.metrics import BinaryMetrics, binary_metrics, score_histogram
+from healthsync.metrics import SCORE_BINS, BinaryMetrics
 from healthsync.model import build_model
 from healthsync.training import LocalData
 
@@ -126,9 +127,59 @@ def predict_block(
 def evaluate_block(
     kind: str, arrays: list[np.ndarray], data: list[LocalData]
 ) -> list[tuple[BinaryMetrics, np.ndarray]]:
-    """The global model's metrics and score histogram on each hospital's test rows."""
+    """The global model's metrics and score histogram on each hospital's test rows.
+
+    Computed for all hospitals at once on a padded ``(hospitals, rows)`` grid;
+    each hospital's numbers equal ``metrics.binary_metrics`` and
+    ``metrics.score_histogram`` on its own rows alone.
+    """
     probs = predict_block(kind, arrays, [d.x_test for d in data])
+    count, longest = len(data), max(len(d.y_test) for d in data)
+    valid = np.zeros((count, longest), dtype=bool)
+    y = np.zeros((count, longest))
+    p = np.full((count, longest), 0.5)
+    for i, (d, prob) in enumerate(zip(data, probs, strict=True)):
+        valid[i, : len(prob)], y[i, : len(prob)], p[i, : len(prob)] = True, d.y_test, prob
+    n = valid.sum(axis=1)
+    clipped = np.clip(p, 1e-7, 1 - 1e-7)
+    nll = -(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss = np.where(valid, nll, 0).sum(axis=1) / n
+        accuracy = np.where(valid, (clipped >= 0.5) == (y == 1), False).sum(axis=1) / n
+        brier = np.where(valid, (clipped - y) ** 2, 0).sum(axis=1) / n
+        # AUC by rank sums; padding ranks last (+inf) so it never shifts a real rank.
+        ranks = rankdata(np.where(valid, p, np.inf), axis=1)
+        positives = (y * valid).sum(axis=1)
+        negatives = n - positives
+        auc = ((ranks * y * valid).sum(axis=1) - positives * (positives + 1) / 2) / (
+            positives * negatives
+        )
+    auc = np.where((positives > 0) & (negatives > 0), auc, np.nan)
+    bins = (
+        np.minimum((p * SCORE_BINS).astype(int), SCORE_BINS - 1)
+        + SCORE_BINS * np.arange(count)[:, None]
+    )
+    histogram = (
+        np.stack(
+            [
+                np.bincount(bins[valid & (y == 1)], minlength=count * SCORE_BINS),
+                np.bincount(bins[valid & (y == 0)], minlength=count * SCORE_BINS),
+                np.bincount(bins[valid], weights=p[valid], minlength=count * SCORE_BINS),
+            ],
+            axis=1,
+        )
+        .astype(np.float64)
+        .reshape(count, SCORE_BINS, 3)
+    )
+    empty = float("nan")
     return [
-        (binary_metrics(d.y_test, p), score_histogram(d.y_test, p))
-        for d, p in zip(data, probs, strict=True)
+        (
+            BinaryMetrics(
+                int(n[i]), float(loss[i]), float(auc[i]), float(accuracy[i]), float(brier[i])
+            )
+            if n[i]
+            else BinaryMetrics(0, empty, empty, empty, empty),
+            histogram[i],
+        )
+        for i in range(count)
     ]

@@ -1,5 +1,7 @@
 """Block execution: many hospitals in one vectorised call give each hospital's own update."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -8,7 +10,7 @@ from healthsync.config import TrainConfig
 from healthsync.data.synthetic import generate_federation
 from healthsync.features import Scaler, ScalingStats
 from healthsync.model import build_model, get_arrays, initial_model, set_arrays
-from healthsync.training import evaluate_local, hospital_arrays, train_local
+from healthsync.training import LocalData, evaluate_local, hospital_arrays, train_local
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +47,31 @@ def test_block_evaluation_matches(hospitals):
     arrays = get_arrays(initial_model("mlp", hospitals[0].x_train.shape[1], seed=1))
     model = build_model("mlp", hospitals[0].x_train.shape[1])
     set_arrays(model, arrays)
-    for (ours, hist), data in zip(evaluate_block("mlp", arrays, hospitals), hospitals, strict=True):
-        theirs, their_hist = evaluate_local(model, data.x_test, data.y_test)
-        assert ours.n == theirs.n and ours.loss == pytest.approx(theirs.loss, abs=1e-6)
-        np.testing.assert_array_equal(hist[:, :2], their_hist[:, :2])
+    # add a hospital whose test split has one class only (AUC undefined)
+    one_class = dataclasses.replace(hospitals[0], y_test=np.zeros_like(hospitals[0].y_test))
+    data = [*hospitals, one_class]
+    for (ours, hist), d in zip(evaluate_block("mlp", arrays, data), data, strict=True):
+        theirs, their_hist = evaluate_local(model, d.x_test, d.y_test)
+        assert ours.n == theirs.n
+        for key in ("loss", "auc", "accuracy", "brier"):
+            assert getattr(ours, key) == pytest.approx(
+                getattr(theirs, key), abs=1e-6, nan_ok=True
+            ), key
+        np.testing.assert_allclose(hist, their_hist, atol=1e-6)
+    assert np.isnan(evaluate_block("mlp", arrays, [one_class])[0][0].auc)
+
+
+def test_block_auc_handles_ties():
+    from healthsync.blocks import evaluate_block as block_eval
+    from healthsync.metrics import auc_score
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((40, 3), dtype=np.float32)  # every score equal: all ties, AUC 0.5
+    y = (rng.random(40) < 0.4).astype(np.float32)
+    data = LocalData(x, y, x, y)
+    arrays = [np.zeros((1, 3), np.float32), np.zeros(1, np.float32)]
+    ((metrics, _),) = block_eval("logreg", arrays, [data, data])[:1]
+    assert metrics.auc == pytest.approx(auc_score(y, np.full(40, 0.5))) == pytest.approx(0.5)
 
 
 def test_automatic_block_size():
