@@ -8,9 +8,7 @@ app and the CLI watch it and how a cancel request reaches it.
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +18,7 @@ from healthsync import attacks, runlog
 from healthsync.config import TrainConfig
 from healthsync.data import Federation, load_federation
 from healthsync.errors import HealthSyncError
+from healthsync.processes import spawn_detached
 from healthsync.store import MetricsStore
 
 FINISHED = ("completed", "cancelled", "failed")
@@ -62,8 +61,6 @@ def start_run(config: TrainConfig, *, ray_address: str | None = None) -> str:
     store = MetricsStore(config.db)
     run_id = runlog.new_run_id()
     runlog.create_run(store, run_id, config)
-    log_dir = Path(config.db).parent / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
         "-m",
@@ -76,17 +73,8 @@ def start_run(config: TrainConfig, *, ray_address: str | None = None) -> str:
     ]
     if ray_address:
         cmd += ["--ray-address", ray_address]
-    with open(log_dir / f"{run_id}.log", "ab") as log_file:
-        process = subprocess.Popen(
-            cmd,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    process = spawn_detached(cmd, Path(config.db).parent / "logs" / f"{run_id}.log")
     store.execute("UPDATE runs SET pid = ? WHERE run_id = ?", [process.pid, run_id])
-    # Reap the child when it ends so it never lingers as a zombie of this process.
-    threading.Thread(target=process.wait, daemon=True).start()
     return run_id
 
 

@@ -57,7 +57,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not RAY.exists(), reason="ray CLI not installed beside this Python")
 def test_runs_on_a_two_node_ray_cluster(tmp_path, capsys):
     fed = make_federation(tmp_path, "fed", hospitals=4, patients=80)
     port = _free_port()
