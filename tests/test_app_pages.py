@@ -196,7 +196,7 @@ def test_overview_without_runs_points_to_launch(env):
     ],
 )
 def test_launch_form_reports_invalid_settings(env, monkeypatch, field, value, message):
-    monkeypatch.setattr("healthsync.runs.subprocess.Popen", pytest.fail)  # nothing may start
+    monkeypatch.setattr("healthsync.runs.spawn_detached", pytest.fail)  # nothing may start
     at = env.app("analyst", "pages/launch.py")
     next(w for w in at.number_input if w.label == field).set_value(value)
     button(at, "Start training").click().run()

@@ -100,7 +100,7 @@ def test_launch_defaults_leave_safeguards_off(env, monkeypatch):
     ],
 )
 def test_launch_reports_invalid_privacy_settings(env, monkeypatch, changes, message):
-    monkeypatch.setattr("healthsync.runs.subprocess.Popen", pytest.fail)  # nothing may start
+    monkeypatch.setattr("healthsync.runs.spawn_detached", pytest.fail)  # nothing may start
     at = env.app("analyst", "pages/launch.py")
     if changes.pop("krum", None) is not None:
         next(w for w in at.selectbox if w.label == "Aggregation strategy").set_value("krum")
