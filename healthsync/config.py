@@ -31,6 +31,11 @@ ATTACKS: tuple[str, ...] = ("label-flip", "scale", "random")
 DP_SIDES: tuple[str, ...] = ("server", "client")
 # Flower accounts differential privacy only for a clipped, uniformly weighted mean.
 DP_STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox")
+# Secure aggregation reveals only a weighted sum: FedAvg-style aggregation only.
+SECAGG_STRATEGIES = ("fedavg", "fedprox")
+# With two hospitals each could subtract its own model from the sum; above
+# 1,000 the protocol's 32-bit sum of 22-bit quantised models would wrap around.
+SECAGG_MIN_HOSPITALS, SECAGG_MAX_HOSPITALS = 3, 1000
 DEFAULT_DB = Path("data/healthsync.duckdb")
 AUTO_BLOCK_THRESHOLD = 32
 MAX_AUTO_BLOCK = 2048
@@ -66,7 +71,9 @@ class TrainConfig:
     dp_epsilon_budget : stop (completed) before a round would spend more; 0: none.
     dp_side : where updates are clipped: ``server`` (before aggregation) or
         ``client`` (in each hospital, before its update leaves).
-    secagg : secure aggregation (SecAgg+); not supported yet (docs/privacy.md).
+    secagg : secure aggregation (Flower's SecAgg+): the server sees only the
+        weighted sum of the sampled hospitals' models (docs/privacy.md); one
+        Flower node per hospital, FedAvg or FedProx, no DP.
     dropout : chance that a hospital sits out a round's training (simulated).
     straggler_delay : each hospital's simulated training delay is drawn from
         ``[0, straggler_delay)`` seconds, per round.
@@ -164,7 +171,22 @@ class TrainConfig:
             self.dp or not self.dp_epsilon_budget,
             "an epsilon budget needs differential privacy (dp noise and dp clip)",
         )
-        _check(not self.secagg, "secure aggregation (secagg) is not supported yet")
+        if self.secagg:
+            _check(
+                self.strategy in SECAGG_STRATEGIES,
+                "secure aggregation shows the server only the sum of updates, so it works "
+                f"with strategy {' or '.join(SECAGG_STRATEGIES)} only, not {self.strategy}",
+            )
+            _check(
+                not self.dp,
+                "secure aggregation cannot be combined with differential privacy yet "
+                "(Flower's DP wrappers need each hospital's update on the server)",
+            )
+            _check(
+                self.block_size in (0, 1),
+                "secure aggregation needs one Flower node per hospital: block size 1 "
+                f"(or 0, automatic), got {self.block_size}",
+            )
         if not self.dp:
             return
         _check(
@@ -216,8 +238,8 @@ class TrainConfig:
         audience expects to see); large ones get one block per CPU, so each Ray
         actor trains its share of hospitals in a single vectorised call.
         """
-        if self.block_size:
-            return min(self.block_size, hospitals)
+        if self.block_size or self.secagg:
+            return min(self.block_size or 1, hospitals)
         if hospitals <= AUTO_BLOCK_THRESHOLD:
             return 1
         cpus = cpus or os.cpu_count() or 1

@@ -35,6 +35,8 @@ def safeguards_label(config: Mapping[str, Any]) -> str:
     if config.get("dp_noise") and config.get("dp_clip"):
         budget = config.get("dp_epsilon_budget")
         parts.append(f"DP z={config['dp_noise']:g}" + (f" ε≤{budget:g}" if budget else ""))
+    if config.get("secagg"):
+        parts.append("SecAgg+")
     if config.get("dropout"):
         parts.append(f"dropout {config['dropout']:g}")
     if config.get("straggler_delay"):
@@ -146,6 +148,16 @@ def adversaries_line(events: pl.DataFrame, attack: str | None) -> str | None:
     if hospitals.is_empty():
         return None
     return f"Adversarial: {_listed(hospitals.to_list())} ({attack or 'attack'})"
+
+
+def secure_aggregation_line(events: pl.DataFrame) -> str | None:
+    """The protocol settings a SecAgg+ run recorded when it started, or ``None``."""
+    if events.is_empty():
+        return None
+    lines = events.filter(
+        (pl.col("kind") == "privacy") & pl.col("message").str.starts_with("secure aggregation")
+    )["message"]
+    return lines[0] if len(lines) else None
 
 
 def _listed(hospitals: Sequence[str]) -> str:

@@ -15,13 +15,26 @@ from pathlib import Path
 from typing import Any
 
 from healthsync import attacks, runlog
-from healthsync.config import TrainConfig
+from healthsync.config import SECAGG_MAX_HOSPITALS, SECAGG_MIN_HOSPITALS, TrainConfig
 from healthsync.data import Federation, load_federation
 from healthsync.errors import HealthSyncError
 from healthsync.processes import spawn_detached
 from healthsync.store import MetricsStore
 
 FINISHED = ("completed", "cancelled", "failed")
+
+
+def _check_secagg_size(sampled: int) -> None:
+    if sampled < SECAGG_MIN_HOSPITALS:
+        raise HealthSyncError(
+            f"secure aggregation needs at least {SECAGG_MIN_HOSPITALS} hospitals sampled per "
+            f"round, got {sampled}"
+        )
+    if sampled > SECAGG_MAX_HOSPITALS:
+        raise HealthSyncError(
+            f"secure aggregation supports at most {SECAGG_MAX_HOSPITALS} hospitals per round "
+            f"(its 32-bit masked sum would overflow), got {sampled}"
+        )
 
 
 def check_config(config: TrainConfig) -> tuple[TrainConfig, Federation]:
@@ -47,6 +60,8 @@ def check_config(config: TrainConfig) -> tuple[TrainConfig, Federation]:
     if unknown:
         raise HealthSyncError(f"unknown hospital id(s) in fail_hospitals: {', '.join(unknown)}")
     attacks.choose_adversaries(federation.hospital_ids, config.adversarial, config.seed)
+    if config.secagg:
+        _check_secagg_size(max(int(n * config.fraction), 1))
     checked = config.replace(
         data_dir=str(Path(config.data_dir).resolve()),
         db=str(Path(config.db).resolve()),

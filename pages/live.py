@@ -84,6 +84,13 @@ def safeguards(run: dict, rounds: pl.DataFrame) -> None:
                 f"{safety.privacy_summary(config)} ε adds up over rounds (Flower's RDP "
                 "accountant, no sampling amplification: an upper bound)."
             )
+    secure = safety.secure_aggregation_line(events)
+    if secure:
+        st.subheader("Secure aggregation")
+        st.caption(
+            f"{secure[0].upper()}{secure[1:]}. The server received only masked models; each "
+            "round's global model is their unmasked sum, never one hospital's model."
+        )
     adversaries = safety.adversaries_line(events, config.get("attack"))
     dropped = safety.dropped_frame(events)
     if adversaries or not dropped.is_empty():

@@ -22,6 +22,8 @@ slowest on-time hospital, never past the timeout. With client-side DP each
 hospital clips its own update to the norm the server's DP wrapper sends
 (Flower's ``fixedclipping_mod`` cannot: it wraps the whole block message). An
 adversarial hospital then applies its attack, so it does not honour clipping.
+Under secure aggregation, Flower's SecAgg+ mod masks the trained model before
+it leaves (``simulation.secagg_mod``); SecAgg+ runs use one hospital per node.
 """
 
 from __future__ import annotations
@@ -49,12 +51,14 @@ from healthsync.training import (
     fit_from,
     hospital_arrays,
 )
+from simulation.secagg_mod import secure_aggregation
 from simulation.strategies import HOSPITAL_WEIGHT
 
 # One Ray actor per CPU, one thread per actor: no oversubscription, and the same
 # reduction order (hence the same numbers) whichever actor serves a hospital.
 torch.set_num_threads(1)
-app = ClientApp()
+# SecAgg+ runs wrap training in Flower's secaggplus_mod; other messages pass through.
+app = ClientApp(mods=[secure_aggregation])
 
 
 @cache

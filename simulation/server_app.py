@@ -32,6 +32,7 @@ from healthsync.runs import check_config
 from healthsync.store import MetricsStore
 from simulation import safeguards
 from simulation.hospital_grid import HospitalGrid
+from simulation.secagg import SecureAggregation
 from simulation.strategies import build_strategy, privacy_spent
 
 log = logging.getLogger("healthsync.simulation")
@@ -115,45 +116,19 @@ class FederatedRun:
         }
         for kind, message, hospital in safeguards.setup_events(self.config, self.adversaries):
             runlog.record_event(self.store, self.run_id, kind, message, hospital=hospital)
+        secure = self._secure_aggregation() if self.config.secagg else None
         final = None
         for rnd in range(1, self.config.rounds + 1):
             if runlog.cancel_requested(self.store, self.run_id):
                 raise RunCancelled
             started = time.perf_counter()
-            try:
-                train_messages = list(
-                    strategy.configure_train(rnd, arrays, ConfigRecord(settings), self.grid)
-                )
-            except PrivacyBudgetExhausted:
-                self.stop_reason = safeguards.budget_reason(
-                    self.config, rnd - 1, privacy_spent(strategy).epsilon
-                )
-                runlog.record_event(
-                    self.store, self.run_id, "budget_reached", self.stop_reason, round=rnd - 1
-                )
-                break
-            replies = list(
-                self.grid.send_and_receive(
-                    train_messages,
-                    timeout=safeguards.train_timeout(self.config, ROUND_TIMEOUT_SECONDS),
-                )
-            )
-            failed = [r for r in replies if r.has_error()]
-            for reply in failed:
-                kind, why = safeguards.missing_event(
-                    self.config, rnd, reply.metadata.src_node_id - 1, reply.error.reason
-                )
-                self._event(kind, why, rnd, reply)
-            ok = len(replies) - len(failed)
-            if ok < self.config.min_hospitals:
-                raise HealthSyncError(
-                    f"round {rnd}: only {ok} hospital(s) answered, {self.config.min_hospitals} needed"
-                )
-            if self.config.dp:
-                replies = safeguards.unchanged_for_missing(replies, train_messages, arrays)
-            new_arrays, _ = strategy.aggregate_train(rnd, replies)
-            if new_arrays is not None:
-                arrays = new_arrays
+            if secure:
+                arrays, sampled, ok, failed = self._train_securely(secure, rnd, arrays, settings)
+            else:
+                step = self._train(strategy, rnd, arrays, settings)
+                if step is None:
+                    break
+                arrays, sampled, ok, failed = step
             final, histogram, per_hospital = self.evaluate(rnd, arrays, settings)
             spent = privacy_spent(strategy)
             runlog.record_round(
@@ -163,9 +138,9 @@ class FederatedRun:
                     "round": rnd,
                     **final.to_dict(),
                     "seconds": time.perf_counter() - started,
-                    "hospitals_sampled": len(train_messages),
+                    "hospitals_sampled": sampled,
                     "hospitals_ok": ok,
-                    "hospitals_failed": len(failed),
+                    "hospitals_failed": failed,
                     "epsilon": spent.epsilon if spent else None,
                 },
                 per_hospital,
@@ -174,6 +149,72 @@ class FederatedRun:
             if on_round:
                 on_round(rnd)
         return final
+
+    def _train(self, strategy, rnd: int, arrays: ArrayRecord, settings: dict):
+        """One round's training through the strategy; ``None`` when the DP budget stops the run."""
+        try:
+            train_messages = list(
+                strategy.configure_train(rnd, arrays, ConfigRecord(settings), self.grid)
+            )
+        except PrivacyBudgetExhausted:
+            self.stop_reason = safeguards.budget_reason(
+                self.config, rnd - 1, privacy_spent(strategy).epsilon
+            )
+            runlog.record_event(
+                self.store, self.run_id, "budget_reached", self.stop_reason, round=rnd - 1
+            )
+            return None
+        replies = list(
+            self.grid.send_and_receive(
+                train_messages,
+                timeout=safeguards.train_timeout(self.config, ROUND_TIMEOUT_SECONDS),
+            )
+        )
+        failed = [r for r in replies if r.has_error()]
+        for reply in failed:
+            kind, why = safeguards.missing_event(
+                self.config, rnd, reply.metadata.src_node_id - 1, reply.error.reason
+            )
+            self._event(kind, why, rnd, reply)
+        ok = len(replies) - len(failed)
+        self._check_enough(rnd, ok)
+        if self.config.dp:
+            replies = safeguards.unchanged_for_missing(replies, train_messages, arrays)
+        new_arrays, _ = strategy.aggregate_train(rnd, replies)
+        new = arrays if new_arrays is None else new_arrays
+        return new, len(train_messages), ok, len(failed)
+
+    def _secure_aggregation(self) -> SecureAggregation:
+        secure = SecureAggregation(
+            self.grid,
+            self.config,
+            max_examples=max(h.n_patients for h in self.federation.hospitals),
+            timeout=safeguards.train_timeout(self.config, ROUND_TIMEOUT_SECONDS),
+        )
+        runlog.record_event(self.store, self.run_id, "privacy", secure.describe())
+        return secure
+
+    def _train_securely(self, secure: SecureAggregation, rnd: int, arrays, settings: dict):
+        """One round's training whose sum only the SecAgg+ protocol reveals."""
+        step = secure.train(rnd, arrays, settings)
+        for index, error in sorted(step.missing.items()):
+            kind, why = safeguards.missing_event(self.config, rnd, index, error)
+            runlog.record_event(
+                self.store,
+                self.run_id,
+                kind,
+                _first_line(why),
+                round=rnd,
+                hospital=self.hospital_of[index + 1],
+            )
+        self._check_enough(rnd, len(step.summed))
+        return step.arrays, len(step.sampled), len(step.summed), len(step.missing)
+
+    def _check_enough(self, rnd: int, ok: int) -> None:
+        if ok < self.config.min_hospitals:
+            raise HealthSyncError(
+                f"round {rnd}: only {ok} hospital(s) answered, {self.config.min_hospitals} needed"
+            )
 
     def evaluate(self, rnd: int, arrays: ArrayRecord, settings: dict):
         """Global model on every hospital's test split, weighted by test examples."""

@@ -3,15 +3,20 @@
 Real runs cost 15-30 s each, mostly Ray start-up; this grid hands each message
 straight to ``simulation.client_app.app`` with the node's ``partition-id``, so
 tests can drive ``FederatedRun`` through many rounds and settings in seconds.
-Messages are not serialised, which the client and server code do not rely on.
+As in a Flower simulation, each message is copied on the way out (as
+serialisation would), an exception in the client app becomes an error reply,
+and each node keeps its own state across messages, changed only by messages it
+handled without error (SecAgg+ keeps its keys there).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -36,6 +41,7 @@ class InProcessGrid(Grid):
     def __init__(self, nodes: int) -> None:
         allow_messages()
         self.partitions = {101 + p: p for p in range(nodes)}
+        self.states = {node: RecordDict() for node in self.partitions}
         self.sent: list[Message] = []
         self.received: list[Message] = []
 
@@ -52,11 +58,19 @@ class InProcessGrid(Grid):
                 run_id=1,
                 node_id=node,
                 node_config={"partition-id": self.partitions[node]},
-                state=RecordDict(),
+                state=copy.deepcopy(self.states[node]),
                 run_config={},
             )
             self.sent.append(msg)
-            replies.append(client_app(msg, context))
+            try:
+                reply = client_app(copy.deepcopy(msg), context)
+            except Exception as err:  # Flower reports it as an error reply
+                reply = Message(
+                    Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(err)), reply_to=msg
+                )
+            else:  # as in Flower, a node's state changes only when its app succeeds
+                self.states[node] = context.state
+            replies.append(reply)
         self.received.extend(replies)
         return replies
 

@@ -324,6 +324,7 @@ def test_safeguards_label_names_attack_dp_and_faults():
     assert privacy_dashboard.safeguards_label(config.to_dict()) == (
         "scale×3 · DP z=1 ε≤20 · dropout 0.2 · stragglers <0.5 s, timeout 0.3 s"
     )
+    assert privacy_dashboard.safeguards_label(TrainConfig(secagg=True).to_dict()) == "SecAgg+"
     assert privacy_dashboard.privacy_summary(TrainConfig().to_dict()) is None
     assert privacy_dashboard.privacy_summary(config.to_dict()) == (
         "Differential privacy: noise multiplier 1, clipping norm 0.5 (server side), "

@@ -75,3 +75,26 @@ def test_dp_run_records_epsilon_stops_at_budget_and_survives_dropouts(tmp_path, 
         assert r["hospitals_ok"] == HOSPITALS - len(expected)
     assert any("round timeout" in e["message"] for e in detail["events"])
     assert any("dropped out" in e["message"] for e in detail["events"])
+
+
+def test_secure_aggregation_run_on_ray_recovers_a_dropped_hospital(tmp_path, capsys):
+    """SecAgg+ through Flower on Ray: node state (keys) survives between the protocol's stages."""
+    fed = make_federation(tmp_path, "fed", hospitals=5, patients=100)
+    db = str(tmp_path / "m.duckdb")
+    code, summary = cli_json(
+        capsys,
+        *("train", "--data", str(fed), "--db", db, "--rounds", "2", "--secagg"),
+        *("--fail-hospital", "h0003", "--json"),
+    )
+    assert code == 0 and summary["status"] == "completed" and summary["rounds_done"] == 2
+    code, detail = cli_json(capsys, "runs", "show", summary["run_id"], "--db", db, "--json")
+    assert detail["config"]["secagg"] is True
+    assert [(r["hospitals_sampled"], r["hospitals_ok"]) for r in detail["rounds"]] == [(5, 4)] * 2
+    failed = [
+        (e["round"], e["hospital"], e["message"].startswith("evaluate"))
+        for e in detail["events"]
+        if e["kind"] == "hospital_failed"
+    ]
+    # In training its masks are recovered from the others' shares; it fails evaluation too.
+    assert sorted(failed) == [(r, "h0003", ev) for r in (1, 2) for ev in (False, True)]
+    assert any(e["message"].startswith("secure aggregation (SecAgg+)") for e in detail["events"])

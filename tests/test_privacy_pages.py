@@ -73,7 +73,18 @@ def test_launch_builds_a_private_config_with_an_attack_drill(env, monkeypatch):
     assert (config.adversarial, config.attack) == (1, "label-flip")
     assert (config.dropout, config.straggler_delay, config.round_timeout) == (0.2, 0.3, 0.2)
     assert not config.secagg
-    assert next(c for c in at.checkbox if "Secure aggregation" in c.label).disabled
+
+
+def test_launch_turns_on_secure_aggregation(env, monkeypatch):
+    started = []
+    monkeypatch.setattr("healthsync.runs.start_run", lambda c: started.append(c) or "run-x")
+    monkeypatch.setattr("streamlit.switch_page", lambda *a, **k: None)
+    at = env.app("analyst", "pages/launch.py")
+    next(c for c in at.checkbox if c.label == "Secure aggregation (SecAgg+)").check()
+    button(at, "Start training").click().run()
+    assert not at.error and not at.exception
+    (config,) = started
+    assert config.secagg and config.strategy == "fedavg" and not config.dp
 
 
 def test_launch_defaults_leave_safeguards_off(env, monkeypatch):
@@ -97,6 +108,10 @@ def test_launch_defaults_leave_safeguards_off(env, monkeypatch):
             {"DP noise multiplier (0: off)": 1.0, "DP clipping norm (0: off)": 1.0, "krum": 0},
             "differential privacy works with strategy fedavg or fedprox only",
         ),
+        (
+            {"secagg": True, "krum": 0},
+            "secure aggregation shows the server only the sum of updates",
+        ),
     ],
 )
 def test_launch_reports_invalid_privacy_settings(env, monkeypatch, changes, message):
@@ -104,6 +119,8 @@ def test_launch_reports_invalid_privacy_settings(env, monkeypatch, changes, mess
     at = env.app("analyst", "pages/launch.py")
     if changes.pop("krum", None) is not None:
         next(w for w in at.selectbox if w.label == "Aggregation strategy").set_value("krum")
+    if changes.pop("secagg", None):
+        next(c for c in at.checkbox if c.label == "Secure aggregation (SecAgg+)").check()
     for label, value in changes.items():
         next(w for w in at.number_input if w.label == label).set_value(value)
     button(at, "Start training").click().run()
@@ -130,13 +147,31 @@ def test_live_shows_epsilon_attackers_and_dropouts_for_a_private_run(env):
     assert dropped.to_dict("records") == [{"round": 2, "dropped": 1, "hospitals": "h0002"}]
 
 
+def test_live_says_a_run_used_secure_aggregation(env):
+    config = TrainConfig(
+        data_dir=str(env.fed_dir), db=env.store.path, target="diabetes", secagg=True
+    )
+    runlog.create_run(env.store, "run-sa", config, status="running")
+    message = "secure aggregation (SecAgg+): 3 hospitals a round, each sharing its keys with 3"
+    runlog.record_event(env.store, "run-sa", "privacy", message)
+    row = {"round": 1, "loss": 0.7, "auc": 0.6, "accuracy": 0.7, "seconds": 1.0}
+    runlog.record_round(env.store, "run-sa", row | {"hospitals_ok": 3, "hospitals_failed": 0}, [])
+    at = env.app("viewer", "pages/live.py", run="run-sa")
+    assert not at.exception
+    assert "Secure aggregation" in [h.value for h in at.subheader]
+    assert "Secure aggregation (SecAgg+): 3 hospitals a round" in texts(at)
+    assert "The server received only masked models" in texts(at)
+    assert any(o.endswith("· SecAgg+") for o in at.selectbox[0].options)
+    assert "Privacy spent (ε)" not in [m.label for m in at.metric]
+
+
 def test_live_shows_no_privacy_section_for_a_plain_run(env):
     fake_run(env.store, "run-plain", data_dir=env.fed_dir)
     at = env.app("viewer", "pages/live.py", run="run-plain")
     assert not at.exception
     assert "Privacy spent (ε)" not in [m.label for m in at.metric]
     assert len(charts(at)) == 4 and not at.dataframe
-    assert "Adversarial" not in texts(at)
+    assert "Adversarial" not in texts(at) and "Secure aggregation" not in texts(at)
 
 
 # ---------------------------------------------------------------- runs

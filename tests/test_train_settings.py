@@ -38,7 +38,23 @@ def fed(tmp_path_factory):
             ["--dp-noise", "1", "--dp-clip", "1", "--strategy", "krum"],
             "differential privacy works with strategy fedavg or fedprox only",
         ),
-        (["--secagg"], "secure aggregation (secagg) is not supported yet"),
+        (
+            ["--secagg", "--strategy", "fedmedian"],
+            "secure aggregation shows the server only the sum of updates, so it works with "
+            "strategy fedavg or fedprox only, not fedmedian",
+        ),
+        (
+            ["--secagg", "--dp-noise", "1", "--dp-clip", "1"],
+            "secure aggregation cannot be combined with differential privacy yet",
+        ),
+        (
+            ["--secagg", "--block-size", "2"],
+            "secure aggregation needs one Flower node per hospital",
+        ),
+        (
+            ["--secagg", "--fraction", "0.7"],
+            "secure aggregation needs at least 3 hospitals sampled per round, got 2",
+        ),
         (["--dropout", "1"], "dropout must be in [0, 1)"),
         (["--dropout", "-0.1"], "dropout must be in [0, 1)"),
         (["--straggler-delay", "-1"], "straggler delay must be >= 0 seconds"),

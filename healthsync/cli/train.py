@@ -116,7 +116,10 @@ def add_privacy_arguments(parser: argparse.ArgumentParser, d: TrainConfig) -> No
     )
     dp.add_argument("--dp-side", default=d.dp_side, help=f"where to clip: {', '.join(DP_SIDES)}")
     dp.add_argument(
-        "--secagg", action="store_true", help="secure aggregation (SecAgg+); not supported yet"
+        "--secagg",
+        action="store_true",
+        help="secure aggregation (Flower's SecAgg+): the server sees only the sum of the "
+        "hospitals' models; fedavg/fedprox, one Flower node per hospital, no DP",
     )
     drills = parser.add_argument_group("robustness drills")
     drills.add_argument(
