@@ -13,11 +13,12 @@ fewer batches than the largest simply stop updating (a per-step mask).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.stats import rankdata
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 
 from healthsync.metrics import SCORE_BINS, BinaryMetrics
 from healthsync.model import build_model
@@ -39,7 +40,35 @@ def _pad(parts: list[np.ndarray], length: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def train_block(
+def _forward(model: torch.nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor):
+    """Logits of every hospital's own model on its own rows: ``x`` is ``(hospitals, rows, width)``.
+
+    Walks ``model`` (a ``Sequential`` of ``Linear`` and activation layers) with
+    batched matrix products over the stacked ``params``, so one autograd graph
+    holds all hospitals while each hospital's gradient depends only on its rows.
+    """
+    h = x
+    for name, layer in model.named_children():
+        if isinstance(layer, torch.nn.Linear):
+            weight, bias = params[f"{name}.weight"], params[f"{name}.bias"]
+            h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+        else:
+            h = layer(h)
+    return h.squeeze(-1)
+
+
+def _epoch_order(
+    generators: list[torch.Generator], sizes: list[int], slots: int, valid: torch.Tensor
+) -> torch.Tensor:
+    """Row order for one epoch: hospital i's own seeded shuffle, padded to ``slots`` rows."""
+    order = torch.zeros((len(sizes), slots), dtype=torch.long)
+    order[valid] = torch.cat(
+        [torch.randperm(n, generator=g) for g, n in zip(generators, sizes, strict=True)]
+    )
+    return order
+
+
+def train_stacked(
     kind: str,
     arrays: list[np.ndarray],
     data: list[LocalData],
@@ -49,58 +78,66 @@ def train_block(
     lr: float,
     seeds: list[int],
     proximal_mu: float = 0.0,
-) -> tuple[list[list[np.ndarray]], list[float]]:
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Local SGD for every hospital in ``data`` from the same global ``arrays``.
 
-    Returns each hospital's new arrays and its mean training loss over the last
-    epoch, as ``training.train_local`` would for that hospital alone.
+    Returns the new parameters stacked along a leading hospital axis (one array
+    per model parameter, row ``i`` is hospital ``i``'s) and each hospital's mean
+    training loss over the last epoch, as ``training.train_local`` would give
+    for that hospital alone.
     """
     torch.set_num_threads(1)
     count = len(data)
-    width = data[0].x_train.shape[1]
-    model = build_model(kind, width)
-    params = _stack(model, arrays, count)
-    anchor = {n: p[0].clone() for n, p in params.items()}
+    model = build_model(kind, data[0].x_train.shape[1])
+    params = {n: p.requires_grad_() for n, p in _stack(model, arrays, count).items()}
+    anchor = {n: p.detach().clone() for n, p in params.items()} if proximal_mu > 0 else {}
     sizes = [len(d.y_train) for d in data]
     longest = max(sizes)
     x = _pad([d.x_train for d in data], longest)
-    y = _pad([d.y_train for d in data], longest)
+    flat_x, flat_y = x.view(count * longest, -1), _pad([d.y_train for d in data], longest).view(-1)
     steps = max(math.ceil(n / batch_size) for n in sizes)
+    slots = steps * batch_size
+    valid = torch.arange(slots)[None, :] < torch.tensor(sizes)[:, None]
+    weights = valid.float()
+    offsets = (torch.arange(count) * longest)[:, None]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    rows = torch.arange(count)[:, None]
-
-    def loss_fn(p, xb, yb, wb):
-        logits = functional_call(model, p, (xb,)).squeeze(-1)
-        losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, yb, reduction="none")
-        loss = (losses * wb).sum() / wb.sum().clamp(min=1.0)
-        if proximal_mu > 0:
-            loss = loss + proximal_mu / 2 * sum(((p[n] - anchor[n]) ** 2).sum() for n in p)
-        return loss
-
-    step_fn = vmap(grad_and_value(loss_fn))
     last = torch.zeros(count)
     for _ in range(epochs):
-        index = torch.zeros((count, steps * batch_size), dtype=torch.long)
-        valid = torch.zeros((count, steps * batch_size))
-        for i, n in enumerate(sizes):
-            index[i, :n] = torch.randperm(n, generator=generators[i])
-            valid[i, :n] = 1.0
-        index = index.view(count, steps, batch_size)
-        valid = valid.view(count, steps, batch_size)
+        order = _epoch_order(generators, sizes, slots, valid) + offsets
         total = torch.zeros(count)
         for step in range(steps):
-            idx, wb = index[:, step], valid[:, step]
-            grads, loss = step_fn(params, x[rows, idx], y[rows, idx], wb)
+            cols = slice(step * batch_size, (step + 1) * batch_size)
+            rows, wb = order[:, cols].reshape(-1), weights[:, cols]
+            xb = flat_x.index_select(0, rows).view(count, batch_size, -1)
+            yb = flat_y.index_select(0, rows).view(count, batch_size)
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(
+                _forward(model, params, xb), yb, reduction="none"
+            )
             used = wb.sum(dim=1)
+            loss = (losses * wb).sum(dim=1) / used.clamp(min=1.0)
+            if proximal_mu > 0:
+                loss = loss + proximal_mu / 2 * sum(
+                    ((params[n] - anchor[n]) ** 2).flatten(1).sum(dim=1) for n in params
+                )
+            grads = torch.autograd.grad(loss.sum(), list(params.values()))
             active = (used > 0).float()
             with torch.no_grad():
-                for n in params:
-                    shape = (count,) + (1,) * (params[n].dim() - 1)
-                    params[n] -= lr * grads[n] * active.view(shape)
+                for p, g in zip(params.values(), grads, strict=True):
+                    p -= lr * g * active.view((count,) + (1,) * (p.dim() - 1))
             total += loss.detach() * used
         last = total / torch.tensor(sizes, dtype=torch.float32)
-    new_arrays = [[params[n][i].detach().numpy().copy() for n in params] for i in range(count)]
-    return new_arrays, last.tolist()
+    return [p.detach().numpy() for p in params.values()], last.numpy()
+
+
+def train_block(
+    kind: str, arrays: list[np.ndarray], data: list[LocalData], **settings: Any
+) -> tuple[list[list[np.ndarray]], list[float]]:
+    """``train_stacked`` (same keyword settings), as each hospital's own list of arrays.
+
+    The arrays are views of the stacked result: one row each, no copies.
+    """
+    stacked, losses = train_stacked(kind, arrays, data, **settings)
+    return [[a[i] for a in stacked] for i in range(len(data))], losses.tolist()
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from healthsync.blocks import evaluate_block, train_block
+from healthsync.blocks import evaluate_block, train_stacked
 from healthsync.config import TrainConfig
 from healthsync.features import Scaler, ScalingStats
 from healthsync.metrics import aggregate
@@ -52,7 +52,7 @@ def run(config: TrainConfig, emit=print) -> None:
                 config.seed * 1_000_003 + rnd * 1_009 + int(i)
                 for i in chosen[start : start + CHUNK]
             ]
-            new, _ = train_block(
+            stacked, _ = train_stacked(
                 config.model,
                 arrays,
                 part,
@@ -61,11 +61,10 @@ def run(config: TrainConfig, emit=print) -> None:
                 lr=config.lr,
                 seeds=seeds,
             )
-            for d, update in zip(part, new, strict=True):
-                n = len(d.y_train)
-                weights += n
-                for s, u in zip(summed, update, strict=True):
-                    s += n * u
+            n = np.array([len(d.y_train) for d in part], dtype=np.float64)
+            weights += n.sum()
+            for s, update in zip(summed, stacked, strict=True):
+                s += np.tensordot(n, update.astype(np.float64), axes=1)
         arrays = [(s / weights).astype(np.float32) for s in summed]
         results = []
         for start in range(0, len(data), CHUNK):

@@ -20,22 +20,48 @@ def backend_config(ray_address: str | None = None) -> dict:
     return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
 
 
-def simulate(server_app, nodes: int, *, ray_address: str | None = None) -> None:
-    """Run ``server_app`` against ``nodes`` simulated nodes of our ClientApp, on Ray, until it ends."""
+def simulate(server_app, nodes: int, *, ray_address: str | None = None, client_app=None) -> None:
+    """Run ``server_app`` against ``nodes`` simulated nodes of ``client_app``, on Ray, until it ends.
+
+    ``client_app`` defaults to our ClientApp. Node ``p`` is always served by the
+    same Ray actor (``simulation.ray_backend``), so each actor reads and keeps
+    only its own nodes' hospitals.
+    """
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     from flwr.simulation import run_simulation
 
-    from simulation.client_app import app as client_app
+    from simulation import ray_backend
+
+    if client_app is None:
+        from simulation.client_app import app as client_app
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=nodes,
-        backend_config=backend_config(ray_address),
-    )
+    with ray_backend.installed():
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=nodes,
+            backend_config=backend_config(ray_address),
+        )
+
+
+def balanced_block_size(config: TrainConfig, hospitals: int, cpus: int | None = None) -> int:
+    """The configured block size, or the automatic one evened out over the CPUs.
+
+    With one actor per CPU and node ``p`` on actor ``p % cpus``, an automatic
+    size that leaves, say, 5 blocks for 2 actors makes one actor train 3 blocks
+    while the other idles for one; 6 slightly smaller blocks keep both busy.
+    An explicit ``block_size`` is kept as it is.
+    """
+    block = config.block_size_for(hospitals, cpus)
+    cpus = cpus or os.cpu_count() or 1
+    if config.block_size or block == 1:
+        return block
+    nodes = -(-hospitals // block)
+    nodes = -(-nodes // cpus) * cpus
+    return -(-hospitals // nodes)
 
 
 def run(config: TrainConfig, run_id: str, *, ray_address: str | None = None) -> None:
@@ -43,6 +69,6 @@ def run(config: TrainConfig, run_id: str, *, ray_address: str | None = None) -> 
     from simulation.server_app import make_server_app
 
     hospitals = len(load_federation(config.data_dir).hospitals)
-    block = config.block_size_for(hospitals)
+    block = balanced_block_size(config, hospitals)
     server_app = make_server_app(config.replace(block_size=block), run_id)
     simulate(server_app, -(-hospitals // block), ray_address=ray_address)

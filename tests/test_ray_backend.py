@@ -1,0 +1,73 @@
+"""Node-to-actor affinity on Ray: a node's messages always reach the same actor process."""
+
+import inspect
+import os
+import time
+from collections import defaultdict
+
+import pytest
+from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.server.superlink.fleet.vce import vce_api
+from flwr.server.superlink.fleet.vce.backend import raybackend
+from flwr.serverapp import Grid, ServerApp
+
+from healthsync.config import TrainConfig
+from simulation import launch, ray_backend
+
+pid_app = ClientApp()
+
+
+@pid_app.query()
+def _whoami(msg: Message, context: Context) -> Message:
+    metrics = MetricRecord(
+        {"pid": os.getpid(), "partition-id": int(context.node_config["partition-id"])}
+    )
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def test_flower_still_builds_its_backend_and_poll_where_we_swap_them():
+    # If a Flower upgrade moves these, installed() would silently stop working.
+    assert "from .backend.raybackend import RayBackend" in inspect.getsource(vce_api.start_vce)
+    assert "add_messages_to_queue" in vce_api.run_api.__code__.co_names
+    original = raybackend.RayBackend, vce_api.add_messages_to_queue
+    with ray_backend.installed():
+        assert raybackend.RayBackend is ray_backend.AffinityRayBackend
+        assert vce_api.add_messages_to_queue is ray_backend.add_messages_to_queue
+    assert (raybackend.RayBackend, vce_api.add_messages_to_queue) == original
+
+
+def test_automatic_blocks_are_evened_out_over_the_cpus():
+    auto = TrainConfig()
+    assert launch.balanced_block_size(auto, 10_000, cpus=2) == 1667  # 6 blocks, not 5
+    assert launch.balanced_block_size(auto, 1000, cpus=2) == 500
+    assert launch.balanced_block_size(auto, 10, cpus=2) == 1  # small: one client per hospital
+    assert launch.balanced_block_size(TrainConfig(block_size=2048), 10_000, cpus=2) == 2048
+
+
+@pytest.mark.slow
+def test_each_node_is_always_served_by_the_same_actor():
+    nodes, rounds = 6, 4
+    seen: dict[int, set[int]] = defaultdict(set)
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        deadline = time.monotonic() + 60
+        while len(ids := list(grid.get_node_ids())) < nodes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(rounds):
+            asks = [
+                Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in ids
+            ]
+            for reply in grid.send_and_receive(asks, timeout=120):
+                m = reply.content["metrics"]
+                seen[int(m["partition-id"])].add(int(m["pid"]))
+
+    launch.simulate(server, nodes, client_app=pid_app)
+    assert sorted(seen) == list(range(nodes))
+    assert all(len(pids) == 1 for pids in seen.values()), seen
+    actor_of = {p: next(iter(pids)) for p, pids in seen.items()}
+    actors = len(set(actor_of.values()))
+    assert actors == min(os.cpu_count() or 1, nodes)
+    assert all(actor_of[p] == actor_of[p % actors] for p in actor_of)  # node p on actor p % actors
