@@ -34,4 +34,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4)"
 
 # Generate the demo federation on first start, then serve the app.
-CMD ["sh", "-c", "[ -f data/demo/federation.json ] || healthsync data generate --out data/demo; exec streamlit run app.py --server.port 8501 --server.address 0.0.0.0 --server.headless true"]
+CMD ["sh", "-c", "[ -f data/demo/federation.json ] || healthsync data generate --out data/demo; healthsync engine start --no-wait; exec streamlit run app.py --server.port 8501 --server.address 0.0.0.0 --server.headless true"]

@@ -84,6 +84,9 @@ def run_app() -> int:
     if not (home / "credentials.yaml").exists():
         _say("creating the app's users file; note the admin password printed below (shown once)")
         _run([str(PYTHON), "-m", "healthsync", "users", "list"], cwd=ROOT)
+    if os.environ.get("HEALTHSYNC_ENGINE", "auto").lower() not in {"off", "0", "no", "false"}:
+        _say("starting the training engine in the background (Flower and Ray kept warm)")
+        _run([str(PYTHON), "-m", "healthsync", "engine", "start", "--no-wait"], cwd=ROOT)
     _say("starting the app on http://localhost:8501")
     os.chdir(ROOT)
     os.execv(

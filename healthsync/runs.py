@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from healthsync import attacks, runlog
+from healthsync import attacks, engine, runlog
 from healthsync.config import SECAGG_MAX_HOSPITALS, SECAGG_MIN_HOSPITALS, TrainConfig
 from healthsync.data import Federation, load_federation
 from healthsync.errors import HealthSyncError
@@ -71,25 +71,31 @@ def check_config(config: TrainConfig) -> tuple[TrainConfig, Federation]:
 
 
 def start_run(config: TrainConfig, *, ray_address: str | None = None) -> str:
-    """Validate, record the run as queued, start its process; return the run id at once."""
+    """Validate, record the run as queued, start it; return the run id at once.
+
+    A local run goes to the warm training engine when one is running and free
+    (``healthsync.engine``), else to a process of its own (a cold start).
+    """
     config, _ = check_config(config)
     store = MetricsStore(config.db)
     run_id = runlog.new_run_id()
     runlog.create_run(store, run_id, config)
-    cmd = [
-        sys.executable,
-        "-m",
-        "simulation",
-        "run",
-        "--run-id",
-        run_id,
-        "--config-json",
-        config.to_json(),
-    ]
-    if ray_address:
-        cmd += ["--ray-address", ray_address]
-    process = spawn_detached(cmd, Path(config.db).parent / "logs" / f"{run_id}.log")
-    store.execute("UPDATE runs SET pid = ? WHERE run_id = ?", [process.pid, run_id])
+    pid = None if ray_address else engine.submit(config, run_id)
+    if pid is None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "simulation",
+            "run",
+            "--run-id",
+            run_id,
+            "--config-json",
+            config.to_json(),
+        ]
+        if ray_address:
+            cmd += ["--ray-address", ray_address]
+        pid = spawn_detached(cmd, Path(config.db).parent / "logs" / f"{run_id}.log").pid
+    store.execute("UPDATE runs SET pid = ? WHERE run_id = ?", [pid, run_id])
     return run_id
 
 

@@ -1,8 +1,8 @@
-"""Launch: every training setting in one form; the run starts as its own process."""
+"""Launch: every training setting in one form; the run starts in the warm engine or its own process."""
 
 import streamlit as st
 
-from healthsync import runs
+from healthsync import engine, runs
 from healthsync.config import ATTACKS, DP_SIDES, DP_STRATEGIES, MODELS, STRATEGIES, TrainConfig
 from healthsync.errors import HealthSyncError
 from pages._guard import choose_federation, require
@@ -12,7 +12,8 @@ st.title("Launch a training run")
 
 federation = choose_federation(page)
 st.caption(
-    f"{federation.name}: {len(federation.hospitals)} hospitals, {federation.n_patients:,} patients."
+    f"{federation.name}: {len(federation.hospitals)} hospitals, {federation.n_patients:,} patients. "
+    + engine.launch_note(page.settings.db)
 )
 
 d = TrainConfig()

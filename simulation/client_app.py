@@ -73,9 +73,21 @@ def _hospital(data_dir: str, index: int, target: str) -> HospitalArrays:
 
 
 def _requested(msg: Message, context: Context) -> tuple[list[int], ConfigRecord]:
+_cached_federation: list[str] = []
+
+
+def _keep_only(data_dir: str) -> None:
+    """Drop cached rows of other federations: a warm engine's actors serve run after run."""
+    if _cached_federation != [data_dir]:
+        _hospital.cache_clear()
+        _federation.cache_clear()
+        _cached_federation[:] = [data_dir]
+
+
     """The hospital indices this message asks for, checked against the node's own block."""
     config = msg.content["config"]
     block = int(config.get("block-size", 1))
+    _keep_only(str(config["data-dir"]))
     first = int(context.node_config["partition-id"]) * block
     mine = range(first, min(first + block, len(_federation(str(config["data-dir"])).hospitals)))
     wanted = [int(i) for i in config.get("hospitals", list(mine))]

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from healthsync.data import Federation
 from healthsync.data.synthetic import generate_federation
+
+# The app starts a warm training engine (a Flower simulation on Ray) on the Launch
+# page; tests start their own only where they test it (tests/test_engine_warm.py).
+os.environ["HEALTHSYNC_ENGINE"] = "off"
 
 
 @pytest.fixture(scope="session")

@@ -205,6 +205,28 @@ def test_launch_form_reports_invalid_settings(env, monkeypatch, field, value, me
     assert runlog.list_runs(env.store).is_empty()
 
 
+@pytest.mark.parametrize(
+    ("engine_state", "enabled", "note"),
+    [
+        (None, False, "Runs start cold: 10-15 s to the first round"),
+        (None, True, "Starting the training engine (Flower on Ray, about 20 s)"),
+        ({"busy": True}, True, "The training engine is busy with another run"),
+        ({"busy": False}, True, "The training engine is warm"),
+    ],
+)
+def test_launch_says_how_fast_a_run_will_start(env, monkeypatch, engine_state, enabled, note):
+    started = []
+    monkeypatch.setattr("healthsync.engine.status", lambda db: engine_state)
+    monkeypatch.setattr("healthsync.engine.enabled", lambda: enabled)
+    monkeypatch.setattr("healthsync.engine.start", lambda db: started.append(db))
+    at = env.app("analyst", "pages/launch.py")
+    assert not at.exception
+    assert note in texts(at)
+    assert [str(db) for db in started] == (
+        [env.store.path] if engine_state is None and enabled else []
+    )
+
+
 def test_launch_starts_a_run_and_opens_it_on_the_live_page(env, monkeypatch):
     started = []
 

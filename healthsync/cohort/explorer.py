@@ -20,9 +20,7 @@ the last of a budget or both draw fresh noise for the same query.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -44,6 +42,7 @@ from healthsync.cohort.service import (
 )
 from healthsync.data import Federation, load_federation
 from healthsync.errors import HealthSyncError
+from healthsync.processes import file_lock
 from healthsync.store import MetricsStore
 
 PERMISSION = "explore"
@@ -252,11 +251,5 @@ def _exclusive(store: MetricsStore) -> Iterator[None]:
         with _memory_lock:
             yield
         return
-    path = Path(f"{store.path}.cohort.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(Path(f"{store.path}.cohort.lock")):
         yield
-    finally:
-        os.close(fd)

@@ -17,7 +17,6 @@ the protocol live here, so the service (``simulation/``) only wires Flower.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -39,7 +38,7 @@ from healthsync.cohort.policy import CohortPolicy
 from healthsync.cohort.result import Release
 from healthsync.data import Federation
 from healthsync.errors import HealthSyncError
-from healthsync.processes import process_alive, spawn_detached
+from healthsync.processes import file_lock, last_line, process_alive, spawn_detached
 
 STATE_DIR_NAME = "cohort-service"
 IDLE_SECONDS = 900.0
@@ -246,7 +245,7 @@ class FlowerExecutor:
         path = ServiceState.path(self.state_dir, federation)
         conn = self._connect(path)
         if conn is None:
-            with _file_lock(path.with_suffix(".lock")):
+            with file_lock(path.with_suffix(".lock")):
                 conn = self._connect(path) or self._start(federation, path)
         with conn:
             yield conn
@@ -290,7 +289,7 @@ class FlowerExecutor:
             elapsed = time.monotonic() - started
             if process.poll() is not None:
                 raise HealthSyncError(
-                    f"the analytics service exited while starting: {_last_line(log_path)}"
+                    f"the analytics service exited while starting: {last_line(log_path)}"
                 )
             if elapsed > self.start_timeout:
                 process.terminate()
@@ -304,22 +303,3 @@ class FlowerExecutor:
             time.sleep(0.2)
         self.progress(f"analytics service ready after {time.monotonic() - started:.0f} s")
         return conn
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no log"
-    return lines[-1].strip()[:300] if lines else "no output"

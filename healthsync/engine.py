@@ -1,0 +1,310 @@
+"""The warm training engine: one long-lived Flower simulation that runs training runs in turn.
+
+A cold run pays for Python imports, Ray's start and every actor's start-up
+(10-15 s on two cores) before its first round. The engine pays that once:
+``python -m simulation.engine serve`` keeps a Flower simulation on Ray with
+``ENGINE_NODES`` nodes waiting, and runs each run it accepts through the same
+round loop as a cold run (``simulation.server_app.execute``), so the first
+round of a run it serves is recorded within a second or two. It exits after
+``IDLE_SECONDS`` without a run, or when asked to stop.
+
+``healthsync.runs.start_run`` offers every local run to a running engine
+first and starts a cold run process when there is none, when it is busy with
+another run, or when the run needs more Flower nodes than the engine has (more
+than ``ENGINE_NODES`` blocks). The web app starts the engine (unless
+``HEALTHSYNC_ENGINE=off``); ``healthsync engine start|status|stop`` manage it
+by hand.
+
+The channel is a ``multiprocessing.connection`` listener on 127.0.0.1,
+authenticated with a random key that the engine writes, with its port, to a
+state file only its owner can read (``<db folder>/engine/engine.json``). Both
+ends of the protocol live here; ``simulation/engine.py`` only wires Flower.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+from typing import Any
+
+from healthsync.config import AUTO_BLOCK_THRESHOLD, TrainConfig
+from healthsync.errors import HealthSyncError
+from healthsync.processes import file_lock, last_line, process_alive, spawn_detached
+
+# Enough nodes for every automatic block layout: one node per hospital up to
+# AUTO_BLOCK_THRESHOLD hospitals, one block per CPU above.
+ENGINE_NODES = AUTO_BLOCK_THRESHOLD
+IDLE_SECONDS = 900.0
+START_SECONDS = 180.0
+REPLY_SECONDS = 30.0
+ENV_SWITCH = "HEALTHSYNC_ENGINE"  # "off": the app never starts the engine
+Progress = Callable[[float], None]
+
+
+def state_path(db: str | Path) -> Path:
+    """The engine's announcement file for runs recorded in ``db``."""
+    return Path(db).resolve().parent / "engine" / "engine.json"
+
+
+def enabled() -> bool:
+    """Whether the app may start the engine (``HEALTHSYNC_ENGINE=off`` turns it off)."""
+    return os.environ.get(ENV_SWITCH, "auto").lower() not in {"off", "0", "no", "false"}
+
+
+# ---------------------------------------------------------------- engine side
+class EngineServer:
+    """The engine's end of the channel: accepts runs while idle, hands them to the main loop.
+
+    Requests are answered at once by a listener thread, so a caller learns
+    straight away whether its run was taken (never twice: ``busy`` is set
+    before the reply). The main thread takes accepted runs with :meth:`next_run`.
+    """
+
+    def __init__(self, state_file: Path, *, nodes: int, fits: Callable[[TrainConfig], str | None]):
+        self.state_file = state_file
+        self.nodes = nodes
+        self.fits = fits  # why a run cannot be served here, or None
+        self.busy = False
+        self.stopping = False
+        self.runs_served = 0
+        self.lock = threading.Lock()
+        self.runs: queue.Queue[tuple[str, TrainConfig] | None] = queue.Queue()
+        authkey = secrets.token_bytes(32)
+        self.listener = Listener(("127.0.0.1", 0), authkey=authkey)
+        threading.Thread(target=self._accept_forever, daemon=True).start()
+        _write_private(
+            state_file,
+            {
+                "port": self.listener.address[1],
+                "authkey": authkey.hex(),
+                "pid": os.getpid(),
+                "nodes": nodes,
+            },
+        )
+
+    def next_run(self, idle_timeout: float) -> tuple[str, TrainConfig] | None:
+        """The next accepted run, or ``None`` to stop (asked to, or idle for ``idle_timeout``)."""
+        try:
+            job = self.runs.get(timeout=idle_timeout)
+        except queue.Empty:
+            job = None
+        with self.lock:
+            if job is None:
+                self.stopping = True
+        return job
+
+    def run_finished(self) -> None:
+        with self.lock:
+            self.busy = False
+            self.runs_served += 1
+
+    def close(self) -> None:
+        current = _read(self.state_file)
+        if current is not None and current.get("pid") == os.getpid():
+            self.state_file.unlink(missing_ok=True)
+        self.listener.close()
+
+    def _accept_forever(self) -> None:
+        while True:
+            try:
+                conn = self.listener.accept()
+            except AuthenticationError:
+                continue  # a caller without the key; ignore it
+            except OSError:
+                return  # the listener was closed
+            with conn, contextlib.suppress(EOFError, OSError):
+                conn.send_bytes(json.dumps(self._answer(conn.recv_bytes(1 << 20))).encode())
+
+    def _answer(self, raw: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(raw)
+            op = request["op"]
+        except (ValueError, TypeError, KeyError):
+            return {"ok": False, "error": "a request is a JSON object with an 'op'"}
+        with self.lock:
+            status = {"pid": os.getpid(), "nodes": self.nodes, "busy": self.busy}
+            if op == "status":
+                return {"ok": True, **status, "runs_served": self.runs_served}
+            if op == "stop":
+                self.stopping = True
+                self.runs.put(None)
+                return {"ok": True}
+            if op != "run":
+                return {"ok": False, "error": f"unknown op {op!r}"}
+            if self.busy or self.stopping:
+                return {"ok": True, "accepted": False, "why": "busy", **status}
+            try:
+                config = TrainConfig.from_json(request["config"])
+                why = self.fits(config)
+            except (HealthSyncError, KeyError, ValueError, TypeError) as err:
+                why = f"not a valid run: {err}"
+            if why:
+                return {"ok": True, "accepted": False, "why": why, **status}
+            self.busy = True
+            self.runs.put((str(request["run_id"]), config))
+            return {"ok": True, "accepted": True, **status}
+
+
+# ---------------------------------------------------------------- caller side
+def request(db: str | Path, message: dict[str, Any]) -> dict[str, Any] | None:
+    """Send one request to the engine of ``db``; its reply, or ``None`` when none is running."""
+    conn = _connect(state_path(db))
+    if conn is None:
+        return None
+    with conn:
+        try:
+            conn.send_bytes(json.dumps(message).encode())
+            if not conn.poll(REPLY_SECONDS):
+                raise HealthSyncError(
+                    f"the training engine did not answer in {REPLY_SECONDS:.0f} s"
+                )
+            return json.loads(conn.recv_bytes(1 << 20))
+        except (EOFError, OSError):
+            return None  # it was stopping
+
+
+def submit(config: TrainConfig, run_id: str) -> int | None:
+    """Offer a recorded, queued run to the engine; the engine's pid if it took it."""
+    reply = request(config.db, {"op": "run", "run_id": run_id, "config": config.to_json()})
+    if reply and reply.get("accepted"):
+        return int(reply["pid"])
+    return None
+
+
+def status(db: str | Path) -> dict[str, Any] | None:
+    """``pid``, ``nodes``, ``busy`` and ``runs_served`` of the running engine, or ``None``."""
+    reply = request(db, {"op": "status"})
+    return reply if reply and reply.get("ok") else None
+
+
+def stop(db: str | Path, *, timeout: float = 30.0) -> bool:
+    """Ask the engine to exit (after a run in progress); whether one was running."""
+    reply = request(db, {"op": "stop"})
+    if reply is None:
+        return False
+    deadline = time.monotonic() + timeout
+    while state_path(db).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return True
+
+
+def start(
+    db: str | Path, *, idle_timeout: float = IDLE_SECONDS, nodes: int = ENGINE_NODES
+) -> int | None:
+    """Start the engine in the background unless one is running or starting; the new pid."""
+    path = state_path(db)
+    with file_lock(path.with_suffix(".lock")):
+        if _connect_ok(path) or _starting(path):
+            return None
+        cmd = [
+            sys.executable,
+            "-m",
+            "simulation.engine",
+            "serve",
+            "--state",
+            str(path),
+            "--nodes",
+            str(nodes),
+            "--idle-timeout",
+            str(idle_timeout),
+        ]
+        process = spawn_detached(cmd, path.with_suffix(".log"))
+        _write_private(path.with_suffix(".starting"), {"pid": process.pid})
+        return process.pid
+
+
+def wait_ready(
+    db: str | Path, *, timeout: float = START_SECONDS, progress: Progress | None = None
+) -> dict:
+    """Block until the engine answers; its status. Raises if it exits or takes too long."""
+    path = state_path(db)
+    started = time.monotonic()
+    while (answer := status(db)) is None:
+        elapsed = time.monotonic() - started
+        if not _starting(path):
+            raise HealthSyncError(
+                f"the training engine exited while starting: {last_line(path.with_suffix('.log'))}"
+            )
+        if elapsed > timeout:
+            raise HealthSyncError(
+                f"the training engine did not start within {timeout:.0f} s (see {path.with_suffix('.log')})"
+            )
+        if progress:
+            progress(elapsed)
+        time.sleep(0.2)
+    return answer
+
+
+def launch_note(db: str | Path) -> str:
+    """One line for the Launch page on how fast a run will start; starts the engine if allowed."""
+    state = status(db)
+    if state is None and enabled():
+        start(db)
+        return (
+            "Starting the training engine (Flower on Ray, about 20 s); until it is ready, a run "
+            "starts cold and takes 10-15 s to its first round."
+        )
+    if state is None:
+        return (
+            "Runs start cold: 10-15 s to the first round while Ray starts. "
+            "`healthsync engine start` keeps Flower and Ray warm between runs."
+        )
+    if state["busy"]:
+        return (
+            "The training engine is busy with another run, so a run started now starts cold "
+            "(10-15 s to its first round)."
+        )
+    return "The training engine is warm: a run started now shows its first round within seconds."
+
+
+def _starting(path: Path) -> bool:
+    """Whether an engine process started by :func:`start` is still starting up."""
+    marker = _read(path.with_suffix(".starting"))
+    return bool(marker) and process_alive(int(marker.get("pid", 0)))
+
+
+def _connect_ok(path: Path) -> bool:
+    conn = _connect(path)
+    if conn is None:
+        return False
+    conn.close()
+    return True
+
+
+def _connect(path: Path) -> Connection | None:
+    state = _read(path)
+    if state is None:
+        return None
+    try:
+        return Client(("127.0.0.1", int(state["port"])), authkey=bytes.fromhex(state["authkey"]))
+    except (OSError, AuthenticationError, ValueError, KeyError):
+        if not process_alive(int(state.get("pid", 0))):
+            path.unlink(missing_ok=True)  # left behind by an engine that died
+        return None
+
+
+def _write_private(path: Path, data: dict) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    os.replace(tmp, path)
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

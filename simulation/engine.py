@@ -1,0 +1,104 @@
+"""``python -m simulation.engine serve``: the warm training engine (see ``healthsync.engine``).
+
+One Flower simulation on Ray with ``--nodes`` nodes. Its ServerApp waits for
+the nodes, warms every Ray actor up, announces itself, then runs each run the
+library hands it through the same round loop as a cold run
+(``simulation.server_app.execute``), one at a time, until it is idle for
+``--idle-timeout`` seconds or asked to stop. Runs record this process's pid,
+so one that dies with the engine is marked failed like any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from healthsync.config import TrainConfig
+from healthsync.data import load_federation
+from healthsync.engine import ENGINE_NODES, IDLE_SECONDS, EngineServer
+from healthsync.errors import HealthSyncError
+from simulation.server_app import execute
+
+log = logging.getLogger("healthsync.engine")
+NODE_WAIT_SECONDS = 120.0
+
+
+def fits(nodes: int):
+    """Why a run cannot be served by an engine of ``nodes`` nodes (``None`` if it can)."""
+
+    def why_not(config: TrainConfig) -> str | None:
+        hospitals = len(load_federation(config.data_dir).hospitals)
+        blocks = -(-hospitals // config.block_size_for(hospitals))
+        if blocks > nodes:
+            return f"needs {blocks} Flower nodes, the engine has {nodes}"
+        return None
+
+    return why_not
+
+
+def warm_up(grid: Grid, nodes: int) -> None:
+    """Wait for every node and ask each who it is, so every Ray actor has started its client app."""
+    deadline = time.monotonic() + NODE_WAIT_SECONDS
+    while len(ids := list(grid.get_node_ids())) < nodes:
+        if time.monotonic() > deadline:
+            raise HealthSyncError(f"only {len(ids)} of {nodes} Flower nodes came online")
+        time.sleep(0.05)
+    asks = [
+        Message(RecordDict(), message_type=f"{MessageType.QUERY}.identify", dst_node_id=n)
+        for n in ids
+    ]
+    for reply in grid.send_and_receive(asks):
+        if reply.has_error():
+            raise HealthSyncError(f"a Flower node failed to start: {reply.error.reason}")
+
+
+def make_server_app(state_file: Path, *, nodes: int, idle_timeout: float) -> ServerApp:
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        started = time.perf_counter()
+        warm_up(grid, nodes)
+        server = EngineServer(state_file, nodes=nodes, fits=fits(nodes))
+        log.info("engine ready: %d nodes in %.1f s", nodes, time.perf_counter() - started)
+        try:
+            while (job := server.next_run(idle_timeout)) is not None:
+                run_id, config = job
+                log.info("run %s started", run_id)
+                try:
+                    outcome = execute(grid, config, run_id)
+                finally:
+                    server.run_finished()
+                log.info("run %s %s", run_id, outcome)
+        finally:
+            server.close()
+        log.info("engine stopping")
+
+    return server_app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulation.engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="keep Flower and Ray warm and run training runs in turn")
+    serve.add_argument("--state", required=True, type=Path, help="state file to announce the port")
+    serve.add_argument("--nodes", type=int, default=ENGINE_NODES)
+    serve.add_argument("--idle-timeout", type=float, default=IDLE_SECONDS, help="seconds")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    log.setLevel(logging.INFO)
+    from simulation.launch import simulate
+
+    server_app = make_server_app(args.state, nodes=args.nodes, idle_timeout=args.idle_timeout)
+    simulate(server_app, args.nodes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

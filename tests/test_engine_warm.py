@@ -1,0 +1,108 @@
+"""The warm training engine: runs go to it while it is free, and give the same numbers.
+
+One engine (a real Flower simulation on Ray, 4 nodes) serves the whole module;
+its start-up (15-25 s) is paid once.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from healthsync import engine, runlog, runs
+from healthsync.cli import main
+from healthsync.config import TrainConfig
+from healthsync.store import MetricsStore
+from tests.engine_helpers import make_federation
+from tests.inprocess_grid import run_in_process
+
+pytestmark = pytest.mark.slow
+NODES = 4
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    fed = make_federation(root, "fed", hospitals=3, patients=80)
+    big = make_federation(root, "big", hospitals=NODES + 1, patients=40)
+    db = root / "m.duckdb"
+    pid = engine.start(db, idle_timeout=300, nodes=NODES)
+    assert pid is not None
+    try:
+        ready = engine.wait_ready(db)
+        yield {"db": db, "fed": fed, "big": big, "pid": ready["pid"]}
+    finally:
+        engine.stop(db, timeout=5)
+        _kill(pid)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _wait_for(predicate, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_run_on_the_engine_matches_the_same_run_anywhere(warm, tmp_path):
+    config = TrainConfig(data_dir=str(warm["fed"]), db=str(warm["db"]), rounds=3, seed=4)
+    run_id = runs.start_run(config)
+    run = runs.wait_for_run(warm["db"], run_id, timeout=120)
+    assert run["status"] == "completed" and run["pid"] == warm["pid"]
+    engine_rounds = runlog.run_detail(MetricsStore(warm["db"]), run_id)["rounds"]
+    reference, _ = run_in_process(config.replace(db=str(tmp_path / "ref.duckdb")))
+    for mine, theirs in zip(engine_rounds, reference["rounds"], strict=True):
+        for key in ("loss", "auc", "accuracy", "brier"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-6)
+    assert engine.status(warm["db"])["runs_served"] >= 1
+
+
+def test_a_busy_engine_or_a_run_too_big_for_it_is_refused(warm):
+    db = str(warm["db"])
+    big = TrainConfig(data_dir=str(warm["big"]), db=db, rounds=1)  # 5 hospitals, 5 nodes
+    assert engine.request(db, {"op": "run", "run_id": "x", "config": big.to_json()}) == {
+        "ok": True,
+        "accepted": False,
+        "why": f"needs {NODES + 1} Flower nodes, the engine has {NODES}",
+        "pid": warm["pid"],
+        "nodes": NODES,
+        "busy": False,
+    }
+    long_run = runs.start_run(TrainConfig(data_dir=str(warm["fed"]), db=db, rounds=500))
+    store = MetricsStore(db)
+    _wait_for(lambda: runlog.get_run(store, long_run)["status"] == "running")
+    assert engine.status(db)["busy"] is True
+    other = TrainConfig(data_dir=str(warm["fed"]), db=db, rounds=1)
+    assert engine.submit(other, "never-started") is None  # the caller starts it cold
+    runs.cancel_run(db, long_run)
+    assert runs.wait_for_run(db, long_run, timeout=120)["status"] == "cancelled"
+    _wait_for(lambda: engine.status(db)["busy"] is False)
+    assert store.scalar("SELECT count(*) FROM runs WHERE run_id = 'never-started'") == 0
+
+
+def test_engine_cli_reports_status(warm, capsys):
+    assert main(["engine", "status", "--db", str(warm["db"]), "--json"]) == 0
+    state = json.loads(capsys.readouterr().out)
+    assert state["running"] is True and state["pid"] == warm["pid"] and state["nodes"] == NODES
+    assert main(["engine", "start", "--db", str(warm["db"])]) == 0
+    assert f"engine already running (pid {warm['pid']}" in capsys.readouterr().out
+
+
+def test_a_run_whose_engine_dies_is_marked_failed(warm):
+    """Last in the module: it kills the engine."""
+    db = str(warm["db"])
+    run_id = runs.start_run(TrainConfig(data_dir=str(warm["fed"]), db=db, rounds=500))
+    store = MetricsStore(db)
+    _wait_for(lambda: store.scalar("SELECT count(*) FROM rounds WHERE run_id = ?", [run_id]) > 0)
+    os.kill(warm["pid"], signal.SIGKILL)
+    _wait_for(lambda: runs.run_status(db, run_id)["status"] == "failed", timeout=30)
+    assert "exited without finishing" in runs.run_status(db, run_id)["reason"]
+    _wait_for(lambda: engine.status(db) is None, timeout=10)
+    assert not engine.state_path(db).exists()  # the dead engine's announcement is cleared
