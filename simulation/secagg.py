@@ -151,9 +151,10 @@ class SecureAggregation:
                 f"{len(sampled)} hospitals did not answer, and each hospital needs "
                 f"{self.threshold} of its neighbours to unmask the sum"
             )
-        return SecureRound(
-            ArrayRecord(numpy_ndarrays=new.to_numpy_ndarrays()), sampled, summed, missing
-        )
+        # Flower dequantises to float64; keep the model's own dtypes.
+        dtypes = [a.dtype for a in arrays.to_numpy_ndarrays()]
+        mean = [a.astype(d) for a, d in zip(new.to_numpy_ndarrays(), dtypes, strict=True)]
+        return SecureRound(ArrayRecord(numpy_ndarrays=mean), sampled, summed, missing)
 
     def _who_took_part(self) -> tuple[list[int], list[int], dict[int, str]]:
         """Hospitals asked in the first stage, those whose masked model was summed, and the rest."""

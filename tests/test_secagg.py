@@ -14,8 +14,11 @@ from flwr.common.secure_aggregation.ndarrays_arithmetic import factor_combine
 from flwr.common.secure_aggregation.quantization import quantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
+from healthsync import runlog
 from healthsync.config import TrainConfig
 from healthsync.data import load_federation
+from healthsync.model import SavedModel
+from healthsync.store import MetricsStore
 from simulation.secagg import CLIPPING_RANGE, neighbourhood
 from tests.engine_helpers import make_federation
 from tests.inprocess_grid import run_in_process
@@ -93,6 +96,13 @@ def test_server_receives_masked_models_whose_sum_is_fedavg(fed, tmp_path):
     for key in ("loss", "auc", "accuracy", "brier"):
         assert secure_round[key] == pytest.approx(plain_round[key], rel=1e-4, abs=1e-5)
     assert secure_round["hospitals_ok"] == secure_round["hospitals_sampled"] == HOSPITALS
+    # The saved global model keeps the model's float32 weights (Flower dequantises to float64).
+    store = MetricsStore(secure["config"]["db"])
+    saved = SavedModel.from_bytes(runlog.load_model_blob(store, secure["run_id"]))
+    plain_saved = SavedModel.from_bytes(runlog.load_model_blob(store, plain["run_id"]))
+    assert [a.dtype for a in saved.arrays] == [a.dtype for a in plain_saved.arrays]
+    for ours, theirs in zip(saved.arrays, plain_saved.arrays, strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-4)
     kinds = [e["kind"] for e in secure["events"]]
     assert "privacy" in kinds and "secure aggregation (SecAgg+)" in secure["events"][1]["message"]
 
