@@ -187,15 +187,20 @@ def status(db: str | Path) -> dict[str, Any] | None:
     return reply if reply and reply.get("ok") else None
 
 
-def stop(db: str | Path, *, timeout: float = 30.0) -> bool:
-    """Ask the engine to exit (after a run in progress); whether one was running."""
-    reply = request(db, {"op": "stop"})
-    if reply is None:
-        return False
+def stop(db: str | Path, *, timeout: float = 30.0) -> str | None:
+    """Ask the engine to exit after the run it is serving.
+
+    ``"stopped"`` once it has gone, ``"stopping"`` if it is still finishing a
+    run after ``timeout`` seconds, ``None`` when no engine was running.
+    """
+    if request(db, {"op": "stop"}) is None:
+        return None
     deadline = time.monotonic() + timeout
-    while state_path(db).exists() and time.monotonic() < deadline:
+    while state_path(db).exists():
+        if time.monotonic() > deadline:
+            return "stopping"
         time.sleep(0.1)
-    return True
+    return "stopped"
 
 
 def start(

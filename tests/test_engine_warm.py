@@ -93,6 +93,8 @@ def test_engine_cli_reports_status(warm, capsys):
     assert state["running"] is True and state["pid"] == warm["pid"] and state["nodes"] == NODES
     assert main(["engine", "start", "--db", str(warm["db"])]) == 0
     assert f"engine already running (pid {warm['pid']}" in capsys.readouterr().out
+    assert main(["engine", "stop", "--db", str(warm["db"].parent / "other" / "m.duckdb")]) == 0
+    assert capsys.readouterr().out.strip() == "no engine was running"
 
 
 def test_a_run_whose_engine_dies_is_marked_failed(warm):

@@ -83,5 +83,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_stop(args: argparse.Namespace) -> int:
     from healthsync import engine
 
-    print("engine stopped" if engine.stop(args.db) else "no engine was running")
+    outcome = engine.stop(args.db)
+    messages = {
+        None: "no engine was running",
+        "stopped": "engine stopped",
+        "stopping": "engine stopping: it exits when the run it is serving ends",
+    }
+    print(messages[outcome])
     return 0
