@@ -72,7 +72,6 @@ def _hospital(data_dir: str, index: int, target: str) -> HospitalArrays:
     return hospital_arrays(federation, federation.hospitals[index].id, target)
 
 
-def _requested(msg: Message, context: Context) -> tuple[list[int], ConfigRecord]:
 _cached_federation: list[str] = []
 
 
@@ -84,10 +83,11 @@ def _keep_only(data_dir: str) -> None:
         _cached_federation[:] = [data_dir]
 
 
+def _requested(msg: Message, context: Context) -> tuple[list[int], ConfigRecord]:
     """The hospital indices this message asks for, checked against the node's own block."""
     config = msg.content["config"]
-    block = int(config.get("block-size", 1))
     _keep_only(str(config["data-dir"]))
+    block = int(config.get("block-size", 1))
     first = int(context.node_config["partition-id"]) * block
     mine = range(first, min(first + block, len(_federation(str(config["data-dir"])).hospitals)))
     wanted = [int(i) for i in config.get("hospitals", list(mine))]
