@@ -35,7 +35,7 @@ from functools import cache
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_clip_model_update
 
@@ -51,6 +51,7 @@ from healthsync.training import (
     fit_from,
     hospital_arrays,
 )
+from simulation.hospital_grid import arrays_record
 from simulation.secagg_mod import secure_aggregation
 from simulation.strategies import HOSPITAL_WEIGHT
 
@@ -244,7 +245,7 @@ def train(msg: Message, context: Context) -> Message:
         out = {}
         for (index, hospital), d, (new, loss) in zip(ready, data, results, strict=True):
             new = _outgoing(new, arrays, config, _attack(hospital, config), _seed(config, index))
-            out[f"arrays/{index}"] = ArrayRecord(numpy_ndarrays=new)
+            out[f"arrays/{index}"] = arrays_record(new)
             out[f"metrics/{index}"] = MetricRecord(
                 {"num-examples": len(d.y_train), "train-loss": float(loss), HOSPITAL_WEIGHT: 1}
             )

@@ -13,9 +13,7 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAdagrad,
     FedAdam,
-    FedAvg,
     FedMedian,
-    FedProx,
     FedTrimmedAvg,
     FedYogi,
     Krum,
@@ -25,6 +23,7 @@ from flwr.supercore.privacy_accounting import PrivacySpent
 
 from healthsync import privacy
 from healthsync.config import TrainConfig
+from simulation.hospital_grid import BlockFedAvg, BlockFedProx
 
 # Every hospital's training reply carries this metric, always 1: a DP mean weighs
 # hospitals equally, since clipping bounds a hospital's influence only then.
@@ -66,9 +65,9 @@ def _base(config: TrainConfig, common: dict) -> Strategy:
     server_opt = {"eta": config.server_lr, "eta_l": config.lr}
     match config.strategy:
         case "fedavg":
-            return FedAvg(**common)
+            return BlockFedAvg(**common)
         case "fedprox":
-            return FedProx(**common, proximal_mu=config.proximal_mu)
+            return BlockFedProx(**common, proximal_mu=config.proximal_mu)
         case "fedadam":
             return FedAdam(**common, **server_opt)
         case "fedyogi":

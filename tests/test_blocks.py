@@ -80,3 +80,112 @@ def test_automatic_block_size():
     assert config.block_size_for(1000, cpus=2) == 500
     assert config.block_size_for(100_000, cpus=2) == 2048
     assert TrainConfig(block_size=64).block_size_for(10) == 10
+
+
+def test_block_replies_codec_is_byte_identical_to_flowers():
+    from flwr.app import ArrayRecord
+
+    from simulation.hospital_grid import _fast_loading, arrays_record
+
+    rng = np.random.default_rng(0)
+    arrays = [
+        rng.standard_normal((1, 18)).astype(np.float32),
+        rng.standard_normal(1).astype(np.float32),
+        rng.standard_normal((3, 4)),  # float64
+        np.asfortranarray(rng.standard_normal((3, 4)).astype(np.float32)),  # Fortran order
+        rng.standard_normal((5, 4)).astype(np.float32)[:, 1],  # strided view
+        np.array(2.5, dtype=np.float32),  # 0-d
+        np.arange(6, dtype=np.int64).reshape(2, 3),
+    ]
+    ours, flowers = arrays_record(arrays), ArrayRecord(numpy_ndarrays=arrays)
+    assert list(ours) == list(flowers)
+    for key in flowers:
+        assert (ours[key].dtype, ours[key].shape, ours[key].data) == (
+            flowers[key].dtype,
+            flowers[key].shape,
+            flowers[key].data,
+        )
+    loaded = _fast_loading(ours)
+    for got, want in zip(loaded.to_numpy_ndarrays(), flowers.to_numpy_ndarrays(), strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        assert got.flags.writeable
+    first = loaded["0"].numpy()
+    first += 1.0  # a fresh array each call, as np.load gives: the record is unchanged
+    np.testing.assert_array_equal(loaded["0"].numpy(), arrays[0])
+    assert loaded.object_id == flowers.object_id
+
+
+def _train_replies(count: int, kind: str, *, weight_key: str, seed: int = 0):
+    """``count`` training replies (every fifth an error) as the grid hands them to a strategy."""
+    from flwr.app import Error, Message, MetricRecord, RecordDict
+
+    from simulation.hospital_grid import _fast_loading, arrays_record
+    from tests.inprocess_grid import allow_messages
+
+    allow_messages()
+    rng = np.random.default_rng(seed)
+    shapes = [a.shape for a in get_arrays(build_model(kind, 7))]
+    replies = []
+    for i in range(count):
+        ask = Message(RecordDict(), dst_node_id=i + 1, message_type="train")
+        ask.metadata.__dict__["_message_id"] = f"ask-{i}"
+        if i % 5 == 4:
+            replies.append(Message(Error(code=1, reason="dropped out"), reply_to=ask))
+            continue
+        arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        metrics = {"num-examples": int(rng.integers(20, 400)), "train-loss": float(rng.random())}
+        metrics[weight_key] = metrics.get(weight_key, 1)
+        content = RecordDict(
+            {"arrays": _fast_loading(arrays_record(arrays)), "metrics": MetricRecord(metrics)}
+        )
+        replies.append(Message(content, reply_to=ask))
+    return replies
+
+
+@pytest.mark.parametrize(
+    ("kind", "weight_key"), [("logreg", "num-examples"), ("mlp", "hospital-weight")]
+)
+def test_stacked_fedavg_equals_flowers_fedavg(kind, weight_key):
+    from flwr.serverapp.strategy import FedAvg, FedProx
+
+    from simulation.hospital_grid import BlockFedAvg, BlockFedProx
+
+    replies = _train_replies(300, kind, weight_key=weight_key)
+    for ours, theirs in (
+        (BlockFedAvg(weighted_by_key=weight_key), FedAvg(weighted_by_key=weight_key)),
+        (BlockFedProx(weighted_by_key=weight_key), FedProx(weighted_by_key=weight_key)),
+    ):
+        (arrays, metrics), (their_arrays, their_metrics) = (
+            s.aggregate_train(1, replies) for s in (ours, theirs)
+        )
+        assert list(arrays) == list(their_arrays)
+        for a, b in zip(
+            arrays.to_numpy_ndarrays(), their_arrays.to_numpy_ndarrays(), strict=True
+        ):
+            assert a.dtype == b.dtype == np.float32
+            np.testing.assert_allclose(a, b, atol=1e-6)
+        assert list(metrics) == list(their_metrics)
+        for key in metrics:
+            assert metrics[key] == pytest.approx(their_metrics[key], abs=1e-6)
+
+
+def test_stacked_fedavg_leaves_irregular_replies_to_flower():
+    from flwr.app import MetricRecord
+    from flwr.serverapp.exception import InconsistentMessageReplies
+    from flwr.serverapp.strategy import FedAvg
+
+    from simulation.hospital_grid import BlockFedAvg
+
+    replies = _train_replies(6, "logreg", weight_key="num-examples")
+    replies[0].content["metrics"] = MetricRecord({"num-examples": 50, "train-loss": [0.5, 0.25]})
+    replies[1].content["metrics"] = MetricRecord({"num-examples": 70, "train-loss": [0.1, 0.2]})
+    replies[2].content["metrics"] = MetricRecord({"num-examples": 90, "train-loss": [0.3, 0.4]})
+    replies[3].content["metrics"] = MetricRecord({"num-examples": 10, "train-loss": [0.7, 0.8]})
+    replies[5].content["metrics"] = MetricRecord({"num-examples": 30, "train-loss": [0.9, 1.0]})
+    ours, theirs = BlockFedAvg().aggregate_train(1, replies), FedAvg().aggregate_train(1, replies)
+    np.testing.assert_allclose(ours[1]["train-loss"], theirs[1]["train-loss"])  # lists: Flower's
+    del replies[5].content["metrics"]
+    for strategy in (BlockFedAvg(), FedAvg()):
+        with pytest.raises(InconsistentMessageReplies):
+            strategy.aggregate_train(1, replies)
