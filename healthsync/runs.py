@@ -8,6 +8,7 @@ app and the CLI watch it and how a cancel request reaches it.
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -70,6 +71,22 @@ def check_config(config: TrainConfig) -> tuple[TrainConfig, Federation]:
     return checked, federation
 
 
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Refuse a Ray cluster address nothing answers on (Ray itself would retry forever)."""
+    if address in {"auto", "local"}:
+        return
+    where = address.removeprefix("ray://")
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise HealthSyncError(f"Ray address {address!r} is not HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise HealthSyncError(
+            f"cannot reach the Ray cluster at {address}: {err.strerror or err}"
+        ) from None
+
+
 def start_run(config: TrainConfig, *, ray_address: str | None = None) -> str:
     """Validate, record the run as queued, start it; return the run id at once.
 
@@ -77,6 +94,8 @@ def start_run(config: TrainConfig, *, ray_address: str | None = None) -> str:
     (``healthsync.engine``), else to a process of its own (a cold start).
     """
     config, _ = check_config(config)
+    if ray_address:
+        check_ray_address(ray_address)
     store = MetricsStore(config.db)
     run_id = runlog.new_run_id()
     runlog.create_run(store, run_id, config)

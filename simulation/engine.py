@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -96,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     from simulation.launch import simulate
 
     server_app = make_server_app(args.state, nodes=args.nodes, idle_timeout=args.idle_timeout)
-    simulate(server_app, args.nodes)
+    try:
+        simulate(server_app, args.nodes)
+    except Exception:
+        log.exception("the engine's Flower simulation crashed")
+        # Flower's threads may wait forever for a ServerApp that is gone; a run it was
+        # serving is marked failed by the next reader, since this pid is gone.
+        os._exit(1)
     return 0
 
 

@@ -55,6 +55,8 @@ def fed(tmp_path_factory):
             ["--secagg", "--fraction", "0.7"],
             "secure aggregation needs at least 3 hospitals sampled per round, got 2",
         ),
+        (["--ray-address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+        (["--ray-address", "nonsense"], "Ray address 'nonsense' is not HOST:PORT"),
         (["--dropout", "1"], "dropout must be in [0, 1)"),
         (["--dropout", "-0.1"], "dropout must be in [0, 1)"),
         (["--straggler-delay", "-1"], "straggler delay must be >= 0 seconds"),
