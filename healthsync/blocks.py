@@ -3,25 +3,24 @@
 Large federations are fast only when many hospitals train together: a Python
 loop of tiny PyTorch steps costs far more in overhead than in arithmetic. Here
 each hospital keeps its own copy of the parameters (stacked along a leading
-hospital axis) and ``torch.func.vmap`` takes one SGD step for all of them at
-once. Every hospital sees exactly the mini-batches ``training.train_local``
-would give it (same seeded shuffles, same batch boundaries), so its update
-matches the one-hospital-at-a-time path to float32 precision. Hospitals with
-fewer batches than the largest simply stop updating (a per-step mask).
+hospital axis) and batched matrix products take one SGD step for all of them
+at once, in one autograd graph. Every hospital sees exactly the mini-batches
+``training.train_local`` would give it (same seeded shuffles, same batch
+boundaries), so its update matches the one-hospital-at-a-time path to float32
+precision. A hospital whose epoch has no batch left stops updating; such
+hospitals are left out of the step's arithmetic altogether.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 from scipy.stats import rankdata
-from torch.func import functional_call, vmap
 
 from healthsync.metrics import SCORE_BINS, BinaryMetrics
-from healthsync.model import build_model
+from healthsync.model import build_model, predict_proba, set_arrays
 from healthsync.training import LocalData
 
 
@@ -31,13 +30,6 @@ def _stack(model: torch.nn.Module, arrays: list[np.ndarray], count: int) -> dict
         n: torch.from_numpy(np.asarray(a)).expand(count, *a.shape).clone()
         for n, a in zip(names, arrays, strict=True)
     }
-
-
-def _pad(parts: list[np.ndarray], length: int) -> torch.Tensor:
-    out = np.zeros((len(parts), length, *parts[0].shape[1:]), dtype=np.float32)
-    for i, part in enumerate(parts):
-        out[i, : len(part)] = part
-    return torch.from_numpy(out)
 
 
 def _forward(model: torch.nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor):
@@ -58,12 +50,17 @@ def _forward(model: torch.nn.Module, params: dict[str, torch.Tensor], x: torch.T
 
 
 def _epoch_order(
-    generators: list[torch.Generator], sizes: list[int], slots: int, valid: torch.Tensor
+    generators: list[torch.Generator], sizes: torch.Tensor, first: torch.Tensor, slots: int
 ) -> torch.Tensor:
-    """Row order for one epoch: hospital i's own seeded shuffle, padded to ``slots`` rows."""
-    order = torch.zeros((len(sizes), slots), dtype=torch.long)
-    order[valid] = torch.cat(
-        [torch.randperm(n, generator=g) for g, n in zip(generators, sizes, strict=True)]
+    """Rows (into the concatenated rows) for one epoch, ``(hospitals, slots)``.
+
+    Hospital ``i`` gets its own seeded shuffle of its rows; slots past its
+    last row repeat its first row (they are masked out of the loss).
+    """
+    order = first[:, None].expand(len(generators), slots).clone()
+    valid = torch.arange(slots)[None, :] < sizes[:, None]
+    order[valid] += torch.cat(
+        [torch.randperm(int(n), generator=g) for g, n in zip(generators, sizes, strict=True)]
     )
     return order
 
@@ -85,48 +82,55 @@ def train_stacked(
     per model parameter, row ``i`` is hospital ``i``'s) and each hospital's mean
     training loss over the last epoch, as ``training.train_local`` would give
     for that hospital alone.
+
+    Hospitals differ in size, so in an epoch's later steps only the larger ones
+    still have a batch. Hospitals are therefore taken largest first, and step
+    ``s`` computes only the leading ones that still have rows left; rows are
+    read from one concatenation of all hospitals' rows, without padding.
     """
     torch.set_num_threads(1)
     count = len(data)
+    largest_first = sorted(range(count), key=lambda i: -len(data[i].y_train))
+    data = [data[i] for i in largest_first]
+    generators = [torch.Generator().manual_seed(seeds[i]) for i in largest_first]
     model = build_model(kind, data[0].x_train.shape[1])
-    params = {n: p.requires_grad_() for n, p in _stack(model, arrays, count).items()}
-    anchor = {n: p.detach().clone() for n, p in params.items()} if proximal_mu > 0 else {}
-    sizes = [len(d.y_train) for d in data]
-    longest = max(sizes)
-    x = _pad([d.x_train for d in data], longest)
-    flat_x, flat_y = x.view(count * longest, -1), _pad([d.y_train for d in data], longest).view(-1)
-    steps = max(math.ceil(n / batch_size) for n in sizes)
-    slots = steps * batch_size
-    valid = torch.arange(slots)[None, :] < torch.tensor(sizes)[:, None]
-    weights = valid.float()
-    offsets = (torch.arange(count) * longest)[:, None]
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    params = _stack(model, arrays, count)
+    anchor = {n: p.clone() for n, p in params.items()} if proximal_mu > 0 else {}
+    sizes = torch.tensor([len(d.y_train) for d in data])
+    first = torch.cumsum(sizes, 0) - sizes
+    flat_x = torch.from_numpy(np.concatenate([d.x_train for d in data]))
+    flat_y = torch.from_numpy(np.concatenate([d.y_train for d in data]))
+    steps = -(-sizes // batch_size)  # per hospital, largest first
+    slots = int(steps[0]) * batch_size
+    weights = (torch.arange(slots)[None, :] < sizes[:, None]).float()
+    active = [int((steps > s).sum()) for s in range(int(steps[0]))]  # a leading run
     last = torch.zeros(count)
     for _ in range(epochs):
-        order = _epoch_order(generators, sizes, slots, valid) + offsets
+        order = _epoch_order(generators, sizes, first, slots)
         total = torch.zeros(count)
-        for step in range(steps):
+        for step, k in enumerate(active):
             cols = slice(step * batch_size, (step + 1) * batch_size)
-            rows, wb = order[:, cols].reshape(-1), weights[:, cols]
-            xb = flat_x.index_select(0, rows).view(count, batch_size, -1)
-            yb = flat_y.index_select(0, rows).view(count, batch_size)
+            rows, wb = order[:k, cols].reshape(-1), weights[:k, cols]
+            xb = flat_x.index_select(0, rows).view(k, batch_size, -1)
+            yb = flat_y.index_select(0, rows).view(k, batch_size)
+            live = {n: p[:k].detach().requires_grad_() for n, p in params.items()}
             losses = torch.nn.functional.binary_cross_entropy_with_logits(
-                _forward(model, params, xb), yb, reduction="none"
+                _forward(model, live, xb), yb, reduction="none"
             )
             used = wb.sum(dim=1)
-            loss = (losses * wb).sum(dim=1) / used.clamp(min=1.0)
+            loss = (losses * wb).sum(dim=1) / used
             if proximal_mu > 0:
                 loss = loss + proximal_mu / 2 * sum(
-                    ((params[n] - anchor[n]) ** 2).flatten(1).sum(dim=1) for n in params
+                    ((live[n] - anchor[n][:k]) ** 2).flatten(1).sum(dim=1) for n in live
                 )
-            grads = torch.autograd.grad(loss.sum(), list(params.values()))
-            active = (used > 0).float()
+            grads = torch.autograd.grad(loss.sum(), list(live.values()))
             with torch.no_grad():
                 for p, g in zip(params.values(), grads, strict=True):
-                    p -= lr * g * active.view((count,) + (1,) * (p.dim() - 1))
-            total += loss.detach() * used
-        last = total / torch.tensor(sizes, dtype=torch.float32)
-    return [p.detach().numpy() for p in params.values()], last.numpy()
+                    p[:k] -= lr * g
+            total[:k] += loss.detach() * used
+        last = total / sizes.float()
+    back = torch.tensor(largest_first).argsort()  # to the caller's order
+    return [p[back].numpy() for p in params.values()], last[back].numpy()
 
 
 def train_block(
@@ -140,25 +144,16 @@ def train_block(
     return [[a[i] for a in stacked] for i in range(len(data))], losses.tolist()
 
 
-@torch.no_grad()
-def predict_block(
-    kind: str, arrays: list[list[np.ndarray]] | list[np.ndarray], x: list[np.ndarray]
-) -> list[np.ndarray]:
-    """Predicted probabilities per hospital; ``arrays`` is one model for all or one per hospital."""
-    count = len(x)
+def predict_block(kind: str, arrays: list[np.ndarray], x: list[np.ndarray]) -> list[np.ndarray]:
+    """The model ``arrays``' predicted probabilities on each hospital's rows.
+
+    Every hospital is scored with the same (global) model, so one forward pass
+    over all hospitals' rows together does it, without padding.
+    """
     model = build_model(kind, x[0].shape[1])
-    names = list(model.state_dict().keys())
-    if arrays and isinstance(arrays[0], np.ndarray):
-        params = _stack(model, arrays, count)
-    else:
-        params = {
-            n: torch.from_numpy(np.stack([a[j] for a in arrays])) for j, n in enumerate(names)
-        }
-    longest = max(len(part) for part in x)
-    padded = _pad(x, longest)
-    logits = vmap(lambda p, xb: functional_call(model, p, (xb,)).squeeze(-1))(params, padded)
-    probs = torch.sigmoid(logits).double().numpy()
-    return [probs[i, : len(part)] for i, part in enumerate(x)]
+    set_arrays(model, arrays)
+    probs = predict_proba(model, np.concatenate(x))
+    return np.split(probs, np.cumsum([len(part) for part in x])[:-1])
 
 
 def evaluate_block(
