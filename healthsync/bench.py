@@ -252,9 +252,10 @@ def measure_vectorised(
 def steady_round_seconds(seconds: list[float]) -> float:
     """Median seconds of the rounds after the first, which pays one-off warm-up.
 
-    With Ray, any actor may serve any block, so an actor's first message for a
-    block also loads that block's hospitals; the median keeps such one-off
-    loads of the early rounds out of the steady-state figure.
+    The first round also reads every hospital's rows into its Ray actor (each
+    node always goes to the same actor, so later rounds read nothing); the
+    median keeps any remaining one-off cost and a noisy neighbour's burst out
+    of the steady-state figure.
     """
     later = seconds[1:] or seconds
     return float(statistics.median(later))

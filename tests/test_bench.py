@@ -87,6 +87,7 @@ def test_cli_sweep_through_flower(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "healthsync/vectorised" in out
+    assert "load average (1, 5, 15 min): before " in out
     stored = bench.sweeps(MetricsStore(tmp_path / "m.duckdb"))
     assert sorted(stored.filter(pl.col("status") == "ok")["way"].to_list()) == [
         "healthsync",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from healthsync.config import DEFAULT_DB, MODELS
@@ -61,6 +62,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         max_flower_hospitals=args.max_flower_hospitals,
     )
     total = len(config.hospitals) * len(config.models) * len(config.ways)
+    load_before = os.getloadavg()
     bar = tqdm(total=total, unit="measurement", file=sys.stderr)
 
     def progress(done: int, _total: int, result) -> None:
@@ -78,4 +80,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     ):
         print(table)
         print(ratios(table))
+    # The machine may be shared: a ratio means more next to how busy it was.
+    print(
+        f"load average (1, 5, 15 min): before {_load(load_before)}; after {_load(os.getloadavg())}"
+    )
     return 0
+
+
+def _load(averages: tuple[float, float, float]) -> str:
+    return ", ".join(f"{a:.2f}" for a in averages)
