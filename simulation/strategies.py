@@ -13,7 +13,9 @@ from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAdagrad,
     FedAdam,
+    FedAvg,
     FedMedian,
+    FedProx,
     FedTrimmedAvg,
     FedYogi,
     Krum,
@@ -64,10 +66,13 @@ def build_strategy(config: TrainConfig, hospitals: int) -> Strategy:
 def _base(config: TrainConfig, common: dict) -> Strategy:
     server_opt = {"eta": config.server_lr, "eta_l": config.lr}
     match config.strategy:
+        # Flower's DP accountant accepts only FedAvg's own aggregate_train, so DP
+        # runs keep Flower's classes; others get the stacked-array fast path.
         case "fedavg":
-            return BlockFedAvg(**common)
+            return FedAvg(**common) if config.dp else BlockFedAvg(**common)
         case "fedprox":
-            return BlockFedProx(**common, proximal_mu=config.proximal_mu)
+            fedprox = FedProx if config.dp else BlockFedProx
+            return fedprox(**common, proximal_mu=config.proximal_mu)
         case "fedadam":
             return FedAdam(**common, **server_opt)
         case "fedyogi":
