@@ -99,7 +99,7 @@ def test_failing_hospital_is_counted_and_runs_are_reproducible(fed, tmp_path, ca
     ]
     results = [cli_json(capsys, *args) for _ in range(2)]
     for code, summary in results:
-        assert code == 0 and summary["status"] == "completed"
+        assert code == 0 and summary["status"] == "completed", summary
         assert set(summary["final"]) == {"loss", "auc", "accuracy", "brier"}
     details = [runlog.run_detail(MetricsStore(db), s["run_id"]) for _, s in results]
     for detail in details:
