@@ -51,7 +51,7 @@ from healthsync.training import (
     fit_from,
     hospital_arrays,
 )
-from simulation.hospital_grid import arrays_record
+from simulation.hospital_grid import arrays_record, metrics_record
 from simulation.secagg_mod import secure_aggregation
 from simulation.strategies import HOSPITAL_WEIGHT
 
@@ -246,7 +246,7 @@ def train(msg: Message, context: Context) -> Message:
         for (index, hospital), d, (new, loss) in zip(ready, data, results, strict=True):
             new = _outgoing(new, arrays, config, _attack(hospital, config), _seed(config, index))
             out[f"arrays/{index}"] = arrays_record(new)
-            out[f"metrics/{index}"] = MetricRecord(
+            out[f"metrics/{index}"] = metrics_record(
                 {"num-examples": len(d.y_train), "train-loss": float(loss), HOSPITAL_WEIGHT: 1}
             )
         return out
@@ -271,7 +271,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             results = evaluate_block(kind, arrays, data)
         out = {}
         for (index, _), (result, histogram) in zip(ready, results, strict=True):
-            out[f"metrics/{index}"] = MetricRecord(
+            out[f"metrics/{index}"] = metrics_record(
                 {
                     "num-examples": result.n,
                     "loss": result.loss,

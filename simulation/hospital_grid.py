@@ -214,6 +214,29 @@ def arrays_record(arrays: list[np.ndarray]) -> ArrayRecord:
     return record
 
 
+def metrics_record(values: dict[str, int | float | list[int] | list[float]]) -> MetricRecord:
+    """``MetricRecord(values)``, with Flower's type rules checked in bulk.
+
+    A block answers with a record per hospital, histograms included, and
+    ``MetricRecord`` checks every list element through ``typing`` introspection.
+    The rules here are the same (``str`` keys; ``int`` or ``float`` values, not
+    ``bool``; a list holds one such type); anything else goes to ``MetricRecord``
+    itself, which raises as usual.
+    """
+    for key, value in values.items():
+        items = value if isinstance(value, list) else [value]
+        kind = type(items[0]) if items else int
+        if (
+            not isinstance(key, str)
+            or kind not in (int, float)
+            or any(type(v) is not kind for v in items)
+        ):
+            return MetricRecord(values)
+    record = MetricRecord()
+    record.__dict__["_data"].update(values)  # where TypedDict keeps its checked items
+    return record
+
+
 class _NpyArray(Array):
     """An ``Array`` whose ``numpy()`` skips ``np.load``'s header parsing for the standard header.
 

@@ -189,3 +189,28 @@ def test_stacked_fedavg_leaves_irregular_replies_to_flower():
     for strategy in (BlockFedAvg(), FedAvg()):
         with pytest.raises(InconsistentMessageReplies):
             strategy.aggregate_train(1, replies)
+
+
+def test_metrics_record_equals_flowers_and_keeps_its_checks():
+    from flwr.app import MetricRecord
+
+    from simulation.hospital_grid import metrics_record
+
+    values = {
+        "num-examples": 120,
+        "loss": 0.5,
+        "auc": float("nan"),
+        "hist-pos": [1.0, 0.0, 3.0],
+        "counts": [1, 2],
+        "empty": [],
+    }
+    ours, flowers = metrics_record(dict(values)), MetricRecord(dict(values))
+    assert type(ours) is MetricRecord and list(ours.items()) == list(flowers.items())
+    assert ours.object_id == flowers.object_id
+    ours["extra"] = 1.0  # still a working, checked record
+    with pytest.raises(TypeError):
+        ours["bad"] = "text"
+    for bad in ({"flag": True}, {"mixed": [1.0, 2]}, {"text": "x"}, {3: 1.0}):
+        with pytest.raises(TypeError):
+            metrics_record(bad)
+    assert list(metrics_record({"x": np.float64(0.5)}).items()) == [("x", 0.5)]  # Flower's path
