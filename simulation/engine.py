@@ -1,7 +1,7 @@
 """``python -m simulation.engine serve``: the warm training engine (see ``healthsync.engine``).
 
 One Flower simulation on Ray with ``--nodes`` nodes. Its ServerApp waits for
-the nodes, warms every Ray actor up, announces itself, then runs each run the
+the nodes, warms every Ray actor up with a tiny throwaway run, announces itself, then runs each run the
 library hands it through the same round loop as a cold run
 (``simulation.server_app.execute``), one at a time, until it is idle for
 ``--idle-timeout`` seconds or asked to stop. Runs record this process's pid,
@@ -14,16 +14,20 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from healthsync import runlog
 from healthsync.config import TrainConfig
 from healthsync.data import load_federation
+from healthsync.data.synthetic import generate_federation
 from healthsync.engine import ENGINE_NODES, IDLE_SECONDS, EngineServer
 from healthsync.errors import HealthSyncError
+from healthsync.store import MetricsStore
 from simulation.server_app import execute
 
 log = logging.getLogger("healthsync.engine")
@@ -59,6 +63,25 @@ def warm_up(grid: Grid, nodes: int) -> None:
             raise HealthSyncError(f"a Flower node failed to start: {reply.error.reason}")
 
 
+def rehearse(grid: Grid, nodes: int) -> None:
+    """One tiny throwaway run through the whole path, so the first real run finds everything warm.
+
+    The first run in fresh actors pays ~3 s of one-off work (torch's first
+    training and evaluation calls, lazy imports on both sides); a synthetic
+    federation with one hospital per CPU reaches every actor.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        hospitals = min(max(os.cpu_count() or 1, 2), nodes)
+        federation = generate_federation(Path(tmp) / "fed", hospitals=hospitals, patients=40)
+        config = TrainConfig(
+            data_dir=str(federation.data_dir), db=str(Path(tmp) / "m.duckdb"), rounds=1
+        )
+        runlog.create_run(MetricsStore(config.db), "rehearsal", config)
+        outcome = execute(grid, config, "rehearsal")
+        if outcome != "completed":
+            raise HealthSyncError(f"the engine's rehearsal run {outcome}")
+
+
 def make_server_app(state_file: Path, *, nodes: int, idle_timeout: float) -> ServerApp:
     server_app = ServerApp()
 
@@ -66,6 +89,7 @@ def make_server_app(state_file: Path, *, nodes: int, idle_timeout: float) -> Ser
     def main(grid: Grid, context: Context) -> None:
         started = time.perf_counter()
         warm_up(grid, nodes)
+        rehearse(grid, nodes)
         server = EngineServer(state_file, nodes=nodes, fits=fits(nodes))
         log.info("engine ready: %d nodes in %.1f s", nodes, time.perf_counter() - started)
         try:
