@@ -160,9 +160,7 @@ def test_stacked_fedavg_equals_flowers_fedavg(kind, weight_key):
             s.aggregate_train(1, replies) for s in (ours, theirs)
         )
         assert list(arrays) == list(their_arrays)
-        for a, b in zip(
-            arrays.to_numpy_ndarrays(), their_arrays.to_numpy_ndarrays(), strict=True
-        ):
+        for a, b in zip(arrays.to_numpy_ndarrays(), their_arrays.to_numpy_ndarrays(), strict=True):
             assert a.dtype == b.dtype == np.float32
             np.testing.assert_allclose(a, b, atol=1e-6)
         assert list(metrics) == list(their_metrics)
