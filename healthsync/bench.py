@@ -1,7 +1,10 @@
 """Stress test: the same federated workload three ways, side by side, kept in the store.
 
-- ``flower``: Flower on Ray, one client per hospital (block size 1), the classic
-  simulation every hospital as its own ClientApp call;
+- ``flower``: stock Flower on Ray, one client per hospital (block size 1), the
+  classic simulation with every hospital as its own ClientApp call, on Flower's
+  own Ray backend (none of HealthSync's scheduling; one CPU per actor, as for
+  the others, which gives it two actors on two cores where Flower's default
+  of two CPUs per client would give one);
 - ``healthsync``: Flower on Ray with block execution (automatic block size);
 - ``vectorised``: one process, no Flower or Ray (``healthsync.vectorised``),
   the hardware lower bound.
@@ -177,7 +180,9 @@ def measure_flower(
     config = TrainConfig(
         data_dir=str(data), db=db, model=model, rounds=rounds, seed=seed, block_size=block_size
     )
-    run_id = runs.start_run(config)
+    # Always a cold run process of its own (never the warm engine), so each
+    # measurement includes its start-up and its whole process tree's memory.
+    run_id = runs.start_run(config, warm=False, stock_flower=way == "flower")
     store = MetricsStore(db)
     pid = runlog.get_run(store, run_id)["pid"]
     hospitals = len(load_federation(data).hospitals)

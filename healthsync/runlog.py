@@ -190,6 +190,15 @@ def save_score_bins(store: MetricsStore, run_id: str, histogram: np.ndarray) -> 
         con.executemany("INSERT INTO score_bins VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
 
+def fail_if_active(store: MetricsStore, run_id: str, reason: str) -> bool:
+    """Mark a run failed unless it already ended (its own loop recorded how); whether it did."""
+    if get_run(store, run_id)["status"] not in ACTIVE:
+        return False
+    finish_run(store, run_id, "failed", reason=reason)
+    record_event(store, run_id, "failed", reason)
+    return True
+
+
 def reconcile_dead_runs(store: MetricsStore) -> list[str]:
     """Mark runs whose process is gone as failed, so none stays ``running`` forever."""
     active = store.frame("SELECT run_id, pid FROM runs WHERE status IN ('queued', 'running')")

@@ -87,11 +87,19 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def start_run(config: TrainConfig, *, ray_address: str | None = None) -> str:
+def start_run(
+    config: TrainConfig,
+    *,
+    ray_address: str | None = None,
+    warm: bool = True,
+    stock_flower: bool = False,
+) -> str:
     """Validate, record the run as queued, start it; return the run id at once.
 
     A local run goes to the warm training engine when one is running and free
     (``healthsync.engine``), else to a process of its own (a cold start).
+    ``warm=False`` always starts its own process; ``stock_flower`` runs it on
+    Flower's own Ray backend (both for the stress test's measurements).
     """
     config, _ = check_config(config)
     if ray_address:
@@ -99,7 +107,7 @@ def start_run(config: TrainConfig, *, ray_address: str | None = None) -> str:
     store = MetricsStore(config.db)
     run_id = runlog.new_run_id()
     runlog.create_run(store, run_id, config)
-    pid = None if ray_address else engine.submit(config, run_id)
+    pid = engine.submit(config, run_id) if warm and not (ray_address or stock_flower) else None
     if pid is None:
         cmd = [
             sys.executable,
@@ -113,6 +121,8 @@ def start_run(config: TrainConfig, *, ray_address: str | None = None) -> str:
         ]
         if ray_address:
             cmd += ["--ray-address", ray_address]
+        if stock_flower:
+            cmd.append("--stock-flower")
         pid = spawn_detached(cmd, Path(config.db).parent / "logs" / f"{run_id}.log").pid
     store.execute("UPDATE runs SET pid = ? WHERE run_id = ?", [pid, run_id])
     return run_id

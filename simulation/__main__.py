@@ -24,22 +24,30 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--run-id", required=True)
     run.add_argument("--config-json", required=True)
     run.add_argument("--ray-address", default=None)
+    run.add_argument(
+        "--stock-flower",
+        action="store_true",
+        help="Flower's own Ray backend (the stress test's baseline), not HealthSync's",
+    )
     args = parser.parse_args(argv)
     config = TrainConfig.from_json(args.config_json)
-    code = run_recorded(config, args.run_id, args.ray_address)
+    code = run_recorded(config, args.run_id, args.ray_address, stock=args.stock_flower)
     if code:
         # Flower's own threads may still wait for a ServerApp that never started.
         os._exit(code)
     return 0
 
 
-def run_recorded(config: TrainConfig, run_id: str, ray_address: str | None) -> int:
+def run_recorded(
+    config: TrainConfig, run_id: str, ray_address: str | None, *, stock: bool = False
+) -> int:
     """Run it; if Flower's runtime crashes around the round loop, record why (exit status 1)."""
     try:
-        launch.run(config, run_id, ray_address=ray_address)
+        launch.run(config, run_id, ray_address=ray_address, stock=stock)
     except Exception as err:
         logging.getLogger("healthsync.simulation").exception("simulation crashed")
-        fail_unfinished(config.db, run_id, f"the Flower simulation crashed: {root_cause(err)}")
+        reason = f"the Flower simulation crashed: {root_cause(err)}"
+        runlog.fail_if_active(MetricsStore(config.db), run_id, reason)
         return 1
     return 0
 
@@ -49,14 +57,6 @@ def root_cause(err: BaseException) -> str:
     while err.__cause__ is not None:
         err = err.__cause__
     return f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]
-
-
-def fail_unfinished(db: str, run_id: str, reason: str) -> None:
-    """Mark the run failed unless its round loop already recorded how it ended."""
-    store = MetricsStore(db)
-    if runlog.get_run(store, run_id)["status"] in runlog.ACTIVE:
-        runlog.finish_run(store, run_id, "failed", reason=reason)
-        runlog.record_event(store, run_id, "failed", reason)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from healthsync.data.synthetic import generate_federation
 from healthsync.engine import ENGINE_NODES, IDLE_SECONDS, EngineServer
 from healthsync.errors import HealthSyncError
 from healthsync.store import MetricsStore
+from simulation.launch import balanced_block_size, simulate
 from simulation.server_app import execute
 
 log = logging.getLogger("healthsync.engine")
@@ -39,7 +40,7 @@ def fits(nodes: int):
 
     def why_not(config: TrainConfig) -> str | None:
         hospitals = len(load_federation(config.data_dir).hospitals)
-        blocks = -(-hospitals // config.block_size_for(hospitals))
+        blocks = -(-hospitals // balanced_block_size(config, hospitals))
         if blocks > nodes:
             return f"needs {blocks} Flower nodes, the engine has {nodes}"
         return None
@@ -82,6 +83,17 @@ def rehearse(grid: Grid, nodes: int) -> None:
             raise HealthSyncError(f"the engine's rehearsal run {outcome}")
 
 
+def run_one(grid: Grid, config: TrainConfig, run_id: str) -> str:
+    """One accepted run, with the same block layout as a cold run; how it ended."""
+    try:
+        hospitals = len(load_federation(config.data_dir).hospitals)
+        config = config.replace(block_size=balanced_block_size(config, hospitals))
+    except Exception as err:  # e.g. its data went away since it was accepted
+        runlog.fail_if_active(MetricsStore(config.db), run_id, str(err).splitlines()[0][:300])
+        return "failed"
+    return execute(grid, config, run_id)
+
+
 def make_server_app(state_file: Path, *, nodes: int, idle_timeout: float) -> ServerApp:
     server_app = ServerApp()
 
@@ -97,7 +109,7 @@ def make_server_app(state_file: Path, *, nodes: int, idle_timeout: float) -> Ser
                 run_id, config = job
                 log.info("run %s started", run_id)
                 try:
-                    outcome = execute(grid, config, run_id)
+                    outcome = run_one(grid, config, run_id)
                 finally:
                     server.run_finished()
                 log.info("run %s %s", run_id, outcome)
@@ -118,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     log.setLevel(logging.INFO)
-    from simulation.launch import simulate
 
     server_app = make_server_app(args.state, nodes=args.nodes, idle_timeout=args.idle_timeout)
     try:

@@ -24,12 +24,21 @@ def backend_config(ray_address: str | None = None) -> dict:
     return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
 
 
-def simulate(server_app, nodes: int, *, ray_address: str | None = None, client_app=None) -> None:
+def simulate(
+    server_app,
+    nodes: int,
+    *,
+    ray_address: str | None = None,
+    client_app=None,
+    stock: bool = False,
+) -> None:
     """Run ``server_app`` against ``nodes`` simulated nodes of ``client_app``, on Ray, until it ends.
 
     ``client_app`` defaults to our ClientApp. Node ``p`` is always served by the
     same Ray actor (``simulation.ray_backend``), so each actor reads and keeps
-    only its own nodes' hospitals.
+    only its own nodes' hospitals. ``stock`` runs Flower's own Ray backend and
+    message polling instead (same Ray resources): the stress test's
+    one-client-per-hospital baseline.
     """
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -42,6 +51,14 @@ def simulate(server_app, nodes: int, *, ray_address: str | None = None, client_a
         from simulation.client_app import app as client_app
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    if stock:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=nodes,
+            backend_config=backend_config(ray_address),
+        )
+        return
     # A round with 10,000 hospitals makes a million short-lived Flower objects, enough to
     # trigger several full collections (a quarter of a second each, measured). Everything
     # loaded so far (PyTorch, Flower, Ray) lives as long as the process: frozen, no
@@ -76,11 +93,16 @@ def balanced_block_size(config: TrainConfig, hospitals: int, cpus: int | None = 
     return -(-hospitals // nodes)
 
 
-def run(config: TrainConfig, run_id: str, *, ray_address: str | None = None) -> None:
-    """Simulate one training run in this process (its outcome goes to the store)."""
+def run(
+    config: TrainConfig, run_id: str, *, ray_address: str | None = None, stock: bool = False
+) -> None:
+    """Simulate one training run in this process (its outcome goes to the store).
+
+    ``stock``: on Flower's own Ray backend (see :func:`simulate`).
+    """
     from simulation.server_app import make_server_app
 
     hospitals = len(load_federation(config.data_dir).hospitals)
     block = balanced_block_size(config, hospitals)
     server_app = make_server_app(config.replace(block_size=block), run_id)
-    simulate(server_app, -(-hospitals // block), ray_address=ray_address)
+    simulate(server_app, -(-hospitals // block), ray_address=ray_address, stock=stock)

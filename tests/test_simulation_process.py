@@ -1,5 +1,7 @@
 """The run process itself: its own Ray instance, and a crash of Flower's runtime recorded."""
 
+import contextlib
+
 from healthsync import runlog
 from healthsync.config import TrainConfig
 from healthsync.store import MetricsStore
@@ -52,3 +54,48 @@ def test_a_run_that_ended_itself_is_left_as_it_is(data_federation, tmp_path, mon
     monkeypatch.setattr(launch, "run", finish_then_crash)
     assert process.run_recorded(config, "run-y", None) == 1
     assert runlog.get_run(store, "run-y")["status"] == "completed"
+
+
+def test_stock_flower_baseline_runs_on_flowers_own_backend(monkeypatch):
+    """The stress test's baseline (a) must be stock Flower, not HealthSync's scheduling."""
+    import gc
+
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    from simulation import ray_backend
+
+    backends = []
+    monkeypatch.setattr(
+        "flwr.simulation.run_simulation", lambda **kwargs: backends.append(raybackend.RayBackend)
+    )
+    threshold = gc.get_threshold()
+    try:
+        launch.simulate(object(), 1, stock=True)
+        launch.simulate(object(), 1)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    assert backends[0] is not ray_backend.AffinityRayBackend
+    assert backends[1] is ray_backend.AffinityRayBackend
+    assert raybackend.RayBackend is backends[0]  # restored afterwards
+
+
+def test_the_stress_test_baseline_asks_for_a_cold_stock_run(monkeypatch, data_federation, tmp_path):
+    from healthsync import bench
+
+    asked = []
+
+    def start_run(config, **kwargs):
+        asked.append((config.block_size, kwargs))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr("healthsync.runs.start_run", start_run)
+    for block in (1, 0):
+        with contextlib.suppress(RuntimeError):
+            bench.measure_flower(
+                data_federation.data_dir, str(tmp_path / "m.duckdb"), "logreg", 2, 0, block, 60
+            )
+    assert asked == [
+        (1, {"warm": False, "stock_flower": True}),
+        (0, {"warm": False, "stock_flower": False}),
+    ]
