@@ -12,7 +12,7 @@ MEASURES = {
     "first_round_seconds": ("Time to the first round", "Seconds from start (s)"),
 }
 WAY_LABELS = {
-    "flower": "Flower, one client per hospital",
+    "flower": "Stock Flower, one client per hospital",
     "healthsync": "HealthSync blocks",
     "vectorised": "Vectorised (lower bound)",
 }

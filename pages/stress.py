@@ -86,6 +86,6 @@ st.subheader("Ratios")
 st.dataframe(bench.ratios(shown), hide_index=True)
 st.caption(
     "healthsync/vectorised: HealthSync's time per round over the lower bound (target: at most 2 at 10,000 hospitals); "
-    "flower/healthsync: how many times faster blocks are than one client per hospital."
+    "flower/healthsync: how many times faster blocks are than stock Flower with one client per hospital."
 )
 st.dataframe(shown, hide_index=True)
