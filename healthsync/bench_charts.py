@@ -36,7 +36,7 @@ def sweep_chart(results: pl.DataFrame, measure: str) -> alt.Chart:
             y=alt.Y(
                 f"{measure}:Q", scale=alt.Scale(type="log" if log_y else "linear"), title=y_title
             ),
-            color=alt.Color("Way:N", title="Execution"),
+            color=alt.Color("Way:N", title="Execution", legend=alt.Legend(labelLimit=320)),
             strokeDash=alt.StrokeDash("model:N", title="Model"),
             detail="Series:N",
             tooltip=[

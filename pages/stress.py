@@ -9,7 +9,7 @@ from pages._guard import require
 page = require("view")
 st.title("Stress test")
 st.caption(
-    "The same federated workload (data, model, rounds, seed) run three ways: Flower with one client "
+    "The same federated workload (data, model, rounds, seed) run three ways: stock Flower with one client "
     "per hospital, HealthSync's block execution, and a single-process vectorised loop with no Flower "
     "or Ray, the hardware lower bound. Every measurement is kept in the metrics store."
 )
