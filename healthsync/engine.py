@@ -100,7 +100,10 @@ class EngineServer:
             job = None
         with self.lock:
             if job is None:
-                self.stopping = True
+                try:  # a run accepted just as the idle timeout ran out is still served
+                    job = self.runs.get_nowait()
+                except queue.Empty:
+                    self.stopping = True
         return job
 
     def run_finished(self) -> None:
