@@ -96,7 +96,10 @@ class SecureAggregation:
         # SecAgg+ messages differ per node and name node ids inside their content,
         # so they go to the real Flower nodes, not HospitalGrid's virtual ones.
         self.tap = _Tap(grid.inner)
-        self.hospital_of_node = {node: block for block, node in grid.node_of_block.items()}
+        # A warm engine has more nodes than hospitals: only this run's take part.
+        self.hospital_of_node = {
+            node: block for block, node in grid.node_of_block.items() if block < grid.blocks
+        }
         manager = SimpleClientManager()
         for node in self.hospital_of_node:
             manager.register(GridClientProxy(node, grid.inner, 0))

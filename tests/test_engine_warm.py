@@ -64,6 +64,16 @@ def test_a_run_on_the_engine_matches_the_same_run_anywhere(warm, tmp_path):
     assert engine.status(warm["db"])["runs_served"] >= 1
 
 
+def test_a_secure_aggregation_run_uses_only_its_own_hospitals_nodes(warm):
+    """The engine has more nodes (4) than this federation has hospitals (3)."""
+    config = TrainConfig(data_dir=str(warm["fed"]), db=str(warm["db"]), rounds=2, secagg=True)
+    run_id = runs.start_run(config)
+    run = runs.wait_for_run(warm["db"], run_id, timeout=120)
+    assert run["status"] == "completed", run["reason"]
+    rounds = runlog.run_detail(MetricsStore(warm["db"]), run_id)["rounds"]
+    assert [(r["hospitals_sampled"], r["hospitals_ok"]) for r in rounds] == [(3, 3), (3, 3)]
+
+
 def test_a_busy_engine_or_a_run_too_big_for_it_is_refused(warm):
     db = str(warm["db"])
     big = TrainConfig(data_dir=str(warm["big"]), db=db, rounds=1)  # 5 hospitals, 5 nodes
