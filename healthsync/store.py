@@ -83,12 +83,16 @@ class MetricsStore:
         self.timeout = timeout
         self._memory = duckdb.connect(":memory:") if self.path == ":memory:" else None
         self._ready = False
+        self._held: duckdb.DuckDBPyConnection | None = None  # set inside batch()
 
     # ------------------------------------------------------------ connections
     @contextmanager
     def connect(self, *, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """A short-lived connection; ``write=False`` opens read-only when the file exists."""
         with _process_lock:
+            if self._held is not None:  # inside batch(): its connection and transaction
+                yield self._held
+                return
             if self._memory is not None:
                 self._ensure_schema(self._memory)
                 cursor = self._memory.cursor()
@@ -113,6 +117,25 @@ class MetricsStore:
                 raise
             finally:
                 con.close()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every read and write inside shares one connection and one transaction.
+
+        Opening the file costs tens of milliseconds once it holds many runs; a
+        training round writes its round, model and score bins, so it opens once
+        instead of three times, and readers see all of them or none.
+        """
+        with _process_lock:
+            if self._held is not None or self._memory is not None:
+                yield
+                return
+            with self.connect(write=True) as con:
+                self._held = con
+                try:
+                    yield
+                finally:
+                    self._held = None
 
     def _create(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)

@@ -131,21 +131,18 @@ class FederatedRun:
                 arrays, sampled, ok, failed = step
             final, histogram, per_hospital = self.evaluate(rnd, arrays, settings)
             spent = privacy_spent(strategy)
-            runlog.record_round(
-                self.store,
-                self.run_id,
-                {
-                    "round": rnd,
-                    **final.to_dict(),
-                    "seconds": time.perf_counter() - started,
-                    "hospitals_sampled": sampled,
-                    "hospitals_ok": ok,
-                    "hospitals_failed": failed,
-                    "epsilon": spent.epsilon if spent else None,
-                },
-                per_hospital,
-            )
-            self.save(encoder, scaler, arrays, histogram)
+            row = {
+                "round": rnd,
+                **final.to_dict(),
+                "seconds": time.perf_counter() - started,  # train + evaluate, not the writes
+                "hospitals_sampled": sampled,
+                "hospitals_ok": ok,
+                "hospitals_failed": failed,
+                "epsilon": spent.epsilon if spent else None,
+            }
+            with self.store.batch():  # one open: the round, its model and score bins
+                runlog.record_round(self.store, self.run_id, row, per_hospital)
+                self.save(encoder, scaler, arrays, histogram)
             if on_round:
                 on_round(rnd)
         return final

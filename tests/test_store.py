@@ -157,3 +157,23 @@ def test_reads_return_polars(store):
     runlog.create_run(store, "run-1", TrainConfig())
     assert isinstance(runlog.list_runs(store), pl.DataFrame)
     assert runlog.list_runs(store)["rounds_done"].to_list() == [0]
+
+
+def test_a_batch_opens_the_file_once_and_commits_all_or_nothing(tmp_path, monkeypatch):
+    store = MetricsStore(tmp_path / "m.duckdb")
+    runlog.create_run(store, "run-b", TrainConfig(data_dir=str(tmp_path), db=store.path))
+    opens = []
+    real_open = store._open
+    monkeypatch.setattr(store, "_open", lambda **kw: opens.append(kw) or real_open(**kw))
+    row = {"round": 1, "loss": 0.5, "auc": 0.7, "accuracy": 0.6, "brier": 0.2, "seconds": 1.0}
+    with store.batch():
+        runlog.record_round(store, "run-b", row, [])
+        runlog.save_model(store, "run-b", b"model")
+        assert store.scalar("SELECT count(*) FROM rounds") == 1  # its own writes are visible
+    assert opens == [{"read_only": False}]
+    assert runlog.load_model_blob(store, "run-b") == b"model"
+
+    with pytest.raises(RuntimeError), store.batch():
+        runlog.record_round(store, "run-b", {**row, "round": 2}, [])
+        raise RuntimeError("the model could not be saved")
+    assert store.scalar("SELECT max(round) FROM rounds") == 1  # round 2 was rolled back
