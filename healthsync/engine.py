@@ -39,7 +39,14 @@ from typing import Any
 
 from healthsync.config import AUTO_BLOCK_THRESHOLD, TrainConfig
 from healthsync.errors import HealthSyncError
-from healthsync.processes import file_lock, last_line, process_alive, spawn_detached
+from healthsync.processes import (
+    file_lock,
+    last_line,
+    process_alive,
+    read_json,
+    spawn_detached,
+    write_private,
+)
 
 # Enough nodes for every automatic block layout: one node per hospital up to
 # AUTO_BLOCK_THRESHOLD hospitals, one block per CPU above.
@@ -70,10 +77,14 @@ class EngineServer:
     before the reply). The main thread takes accepted runs with :meth:`next_run`.
     """
 
-    def __init__(self, state_file: Path, *, nodes: int, fits: Callable[[TrainConfig], str | None]):
+    def __init__(
+        self, state_file: Path, *, nodes: int, prepare: Callable[[TrainConfig], TrainConfig]
+    ):
         self.state_file = state_file
         self.nodes = nodes
-        self.fits = fits  # why a run cannot be served here, or None
+        # The run's settings as the engine will run them; raises HealthSyncError
+        # saying why it cannot serve the run.
+        self.prepare = prepare
         self.busy = False
         self.stopping = False
         self.runs_served = 0
@@ -82,7 +93,7 @@ class EngineServer:
         authkey = secrets.token_bytes(32)
         self.listener = Listener(("127.0.0.1", 0), authkey=authkey)
         threading.Thread(target=self._accept_forever, daemon=True).start()
-        _write_private(
+        write_private(
             state_file,
             {
                 "port": self.listener.address[1],
@@ -112,7 +123,7 @@ class EngineServer:
             self.runs_served += 1
 
     def close(self) -> None:
-        current = _read(self.state_file)
+        current = read_json(self.state_file)
         if current is not None and current.get("pid") == os.getpid():
             self.state_file.unlink(missing_ok=True)
         self.listener.close()
@@ -148,11 +159,12 @@ class EngineServer:
                 return {"ok": True, "accepted": False, "why": "busy", **status}
             try:
                 config = TrainConfig.from_json(request["config"])
-                why = self.fits(config)
             except (HealthSyncError, KeyError, ValueError, TypeError) as err:
-                why = f"not a valid run: {err}"
-            if why:
-                return {"ok": True, "accepted": False, "why": why, **status}
+                return {"ok": True, "accepted": False, "why": f"not a valid run: {err}", **status}
+            try:
+                config = self.prepare(config)
+            except HealthSyncError as err:
+                return {"ok": True, "accepted": False, "why": str(err), **status}
             self.busy = True
             self.runs.put((str(request["run_id"]), config))
             return {"ok": True, "accepted": True, **status}
@@ -227,7 +239,7 @@ def start(
             str(idle_timeout),
         ]
         process = spawn_detached(cmd, path.with_suffix(".log"))
-        _write_private(path.with_suffix(".starting"), {"pid": process.pid})
+        write_private(path.with_suffix(".starting"), {"pid": process.pid})
         return process.pid
 
 
@@ -277,7 +289,7 @@ def launch_note(db: str | Path) -> str:
 
 def _starting(path: Path) -> bool:
     """Whether an engine process started by :func:`start` is still starting up."""
-    marker = _read(path.with_suffix(".starting"))
+    marker = read_json(path.with_suffix(".starting"))
     return bool(marker) and process_alive(int(marker.get("pid", 0)))
 
 
@@ -290,7 +302,7 @@ def _connect_ok(path: Path) -> bool:
 
 
 def _connect(path: Path) -> Connection | None:
-    state = _read(path)
+    state = read_json(path)
     if state is None:
         return None
     try:
@@ -299,20 +311,3 @@ def _connect(path: Path) -> Connection | None:
         if not process_alive(int(state.get("pid", 0))):
             path.unlink(missing_ok=True)  # left behind by an engine that died
         return None
-
-
-def _write_private(path: Path, data: dict) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-    os.replace(tmp, path)
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None

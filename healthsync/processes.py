@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import secrets
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
@@ -63,3 +65,22 @@ def last_line(path: Path) -> str:
     except OSError:
         return "no log"
     return lines[-1].strip()[:300] if lines else "no output"
+
+
+def write_private(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON readable by its owner only, atomically (a reader sees old or new)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object written by :func:`write_private`, or ``None`` if missing or unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

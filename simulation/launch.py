@@ -93,6 +93,13 @@ def balanced_block_size(config: TrainConfig, hospitals: int, cpus: int | None = 
     return -(-hospitals // nodes)
 
 
+def layout(config: TrainConfig) -> tuple[TrainConfig, int]:
+    """``config`` with its block size fixed, and how many Flower nodes the run needs."""
+    hospitals = len(load_federation(config.data_dir).hospitals)
+    block = balanced_block_size(config, hospitals)
+    return config.replace(block_size=block), -(-hospitals // block)
+
+
 def run(
     config: TrainConfig, run_id: str, *, ray_address: str | None = None, stock: bool = False
 ) -> None:
@@ -102,7 +109,5 @@ def run(
     """
     from simulation.server_app import make_server_app
 
-    hospitals = len(load_federation(config.data_dir).hospitals)
-    block = balanced_block_size(config, hospitals)
-    server_app = make_server_app(config.replace(block_size=block), run_id)
-    simulate(server_app, -(-hospitals // block), ray_address=ray_address, stock=stock)
+    config, nodes = layout(config)
+    simulate(make_server_app(config, run_id), nodes, ray_address=ray_address, stock=stock)

@@ -6,6 +6,7 @@ import pytest
 
 from healthsync import engine
 from healthsync.config import TrainConfig
+from healthsync.errors import HealthSyncError
 
 
 @pytest.fixture
@@ -13,10 +14,12 @@ def server(tmp_path):
     db = tmp_path / "m.duckdb"
     too_big = {"too-big"}
 
-    def fits(config: TrainConfig) -> str | None:
-        return "needs 40 Flower nodes, the engine has 32" if config.data_dir in too_big else None
+    def prepare(config: TrainConfig) -> TrainConfig:
+        if config.data_dir in too_big:
+            raise HealthSyncError("needs 40 Flower nodes, the engine has 32")
+        return config
 
-    srv = engine.EngineServer(engine.state_path(db), nodes=32, fits=fits)
+    srv = engine.EngineServer(engine.state_path(db), nodes=32, prepare=prepare)
     yield db, srv
     srv.close()
 

@@ -38,7 +38,14 @@ from healthsync.cohort.policy import CohortPolicy
 from healthsync.cohort.result import Release
 from healthsync.data import Federation
 from healthsync.errors import HealthSyncError
-from healthsync.processes import file_lock, last_line, process_alive, spawn_detached
+from healthsync.processes import (
+    file_lock,
+    last_line,
+    process_alive,
+    read_json,
+    spawn_detached,
+    write_private,
+)
 
 STATE_DIR_NAME = "cohort-service"
 IDLE_SECONDS = 900.0
@@ -86,18 +93,14 @@ class ServiceState:
         return state_dir / f"{federation_id(federation)}-{where}.json"
 
     def write(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(asdict(self), handle)
-        os.replace(tmp, path)
+        write_private(path, asdict(self))
 
     @classmethod
     def read(cls, path: Path) -> ServiceState | None:
+        data = read_json(path)
         try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError):
+            return cls(**data) if data is not None else None
+        except TypeError:
             return None
 
 
