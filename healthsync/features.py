@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import polars as pl
@@ -58,13 +59,7 @@ class Encoder:
         ]
         if missing:
             raise HealthSyncError(f"missing column(s): {', '.join(missing)}")
-        exprs: list[pl.Expr] = []
-        for name in self.numeric:
-            exprs.append(pl.col(name).cast(pl.Float32, strict=False).alias(name))
-        for name, categories in self.categorical:
-            col = pl.col(name).cast(pl.String)
-            exprs.extend((col == c).cast(pl.Float32).alias(f"{name}={c}") for c in categories)
-        x = frame.select(exprs).to_numpy().astype(np.float32, copy=False)
+        x = frame.select(_encoding(self)).to_numpy().astype(np.float32, copy=False)
         if np.isnan(x).any():  # slow path, only to name the culprits
             self._explain_missing(frame, x)
         return x
@@ -79,6 +74,18 @@ class Encoder:
         if non_numeric:
             raise HealthSyncError(f"non-numeric values in column(s): {', '.join(non_numeric)}")
         raise HealthSyncError(f"missing values in column(s): {', '.join(broken)}")
+
+
+@lru_cache(maxsize=16)
+def _encoding(encoder: Encoder) -> list[pl.Expr]:
+    """The encoder's Polars expressions, built once: every hospital uses the same ones."""
+    exprs: list[pl.Expr] = []
+    for name in encoder.numeric:
+        exprs.append(pl.col(name).cast(pl.Float32, strict=False).alias(name))
+    for name, categories in encoder.categorical:
+        col = pl.col(name).cast(pl.String)
+        exprs.extend((col == c).cast(pl.Float32).alias(f"{name}={c}") for c in categories)
+    return exprs
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ per process (cached across rounds), and answers:
   B > 1 trains the whole block in one vectorised call (``healthsync.blocks``);
 - ``evaluate``: the global model's metrics on each hospital's test split.
 
-Replies keep hospitals apart (``arrays/<i>``, ``metrics/<i>``, ``errors``), so
-the server can hand every strategy one update per hospital. Only weights and
-aggregates leave; never a row.
+Replies keep hospitals apart: a column per metric and a stacked array per
+parameter, one row per hospital, plus ``errors`` for the hospitals that did not
+answer (``simulation.hospital_grid.block_reply``), so the server can hand every
+strategy one update per hospital. Only weights and aggregates leave; never a row.
 
 Privacy and robustness drills act per hospital, also inside a block: a hospital
 that drops out or is later than the round timeout (``healthsync.attacks``)
@@ -30,8 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +53,7 @@ from healthsync.training import (
     fit_from,
     hospital_arrays,
 )
-from simulation.hospital_grid import arrays_record, metrics_record
+from simulation.hospital_grid import block_reply
 from simulation.secagg_mod import secure_aggregation
 from simulation.strategies import HOSPITAL_WEIGHT
 
@@ -60,6 +62,10 @@ from simulation.strategies import HOSPITAL_WEIGHT
 torch.set_num_threads(1)
 # SecAgg+ runs wrap training in Flower's secaggplus_mod; other messages pass through.
 app = ClientApp(mods=[secure_aggregation])
+
+Config = Mapping[str, Any]  # a message's settings
+Columns = dict[str, list]  # a block reply's metric columns, one row per hospital
+Stacked = dict[str, np.ndarray]  # a block reply's arrays, stacked over its hospitals
 
 
 @cache
@@ -74,6 +80,11 @@ def _hospital(data_dir: str, index: int, target: str) -> HospitalArrays:
 
 
 _cached_federation: list[str] = []
+# Hospital index -> its rows standardised with the run's scaler, for the scaler in
+# ``_scaled_with``: every round of a run (and of the next run on the same data) uses
+# the same federated scaler, so rows are standardised once rather than every round.
+_scaled_rows: dict[int, LocalData] = {}
+_scaled_with: list[tuple] = []
 
 
 def _keep_only(data_dir: str) -> None:
@@ -81,12 +92,26 @@ def _keep_only(data_dir: str) -> None:
     if _cached_federation != [data_dir]:
         _hospital.cache_clear()
         _federation.cache_clear()
+        _scaled_rows.clear()
         _cached_federation[:] = [data_dir]
 
 
-def _requested(msg: Message, context: Context) -> tuple[list[int], ConfigRecord]:
+def _standardised(index: int, hospital: HospitalArrays, config: Config) -> LocalData:
+    """``hospital``'s rows scaled with the run's federated scaler, kept for later rounds."""
+    key = (str(config["target"]), tuple(config["scale-mean"]), tuple(config["scale-std"]))
+    if _scaled_with != [key]:
+        _scaled_rows.clear()
+        _scaled_with[:] = [key]
+    if (data := _scaled_rows.get(index)) is None:
+        data = _scaled_rows[index] = hospital.scaled(_scaler(config))
+    return data
+
+
+def _requested(msg: Message, context: Context) -> tuple[list[int], Config]:
     """The hospital indices this message asks for, checked against the node's own block."""
-    config = msg.content["config"]
+    # A plain dict: the block looks settings up per hospital, and a ConfigRecord
+    # look-up of an absent key costs a caught KeyError each time.
+    config = dict(msg.content["config"])
     _keep_only(str(config["data-dir"]))
     block = int(config.get("block-size", 1))
     first = int(context.node_config["partition-id"]) * block
@@ -98,7 +123,7 @@ def _requested(msg: Message, context: Context) -> tuple[list[int], ConfigRecord]
     return wanted, config
 
 
-def _fault_drill(hospital: HospitalArrays, config: ConfigRecord) -> None:
+def _fault_drill(hospital: HospitalArrays, config: Config) -> None:
     """Fail on purpose when the run lists this hospital in ``fail-hospitals``."""
     if hospital.hospital_id in str(config.get("fail-hospitals", "")).split(","):
         raise RuntimeError(f"fault drill: hospital {hospital.hospital_id} raised on purpose")
@@ -108,7 +133,7 @@ class HospitalAbsent(Exception):
     """A simulated dropout or straggler: the hospital does not answer this round."""
 
 
-def _absent(index: int, config: ConfigRecord) -> None:
+def _absent(index: int, config: Config) -> None:
     why = attacks.absence(
         int(config["seed"]),
         int(config["server-round"]),
@@ -124,11 +149,12 @@ def _absent(index: int, config: ConfigRecord) -> None:
 def _serve(
     msg: Message,
     context: Context,
-    work: Callable[[list[tuple[int, HospitalArrays]], ConfigRecord], dict],
+    work: Callable[[list[tuple[int, HospitalArrays]], Config], tuple[Columns, Stacked]],
     *,
-    screen: Callable[[int, ConfigRecord], None] | None = None,
+    screen: Callable[[int, Config], None] | None = None,
 ) -> Message:
-    """Run ``work(ready, config) -> records`` for the block; failures stay per hospital.
+    """Run ``work(ready, config) -> (columns, stacked arrays)`` for the block, one row per
+    ready hospital; failures stay per hospital.
 
     ``screen(index, config)`` may raise to keep one hospital out (its error is reported).
     """
@@ -147,12 +173,12 @@ def _serve(
         except Exception as err:  # reported per hospital; the block goes on
             errors[str(index)] = f"{type(err).__name__}: {err}"
     if ready:
-        records.update(work(ready, config))
+        records.update(block_reply([i for i, _ in ready], *work(ready, config)))
     records["errors"] = ConfigRecord(errors)
     return Message(RecordDict(records), reply_to=msg)
 
 
-def _scaler(config: ConfigRecord) -> Scaler:
+def _scaler(config: Config) -> Scaler:
     return Scaler.from_lists(config["scale-mean"], config["scale-std"])
 
 
@@ -168,36 +194,35 @@ def query(msg: Message, context: Context) -> Message:
     """Each hospital's scaling statistics over its training rows."""
 
     def work(ready, config):
-        out = {}
-        for index, hospital in ready:
-            stats = ScalingStats.of(hospital.x_train)
-            out[f"metrics/{index}"] = MetricRecord(
-                {"count": stats.count, "sums": stats.sums.tolist(), "sumsq": stats.sumsq.tolist()}
-            )
-        return out
+        stats = [ScalingStats.of(hospital.x_train) for _, hospital in ready]
+        columns = {"count": [s.count for s in stats]}
+        return columns, {
+            "sums": np.stack([s.sums for s in stats]),
+            "sumsq": np.stack([s.sumsq for s in stats]),
+        }
 
     return _serve(msg, context, work)
 
 
-def _seed(config: ConfigRecord, index: int) -> int:
+def _seed(config: Config, index: int) -> int:
     return int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + index
 
 
-def _attack(hospital: HospitalArrays, config: ConfigRecord) -> str:
+def _attack(hospital: HospitalArrays, config: Config) -> str:
     """The attack this hospital carries out, or ``""`` for an honest one."""
     attackers = str(config.get("adversaries", "")).split(",")
     return str(config.get("attack", "")) if hospital.hospital_id in attackers else ""
 
 
-def _local_data(hospital: HospitalArrays, scaler: Scaler, config: ConfigRecord) -> LocalData:
-    data = hospital.scaled(scaler)
+def _local_data(index: int, hospital: HospitalArrays, config: Config) -> LocalData:
+    data = _standardised(index, hospital, config)
     if _attack(hospital, config) == "label-flip":
         data = dataclasses.replace(data, y_train=attacks.flip_labels(data.y_train))
     return data
 
 
 def _outgoing(
-    new: list[np.ndarray], start: list[np.ndarray], config: ConfigRecord, attack: str, seed: int
+    new: list[np.ndarray], start: list[np.ndarray], config: Config, attack: str, seed: int
 ) -> list[np.ndarray]:
     """The update a hospital sends: clipped if the server asks (client-side DP), then attacked."""
     if KEY_CLIPPING_NORM in config:
@@ -205,7 +230,7 @@ def _outgoing(
     return attacks.poison(attack, new, start, seed=seed)
 
 
-def _wait_like_stragglers(ready: list[tuple[int, HospitalArrays]], config: ConfigRecord) -> None:
+def _wait_like_stragglers(ready: list[tuple[int, HospitalArrays]], config: Config) -> None:
     """Sleep as long as the block's slowest on-time hospital (absent ones were screened out)."""
     max_delay = float(config.get("straggler-delay", 0.0))
     delays = [
@@ -222,8 +247,7 @@ def train(msg: Message, context: Context) -> Message:
 
     def work(ready, config):
         _wait_like_stragglers(ready, config)
-        scaler = _scaler(config)
-        data = [_local_data(hospital, scaler, config) for _, hospital in ready]
+        data = [_local_data(index, hospital, config) for index, hospital in ready]
         settings = {
             "epochs": int(config["local-epochs"]),
             "batch_size": int(config["batch-size"]),
@@ -242,14 +266,16 @@ def train(msg: Message, context: Context) -> Message:
                 str(config["model"]), arrays, data, seeds=seeds, **settings
             )
             results = list(zip(new_arrays, losses, strict=True))
-        out = {}
-        for (index, hospital), d, (new, loss) in zip(ready, data, results, strict=True):
-            new = _outgoing(new, arrays, config, _attack(hospital, config), _seed(config, index))
-            out[f"arrays/{index}"] = arrays_record(new)
-            out[f"metrics/{index}"] = metrics_record(
-                {"num-examples": len(d.y_train), "train-loss": float(loss), HOSPITAL_WEIGHT: 1}
-            )
-        return out
+        updates = [
+            _outgoing(new, arrays, config, _attack(hospital, config), _seed(config, index))
+            for (index, hospital), (new, _) in zip(ready, results, strict=True)
+        ]
+        columns = {
+            "num-examples": [len(d.y_train) for d in data],
+            "train-loss": [float(loss) for _, loss in results],
+            HOSPITAL_WEIGHT: [1] * len(ready),
+        }
+        return columns, {str(p): np.stack([u[p] for u in updates]) for p in range(len(arrays))}
 
     return _serve(msg, context, work, screen=_absent)
 
@@ -260,8 +286,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     arrays = msg.content["arrays"].to_numpy_ndarrays()
 
     def work(ready, config):
-        scaler = _scaler(config)
-        data = [hospital.scaled(scaler) for _, hospital in ready]
+        data = [_standardised(index, hospital, config) for index, hospital in ready]
         kind = str(config["model"])
         if len(ready) == 1:
             model = build_model(kind, data[0].x_test.shape[1])
@@ -269,21 +294,16 @@ def evaluate(msg: Message, context: Context) -> Message:
             results = [evaluate_local(model, data[0].x_test, data[0].y_test)]
         else:
             results = evaluate_block(kind, arrays, data)
-        out = {}
-        for (index, _), (result, histogram) in zip(ready, results, strict=True):
-            out[f"metrics/{index}"] = metrics_record(
-                {
-                    "num-examples": result.n,
-                    "loss": result.loss,
-                    "auc": result.auc,
-                    "accuracy": result.accuracy,
-                    "brier": result.brier,
-                    "hist-pos": np.asarray(histogram[:, 0]).tolist(),
-                    "hist-neg": np.asarray(histogram[:, 1]).tolist(),
-                    "hist-sum": np.asarray(histogram[:, 2]).tolist(),
-                }
-            )
-        return out
+        metrics = [result for result, _ in results]
+        columns = {
+            "num-examples": [m.n for m in metrics],
+            "loss": [float(m.loss) for m in metrics],
+            "auc": [float(m.auc) for m in metrics],
+            "accuracy": [float(m.accuracy) for m in metrics],
+            "brier": [float(m.brier) for m in metrics],
+        }
+        histograms = np.stack([np.asarray(h, dtype=np.float64) for _, h in results])
+        return columns, {"histogram": histograms}
 
     return _serve(msg, context, work)
 

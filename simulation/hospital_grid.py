@@ -8,12 +8,16 @@ each block reply back into one reply per hospital. Every strategy, robust and
 DP ones included, therefore sees exactly the replies it would see with one
 client per hospital.
 
-A block also answers with one ``ArrayRecord`` per hospital, thousands per
-round, so both ends of that wire use a cheaper but byte-identical codec:
-``arrays_record`` (the client) writes each array's ``.npy`` bytes with a header
-built once per shape instead of through ``np.save``, and ``_split`` (the server)
-gives each received array a ``numpy()`` that reads those bytes with
-``np.frombuffer`` once the header is checked, instead of ``np.load``.
+A block answers in columns (``block_reply``): one ``MetricRecord`` whose lists
+hold each answering hospital's value (``hospital`` names the hospitals, in row
+order), one ``ArrayRecord`` whose arrays stack the hospitals' arrays along a
+leading axis, and ``errors`` for the hospitals that did not answer. Thousands of
+per-hospital records would cost more to build, ship and read than the training
+itself. The server reads a block with ``read_block``; ``send_and_receive`` then
+rebuilds, for each hospital, the records a node of its own would have sent
+(with a byte-identical ``.npy`` codec that skips ``np.save``/``np.load``), while
+the round loop's own queries and evaluation read the columns directly
+(``broadcast``), since no strategy looks at those.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import io
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -44,6 +49,17 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from healthsync.errors import HealthSyncError
 
 BLOCK_FAILED = 1  # error code for a hospital whose whole block failed
+HOSPITAL_COLUMN = "hospital"  # a block reply's column of hospital indices
+
+
+@dataclass(frozen=True)
+class BlockReply:
+    """What one block answered: row ``r`` of every column and array is ``hospitals[r]``'s."""
+
+    hospitals: list[int]
+    columns: dict[str, list]
+    arrays: dict[str, np.ndarray]
+    errors: dict[int, str]  # hospital index -> why it gave no answer
 
 
 class HospitalGrid(Grid):
@@ -56,7 +72,7 @@ class HospitalGrid(Grid):
         if hasattr(grid, "pull_interval"):
             # Flower's in-memory simulation grid polls for replies every 0.1 s by default,
             # which adds up to ~0.2 s to every round (train and evaluate); poll faster.
-            grid.pull_interval = 0.01
+            grid.pull_interval = 0.002
         self.hospitals = hospitals
         self.block_size = block_size
         self.blocks = -(-hospitals // block_size)
@@ -93,58 +109,65 @@ class HospitalGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
+        """One message per hospital in, one reply per hospital out (in the same order)."""
         messages = list(messages)
         by_block: dict[int, list[Message]] = defaultdict(list)
         for msg in messages:
             by_block[(msg.metadata.dst_node_id - 1) // self.block_size].append(msg)
-        outgoing, requests = [], {}
+        groups = {}
         for block, group in by_block.items():
             first = group[0]
             if any(m.content is not first.content for m in group[1:]):
                 raise HealthSyncError(
                     "per-hospital message contents are not supported with block execution"
                 )
-            config = dict(first.content.get("config", ConfigRecord()))
-            config["hospitals"] = [m.metadata.dst_node_id - 1 for m in group]
-            config["block-size"] = self.block_size
-            content = RecordDict({k: v for k, v in first.content.items() if k != "config"})
-            content["config"] = ConfigRecord(config)
-            out = Message(
-                content=content,
-                message_type=first.metadata.message_type,
-                dst_node_id=self.node_of_block[block],
-            )
-            outgoing.append(out)
-            requests[out.metadata.dst_node_id] = group
-        replies: list[Message] = []
-        answered = set()
-        for reply in self.inner.send_and_receive(outgoing, timeout=timeout):
-            node = reply.metadata.src_node_id
-            answered.add(node)
-            replies.extend(self._split(reply, requests[node]))
-        for node, group in requests.items():
-            if node not in answered:
-                replies.extend(
-                    _failed(m, "no reply from its node before the timeout") for m in group
-                )
-        return replies
+            groups[block] = (first, [m.metadata.dst_node_id - 1 for m in group])
+        replies: dict[int, Message] = {}
+        for block, answer in self._exchange(groups, timeout):
+            replies.update(_split(answer, by_block[block]))
+        return [replies[m.metadata.dst_node_id - 1] for m in messages]
 
-    def _split(self, reply: Message, group: list[Message]) -> list[Message]:
-        if reply.has_error():
-            return [_failed(m, reply.error.reason) for m in group]
-        # Plain dicts: thousands of look-ups through Flower's typed mappings add up.
-        content, errors = dict(reply.content), dict(reply.content["errors"])
-        out = []
-        for msg in group:
-            index = msg.metadata.dst_node_id - 1
-            if str(index) in errors:
-                out.append(_failed(msg, str(errors[str(index)])))
-                continue
-            records = {"metrics": content[f"metrics/{index}"]}
-            if (arrays := content.get(f"arrays/{index}")) is not None:
-                records["arrays"] = _fast_loading(arrays)
-            out.append(_reply(msg, RecordDict(records)))
-        return out
+    def broadcast(
+        self, message_type: str, records: dict, *, timeout: float | None = None
+    ) -> list[BlockReply]:
+        """Send ``records`` to every hospital; each block's answer, read in columns.
+
+        For the round loop's own queries and evaluation, whose answers no
+        strategy sees: no Message per hospital on either side.
+        """
+        template = Message(content=RecordDict(records), message_type=message_type, dst_node_id=1)
+        groups = {
+            block: (template, list(range(first, min(first + self.block_size, self.hospitals))))
+            for block, first in enumerate(range(0, self.hospitals, self.block_size))
+        }
+        return [answer for _, answer in self._exchange(groups, timeout)]
+
+    def _exchange(
+        self, groups: dict[int, tuple[Message, list[int]]], timeout: float | None
+    ) -> list[tuple[int, BlockReply]]:
+        """Ask each block (a template message, the hospitals wanted); read every answer."""
+        outgoing, asked = [], {}
+        for block, (template, hospitals) in groups.items():
+            config = dict(template.content.get("config", ConfigRecord()))
+            config["hospitals"] = hospitals
+            config["block-size"] = self.block_size
+            content = RecordDict({k: v for k, v in template.content.items() if k != "config"})
+            content["config"] = ConfigRecord(config)
+            node = self.node_of_block[block]
+            outgoing.append(
+                Message(
+                    content=content, message_type=template.metadata.message_type, dst_node_id=node
+                )
+            )
+            asked[node] = (block, hospitals)
+        answers = []
+        for reply in self.inner.send_and_receive(outgoing, timeout=timeout):
+            block, hospitals = asked.pop(reply.metadata.src_node_id)
+            answers.append((block, read_block(reply, hospitals)))
+        for block, hospitals in asked.values():
+            why = "no reply from its node before the timeout"
+            answers.append((block, BlockReply([], {}, {}, dict.fromkeys(hospitals, why))))
+        return answers
 
     # ------------------------------------------------------------ delegated / unsupported
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
@@ -179,6 +202,66 @@ def _failed(msg: Message, reason: str) -> Message:
     return Message(Error(code=BLOCK_FAILED, reason=reason), reply_to=msg)
 
 
+# ------------------------------------------------------------ the block wire format
+def block_reply(
+    hospitals: Sequence[int], columns: dict[str, list], arrays: dict[str, np.ndarray]
+) -> dict:
+    """A block's answer as records: row ``r`` of each column and stacked array is ``hospitals[r]``'s."""
+    records = {"metrics": metrics_record({HOSPITAL_COLUMN: list(hospitals), **columns})}
+    if arrays:
+        records["arrays"] = arrays_record(arrays)
+    return records
+
+
+def read_block(reply: Message, requested: list[int]) -> BlockReply:
+    """A block's answer in columns; a failed or malformed answer fails all its hospitals."""
+    if reply.has_error():
+        return BlockReply([], {}, {}, dict.fromkeys(requested, str(reply.error.reason)))
+    content = reply.content
+    try:
+        errors = {int(k): str(v) for k, v in content["errors"].items()}
+        if "metrics" in content:
+            columns = dict(content["metrics"])
+            hospitals = [int(i) for i in columns.pop(HOSPITAL_COLUMN)]
+            stacked = _fast_loading(content.get("arrays", ArrayRecord()))
+            arrays = {k: a.numpy() for k, a in stacked.items()}
+        else:
+            hospitals, columns, arrays = [], {}, {}
+        rows = {len(v) for v in [*columns.values(), *arrays.values()]}
+        if rows - {len(hospitals)} or not set(hospitals) | set(errors) <= set(requested):
+            raise ValueError("its rows do not match the hospitals asked")
+    except (KeyError, TypeError, ValueError) as err:
+        why = f"malformed block reply: {err}"
+        return BlockReply([], {}, {}, dict.fromkeys(requested, why))
+    for index in set(requested) - set(hospitals) - set(errors):
+        errors[index] = "its block's reply has no answer for this hospital"
+    return BlockReply(hospitals, columns, arrays, errors)
+
+
+def _split(block: BlockReply, group: list[Message]) -> dict[int, Message]:
+    """One reply per hospital message in ``group``, as a node of its own would have sent it."""
+    asked = {m.metadata.dst_node_id - 1: m for m in group}
+    out = {i: _failed(asked[i], why) for i, why in block.errors.items() if i in asked}
+    names = list(block.arrays)
+    for row, index in enumerate(block.hospitals):
+        records = {"metrics": metrics_record({k: v[row] for k, v in block.columns.items()})}
+        if names:
+            records["arrays"] = _row_record({n: block.arrays[n][row] for n in names})
+        out[index] = _reply(asked[index], _record_dict(records))
+    return out
+
+
+def _record_dict(records: dict) -> RecordDict:
+    """``RecordDict(records)`` for our own, well-typed records, built unchecked.
+
+    ``RecordDict.__setitem__`` looks each key up first (a caught ``KeyError``
+    per new key), which costs more than everything else per hospital reply.
+    """
+    record_dict = RecordDict()
+    record_dict.__dict__["_data"].update(records)
+    return record_dict
+
+
 # ------------------------------------------------------------ the arrays' codec
 @cache
 def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes | None:
@@ -206,11 +289,37 @@ def _array(a: np.ndarray) -> Array:
     return Array(dtype=dtype, shape=a.shape, stype=SType.NUMPY, data=header + a.tobytes())
 
 
-def arrays_record(arrays: list[np.ndarray]) -> ArrayRecord:
-    """``ArrayRecord(numpy_ndarrays=arrays)``, byte for byte, without ``np.save`` per array."""
+def arrays_record(arrays: list[np.ndarray] | dict[str, np.ndarray]) -> ArrayRecord:
+    """``ArrayRecord(numpy_ndarrays=arrays)`` (or of named arrays), byte for byte, no ``np.save``."""
+    named = arrays if isinstance(arrays, dict) else {str(i): a for i, a in enumerate(arrays)}
     record = ArrayRecord()
-    for i, a in enumerate(arrays):
-        record[str(i)] = _array(np.asarray(a))
+    for key, a in named.items():
+        record[key] = _array(np.asarray(a))
+    return record
+
+
+def _row_record(rows: dict[str, np.ndarray]) -> ArrayRecord:
+    """The ``ArrayRecord`` of one hospital's rows of a block's stacked arrays, built unchecked.
+
+    Thousands per round: each ``Array`` gets its fields (the same ``.npy`` bytes
+    ``Array(row)`` holds) straight into its ``__dict__`` and the record its
+    items into ``TypedDict._data``, skipping Flower's per-item validation, which
+    these types (str keys, ``Array`` values of C-ordered numeric rows) pass.
+    """
+    record = ArrayRecord()
+    items = record.__dict__["_data"]
+    for key, row in rows.items():
+        row = np.ascontiguousarray(row)
+        dtype, shape = _dtype_name(row.dtype), tuple(row.shape)
+        header = _npy_header(dtype, shape)
+        if header is None:
+            items[key] = Array.from_numpy_ndarray(row)
+            continue
+        array = _NpyArray.__new__(_NpyArray)
+        array.__dict__.update(
+            dtype=dtype, shape=shape, stype=SType.NUMPY, data=header + row.tobytes()
+        )
+        items[key] = array
     return record
 
 

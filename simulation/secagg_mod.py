@@ -46,12 +46,11 @@ def _as_own_train(msg: Message, context: Context, call_next) -> Message:
     errors = reply.content["errors"]
     if errors:  # this hospital dropped out or failed: SecAgg+ recovers its masks
         raise RuntimeError("; ".join(str(v) for v in errors.values()))
-    (key,) = [k for k in reply.content.array_records if k.startswith("arrays/")]
-    index = key.split("/", 1)[1]
+    (model,) = zip(*reply.content["arrays"].to_numpy_ndarrays(), strict=True)  # one hospital
     fitres = FitRes(
         status=Status(Code.OK, "OK"),
-        parameters=ndarrays_to_parameters(reply.content[key].to_numpy_ndarrays()),
-        num_examples=int(reply.content[f"metrics/{index}"]["num-examples"]),
+        parameters=ndarrays_to_parameters(list(model)),
+        num_examples=int(reply.content["metrics"]["num-examples"][0]),
         metrics={},
     )
     return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)

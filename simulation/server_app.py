@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
@@ -69,28 +69,31 @@ class FederatedRun:
         }
 
     # ------------------------------------------------------------ protocol
-    def _send(self, message_type: str, records: dict) -> list[Message]:
-        """One message per hospital (the grid batches them per block), replies in hospital order."""
-        content = RecordDict(records)
-        messages = [
-            Message(content=content, message_type=message_type, dst_node_id=n)
-            for n in self.hospital_of
-        ]
-        return self._in_hospital_order(
-            self.grid.send_and_receive(messages, timeout=ROUND_TIMEOUT_SECONDS)
-        )
+    def _ask_all(self, message_type: str, records: dict, rnd: int | None, what: str):
+        """Every hospital's answer, as ``(hospital index, columns row, arrays row)`` in
+        hospital order (so sums run in the same order for any block layout); a
+        hospital that did not answer is recorded as a ``hospital_failed`` event."""
+        answers, failed = [], {}
+        for block in self.grid.broadcast(message_type, records, timeout=ROUND_TIMEOUT_SECONDS):
+            failed.update(block.errors)
+            for row, index in enumerate(block.hospitals):
+                answers.append(
+                    (
+                        index,
+                        {k: v[row] for k, v in block.columns.items()},
+                        {k: v[row] for k, v in block.arrays.items()},
+                    )
+                )
+        for index, why in sorted(failed.items()):
+            self._event("hospital_failed", f"{what}: {why}", rnd, index)
+        return sorted(answers, key=lambda answer: answer[0])
 
     def federated_scaler(self) -> Scaler:
         """Mean and std from every hospital's counts, sums and sums of squares."""
-        parts = []
-        for reply in self._send(MessageType.QUERY, {"config": ConfigRecord(self.base)}):
-            if reply.has_error():
-                self._event("failed", f"scaling statistics: {reply.error.reason}", None, reply)
-                continue
-            m = reply.content["metrics"]
-            parts.append(
-                ScalingStats(int(m["count"]), np.asarray(m["sums"]), np.asarray(m["sumsq"]))
-            )
+        answers = self._ask_all(
+            MessageType.QUERY, {"config": ConfigRecord(self.base)}, None, "scaling statistics"
+        )
+        parts = [ScalingStats(int(m["count"]), a["sums"], a["sumsq"]) for _, m, a in answers]
         if len(parts) < self.config.min_hospitals:
             raise HealthSyncError("too few hospitals answered the scaling query")
         return Scaler.from_stats(ScalingStats.combine(parts))
@@ -118,8 +121,9 @@ class FederatedRun:
             runlog.record_event(self.store, self.run_id, kind, message, hospital=hospital)
         secure = self._secure_aggregation() if self.config.secagg else None
         final = None
+        cancelled = runlog.cancel_requested(self.store, self.run_id)
         for rnd in range(1, self.config.rounds + 1):
-            if runlog.cancel_requested(self.store, self.run_id):
+            if cancelled:
                 raise RunCancelled
             started = time.perf_counter()
             if secure:
@@ -140,9 +144,12 @@ class FederatedRun:
                 "hospitals_failed": failed,
                 "epsilon": spent.epsilon if spent else None,
             }
-            with self.store.batch():  # one open: the round, its model and score bins
+            # One open of the store per round: the round, its model and score bins,
+            # and whether someone asked to cancel meanwhile.
+            with self.store.batch():
                 runlog.record_round(self.store, self.run_id, row, per_hospital)
                 self.save(encoder, scaler, arrays, histogram)
+                cancelled = runlog.cancel_requested(self.store, self.run_id)
             if on_round:
                 on_round(rnd)
         return final
@@ -169,10 +176,9 @@ class FederatedRun:
         )
         failed = [r for r in replies if r.has_error()]
         for reply in failed:
-            kind, why = safeguards.missing_event(
-                self.config, rnd, reply.metadata.src_node_id - 1, reply.error.reason
-            )
-            self._event(kind, why, rnd, reply)
+            index = reply.metadata.src_node_id - 1
+            kind, why = safeguards.missing_event(self.config, rnd, index, reply.error.reason)
+            self._event(kind, why, rnd, index)
         ok = len(replies) - len(failed)
         self._check_enough(rnd, ok)
         if self.config.dp:
@@ -215,28 +221,23 @@ class FederatedRun:
 
     def evaluate(self, rnd: int, arrays: ArrayRecord, settings: dict):
         """Global model on every hospital's test split, weighted by test examples."""
-        replies = self._send(
+        answers = self._ask_all(
             MessageType.EVALUATE,
             {"arrays": arrays, "config": ConfigRecord({**settings, "server-round": rnd})},
+            rnd,
+            "evaluate",
         )
+        if not answers:
+            raise HealthSyncError(f"round {rnd}: no hospital could evaluate the global model")
         results, rows = [], []
-        histogram = None
-        for reply in replies:
-            if reply.has_error():
-                self._event("hospital_failed", f"evaluate: {reply.error.reason}", rnd, reply)
-                continue
-            m = reply.content["metrics"]
+        for index, m, _ in answers:
             result = BinaryMetrics(
-                int(m["num-examples"]),
-                float(m["loss"]),
-                float(m["auc"]),
-                float(m["accuracy"]),
-                float(m["brier"]),
+                int(m["num-examples"]), m["loss"], m["auc"], m["accuracy"], m["brier"]
             )
             results.append(result)
             rows.append(
                 {
-                    "hospital": self.hospital_of[reply.metadata.src_node_id],
+                    "hospital": self.hospital_of[index + 1],
                     "round": rnd,
                     "n": result.n,
                     "loss": result.loss,
@@ -244,10 +245,7 @@ class FederatedRun:
                     "accuracy": result.accuracy,
                 }
             )
-            h = np.stack([m["hist-pos"], m["hist-neg"], m["hist-sum"]], axis=1)
-            histogram = h if histogram is None else histogram + h
-        if not results:
-            raise HealthSyncError(f"round {rnd}: no hospital could evaluate the global model")
+        histogram = np.sum([a["histogram"] for _, _, a in answers], axis=0)
         return aggregate(results), histogram, rows
 
     def save(self, encoder: Encoder, scaler: Scaler, arrays: ArrayRecord, histogram) -> None:
@@ -258,14 +256,15 @@ class FederatedRun:
         if histogram is not None:
             runlog.save_score_bins(self.store, self.run_id, histogram)
 
-    def _in_hospital_order(self, replies) -> list[Message]:
-        """Replies sorted by hospital, so aggregation sums in the same order every run."""
-        return sorted(replies, key=lambda r: self.hospital_of.get(r.metadata.src_node_id, ""))
-
-    def _event(self, kind: str, message: str, rnd: int | None, reply: Message) -> None:
-        hospital = self.hospital_of.get(reply.metadata.src_node_id)
+    def _event(self, kind: str, message: str, rnd: int | None, index: int) -> None:
+        """An event about hospital ``index`` (its position in the federation)."""
         runlog.record_event(
-            self.store, self.run_id, kind, _first_line(message), round=rnd, hospital=hospital
+            self.store,
+            self.run_id,
+            kind,
+            _first_line(message),
+            round=rnd,
+            hospital=self.hospital_of.get(index + 1),
         )
 
 

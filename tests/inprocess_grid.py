@@ -101,3 +101,16 @@ def run_in_process(config: TrainConfig) -> tuple[dict[str, Any], InProcessGrid]:
     grid = InProcessGrid(-(-hospitals // config.block_size))
     server_app.execute(grid, config, run_id)
     return runlog.run_detail(store, run_id), grid
+
+
+def trained_models(grid: InProcessGrid) -> dict[int, list]:
+    """Each hospital's trained model as its node sent it: its row of the block's reply."""
+    models = {}
+    for reply in grid.received:
+        content = reply.content if not reply.has_error() else {}
+        if reply.metadata.message_type != "train" or "arrays" not in content:
+            continue
+        stacked = content["arrays"].to_numpy_ndarrays()
+        for row, index in enumerate(content["metrics"]["hospital"]):
+            models[int(index)] = [a[row] for a in stacked]
+    return models

@@ -11,7 +11,7 @@ import pytest
 from healthsync import attacks
 from healthsync.config import ATTACKS, TrainConfig
 from tests.engine_helpers import make_federation
-from tests.inprocess_grid import run_in_process
+from tests.inprocess_grid import run_in_process, trained_models
 
 logging.getLogger("flwr").setLevel(logging.WARNING)
 IDS = [f"h{i:04d}" for i in range(8)]
@@ -75,16 +75,9 @@ def test_block_execution_attacks_each_hospital_like_one_client_per_hospital(fed,
         )
         detail, grid = run_in_process(config)
         assert detail["status"] == "completed"
-        updates.append(
-            {
-                key: reply.content[key].to_numpy_ndarrays()
-                for reply in grid.received
-                if reply.metadata.message_type == "train"
-                for key in reply.content.array_records
-            }
-        )
+        updates.append(trained_models(grid))
     one, blocked = updates
-    assert sorted(one) == sorted(blocked) == [f"arrays/{i}" for i in range(8)]
+    assert sorted(one) == sorted(blocked) == list(range(8))
     for key in one:
         for ours, theirs in zip(blocked[key], one[key], strict=True):
             np.testing.assert_allclose(ours, theirs, atol=1e-4)

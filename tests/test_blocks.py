@@ -212,3 +212,83 @@ def test_metrics_record_equals_flowers_and_keeps_its_checks():
         with pytest.raises(TypeError):
             metrics_record(bad)
     assert list(metrics_record({"x": np.float64(0.5)}).items()) == [("x", 0.5)]  # Flower's path
+
+
+def _asks(indices):
+    """Per-hospital training messages, as a strategy hands them to the grid."""
+    from flwr.app import Message, RecordDict
+
+    from tests.inprocess_grid import allow_messages
+
+    allow_messages()
+    asks = [Message(RecordDict(), dst_node_id=i + 1, message_type="train") for i in indices]
+    for i, ask in zip(indices, asks, strict=True):
+        ask.metadata.__dict__["_message_id"] = f"ask-{i}"
+    return asks
+
+
+def _block_answer(records: dict, errors: dict[str, str]):
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    node_ask = _asks([0])[0]
+    return Message(RecordDict({**records, "errors": ConfigRecord(errors)}), reply_to=node_ask)
+
+
+def test_split_block_reply_gives_each_hospital_what_its_own_node_would_send():
+    from flwr.app import ArrayRecord, MetricRecord, RecordDict
+
+    from simulation.hospital_grid import _split, block_reply, read_block
+
+    rng = np.random.default_rng(1)
+    hospitals, asked = [4, 7, 9], [4, 5, 7, 9]
+    models = [[rng.standard_normal((1, 18)).astype(np.float32), rng.random(1)] for _ in hospitals]
+    columns = {"num-examples": [120, 80, 33], "train-loss": [0.5, float("nan"), 0.25]}
+    stacked = {str(p): np.stack([m[p] for m in models]) for p in range(2)}
+    answer = _block_answer(block_reply(hospitals, columns, stacked), {"5": "dropped out"})
+
+    block = read_block(answer, asked)
+    assert block.hospitals == hospitals and block.errors == {5: "dropped out"}
+    asks = _asks(asked)
+    replies = _split(block, asks)
+    assert sorted(replies) == asked
+    assert replies[5].has_error() and replies[5].error.reason == "dropped out"
+    for row, index in enumerate(hospitals):
+        reply, ask = replies[index], asks[asked.index(index)]
+        assert reply.metadata.reply_to_message_id == ask.metadata.message_id
+        assert reply.metadata.src_node_id == index + 1
+        own = RecordDict(
+            {
+                "metrics": MetricRecord({k: v[row] for k, v in columns.items()}),
+                "arrays": ArrayRecord(numpy_ndarrays=models[row]),
+            }
+        )
+        assert list(reply.content) == list(own)
+        assert reply.content.object_id == own.object_id  # byte for byte, record by record
+        for got, want in zip(
+            reply.content["arrays"].to_numpy_ndarrays(), models[row], strict=True
+        ):
+            assert got.dtype == want.dtype and got.flags.writeable
+            np.testing.assert_array_equal(got, want)
+
+
+def test_read_block_fails_every_hospital_of_a_failed_or_malformed_block():
+    from flwr.app import Error, Message
+
+    from simulation.hospital_grid import block_reply, read_block
+
+    good = block_reply([0, 1], {"count": [3, 4]}, {"sums": np.ones((2, 5))})
+    assert read_block(_block_answer(good, {}), [0, 1]).errors == {}
+
+    short = block_reply([0, 1], {"count": [3]}, {})
+    foreign = block_reply([0, 8], {"count": [3, 4]}, {})
+    for records in (short, foreign):
+        block = read_block(_block_answer(records, {}), [0, 1])
+        assert block.hospitals == [] and sorted(block.errors) == [0, 1]
+        assert all(why.startswith("malformed block reply") for why in block.errors.values())
+
+    failed = Message(Error(code=1, reason="actor died"), reply_to=_asks([0])[0])
+    assert read_block(failed, [0, 1]).errors == {0: "actor died", 1: "actor died"}
+
+    silent = read_block(_block_answer(block_reply([1], {"count": [4]}, {}), {}), [0, 1])
+    assert silent.hospitals == [1]
+    assert silent.errors == {0: "its block's reply has no answer for this hospital"}

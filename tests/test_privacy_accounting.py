@@ -21,7 +21,7 @@ from healthsync import privacy
 from healthsync.config import TrainConfig
 from healthsync.store import MetricsStore
 from tests.engine_helpers import make_federation
-from tests.inprocess_grid import run_in_process
+from tests.inprocess_grid import run_in_process, trained_models
 
 logging.getLogger("flwr").setLevel(logging.WARNING)
 HOSPITALS = 6
@@ -141,13 +141,8 @@ def test_client_side_dp_clips_each_hospital_inside_a_block(fed, tmp_path):
     sent = next(m for m in grid.sent if m.metadata.message_type == "train")
     start = sent.content["arrays"].to_numpy_ndarrays()
     norms = {}
-    for reply in grid.received:
-        if reply.metadata.message_type != "train":
-            continue
-        for key in reply.content.array_records:
-            update = reply.content[key].to_numpy_ndarrays()
-            index = int(key.split("/")[1])
-            norms[f"h{index:04d}"] = get_norm([u - s for u, s in zip(update, start, strict=True)])
+    for index, update in trained_models(grid).items():
+        norms[f"h{index:04d}"] = get_norm([u - s for u, s in zip(update, start, strict=True)])
     assert len(norms) == HOSPITALS
     honest = [n for h, n in norms.items() if h != attacker]
     assert max(honest) == pytest.approx(clip, rel=1e-4)  # lr 0.5: every update needed clipping

@@ -9,6 +9,7 @@ can reach another hospital's rows by a crafted id or a symlink.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from healthsync.data.manifest import (
     PARTITION_NAME,
     SPLIT_COLUMN,
     SPLITS,
+    FeatureSpec,
     Federation,
     HospitalInfo,
     load_federation,
@@ -92,14 +94,7 @@ class HospitalAccessor:
         if missing:
             raise HealthSyncError(f"{path}: missing columns {', '.join(missing)}")
         try:
-            frame = frame.select(
-                *[
-                    pl.col(s.name).cast(pl.Float64 if s.kind == "numeric" else pl.String)
-                    for s in fed.features
-                ],
-                *[pl.col(o).cast(pl.Int8) for o in fed.outcomes],
-                pl.col(SPLIT_COLUMN).cast(pl.String),
-            )
+            frame = frame.select(_typed_columns(fed.features, fed.outcomes))
         except pl.exceptions.PolarsError as err:
             raise HealthSyncError(f"{path}: columns do not match the manifest ({err})") from None
         self._check(frame, path)
@@ -111,19 +106,10 @@ class HospitalAccessor:
         All checks run as one Polars query (one pass over the rows): opening
         thousands of hospitals is on the critical path of a large simulation.
         """
-        import polars as pl
 
         fed = self.federation
         categorical = [s for s in fed.features if s.categories is not None]
-        checks = frame.select(
-            pl.all().null_count().name.prefix("null:"),
-            *[
-                (~pl.col(s.name).is_in(s.categories)).sum().alias(f"cat:{s.name}")
-                for s in categorical
-            ],
-            *[(~pl.col(o).is_in([0, 1])).sum().alias(f"out:{o}") for o in fed.outcomes],
-            *[(pl.col(SPLIT_COLUMN) == split).sum().alias(f"split:{split}") for split in SPLITS],
-        ).row(0, named=True)
+        checks = frame.select(_checks(fed.features, fed.outcomes)).row(0, named=True)
         nulls = [c for c in frame.columns if checks[f"null:{c}"]]
         if nulls:
             raise HealthSyncError(f"{path}: missing values in {', '.join(nulls)}")
@@ -146,6 +132,37 @@ class HospitalAccessor:
                 f"{path}: has {counts['train']} train / {counts['test']} test rows, "
                 f"the manifest says {expected['train']} / {expected['test']}"
             )
+
+
+# Thousands of hospitals share one schema: build its Polars expressions once
+# (building them costs about as much as running them on a 500-row partition).
+@lru_cache(maxsize=16)
+def _typed_columns(features: tuple[FeatureSpec, ...], outcomes: tuple[str, ...]) -> list[pl.Expr]:
+    """The manifest's types: numeric features ``Float64``, categorical ``String``, outcomes ``Int8``."""
+    import polars as pl
+
+    return [
+        *[pl.col(s.name).cast(pl.Float64 if s.kind == "numeric" else pl.String) for s in features],
+        *[pl.col(o).cast(pl.Int8) for o in outcomes],
+        pl.col(SPLIT_COLUMN).cast(pl.String),
+    ]
+
+
+@lru_cache(maxsize=16)
+def _checks(features: tuple[FeatureSpec, ...], outcomes: tuple[str, ...]) -> list[pl.Expr]:
+    """One row of counts: nulls per column, values outside the schema, rows per split."""
+    import polars as pl
+
+    return [
+        pl.all().null_count().name.prefix("null:"),
+        *[
+            (~pl.col(s.name).is_in(s.categories)).sum().alias(f"cat:{s.name}")
+            for s in features
+            if s.categories is not None
+        ],
+        *[(~pl.col(o).is_in([0, 1])).sum().alias(f"out:{o}") for o in outcomes],
+        *[(pl.col(SPLIT_COLUMN) == split).sum().alias(f"split:{split}") for split in SPLITS],
+    ]
 
 
 def open_hospital(data_dir: str | Path | Federation, hospital_id: str) -> HospitalAccessor:
