@@ -264,9 +264,7 @@ def test_split_block_reply_gives_each_hospital_what_its_own_node_would_send():
         )
         assert list(reply.content) == list(own)
         assert reply.content.object_id == own.object_id  # byte for byte, record by record
-        for got, want in zip(
-            reply.content["arrays"].to_numpy_ndarrays(), models[row], strict=True
-        ):
+        for got, want in zip(reply.content["arrays"].to_numpy_ndarrays(), models[row], strict=True):
             assert got.dtype == want.dtype and got.flags.writeable
             np.testing.assert_array_equal(got, want)
 
