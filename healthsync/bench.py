@@ -1,16 +1,26 @@
-"""Stress test: the same federated workload three ways, side by side, kept in the store.
+"""Stress test: the same federated workload several ways, side by side, kept in the store.
 
 - ``flower``: stock Flower on Ray, one client per hospital (block size 1), the
   classic simulation with every hospital as its own ClientApp call, on Flower's
   own Ray backend (none of HealthSync's scheduling; one CPU per actor, as for
   the others, which gives it two actors on two cores where Flower's default
   of two CPUs per client would give one);
-- ``healthsync``: Flower on Ray with block execution (automatic block size);
+- ``healthsync``: Flower on Ray with block execution (automatic block size),
+  in a cold process of its own, so its time to the first round includes
+  Python imports and Ray's start;
+- ``warm``: the same run handed to the warm training engine
+  (``healthsync.engine``), as the web app does: the engine is started (or
+  found running) beforehand and its start-up is not timed; it has not seen the
+  sweep's federation before, so reading the partitions is timed. Memory is
+  the engine's whole process tree, which also keeps earlier federations' rows;
 - ``vectorised``: one process, no Flower or Ray (``healthsync.vectorised``),
   the hardware lower bound.
 
 Each runs in its own process tree on the same data, model, rounds and seed;
-this module samples the tree's resident memory while it runs. Results go to
+this module samples the tree's resident memory while it runs. Warm
+measurements run after all the others, so an idle engine never shares the
+machine with a cold measurement; an engine the sweep started is stopped at
+its end. Results go to
 the ``bench_results`` table as each measurement ends, so the Stress-test page
 can draw a sweep while it runs and compare it with earlier sweeps.
 """
@@ -29,15 +39,15 @@ from pathlib import Path
 
 import polars as pl
 
-from healthsync import runlog, runs
-from healthsync.config import MODELS, TrainConfig
+from healthsync import engine, runlog, runs
+from healthsync.config import BENCH_WAYS, MODELS, TrainConfig
 from healthsync.data import load_federation
 from healthsync.errors import HealthSyncError
 from healthsync.processes import process_alive, spawn_detached
 from healthsync.proctree import tree_rss_bytes
 from healthsync.store import MetricsStore
 
-WAYS = ("flower", "healthsync", "vectorised")
+WAYS = BENCH_WAYS
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bench_results (
     sweep_id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, way VARCHAR NOT NULL,
@@ -175,6 +185,7 @@ def _watch(pid: int, done: Callable[[], bool], timeout: float) -> float:
 def measure_flower(
     data: Path, db: str, model: str, rounds: int, seed: int, block_size: int, timeout: float
 ) -> Measurement:
+    """One cold run process: stock Flower (``block_size`` 1) or HealthSync's blocks (0: auto)."""
     way = "flower" if block_size == 1 else "healthsync"
     started = time.time()
     config = TrainConfig(
@@ -183,9 +194,28 @@ def measure_flower(
     # Always a cold run process of its own (never the warm engine), so each
     # measurement includes its start-up and its whole process tree's memory.
     run_id = runs.start_run(config, warm=False, stock_flower=way == "flower")
-    store = MetricsStore(db)
-    pid = runlog.get_run(store, run_id)["pid"]
+    return _measure_run(way, config, run_id, started, timeout)
+
+
+def measure_warm(data: Path, db: str, model: str, rounds: int, seed: int, timeout: float):
+    """The same run as ``healthsync``, handed to the running warm engine (see the module doc)."""
+    config = TrainConfig(data_dir=str(data), db=db, model=model, rounds=rounds, seed=seed)
     hospitals = len(load_federation(data).hospitals)
+    started = time.time()
+    try:
+        run_id = runs.start_run(config, only_warm=True)
+    except HealthSyncError as err:
+        return Measurement("warm", model, hospitals, status="skipped", note=str(err))
+    return _measure_run("warm", config, run_id, started, timeout)
+
+
+def _measure_run(
+    way: str, config: TrainConfig, run_id: str, started: float, timeout: float
+) -> Measurement:
+    """Watch a started run to its end: per-round time, updates per second, memory, first round."""
+    store = MetricsStore(config.db)
+    pid = runlog.get_run(store, run_id)["pid"]
+    hospitals = len(load_federation(config.data_dir).hospitals)
 
     def finished() -> bool:
         return runlog.get_run(store, run_id)["status"] in runs.FINISHED
@@ -193,16 +223,42 @@ def measure_flower(
     try:
         peak = _watch(pid, finished, timeout)
     except TimeoutError:
-        runs.cancel_run(db, run_id)
-        return Measurement(way, model, hospitals, status="timeout", note=f"over {timeout:.0f} s")
-    run = runs.run_status(db, run_id)
+        runs.cancel_run(config.db, run_id)
+        return Measurement(
+            way, config.model, hospitals, status="timeout", note=f"over {timeout:.0f} s"
+        )
+    run = runs.run_status(config.db, run_id)
     rounds_frame = runlog.rounds_frame(store, run_id)
     if run["status"] != "completed" or rounds_frame.is_empty():
-        return Measurement(way, model, hospitals, status="failed", note=run["reason"])
+        return Measurement(way, config.model, hospitals, status="failed", note=run["reason"])
     per_round = steady_round_seconds(rounds_frame["seconds"].to_list())
     first = rounds_frame["recorded_at"][0].timestamp() - started
     updates = rounds_frame["hospitals_ok"].mean()
-    return Measurement(way, model, hospitals, per_round, updates / per_round, peak, first)
+    return Measurement(way, config.model, hospitals, per_round, updates / per_round, peak, first)
+
+
+class _WarmEngine:
+    """The engine for a sweep's warm measurements: found running, or started (and stopped) here."""
+
+    def __init__(self, db: str) -> None:
+        self.db = db
+        self.started = False
+
+    def ready(self) -> str | None:
+        """``None`` once an engine answers; else why there is none."""
+        if not engine.enabled():
+            return f"the warm engine is turned off ({engine.ENV_SWITCH}=off)"
+        if engine.status(self.db) is None:
+            self.started = engine.start(self.db) is not None or self.started
+            try:
+                engine.wait_ready(self.db)
+            except HealthSyncError as err:
+                return str(err)
+        return None
+
+    def close(self) -> None:
+        if self.started:
+            engine.stop(self.db)
 
 
 def measure_vectorised(
@@ -288,55 +344,55 @@ def run_sweep(
     store = MetricsStore(config.db)
     ensure_schema(store)
     sweep_id = sweep_id or new_sweep_id()
-    work_dir = Path(config.work_dir)
     steps = [(h, m, w) for h in config.hospitals for m in config.models for w in config.ways]
+    steps.sort(key=lambda step: step[2] == "warm")  # warm ones last, the order kept otherwise
+    warm = _WarmEngine(config.db)
     results = []
-    for i, (hospitals, model, way) in enumerate(steps, start=1):
-        data = dataset(work_dir, hospitals, config.patients, config.seed)
-        if way == "flower" and hospitals > config.max_flower_hospitals:
-            result = Measurement(
-                way,
-                model,
-                hospitals,
-                status="skipped",
-                note=f"one client per hospital is skipped above {config.max_flower_hospitals} hospitals",
+    try:
+        for i, (hospitals, model, way) in enumerate(steps, start=1):
+            result = _measure(config, hospitals, model, way, warm)
+            store.execute(
+                "INSERT INTO bench_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    sweep_id,
+                    runlog.now(),
+                    result.way,
+                    result.model,
+                    result.hospitals,
+                    config.patients,
+                    config.rounds,
+                    result.seconds_per_round,
+                    result.updates_per_second,
+                    result.peak_memory_mib,
+                    result.first_round_seconds,
+                    result.status,
+                    result.note,
+                ],
             )
-        elif way == "vectorised":
-            result = measure_vectorised(
-                data, model, config.rounds, config.seed, config.timeout_seconds
-            )
-        else:
-            result = measure_flower(
-                data,
-                str(Path(config.db)),
-                model,
-                config.rounds,
-                config.seed,
-                1 if way == "flower" else 0,
-                config.timeout_seconds,
-            )
-        store.execute(
-            "INSERT INTO bench_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                sweep_id,
-                runlog.now(),
-                result.way,
-                result.model,
-                result.hospitals,
-                config.patients,
-                config.rounds,
-                result.seconds_per_round,
-                result.updates_per_second,
-                result.peak_memory_mib,
-                result.first_round_seconds,
-                result.status,
-                result.note,
-            ],
-        )
-        results.append(asdict(result))
-        if progress:
-            progress(i, len(steps), result)
+            results.append(asdict(result))
+            if progress:
+                progress(i, len(steps), result)
+    finally:
+        warm.close()
     return pl.DataFrame(results)
+
+
+def _measure(
+    config: SweepConfig, hospitals: int, model: str, way: str, warm: _WarmEngine
+) -> Measurement:
+    data = dataset(Path(config.work_dir), hospitals, config.patients, config.seed)
+    db, rounds, seed, timeout = config.db, config.rounds, config.seed, config.timeout_seconds
+    if way == "vectorised":
+        return measure_vectorised(data, model, rounds, seed, timeout)
+    if way == "warm":
+        why_not = warm.ready()
+        if why_not:
+            return Measurement(way, model, hospitals, status="skipped", note=why_not)
+        return measure_warm(data, db, model, rounds, seed, timeout)
+    if way == "flower" and hospitals > config.max_flower_hospitals:
+        note = f"one client per hospital is skipped above {config.max_flower_hospitals} hospitals"
+        return Measurement(way, model, hospitals, status="skipped", note=note)
+    return measure_flower(data, db, model, rounds, seed, 1 if way == "flower" else 0, timeout)
 
 
 def ratios(table: pl.DataFrame) -> pl.DataFrame:

@@ -13,7 +13,8 @@ MEASURES = {
 }
 WAY_LABELS = {
     "flower": "Stock Flower, one client per hospital",
-    "healthsync": "HealthSync blocks",
+    "healthsync": "HealthSync blocks, cold start",
+    "warm": "HealthSync blocks, warm engine",
     "vectorised": "Vectorised (lower bound)",
 }
 

@@ -93,13 +93,15 @@ def start_run(
     ray_address: str | None = None,
     warm: bool = True,
     stock_flower: bool = False,
+    only_warm: bool = False,
 ) -> str:
     """Validate, record the run as queued, start it; return the run id at once.
 
     A local run goes to the warm training engine when one is running and free
     (``healthsync.engine``), else to a process of its own (a cold start).
     ``warm=False`` always starts its own process; ``stock_flower`` runs it on
-    Flower's own Ray backend (both for the stress test's measurements).
+    Flower's own Ray backend; ``only_warm`` fails the run rather than start it
+    cold (all three for the stress test's measurements).
     """
     config, _ = check_config(config)
     if ray_address:
@@ -108,6 +110,10 @@ def start_run(
     run_id = runlog.new_run_id()
     runlog.create_run(store, run_id, config)
     pid = engine.submit(config, run_id) if warm and not (ray_address or stock_flower) else None
+    if pid is None and only_warm:
+        reason = "the warm training engine did not take the run (none running, busy, or too small)"
+        runlog.finish_run(store, run_id, "failed", reason=reason)
+        raise HealthSyncError(reason)
     if pid is None:
         cmd = [
             sys.executable,

@@ -23,11 +23,12 @@ def test_bad_sweeps_are_refused(changes, message):
         bench.SweepConfig(**changes)
 
 
-def test_vectorised_sweep_is_measured_and_kept(tmp_path):
+def test_vectorised_sweep_is_measured_and_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEALTHSYNC_ENGINE", "off")
     config = bench.SweepConfig(
         hospitals=(5, 20),
         models=("logreg",),
-        ways=("vectorised", "flower"),
+        ways=("warm", "vectorised", "flower"),
         rounds=2,
         patients=60,
         work_dir=str(tmp_path / "bench"),
@@ -40,9 +41,12 @@ def test_vectorised_sweep_is_measured_and_kept(tmp_path):
     assert (ok["seconds_per_round"] > 0).all() and (ok["peak_memory_mib"] > 10).all()
     assert ok.filter(pl.col("hospitals") == 20)["updates_per_second"].item() > 0
     skipped = table.filter(pl.col("status") == "skipped")
-    assert skipped.height == 2 and "skipped above 1 hospitals" in skipped["note"][0]
+    assert skipped["way"].to_list() == ["flower", "flower", "warm", "warm"]  # warm ones last
+    assert "skipped above 1 hospitals" in skipped["note"][0]
+    assert "HEALTHSYNC_ENGINE=off" in skipped["note"][-1]
+    assert not (tmp_path / "engine").exists()  # no engine was started
     stored = bench.sweeps(MetricsStore(config.db))
-    assert stored.height == 4 and stored["sweep_id"].n_unique() == 1
+    assert stored.height == 6 and stored["sweep_id"].n_unique() == 1
     chart = bench_charts.sweep_chart(stored, "seconds_per_round").to_dict()
     assert chart["encoding"]["x"]["title"] == "Hospitals (count, log scale)"
 

@@ -97,6 +97,29 @@ def test_a_busy_engine_or_a_run_too_big_for_it_is_refused(warm):
     assert store.scalar("SELECT count(*) FROM runs WHERE run_id = 'never-started'") == 0
 
 
+def test_stress_test_times_a_run_handed_to_the_engine(warm):
+    from healthsync import bench
+
+    measured = bench.measure_warm(warm["fed"], str(warm["db"]), "logreg", 3, 0, timeout=120)
+    assert measured.status == "ok", measured.note
+    assert measured.way == "warm" and measured.hospitals == 3
+    assert 0 < measured.first_round_seconds < 60 and measured.seconds_per_round > 0
+    served = MetricsStore(warm["db"]).scalar(
+        "SELECT pid FROM runs ORDER BY created_at DESC LIMIT 1"
+    )
+    assert served == warm["pid"]  # the engine ran it, not a cold process
+
+
+def test_only_warm_runs_fail_rather_than_start_cold(warm, tmp_path):
+    from healthsync.errors import HealthSyncError
+
+    elsewhere = TrainConfig(data_dir=str(warm["fed"]), db=str(tmp_path / "other.duckdb"))
+    with pytest.raises(HealthSyncError, match="did not take the run"):
+        runs.start_run(elsewhere, only_warm=True)  # no engine serves that store
+    failed = MetricsStore(elsewhere.db).frame("SELECT status, pid FROM runs")
+    assert failed.rows() == [("failed", None)]
+
+
 def test_engine_cli_reports_status(warm, capsys):
     assert main(["engine", "status", "--db", str(warm["db"]), "--json"]) == 0
     state = json.loads(capsys.readouterr().out)
