@@ -6,6 +6,7 @@ these functions; they see only arrays a hospital's accessor already produced.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,12 +124,38 @@ class HospitalArrays:
         )
 
 
+ENCODING_VERSION = 1  # bump when encoding changes, so no hospital reuses an old matrix
+
+
 def hospital_arrays(federation: Federation, hospital_id: str, target: str) -> HospitalArrays:
-    """Read one hospital's rows through its own accessor and encode them (one pass)."""
+    """One hospital's rows, read through its own accessor and encoded.
+
+    The encoded matrix (features, label, test flag) is kept by the accessor
+    beside the partition, so later runs skip reading and checking the rows.
+    """
     encoder = Encoder.from_federation(federation, target)
-    rows = open_hospital(federation, hospital_id).rows()
-    x, y = encoder.encode(rows), labels(rows, target)
-    test = (rows["split"] == "test").to_numpy()
+    accessor = open_hospital(federation, hospital_id)
+
+    def encode(rows) -> np.ndarray:
+        test = (rows["split"] == "test").to_numpy().astype(np.float32)
+        return np.column_stack([encoder.encode(rows), labels(rows, target), test])
+
+    matrix = accessor.derived(_encoding_key(encoder, target), encode)
+    info = accessor.hospital
+    if matrix.shape != (info.n_train + info.n_test, encoder.width + 2) or (
+        int(matrix[:, -1].sum()) != info.n_test
+    ):  # kept from before the manifest changed: read the rows, which checks them against it
+        matrix = encode(accessor.rows())
+    x, y, test = matrix[:, :-2], matrix[:, -2], matrix[:, -1] == 1
     return HospitalArrays(
-        hospital_id=hospital_id, x_train=x[~test], y_train=y[~test], x_test=x[test], y_test=y[test]
+        hospital_id=hospital_id,
+        x_train=np.ascontiguousarray(x[~test]),
+        y_train=y[~test],
+        x_test=np.ascontiguousarray(x[test]),
+        y_test=y[test],
     )
+
+
+def _encoding_key(encoder: Encoder, target: str) -> str:
+    spec = repr((ENCODING_VERSION, encoder.numeric, encoder.categorical, target))
+    return "encoded-" + hashlib.sha256(spec.encode()).hexdigest()[:16]

@@ -7,13 +7,16 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
 from healthsync.data import load_federation, open_hospital
+from healthsync.data.accessor import CACHE_DIR, HospitalAccessor
 from healthsync.data.importer import HospitalFile, import_federation
 from healthsync.data.synthetic import generate_federation
 from healthsync.errors import HealthSyncError
+from healthsync.training import hospital_arrays
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,14 +101,63 @@ def test_missing_or_invalid_federation_is_a_clear_error(tmp_path):
         load_federation(tmp_path)
 
 
-def test_only_partition_files_hold_rows(data_federation):
-    data_dir = data_federation.data_dir
+def test_only_partition_files_hold_rows(data_fresh_federation):
+    fed = data_fresh_federation
+    data_dir = fed.data_dir
     files = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file())
-    expected = ["federation.json"] + [
-        f"hospitals/{h.id}/patients.parquet" for h in data_federation.hospitals
-    ]
+    expected = ["federation.json"] + [f"hospitals/{h.id}/patients.parquet" for h in fed.hospitals]
     assert files == sorted(expected)
     assert [p.name for p in data_dir.parent.iterdir()] == [data_dir.name]  # no staging left
+
+    # Training keeps each hospital's encoded rows in its own folder, and nowhere else.
+    own = {h.id: hospital_arrays(fed, h.id, fed.default_target) for h in fed.hospitals}
+    files = sorted(str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.is_file())
+    caches = [f for f in files if f not in expected]
+    assert len(caches) == len(fed.hospitals)
+    for cache in caches:
+        hospital, folder, _ = cache.removeprefix("hospitals/").split("/")
+        assert folder == CACHE_DIR
+        matrix = np.load(data_dir / cache)
+        assert len(matrix) == len(own[hospital].y_train) + len(own[hospital].y_test)
+        np.testing.assert_array_equal(matrix[matrix[:, -1] == 0, :-2], own[hospital].x_train)
+
+
+def test_encoded_rows_are_reused_until_the_partition_changes(data_fresh_federation, monkeypatch):
+    fed, target = data_fresh_federation, data_fresh_federation.default_target
+    first = hospital_arrays(fed, "h0000", target)
+    folder = fed.data_dir / "hospitals" / "h0000" / CACHE_DIR
+    assert len(list(folder.glob("*.npy"))) == 1
+
+    with monkeypatch.context() as patched:
+        patched.setattr(HospitalAccessor, "_read", lambda self: pytest.fail("re-read the rows"))
+        again = hospital_arrays(fed, "h0000", target)
+    for field in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(first, field))
+
+    path = fed.data_dir / "hospitals" / "h0000" / "patients.parquet"
+    frame = pl.read_parquet(path)
+    numeric = next(f.name for f in fed.features if f.kind == "numeric")
+    frame.with_columns(pl.col(numeric) + 1000.0).write_parquet(path)
+    changed = hospital_arrays(fed, "h0000", target)
+    assert not np.array_equal(changed.x_train, first.x_train)
+    assert len(list(folder.glob("*.npy"))) == 1  # the stale matrix is gone
+
+
+def test_encoded_rows_are_never_written_outside_the_hospitals_folder(
+    data_fresh_federation, monkeypatch
+):
+    fed, target = data_fresh_federation, data_fresh_federation.default_target
+    hospitals = fed.data_dir / "hospitals"
+    (hospitals / "h0001" / CACHE_DIR).symlink_to(hospitals / "h0002", target_is_directory=True)
+    expected = open_hospital(fed, "h0001").rows()
+    arrays = hospital_arrays(fed, "h0001", target)
+    assert len(arrays.y_train) + len(arrays.y_test) == expected.height
+    assert sorted(p.name for p in (hospitals / "h0002").iterdir()) == ["patients.parquet"]
+
+    monkeypatch.setattr(np, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("read-only")))
+    arrays = hospital_arrays(fed, "h0000", target)  # an unwritable folder goes without
+    assert len(arrays.y_train) == fed.hospital("h0000").n_train
+    assert not list((hospitals / "h0000" / CACHE_DIR).glob("*.npy"))
 
 
 def test_manifest_holds_schema_and_counts_only(tmp_path):
