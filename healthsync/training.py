@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -156,6 +157,7 @@ def hospital_arrays(federation: Federation, hospital_id: str, target: str) -> Ho
     )
 
 
+@lru_cache(maxsize=16)
 def _encoding_key(encoder: Encoder, target: str) -> str:
     spec = repr((ENCODING_VERSION, encoder.numeric, encoder.categorical, target))
     return "encoded-" + hashlib.sha256(spec.encode()).hexdigest()[:16]

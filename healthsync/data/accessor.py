@@ -60,9 +60,9 @@ class HospitalAccessor:
     @property
     def path(self) -> Path:
         """The partition file, checked to lie inside this hospital's own folder."""
-        root = (self.federation.data_dir / HOSPITALS_DIR).resolve()
+        root = _resolved(self.federation.data_dir / HOSPITALS_DIR)
         expected = root / self.hospital.id / PARTITION_NAME
-        actual = partition_path(self.federation.data_dir, self.hospital.id).resolve()
+        actual = Path(os.path.realpath(partition_path(self.federation.data_dir, self.hospital.id)))
         if actual != expected:
             raise HealthSyncError(
                 f"{expected}: resolves to {actual}, outside hospital {self.hospital.id!r}'s folder"
@@ -174,6 +174,12 @@ class HospitalAccessor:
                 f"{path}: has {counts['train']} train / {counts['test']} test rows, "
                 f"the manifest says {expected['train']} / {expected['test']}"
             )
+
+
+@lru_cache(maxsize=16)
+def _resolved(folder: Path) -> Path:
+    """A federation's ``hospitals`` folder, resolved once (each partition is still resolved)."""
+    return folder.resolve()
 
 
 # Thousands of hospitals share one schema: build its Polars expressions once
