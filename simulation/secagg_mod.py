@@ -46,10 +46,10 @@ def _as_own_train(msg: Message, context: Context, call_next) -> Message:
     errors = reply.content["errors"]
     if errors:  # this hospital dropped out or failed: SecAgg+ recovers its masks
         raise RuntimeError("; ".join(str(v) for v in errors.values()))
-    (model,) = zip(*reply.content["arrays"].to_numpy_ndarrays(), strict=True)  # one hospital
+    stacked = reply.content["arrays"].to_numpy_ndarrays()  # row 0: the node's one hospital
     fitres = FitRes(
         status=Status(Code.OK, "OK"),
-        parameters=ndarrays_to_parameters(list(model)),
+        parameters=ndarrays_to_parameters([a[0] for a in stacked]),
         num_examples=int(reply.content["metrics"]["num-examples"][0]),
         metrics={},
     )
