@@ -317,7 +317,7 @@ def _row_record(rows: dict[str, np.ndarray]) -> ArrayRecord:
             continue
         array = _NpyArray.__new__(_NpyArray)
         array.__dict__.update(
-            dtype=dtype, shape=shape, stype=SType.NUMPY, data=header + row.tobytes()
+            dtype=dtype, shape=shape, stype=SType.NUMPY, data=header + row.tobytes(), _row=row
         )
         items[key] = array
     return record
@@ -354,7 +354,14 @@ class _NpyArray(Array):
     store) is written, and read back, as a plain ``Array``.
     """
 
+    def __setattr__(self, name: str, value) -> None:
+        self.__dict__.pop("_row", None)  # the bytes may change: read them again
+        super().__setattr__(name, value)
+
     def numpy(self) -> np.ndarray:
+        row = self.__dict__.get("_row")  # set by ``_row_record``: the array its bytes hold
+        if row is not None:
+            return row.copy()  # a fresh, writable array, as np.load's
         header = _npy_header(self.dtype, tuple(self.shape)) if self.stype == SType.NUMPY else None
         if header is not None and self.data.startswith(header):
             body = np.frombuffer(self.data, dtype=self.dtype, offset=len(header))

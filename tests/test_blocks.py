@@ -267,6 +267,11 @@ def test_split_block_reply_gives_each_hospital_what_its_own_node_would_send():
         for got, want in zip(reply.content["arrays"].to_numpy_ndarrays(), models[row], strict=True):
             assert got.dtype == want.dtype and got.flags.writeable
             np.testing.assert_array_equal(got, want)
+    first = replies[hospitals[0]].content["arrays"]["0"]
+    first.numpy()[:] = 7.0  # a copy: the reply keeps its own values
+    np.testing.assert_array_equal(first.numpy(), models[0][0])
+    first.data = ArrayRecord(numpy_ndarrays=[np.zeros((1, 18), np.float32)])["0"].data
+    np.testing.assert_array_equal(first.numpy(), np.zeros((1, 18)))  # new bytes are read
 
 
 def test_read_block_fails_every_hospital_of_a_failed_or_malformed_block():
