@@ -4,7 +4,7 @@ Large federations are fast only when many hospitals train together: a Python
 loop of tiny PyTorch steps costs far more in overhead than in arithmetic. Here
 each hospital keeps its own copy of the parameters (stacked along a leading
 hospital axis) and batched matrix products take one SGD step for all of them
-at once, in one autograd graph. Every hospital sees exactly the mini-batches
+at once, backpropagated by hand (no autograd graph per step). Every hospital sees exactly the mini-batches
 ``training.train_local`` would give it (same seeded shuffles, same batch
 boundaries), so its update matches the one-hospital-at-a-time path to float32
 precision. A hospital whose epoch has no batch left stops updating; such
@@ -32,21 +32,50 @@ def _stack(model: torch.nn.Module, arrays: list[np.ndarray], count: int) -> dict
     }
 
 
-def _forward(model: torch.nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor):
-    """Logits of every hospital's own model on its own rows: ``x`` is ``(hospitals, rows, width)``.
+def _loss_and_grads(
+    model: torch.nn.Module,
+    params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weights: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Each hospital's mean loss on its batch and its gradient, for all hospitals at once.
 
-    Walks ``model`` (a ``Sequential`` of ``Linear`` and activation layers) with
-    batched matrix products over the stacked ``params``, so one autograd graph
-    holds all hospitals while each hospital's gradient depends only on its rows.
+    ``x`` is ``(hospitals, rows, width)``, ``params`` the hospitals' stacked
+    parameters, ``weights`` 1 for a real row and 0 for padding. ``model`` (a
+    ``Sequential`` of ``Linear`` and ``ReLU`` layers) is walked with batched
+    matrix products, then backpropagated by hand: the same gradient autograd
+    gives (the equivalence tests hold it to 1e-5 of one hospital's own
+    PyTorch loop), without building a graph each step, which took a third of
+    a block's training time. Each hospital's gradient depends only on its rows.
     """
-    h = x
+    h, inputs = x, []
     for name, layer in model.named_children():
         if isinstance(layer, torch.nn.Linear):
-            weight, bias = params[f"{name}.weight"], params[f"{name}.bias"]
-            h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+            inputs.append((name, h))
+            h = torch.baddbmm(
+                params[f"{name}.bias"].unsqueeze(1), h, params[f"{name}.weight"].transpose(1, 2)
+            )
+        elif isinstance(layer, torch.nn.ReLU):
+            h = torch.relu(h)
+            inputs.append((name, h > 0))
         else:
-            h = layer(h)
-    return h.squeeze(-1)
+            raise TypeError(f"block training supports Linear and ReLU layers, not {layer}")
+    logits = h.squeeze(-1)
+    used = weights.sum(dim=1)
+    losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    loss = (losses * weights).sum(dim=1) / used
+    grad = ((torch.sigmoid(logits) - y) * weights / used[:, None]).unsqueeze(-1)
+    grads = {}
+    for position, (name, saved) in reversed(list(enumerate(inputs))):
+        if saved.dtype == torch.bool:  # after a ReLU
+            grad = grad * saved
+            continue
+        grads[f"{name}.weight"] = torch.bmm(grad.transpose(1, 2), saved)
+        grads[f"{name}.bias"] = grad.sum(dim=1)
+        if position:  # the input needs no gradient
+            grad = torch.bmm(grad, params[f"{name}.weight"])
+    return loss, grads
 
 
 def _epoch_order(
@@ -55,13 +84,17 @@ def _epoch_order(
     """Rows (into the concatenated rows) for one epoch, ``(hospitals, slots)``.
 
     Hospital ``i`` gets its own seeded shuffle of its rows; slots past its
-    last row repeat its first row (they are masked out of the loss).
+    last row point at row 0 (they are masked out of the loss). The shuffles
+    are scattered into place in one indexed write, not through a mask.
     """
-    order = first[:, None].expand(len(generators), slots).clone()
-    valid = torch.arange(slots)[None, :] < sizes[:, None]
-    order[valid] += torch.cat(
+    shuffles = torch.cat(
         [torch.randperm(int(n), generator=g) for g, n in zip(generators, sizes, strict=True)]
     )
+    hospital = torch.repeat_interleave(torch.arange(len(generators)), sizes)
+    start = first[hospital]  # where each hospital's rows begin in the concatenation
+    slot = torch.arange(len(shuffles)) - start  # 0 .. size - 1 within each hospital
+    order = torch.zeros(len(generators), slots, dtype=torch.long)
+    order.view(-1)[hospital * slots + slot] = start + shuffles
     return order
 
 
@@ -113,21 +146,16 @@ def train_stacked(
             rows, wb = order[:k, cols].reshape(-1), weights[:k, cols]
             xb = flat_x.index_select(0, rows).view(k, batch_size, -1)
             yb = flat_y.index_select(0, rows).view(k, batch_size)
-            live = {n: p[:k].detach().requires_grad_() for n, p in params.items()}
-            losses = torch.nn.functional.binary_cross_entropy_with_logits(
-                _forward(model, live, xb), yb, reduction="none"
-            )
-            used = wb.sum(dim=1)
-            loss = (losses * wb).sum(dim=1) / used
-            if proximal_mu > 0:
-                loss = loss + proximal_mu / 2 * sum(
-                    ((live[n] - anchor[n][:k]) ** 2).flatten(1).sum(dim=1) for n in live
-                )
-            grads = torch.autograd.grad(loss.sum(), list(live.values()))
-            with torch.no_grad():
-                for p, g in zip(params.values(), grads, strict=True):
-                    p[:k] -= lr * g
-            total[:k] += loss.detach() * used
+            live = {n: p[:k] for n, p in params.items()}
+            loss, grads = _loss_and_grads(model, live, xb, yb, wb)
+            if proximal_mu > 0:  # FedProx: + mu/2 ||w - w_global||^2, gradient mu (w - w_global)
+                for n, p in live.items():
+                    drift = p - anchor[n][:k]
+                    loss = loss + proximal_mu / 2 * (drift**2).flatten(1).sum(dim=1)
+                    grads[n] = grads[n] + proximal_mu * drift
+            for n, p in live.items():
+                p -= lr * grads[n]
+            total[:k] += loss * wb.sum(dim=1)
         last = total / sizes.float()
     back = torch.tensor(largest_first).argsort()  # to the caller's order
     return [p[back].numpy() for p in params.values()], last[back].numpy()
