@@ -4,10 +4,10 @@ Large federations are fast only when many hospitals train together: a Python
 loop of tiny PyTorch steps costs far more in overhead than in arithmetic. Here
 each hospital keeps its own copy of the parameters (stacked along a leading
 hospital axis) and batched matrix products take one SGD step for all of them
-at once, backpropagated by hand (no autograd graph per step). Every hospital sees exactly the mini-batches
-``training.train_local`` would give it (same seeded shuffles, same batch
-boundaries), so its update matches the one-hospital-at-a-time path to float32
-precision. A hospital whose epoch has no batch left stops updating; such
+at once, backpropagated by hand (no autograd graph per step). Every hospital
+sees exactly the mini-batches ``training.train_local`` would give it (same
+seeded shuffles, same batch boundaries), so its update matches the
+one-hospital-at-a-time path to float32 precision. A hospital whose epoch has no batch left stops updating; such
 hospitals are left out of the step's arithmetic altogether.
 """
 
