@@ -403,10 +403,14 @@ def ratios(table: pl.DataFrame) -> pl.DataFrame:
     for way in WAYS:
         if way not in wide.columns:
             wide = wide.with_columns(pl.lit(None, dtype=pl.Float64).alias(way))
-    return wide.with_columns(
-        (pl.col("healthsync") / pl.col("vectorised")).alias("healthsync/vectorised"),
-        (pl.col("flower") / pl.col("healthsync")).alias("flower/healthsync"),
-    ).sort("hospitals", "model")
+    return (
+        wide.select("hospitals", "model", *WAYS)
+        .with_columns(
+            (pl.col("healthsync") / pl.col("vectorised")).alias("healthsync/vectorised"),
+            (pl.col("flower") / pl.col("healthsync")).alias("flower/healthsync"),
+        )
+        .sort("hospitals", "model")
+    )
 
 
 def sweeps(store: MetricsStore) -> pl.DataFrame:

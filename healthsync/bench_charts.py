@@ -9,7 +9,7 @@ MEASURES = {
     "seconds_per_round": ("Time per round", "Seconds per round (s, log scale)"),
     "updates_per_second": ("Hospital updates per second", "Updates per second (log scale)"),
     "peak_memory_mib": ("Peak memory", "Peak resident memory (MiB)"),
-    "first_round_seconds": ("Time to the first round", "Seconds from start (s)"),
+    "first_round_seconds": ("Time to the first round", "Seconds from start (s, log scale)"),
 }
 WAY_LABELS = {
     "flower": "Stock Flower, one client per hospital",
@@ -26,7 +26,7 @@ def sweep_chart(results: pl.DataFrame, measure: str) -> alt.Chart:
         pl.col("way").replace_strict(WAY_LABELS, default=pl.col("way")).alias("Way"),
         (pl.col("sweep_id") + " · " + pl.col("model")).alias("Series"),
     )
-    log_y = measure in ("seconds_per_round", "updates_per_second")
+    log_y = measure != "peak_memory_mib"
     return (
         alt.Chart(frame, title=title)
         .mark_line(point=True)
