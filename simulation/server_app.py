@@ -70,9 +70,11 @@ class FederatedRun:
 
     # ------------------------------------------------------------ protocol
     def _ask_all(self, message_type: str, records: dict, rnd: int | None, what: str):
-        """Every hospital's answer, as ``(hospital index, columns row, arrays row)`` in
-        hospital order (so sums run in the same order for any block layout); a
-        hospital that did not answer is recorded as a ``hospital_failed`` event."""
+        """Every hospital's answer: ``(hospital index, its metrics, its arrays)``.
+
+        In hospital order, so sums run in the same order for any block layout.
+        A hospital that did not answer is recorded as a ``hospital_failed`` event.
+        """
         answers, failed = [], {}
         for block in self.grid.broadcast(message_type, records, timeout=ROUND_TIMEOUT_SECONDS):
             failed.update(block.errors)
