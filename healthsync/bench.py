@@ -20,9 +20,9 @@ Each runs in its own process tree on the same data, model, rounds and seed;
 this module samples the tree's resident memory while it runs. Warm
 measurements run after all the others, so an idle engine never shares the
 machine with a cold measurement; an engine the sweep started is stopped at
-its end. Results go to
-the ``bench_results`` table as each measurement ends, so the Stress-test page
-can draw a sweep while it runs and compare it with earlier sweeps.
+its end. Results go to the ``bench_results`` table as each measurement ends,
+so the Stress-test page can draw a sweep while it runs and compare it with
+earlier sweeps.
 """
 
 from __future__ import annotations
@@ -200,11 +200,11 @@ def measure_flower(
 def measure_warm(data: Path, db: str, model: str, rounds: int, seed: int, timeout: float):
     """The same run as ``healthsync``, handed to the running warm engine (see the module doc)."""
     config = TrainConfig(data_dir=str(data), db=db, model=model, rounds=rounds, seed=seed)
-    hospitals = len(load_federation(data).hospitals)
     started = time.time()
     try:
         run_id = runs.start_run(config, only_warm=True)
     except HealthSyncError as err:
+        hospitals = len(load_federation(data).hospitals)
         return Measurement("warm", model, hospitals, status="skipped", note=str(err))
     return _measure_run("warm", config, run_id, started, timeout)
 

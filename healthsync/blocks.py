@@ -7,8 +7,9 @@ hospital axis) and batched matrix products take one SGD step for all of them
 at once, backpropagated by hand (no autograd graph per step). Every hospital
 sees exactly the mini-batches ``training.train_local`` would give it (same
 seeded shuffles, same batch boundaries), so its update matches the
-one-hospital-at-a-time path to float32 precision. A hospital whose epoch has no batch left stops updating; such
-hospitals are left out of the step's arithmetic altogether.
+one-hospital-at-a-time path to float32 precision. A hospital whose epoch has
+no batch left stops updating; such hospitals are left out of the step's
+arithmetic altogether.
 """
 
 from __future__ import annotations
@@ -49,16 +50,16 @@ def _loss_and_grads(
     PyTorch loop), without building a graph each step, which took a third of
     a block's training time. Each hospital's gradient depends only on its rows.
     """
-    h, inputs = x, []
+    h, saved = x, []  # per layer: a Linear's input, or where a ReLU let values through
     for name, layer in model.named_children():
         if isinstance(layer, torch.nn.Linear):
-            inputs.append((name, h))
+            saved.append((name, "linear", h))
             h = torch.baddbmm(
                 params[f"{name}.bias"].unsqueeze(1), h, params[f"{name}.weight"].transpose(1, 2)
             )
         elif isinstance(layer, torch.nn.ReLU):
             h = torch.relu(h)
-            inputs.append((name, h > 0))
+            saved.append((name, "relu", h > 0))
         else:
             raise TypeError(f"block training supports Linear and ReLU layers, not {layer}")
     logits = h.squeeze(-1)
@@ -67,13 +68,13 @@ def _loss_and_grads(
     loss = (losses * weights).sum(dim=1) / used
     grad = ((torch.sigmoid(logits) - y) * weights / used[:, None]).unsqueeze(-1)
     grads = {}
-    for position, (name, saved) in reversed(list(enumerate(inputs))):
-        if saved.dtype == torch.bool:  # after a ReLU
-            grad = grad * saved
+    for position, (name, kind, tensor) in reversed(list(enumerate(saved))):
+        if kind == "relu":
+            grad = grad * tensor
             continue
-        grads[f"{name}.weight"] = torch.bmm(grad.transpose(1, 2), saved)
+        grads[f"{name}.weight"] = torch.bmm(grad.transpose(1, 2), tensor)
         grads[f"{name}.bias"] = grad.sum(dim=1)
-        if position:  # the input needs no gradient
+        if position:  # the model's input needs no gradient
             grad = torch.bmm(grad, params[f"{name}.weight"])
     return loss, grads
 

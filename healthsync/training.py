@@ -150,9 +150,9 @@ def hospital_arrays(federation: Federation, hospital_id: str, target: str) -> Ho
     x, y, test = matrix[:, :-2], matrix[:, -2], matrix[:, -1] == 1
     return HospitalArrays(
         hospital_id=hospital_id,
-        x_train=np.ascontiguousarray(x[~test]),
+        x_train=x[~test],  # boolean indexing copies: contiguous rows
         y_train=y[~test],
-        x_test=np.ascontiguousarray(x[test]),
+        x_test=x[test],
         y_test=y[test],
     )
 

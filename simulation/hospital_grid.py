@@ -281,12 +281,23 @@ def _dtype_name(dtype: np.dtype) -> str:
     return str(dtype)  # as Flower names it; slow enough in NumPy to be worth remembering
 
 
-def _array(a: np.ndarray) -> Array:
+def _npy_fields(a: np.ndarray) -> dict | None:
+    """The fields ``Array(a)`` would hold (same ``.npy`` bytes), or ``None`` if only Flower can."""
     dtype = _dtype_name(a.dtype)
     header = _npy_header(dtype, a.shape)
     if header is None or (a.flags.f_contiguous and not a.flags.c_contiguous):
-        return Array.from_numpy_ndarray(a)
-    return Array(dtype=dtype, shape=a.shape, stype=SType.NUMPY, data=header + a.tobytes())
+        return None
+    return {
+        "dtype": dtype,
+        "shape": tuple(a.shape),
+        "stype": SType.NUMPY,
+        "data": header + a.tobytes(),
+    }
+
+
+def _array(a: np.ndarray) -> Array:
+    fields = _npy_fields(a)
+    return Array.from_numpy_ndarray(a) if fields is None else Array(**fields)
 
 
 def arrays_record(arrays: list[np.ndarray] | dict[str, np.ndarray]) -> ArrayRecord:
@@ -309,16 +320,12 @@ def _row_record(rows: dict[str, np.ndarray]) -> ArrayRecord:
     record = ArrayRecord()
     items = record.__dict__["_data"]
     for key, row in rows.items():
-        row = np.ascontiguousarray(row)
-        dtype, shape = _dtype_name(row.dtype), tuple(row.shape)
-        header = _npy_header(dtype, shape)
-        if header is None:
+        fields = _npy_fields(row)
+        if fields is None:
             items[key] = Array.from_numpy_ndarray(row)
             continue
         array = _NpyArray.__new__(_NpyArray)
-        array.__dict__.update(
-            dtype=dtype, shape=shape, stype=SType.NUMPY, data=header + row.tobytes(), _row=row
-        )
+        array.__dict__.update(fields, _row=row)
         items[key] = array
     return record
 

@@ -104,7 +104,11 @@ class HospitalAccessor:
             for stale in folder.glob(f"{key}-*.npy"):
                 stale.unlink()
             with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as tmp:
-                np.save(tmp, matrix, allow_pickle=False)
+                try:
+                    np.save(tmp, matrix, allow_pickle=False)
+                except BaseException:
+                    os.unlink(tmp.name)  # no half-written file left behind
+                    raise
             os.replace(tmp.name, cached)
         return matrix
 
@@ -148,7 +152,6 @@ class HospitalAccessor:
         All checks run as one Polars query (one pass over the rows): opening
         thousands of hospitals is on the critical path of a large simulation.
         """
-
         fed = self.federation
         categorical = [s for s in fed.features if s.categories is not None]
         checks = frame.select(_checks(fed.features, fed.outcomes)).row(0, named=True)
