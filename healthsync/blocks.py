@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from healthsync.metrics import SCORE_BINS, BinaryMetrics
 from healthsync.model import build_model, predict_proba, set_arrays
@@ -33,70 +32,102 @@ def _stack(model: torch.nn.Module, arrays: list[np.ndarray], count: int) -> dict
     }
 
 
+Layer = tuple[str, str, str]  # ("linear", weight key, bias key) or ("relu", "", "")
+
+
+def _layers(model: torch.nn.Module) -> list[Layer]:
+    """``model``'s layers as block training walks them: a ``Sequential`` of Linear and ReLU."""
+    layers = []
+    for name, layer in model.named_children():
+        if isinstance(layer, torch.nn.Linear):
+            layers.append(("linear", f"{name}.weight", f"{name}.bias"))
+        elif isinstance(layer, torch.nn.ReLU):
+            layers.append(("relu", "", ""))
+        else:
+            raise TypeError(f"block training supports Linear and ReLU layers, not {layer}")
+    return layers
+
+
 def _loss_and_grads(
-    model: torch.nn.Module,
+    layers: list[Layer],
     params: dict[str, torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
-    weights: torch.Tensor,
+    scale: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Each hospital's mean loss on its batch and its gradient, for all hospitals at once.
 
     ``x`` is ``(hospitals, rows, width)``, ``params`` the hospitals' stacked
-    parameters, ``weights`` 1 for a real row and 0 for padding. ``model`` (a
-    ``Sequential`` of ``Linear`` and ``ReLU`` layers) is walked with batched
-    matrix products, then backpropagated by hand: the same gradient autograd
-    gives (the equivalence tests hold it to 1e-5 of one hospital's own
-    PyTorch loop), without building a graph each step, which took a third of
-    a block's training time. Each hospital's gradient depends only on its rows.
+    parameters, ``scale`` each row's share of its hospital's mean (1 / real rows,
+    0 for padding). The layers are walked with batched matrix products, then
+    backpropagated by hand: the same gradient autograd gives (the equivalence
+    tests hold it to 1e-5 of one hospital's own PyTorch loop), without building
+    a graph each step, which took a third of a block's training time. Each
+    hospital's gradient depends only on its rows.
     """
-    h, saved = x, []  # per layer: a Linear's input, or where a ReLU let values through
-    for name, layer in model.named_children():
-        if isinstance(layer, torch.nn.Linear):
-            saved.append((name, "linear", h))
-            h = torch.baddbmm(
-                params[f"{name}.bias"].unsqueeze(1), h, params[f"{name}.weight"].transpose(1, 2)
-            )
-        elif isinstance(layer, torch.nn.ReLU):
-            h = torch.relu(h)
-            saved.append((name, "relu", h > 0))
+    h, saved = x, []  # per layer: a Linear's input, or a ReLU's output
+    for kind, weight, bias in layers:
+        if kind == "linear":
+            saved.append(h)
+            h = torch.baddbmm(params[bias].unsqueeze(1), h, params[weight].transpose(1, 2))
         else:
-            raise TypeError(f"block training supports Linear and ReLU layers, not {layer}")
+            h = torch.relu(h)
+            saved.append(h)
     logits = h.squeeze(-1)
-    used = weights.sum(dim=1)
     losses = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
-    loss = (losses * weights).sum(dim=1) / used
-    grad = ((torch.sigmoid(logits) - y) * weights / used[:, None]).unsqueeze(-1)
+    loss = (losses * scale).sum(dim=1)
+    grad = ((torch.sigmoid(logits) - y) * scale).unsqueeze(-1)
     grads = {}
-    for position, (name, kind, tensor) in reversed(list(enumerate(saved))):
-        if kind == "relu":
-            grad = grad * tensor
+    for position in reversed(range(len(layers))):
+        kind, weight, bias = layers[position]
+        if kind == "relu":  # ReLU's backward: pass the gradient where the output is > 0
+            grad = torch.ops.aten.threshold_backward(grad, saved[position], 0)
             continue
-        grads[f"{name}.weight"] = torch.bmm(grad.transpose(1, 2), tensor)
-        grads[f"{name}.bias"] = grad.sum(dim=1)
+        grads[weight] = torch.bmm(grad.transpose(1, 2), saved[position])
+        grads[bias] = grad.sum(dim=1)
         if position:  # the model's input needs no gradient
-            grad = torch.bmm(grad, params[f"{name}.weight"])
+            grad = torch.bmm(grad, params[weight])
     return loss, grads
 
 
-def _epoch_order(
-    generators: list[torch.Generator], sizes: torch.Tensor, first: torch.Tensor, slots: int
-) -> torch.Tensor:
-    """Rows (into the concatenated rows) for one epoch, ``(hospitals, slots)``.
+class _Batches:
+    """Which rows each hospital's mini-batches hold, step by step, epoch after epoch.
 
-    Hospital ``i`` gets its own seeded shuffle of its rows; slots past its
-    last row point at row 0 (they are masked out of the loss). The shuffles
-    are scattered into place in one indexed write, not through a mask.
+    Hospitals come largest first, so step ``s`` covers the leading ``k`` hospitals
+    that still have rows. Hospital ``i`` gets its own seeded shuffle of its rows
+    each epoch, drawn exactly as ``training.train_local`` draws it, into one
+    buffer of all shuffles. Where each step's batches sit in that buffer (and
+    which of their slots are real rows rather than the overrun of a short last
+    batch) is the same every epoch, so it is worked out once: an epoch is then
+    its draws plus one small gather per step, with no per-hospital padding.
     """
-    shuffles = torch.cat(
-        [torch.randperm(int(n), generator=g) for g, n in zip(generators, sizes, strict=True)]
-    )
-    hospital = torch.repeat_interleave(torch.arange(len(generators)), sizes)
-    start = first[hospital]  # where each hospital's rows begin in the concatenation
-    slot = torch.arange(len(shuffles)) - start  # 0 .. size - 1 within each hospital
-    order = torch.zeros(len(generators), slots, dtype=torch.long)
-    order.view(-1)[hospital * slots + slot] = start + shuffles
-    return order
+
+    def __init__(self, sizes: torch.Tensor, batch_size: int) -> None:
+        first = torch.cumsum(sizes, 0) - sizes  # where each hospital's rows begin
+        self.start = torch.repeat_interleave(first, sizes)  # the same, per row
+        self.spans = list(zip(first.tolist(), (first + sizes).tolist(), strict=True))
+        # One batch of slack: a short last batch reads past the end, masked out.
+        self.shuffled = torch.zeros(len(self.start) + batch_size, dtype=torch.long)
+        offsets = torch.arange(batch_size)
+        steps = -(-sizes // batch_size)
+        # Per step: positions in ``shuffled``, hospitals k, each slot's share of its
+        # hospital's mean (0 past its last row), and the hospitals' real rows.
+        self.plan = []
+        for step in range(int(steps[0])):
+            k = int((steps > step).sum())
+            slot = step * batch_size + offsets
+            real = (slot[None, :] < sizes[:k, None]).float()
+            used = real.sum(dim=1)
+            self.plan.append(((first[:k, None] + slot).view(-1), k, real / used[:, None], used))
+
+    def epoch(self, generators: list[torch.Generator]):
+        """Draw this epoch's shuffles; yield ``(k, rows, scale, used)`` for each step."""
+        shuffles = self.shuffled[: len(self.start)]
+        for generator, (a, b) in zip(generators, self.spans, strict=True):
+            torch.randperm(b - a, generator=generator, out=shuffles[a:b])
+        shuffles += self.start  # into the concatenation of all hospitals' rows
+        for positions, k, scale, used in self.plan:
+            yield k, self.shuffled.index_select(0, positions), scale, used
 
 
 def train_stacked(
@@ -128,35 +159,29 @@ def train_stacked(
     data = [data[i] for i in largest_first]
     generators = [torch.Generator().manual_seed(seeds[i]) for i in largest_first]
     model = build_model(kind, data[0].x_train.shape[1])
+    layers = _layers(model)
     params = _stack(model, arrays, count)
     anchor = {n: p.clone() for n, p in params.items()} if proximal_mu > 0 else {}
     sizes = torch.tensor([len(d.y_train) for d in data])
-    first = torch.cumsum(sizes, 0) - sizes
     flat_x = torch.from_numpy(np.concatenate([d.x_train for d in data]))
     flat_y = torch.from_numpy(np.concatenate([d.y_train for d in data]))
-    steps = -(-sizes // batch_size)  # per hospital, largest first
-    slots = int(steps[0]) * batch_size
-    weights = (torch.arange(slots)[None, :] < sizes[:, None]).float()
-    active = [int((steps > s).sum()) for s in range(int(steps[0]))]  # a leading run
+    batches = _Batches(sizes, batch_size)
     last = torch.zeros(count)
     for _ in range(epochs):
-        order = _epoch_order(generators, sizes, first, slots)
         total = torch.zeros(count)
-        for step, k in enumerate(active):
-            cols = slice(step * batch_size, (step + 1) * batch_size)
-            rows, wb = order[:k, cols].reshape(-1), weights[:k, cols]
+        for k, rows, scale, used in batches.epoch(generators):
             xb = flat_x.index_select(0, rows).view(k, batch_size, -1)
             yb = flat_y.index_select(0, rows).view(k, batch_size)
             live = {n: p[:k] for n, p in params.items()}
-            loss, grads = _loss_and_grads(model, live, xb, yb, wb)
+            loss, grads = _loss_and_grads(layers, live, xb, yb, scale)
             if proximal_mu > 0:  # FedProx: + mu/2 ||w - w_global||^2, gradient mu (w - w_global)
                 for n, p in live.items():
                     drift = p - anchor[n][:k]
                     loss = loss + proximal_mu / 2 * (drift**2).flatten(1).sum(dim=1)
                     grads[n] = grads[n] + proximal_mu * drift
             for n, p in live.items():
-                p -= lr * grads[n]
-            total[:k] += loss * wb.sum(dim=1)
+                p.sub_(grads[n], alpha=lr)
+            total[:k] += loss * used
         last = total / sizes.float()
     back = torch.tensor(largest_first).argsort()  # to the caller's order
     return [p[back].numpy() for p in params.values()], last[back].numpy()
@@ -179,10 +204,14 @@ def predict_block(kind: str, arrays: list[np.ndarray], x: list[np.ndarray]) -> l
     Every hospital is scored with the same (global) model, so one forward pass
     over all hospitals' rows together does it, without padding.
     """
-    model = build_model(kind, x[0].shape[1])
-    set_arrays(model, arrays)
-    probs = predict_proba(model, np.concatenate(x))
+    probs = _predict_all(kind, arrays, np.concatenate(x))
     return np.split(probs, np.cumsum([len(part) for part in x])[:-1])
+
+
+def _predict_all(kind: str, arrays: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+    model = build_model(kind, x.shape[1])
+    set_arrays(model, arrays)
+    return predict_proba(model, x)
 
 
 def evaluate_block(
@@ -190,42 +219,42 @@ def evaluate_block(
 ) -> list[tuple[BinaryMetrics, np.ndarray]]:
     """The global model's metrics and score histogram on each hospital's test rows.
 
-    Computed for all hospitals at once on a padded ``(hospitals, rows)`` grid;
-    each hospital's numbers equal ``metrics.binary_metrics`` and
+    Computed for all hospitals' rows together (one forward pass; per-hospital
+    sums by ``bincount``; AUC from one sort by hospital, then score); each
+    hospital's numbers equal ``metrics.binary_metrics`` and
     ``metrics.score_histogram`` on its own rows alone.
     """
-    probs = predict_block(kind, arrays, [d.x_test for d in data])
-    count, longest = len(data), max(len(d.y_test) for d in data)
-    valid = np.zeros((count, longest), dtype=bool)
-    y = np.zeros((count, longest))
-    p = np.full((count, longest), 0.5)
-    for i, (d, prob) in enumerate(zip(data, probs, strict=True)):
-        valid[i, : len(prob)], y[i, : len(prob)], p[i, : len(prob)] = True, d.y_test, prob
-    n = valid.sum(axis=1)
-    clipped = np.clip(p, 1e-7, 1 - 1e-7)
+    count = len(data)
+    sizes = np.array([len(d.y_test) for d in data])
+    hospital = np.repeat(np.arange(count), sizes)
+    p = _predict_all(kind, arrays, np.concatenate([d.x_test for d in data]))
+    y = np.concatenate([d.y_test for d in data]).astype(np.float64)
+    positive = y == 1
+    clipped = np.clip(p, 1e-7, 1 - 1e-7)  # as binary_metrics scores them
+
+    def per_hospital(values: np.ndarray) -> np.ndarray:
+        return np.bincount(hospital, weights=values, minlength=count)
+
     nll = -(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))
+    positives = per_hospital(positive.astype(np.float64))
+    negatives = sizes - positives
     with np.errstate(invalid="ignore", divide="ignore"):
-        loss = np.where(valid, nll, 0).sum(axis=1) / n
-        accuracy = np.where(valid, (clipped >= 0.5) == (y == 1), False).sum(axis=1) / n
-        brier = np.where(valid, (clipped - y) ** 2, 0).sum(axis=1) / n
-        # AUC by rank sums; padding ranks last (+inf) so it never shifts a real rank.
-        ranks = rankdata(np.where(valid, p, np.inf), axis=1)
-        positives = (y * valid).sum(axis=1)
-        negatives = n - positives
-        auc = ((ranks * y * valid).sum(axis=1) - positives * (positives + 1) / 2) / (
-            positives * negatives
-        )
+        loss = per_hospital(nll) / sizes
+        accuracy = per_hospital(((clipped >= 0.5) == positive).astype(np.float64)) / sizes
+        brier = per_hospital((clipped - y) ** 2) / sizes
+        auc = (
+            per_hospital(_ranks_within(hospital, clipped, sizes) * y)
+            - positives * (positives + 1) / 2
+        ) / (positives * negatives)
     auc = np.where((positives > 0) & (negatives > 0), auc, np.nan)
-    bins = (
-        np.minimum((p * SCORE_BINS).astype(int), SCORE_BINS - 1)
-        + SCORE_BINS * np.arange(count)[:, None]
-    )
+    bins = np.minimum((p * SCORE_BINS).astype(int), SCORE_BINS - 1) + SCORE_BINS * hospital
+    cells = count * SCORE_BINS
     histogram = (
         np.stack(
             [
-                np.bincount(bins[valid & (y == 1)], minlength=count * SCORE_BINS),
-                np.bincount(bins[valid & (y == 0)], minlength=count * SCORE_BINS),
-                np.bincount(bins[valid], weights=p[valid], minlength=count * SCORE_BINS),
+                np.bincount(bins[positive], minlength=cells),
+                np.bincount(bins[~positive], minlength=cells),
+                np.bincount(bins, weights=p, minlength=cells),
             ],
             axis=1,
         )
@@ -236,11 +265,38 @@ def evaluate_block(
     return [
         (
             BinaryMetrics(
-                int(n[i]), float(loss[i]), float(auc[i]), float(accuracy[i]), float(brier[i])
+                int(sizes[i]), float(loss[i]), float(auc[i]), float(accuracy[i]), float(brier[i])
             )
-            if n[i]
+            if sizes[i]
             else BinaryMetrics(0, empty, empty, empty, empty),
             histogram[i],
         )
         for i in range(count)
     ]
+
+
+def _ranks_within(hospital: np.ndarray, scores: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Each row's rank (1 = lowest, ties averaged) among its own hospital's scores.
+
+    The scores are laid out one hospital per line (padded with +inf, which sorts
+    last) and sorted line by line: many short sorts, several times faster than
+    one sort of all rows by hospital and score.
+    """
+    position = np.arange(len(scores)) - (np.cumsum(sizes) - sizes)[hospital]
+    grid = np.full((len(sizes), max(int(sizes.max(initial=0)), 1)), np.inf)
+    grid[hospital, position] = scores
+    order = np.argsort(grid, axis=1)
+    ordered = np.take_along_axis(grid, order, axis=1)
+    place = np.broadcast_to(np.arange(1.0, grid.shape[1] + 1), grid.shape)  # 1-based
+    tied = ordered[:, 1:] == ordered[:, :-1]
+    tied &= np.isfinite(ordered[:, 1:])  # padding ties with padding; that does not matter
+    if tied.any():  # a run of equal scores on a line shares the mean of its places
+        starts_run = np.ones(grid.shape, dtype=bool)
+        starts_run[:, 1:] = ~tied
+        starts = np.flatnonzero(starts_run)
+        lengths = np.diff(np.r_[starts, grid.size])
+        mean_place = starts % grid.shape[1] + (lengths + 1) / 2
+        place = np.repeat(mean_place, lengths).reshape(grid.shape)
+    ranks = np.empty(grid.shape)
+    np.put_along_axis(ranks, order, place, axis=1)
+    return ranks[hospital, position]

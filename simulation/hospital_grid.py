@@ -26,7 +26,7 @@ import io
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -50,6 +50,7 @@ from healthsync.errors import HealthSyncError
 
 BLOCK_FAILED = 1  # error code for a hospital whose whole block failed
 HOSPITAL_COLUMN = "hospital"  # a block reply's column of hospital indices
+HTTP_PULL_SECONDS = 3.0  # how often Flower's own deployment grid polls for replies
 
 
 @dataclass(frozen=True)
@@ -144,9 +145,15 @@ class HospitalGrid(Grid):
 
     def _exchange(
         self, groups: dict[int, tuple[Message, list[int]]], timeout: float | None
-    ) -> list[tuple[int, BlockReply]]:
-        """Ask each block (a template message, the hospitals wanted); read every answer."""
-        outgoing, asked = [], {}
+    ) -> Iterator[tuple[int, BlockReply]]:
+        """Ask each block (a template message, the hospitals wanted); yield each answer.
+
+        Answers are yielded as they arrive, so the caller reads one block while
+        the others are still training (Flower's own ``send_and_receive`` waits
+        for all). The polling loop is Flower's: pull, then sleep the inner grid's
+        ``pull_interval``, until every block answered or ``timeout`` passed.
+        """
+        outgoing, asked = [], []
         for block, (template, hospitals) in groups.items():
             config = dict(template.content.get("config", ConfigRecord()))
             config["hospitals"] = hospitals
@@ -159,15 +166,18 @@ class HospitalGrid(Grid):
                     content=content, message_type=template.metadata.message_type, dst_node_id=node
                 )
             )
-            asked[node] = (block, hospitals)
-        answers = []
-        for reply in self.inner.send_and_receive(outgoing, timeout=timeout):
-            block, hospitals = asked.pop(reply.metadata.src_node_id)
-            answers.append((block, read_block(reply, hospitals)))
-        for block, hospitals in asked.values():
+            asked.append((block, hospitals))
+        waiting = dict(zip(self.inner.push_messages(outgoing), asked, strict=True))
+        end = time.time() + (timeout or 0.0)
+        while waiting and (timeout is None or time.time() < end):
+            for reply in self.inner.pull_messages(list(waiting)):
+                block, hospitals = waiting.pop(reply.metadata.reply_to_message_id)
+                yield block, read_block(reply, hospitals)
+            if waiting:
+                time.sleep(getattr(self.inner, "pull_interval", HTTP_PULL_SECONDS))
+        for block, hospitals in waiting.values():
             why = "no reply from its node before the timeout"
-            answers.append((block, BlockReply([], {}, {}, dict.fromkeys(hospitals, why))))
-        return answers
+            yield block, BlockReply([], {}, {}, dict.fromkeys(hospitals, why))
 
     # ------------------------------------------------------------ delegated / unsupported
     def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:

@@ -44,6 +44,7 @@ class InProcessGrid(Grid):
         self.states = {node: RecordDict() for node in self.partitions}
         self.sent: list[Message] = []
         self.received: list[Message] = []
+        self.waiting: dict[str, Message] = {}  # message id -> its reply, not yet pulled
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.partitions)
@@ -51,8 +52,13 @@ class InProcessGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        replies = []
+        return self.pull_messages(self.push_messages(messages))
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Answer each message at once; its reply waits to be pulled."""
+        ids = []
         for msg in messages:
+            msg.metadata.__dict__["_message_id"] = message_id = f"m{len(self.sent)}"
             node = msg.metadata.dst_node_id
             context = Context(
                 run_id=1,
@@ -70,7 +76,12 @@ class InProcessGrid(Grid):
                 )
             else:  # as in Flower, a node's state changes only when its app succeeds
                 self.states[node] = context.state
-            replies.append(reply)
+            self.waiting[message_id] = reply
+            ids.append(message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        replies = [self.waiting.pop(i) for i in message_ids if i in self.waiting]
         self.received.extend(replies)
         return replies
 
@@ -82,12 +93,6 @@ class InProcessGrid(Grid):
 
     @property
     def run(self):
-        raise NotImplementedError
-
-    def push_messages(self, messages):
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):
         raise NotImplementedError
 
 
