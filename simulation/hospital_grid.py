@@ -38,6 +38,7 @@ from flwr.app import (
     Error,
     Message,
     MessageType,
+    Metadata,
     MetricRecord,
     RecordDict,
 )
@@ -203,9 +204,35 @@ class HospitalGrid(Grid):
         raise NotImplementedError("HospitalGrid supports send_and_receive only")
 
 
-def _reply(msg: Message, records: RecordDict) -> Message:
-    """A reply that looks as if hospital ``msg.dst`` had answered ``msg`` itself."""
-    return Message(records, reply_to=msg)
+def _reply(ask: Message, content: RecordDict, now: float) -> Message:
+    """``Message(content, reply_to=ask)``, sent at ``now``: the same metadata, built unchecked.
+
+    A block's reply becomes thousands of per-hospital replies a round, and
+    Flower's constructor (argument checks, a clock read, message-type
+    validation) cost more than the rest of each reply. The metadata is
+    derived exactly as Flower derives a reply's (``tests/test_blocks.py``
+    compares the two): from the ask's, source and destination swapped, and a
+    TTL that ends when the ask's does.
+    """
+    asked = ask.metadata.__dict__
+    metadata = Metadata.__new__(Metadata)
+    metadata.__dict__.update(
+        _run_id=asked["_run_id"],
+        _message_id="",
+        _src_node_id=asked["_dst_node_id"],
+        _dst_node_id=asked["_src_node_id"],
+        _src_task_id=asked["_dst_task_id"],
+        _dst_task_id=asked["_src_task_id"],
+        _reply_to_message_id=asked["_message_id"],
+        _group_id=asked["_group_id"],
+        _created_at=now,
+        _ttl=asked["_created_at"] + asked["_ttl"] - now,
+        _message_type=asked["_message_type"],
+        _delivered_at="",
+    )
+    message = Message.__new__(Message)
+    message.__dict__.update(_metadata=metadata, _content=content, _error=None)
+    return message
 
 
 def _failed(msg: Message, reason: str) -> Message:
@@ -252,12 +279,17 @@ def _split(block: BlockReply, group: list[Message]) -> dict[int, Message]:
     """One reply per hospital message in ``group``, as a node of its own would have sent it."""
     asked = {m.metadata.dst_node_id - 1: m for m in group}
     out = {i: _failed(asked[i], why) for i, why in block.errors.items() if i in asked}
-    names = list(block.arrays)
+    # Every row of a stacked array has the same dtype, shape and strides: one layout each.
+    layouts = {n: _npy_layout(a[0]) if len(a) else None for n, a in block.arrays.items()}
+    now = time.time()
     for row, index in enumerate(block.hospitals):
-        records = {"metrics": metrics_record({k: v[row] for k, v in block.columns.items()})}
-        if names:
-            records["arrays"] = _row_record({n: block.arrays[n][row] for n in names})
-        out[index] = _reply(asked[index], _record_dict(records))
+        # One row of a valid MetricRecord's lists: valid metric values, no checks needed.
+        metrics = MetricRecord()
+        metrics.__dict__["_data"].update({k: v[row] for k, v in block.columns.items()})
+        records = {"metrics": metrics}
+        if layouts:
+            records["arrays"] = _row_record(block.arrays, row, layouts)
+        out[index] = _reply(asked[index], _record_dict(records), now)
     return out
 
 
@@ -291,22 +323,28 @@ def _dtype_name(dtype: np.dtype) -> str:
     return str(dtype)  # as Flower names it; slow enough in NumPy to be worth remembering
 
 
-def _npy_fields(a: np.ndarray) -> dict | None:
-    """The fields ``Array(a)`` would hold (same ``.npy`` bytes), or ``None`` if only Flower can."""
+NpyLayout = tuple[dict, bytes]  # an Array's fields but its data, and the .npy header
+
+
+def _npy_layout(a: np.ndarray) -> NpyLayout | None:
+    """What ``Array(a)`` would hold besides ``a``'s bytes; ``None`` if only Flower can say."""
     dtype = _dtype_name(a.dtype)
     header = _npy_header(dtype, a.shape)
     if header is None or (a.flags.f_contiguous and not a.flags.c_contiguous):
         return None
-    return {
-        "dtype": dtype,
-        "shape": tuple(a.shape),
-        "stype": SType.NUMPY,
-        "data": header + a.tobytes(),
-    }
+    return {"dtype": dtype, "shape": tuple(a.shape), "stype": SType.NUMPY}, header
+
+
+def _npy_fields(a: np.ndarray, layout: NpyLayout | None) -> dict | None:
+    """The fields ``Array(a)`` would hold (same ``.npy`` bytes), given ``a``'s layout."""
+    if layout is None:
+        return None
+    fields, header = layout
+    return {**fields, "data": header + a.tobytes()}
 
 
 def _array(a: np.ndarray) -> Array:
-    fields = _npy_fields(a)
+    fields = _npy_fields(a, _npy_layout(a))
     return Array.from_numpy_ndarray(a) if fields is None else Array(**fields)
 
 
@@ -319,23 +357,26 @@ def arrays_record(arrays: list[np.ndarray] | dict[str, np.ndarray]) -> ArrayReco
     return record
 
 
-def _row_record(rows: dict[str, np.ndarray]) -> ArrayRecord:
-    """The ``ArrayRecord`` of one hospital's rows of a block's stacked arrays, built unchecked.
+def _row_record(
+    stacked: dict[str, np.ndarray], row: int, layouts: dict[str, NpyLayout | None]
+) -> ArrayRecord:
+    """The ``ArrayRecord`` of row ``row`` of a block's stacked arrays, built unchecked.
 
     Thousands per round: each ``Array`` gets its fields (the same ``.npy`` bytes
-    ``Array(row)`` holds) straight into its ``__dict__`` and the record its
+    ``Array(a[row])`` holds) straight into its ``__dict__`` and the record its
     items into ``TypedDict._data``, skipping Flower's per-item validation, which
     these types (str keys, ``Array`` values of C-ordered numeric rows) pass.
     """
     record = ArrayRecord()
     items = record.__dict__["_data"]
-    for key, row in rows.items():
-        fields = _npy_fields(row)
+    for key, a in stacked.items():
+        values = a[row]
+        fields = _npy_fields(values, layouts[key])
         if fields is None:
-            items[key] = Array.from_numpy_ndarray(row)
+            items[key] = Array.from_numpy_ndarray(values)
             continue
         array = _NpyArray.__new__(_NpyArray)
-        array.__dict__.update(fields, _row=row)
+        array.__dict__.update(fields, _row=values)
         items[key] = array
     return record
 
@@ -388,6 +429,12 @@ class _NpyArray(Array):
 
 
 _NpyArray.__qualname__ = Array.__qualname__
+
+
+def _values(array: Array) -> np.ndarray:
+    """``array.numpy()``, or, for a row of a block's reply, that row itself (read-only use)."""
+    row = array.__dict__.get("_row") if type(array) is _NpyArray else None
+    return array.numpy() if row is None else row
 
 
 def _fast_loading(record: ArrayRecord) -> ArrayRecord:
@@ -449,7 +496,10 @@ def _stacked(contents: list[RecordDict], weight_key: str):
     rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
     values: dict[str, list[float]] = {name: [] for name in columns}
     for content in contents:
-        records, metrics = content.get(array_key), content.get(metric_key)
+        try:
+            records, metrics = content[array_key], content[metric_key]
+        except KeyError:
+            return None
         if (
             len(content) != 2
             or not isinstance(records, ArrayRecord)
@@ -459,7 +509,7 @@ def _stacked(contents: list[RecordDict], weight_key: str):
         ):
             return None
         for name in names:
-            rows[name].append(records[name].numpy())
+            rows[name].append(_values(records[name]))
         for name in columns:
             value = metrics[name]
             if isinstance(value, list):

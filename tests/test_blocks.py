@@ -235,7 +235,7 @@ def _block_answer(records: dict, errors: dict[str, str]):
 
 
 def test_split_block_reply_gives_each_hospital_what_its_own_node_would_send():
-    from flwr.app import ArrayRecord, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
     from simulation.hospital_grid import _split, block_reply, read_block
 
@@ -264,6 +264,13 @@ def test_split_block_reply_gives_each_hospital_what_its_own_node_would_send():
         )
         assert list(reply.content) == list(own)
         assert reply.content.object_id == own.object_id  # byte for byte, record by record
+        ours, flowers = (
+            dict(reply.metadata.__dict__),
+            dict(Message(own, reply_to=ask).metadata.__dict__),
+        )
+        assert ours.pop("_created_at") == pytest.approx(flowers.pop("_created_at"), abs=5.0)
+        assert ours.pop("_ttl") == pytest.approx(flowers.pop("_ttl"), abs=5.0)  # ends with the ask
+        assert ours == flowers and not reply.has_error()
         for got, want in zip(reply.content["arrays"].to_numpy_ndarrays(), models[row], strict=True):
             assert got.dtype == want.dtype and got.flags.writeable
             np.testing.assert_array_equal(got, want)
