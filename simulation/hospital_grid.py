@@ -168,7 +168,16 @@ class HospitalGrid(Grid):
                 )
             )
             asked.append((block, hospitals))
-        waiting = dict(zip(self.inner.push_messages(outgoing), asked, strict=True))
+        ids = list(self.inner.push_messages(outgoing))
+        if len(ids) != len(outgoing):  # Flower dropped some: match by the ids it set
+            ids = [m.metadata.message_id if m.metadata.message_id in ids else "" for m in outgoing]
+        waiting = {}
+        for message_id, (block, hospitals) in zip(ids, asked, strict=True):
+            if message_id:
+                waiting[message_id] = (block, hospitals)
+            else:
+                why = "Flower did not accept the message for its node"
+                yield block, BlockReply([], {}, {}, dict.fromkeys(hospitals, why))
         end = time.time() + (timeout or 0.0)
         while waiting and (timeout is None or time.time() < end):
             for reply in self.inner.pull_messages(list(waiting)):

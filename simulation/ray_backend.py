@@ -16,8 +16,10 @@ polls adaptively: Flower's polls every 0.1 s, adding up to 0.1 s per
 message round trip; ours waits in proportion to how long one pass over the
 nodes took (from 5 ms with a few block nodes, up to Flower's 0.1 s with
 thousands of one-hospital nodes, where a pass is itself slow), so it takes no
-more of the server's time than Flower's. ``tests/test_ray_backend.py`` checks
-that both Flower hooks still look as assumed here.
+more of the server's time than Flower's; and a push to the in-memory grid
+wakes it at once, so a new message waits for no poll at all.
+``tests/test_ray_backend.py`` checks that the Flower hooks still look as
+assumed here.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from flwr.common.constant import PARTITION_ID_KEY
 from flwr.server.superlink.fleet.vce import vce_api
 from flwr.server.superlink.fleet.vce.backend import raybackend
 from flwr.simulation.ray_transport.ray_actor import BasicActorPool, ClientAppActor
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 WORKERS_PER_ACTOR = 3  # Flower's executor runs at most min(32, CPUs + 4) worker threads
 FASTEST_POLL, SLOWEST_POLL = 0.005, 0.1  # seconds between passes over the nodes
@@ -86,27 +89,46 @@ class AffinityRayBackend(raybackend.RayBackend):
         return self.pool.run(partition_id, (self.app_fn, message, str(partition_id), context))
 
 
+_pushed = threading.Event()  # set when the server pushes messages: poll at once
+
+
 def add_messages_to_queue(
     state, queue: Queue[Message], nodes_mapping: dict[int, int], f_stop: threading.Event
 ) -> None:
-    """Flower's ``vce_api.add_messages_to_queue`` with a wait that adapts to the pass's cost."""
+    """Flower's ``vce_api.add_messages_to_queue``, woken by a push, with an adaptive wait."""
     while not f_stop.is_set():
+        _pushed.clear()  # a push during the pass below wakes the wait after it
         started = time.perf_counter()
         for node_id in nodes_mapping:
             for msg in state.get_message_ins(node_id=node_id, limit=1):
                 queue.put(msg)
         spent = time.perf_counter() - started
-        f_stop.wait(min(SLOWEST_POLL, max(FASTEST_POLL, POLL_PER_PASS * spent)))
+        _pushed.wait(min(SLOWEST_POLL, max(FASTEST_POLL, POLL_PER_PASS * spent)))
+
+
+def _waking_push(push):
+    """``InMemoryGrid.push_messages`` that wakes the polling thread when it returns."""
+
+    def push_messages(self, messages):
+        try:
+            return push(self, messages)
+        finally:
+            _pushed.set()
+
+    return push_messages
 
 
 @contextmanager
 def installed() -> Iterator[None]:
-    """Use ``AffinityRayBackend`` and the adaptive poll for simulations started inside."""
+    """Use ``AffinityRayBackend`` and the woken, adaptive poll for simulations started inside."""
     backend, poll = raybackend.RayBackend, vce_api.add_messages_to_queue
+    push = InMemoryGrid.push_messages
     raybackend.RayBackend = AffinityRayBackend
     vce_api.add_messages_to_queue = add_messages_to_queue
+    InMemoryGrid.push_messages = _waking_push(push)
     try:
         yield
     finally:
         raybackend.RayBackend = backend
         vce_api.add_messages_to_queue = poll
+        InMemoryGrid.push_messages = push

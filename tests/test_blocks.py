@@ -302,3 +302,46 @@ def test_read_block_fails_every_hospital_of_a_failed_or_malformed_block():
     silent = read_block(_block_answer(block_reply([1], {"count": [4]}, {}), {}), [0, 1])
     assert silent.hospitals == [1]
     assert silent.errors == {0: "its block's reply has no answer for this hospital"}
+
+
+def test_a_refused_or_silent_block_fails_its_hospitals_and_the_others_answer(tmp_path):
+    from flwr.app import ConfigRecord, MessageType
+
+    from simulation.hospital_grid import HospitalGrid
+    from tests.engine_helpers import make_federation
+    from tests.inprocess_grid import InProcessGrid
+
+    class Lossy(InProcessGrid):
+        """Once ``lossy``: Flower refuses the first message and the last one's reply is lost."""
+
+        lossy = False
+        lost = ""
+
+        def push_messages(self, messages):
+            ids = super().push_messages(messages)
+            if not self.lossy:
+                return ids
+            self.lost = ids[-1]
+            return ids[1:]
+
+        def pull_messages(self, message_ids):
+            return super().pull_messages([i for i in message_ids if i != self.lost])
+
+    fed = make_federation(tmp_path, "fed", hospitals=6, patients=40)
+    ask = {"config": ConfigRecord({"data-dir": str(fed), "target": "diabetes"})}
+    inner = Lossy(3)
+    grid = HospitalGrid(inner, hospitals=6, block_size=2)  # blocks [0, 1], [2, 3], [4, 5]
+    blocks = grid.broadcast(MessageType.QUERY, ask)
+    assert sorted(i for b in blocks for i in b.hospitals) == list(range(6))
+    assert not any(b.errors for b in blocks)
+
+    inner.lossy = True
+    blocks = grid.broadcast(MessageType.QUERY, ask, timeout=0.5)
+    assert [i for b in blocks for i in b.hospitals] == [2, 3]
+    errors = {i: why for b in blocks for i, why in b.errors.items()}
+    assert errors == {
+        0: "Flower did not accept the message for its node",
+        1: "Flower did not accept the message for its node",
+        4: "no reply from its node before the timeout",
+        5: "no reply from its node before the timeout",
+    }
