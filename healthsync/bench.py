@@ -44,10 +44,11 @@ from healthsync.config import BENCH_WAYS, MODELS, TrainConfig
 from healthsync.data import load_federation
 from healthsync.errors import HealthSyncError
 from healthsync.processes import process_alive, spawn_detached
-from healthsync.proctree import tree_rss_bytes
+from healthsync.proctree import alive, descendants, rss_bytes
 from healthsync.store import MetricsStore
 
 WAYS = BENCH_WAYS
+SETTLE_SECONDS = 60.0  # longest wait for a finished run's processes to exit
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bench_results (
     sweep_id VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, way VARCHAR NOT NULL,
@@ -170,14 +171,25 @@ def sweep_progress(store: MetricsStore, sweep_id: str) -> tuple[int, int, bool]:
     return done, int(total or done), alive
 
 
-def _watch(pid: int, done: Callable[[], bool], timeout: float) -> float:
-    """Poll until ``done()``; return the peak memory (MiB) of ``pid``'s process tree."""
-    peak = 0
+def _watch(pid: int, done: Callable[[], bool], timeout: float, *, settle: bool) -> float:
+    """Poll until ``done()``; return the peak memory (MiB) of ``pid``'s process tree.
+
+    With ``settle`` (a run process of its own), then wait, at most
+    ``SETTLE_SECONDS``, until every process the tree ever held has exited: a
+    run records its end before Ray's actors and daemons are gone, and the next
+    measurement should not share the CPUs with them.
+    """
+    peak, seen = 0, set()
     deadline = time.monotonic() + timeout
     while not done():
-        peak = max(peak, tree_rss_bytes(pid))
+        tree = descendants(pid)
+        seen |= tree
+        peak = max(peak, rss_bytes(tree))
         if time.monotonic() > deadline:
             raise TimeoutError
+        time.sleep(0.2)
+    settled = time.monotonic() + SETTLE_SECONDS
+    while settle and alive(seen) and time.monotonic() < settled:
         time.sleep(0.2)
     return peak / 2**20
 
@@ -221,7 +233,7 @@ def _measure_run(
         return runlog.get_run(store, run_id)["status"] in runs.FINISHED
 
     try:
-        peak = _watch(pid, finished, timeout)
+        peak = _watch(pid, finished, timeout, settle=way != "warm")
     except TimeoutError:
         runs.cancel_run(config.db, run_id)
         return Measurement(
@@ -281,7 +293,7 @@ def measure_vectorised(
     ]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        peak = _watch(process.pid, lambda: process.poll() is not None, timeout)
+        peak = _watch(process.pid, lambda: process.poll() is not None, timeout, settle=True)
     except TimeoutError:
         process.kill()
         return Measurement(

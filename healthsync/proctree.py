@@ -28,13 +28,36 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` and its descendants now (0 once they are gone)."""
+def descendants(pid: int) -> set[int]:
+    """``pid`` and every process descended from it now."""
     tree = _children()
-    total, todo = 0, [pid]
+    found, todo = set(), [pid]
     while todo:
         current = todo.pop()
-        with contextlib.suppress(OSError, IndexError, ValueError):  # it may have just exited
-            total += int(Path(f"/proc/{current}/statm").read_text().split()[1]) * PAGE
+        found.add(current)
         todo.extend(tree.get(current, []))
+    return found
+
+
+def rss_bytes(pids: set[int]) -> int:
+    """Summed resident memory of ``pids`` (those that have exited count 0)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):  # it may have just exited
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
     return total
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and its descendants now (0 once they are gone)."""
+    return rss_bytes(descendants(pid))
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (a zombie, already exited, is not)."""
+    running = set()
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                running.add(pid)
+    return running

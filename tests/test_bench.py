@@ -1,9 +1,12 @@
 """The stress-test sweep: configuration, measurements kept in the store, ratios and charts."""
 
+import subprocess
+import sys
+
 import polars as pl
 import pytest
 
-from healthsync import bench, bench_charts
+from healthsync import bench, bench_charts, proctree
 from healthsync.cli import main
 from healthsync.errors import HealthSyncError
 from healthsync.store import MetricsStore
@@ -97,3 +100,23 @@ def test_cli_sweep_through_flower(tmp_path, capsys):
         "healthsync",
         "vectorised",
     ]
+
+
+@pytest.mark.parametrize("settle", [True, False])
+def test_a_measurement_waits_for_the_runs_leftover_processes(settle):
+    # The run's process exits first; a child (like Ray's actors) outlives it.
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; "
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3)']); "
+            "print(child.pid, flush=True); time.sleep(0.5)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = int(parent.stdout.readline())
+    peak = bench._watch(parent.pid, lambda: parent.poll() is not None, 60, settle=settle)
+    assert peak > 0
+    assert bool(proctree.alive({child})) is not settle
