@@ -1,15 +1,21 @@
 """Block execution and Ray clusters, end to end through Flower."""
 
+import contextlib
+import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from healthsync import runlog
+from healthsync import proctree, runlog
 from healthsync.predict import load_saved_model
 from healthsync.store import MetricsStore
 from tests.engine_helpers import cli_json, make_federation
@@ -62,6 +68,7 @@ def test_runs_on_a_two_node_ray_cluster(tmp_path, capsys):
     port = _free_port()
     address = f"127.0.0.1:{port}"  # Ray itself advertises the machine's own address
     env_args = ["--disable-usage-stats", "--num-cpus", "1"]
+    temp_dir = tempfile.mkdtemp(prefix="hsray", dir="/tmp")  # short: Ray's socket paths
     try:
         subprocess.run(
             [
@@ -74,6 +81,8 @@ def test_runs_on_a_two_node_ray_cluster(tmp_path, capsys):
                 str(port),
                 "--include-dashboard",
                 "false",
+                "--temp-dir",
+                temp_dir,
                 *env_args,
             ],
             check=True,
@@ -115,4 +124,37 @@ def test_runs_on_a_two_node_ray_cluster(tmp_path, capsys):
         assert code == 0 and summary["status"] == "completed", summary
         assert summary["rounds_done"] == 2
     finally:
-        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120)
+        _stop_cluster(temp_dir, port)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_cluster(temp_dir: str, port: int) -> None:
+    """Stop this test's Ray cluster and nothing else.
+
+    ``ray stop`` stops every Ray process on the machine, a developer's running
+    warm engine included. Here: the processes that name the cluster's temp dir
+    or its port, and everything they started (Ray's agents rename themselves).
+    """
+    marks = [temp_dir.encode(), f":{port}\0".encode()]
+
+    def ours() -> set[int]:
+        found = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            with contextlib.suppress(OSError):
+                if any(mark in (entry / "cmdline").read_bytes() for mark in marks):
+                    found |= proctree.descendants(int(entry.name))
+        return proctree.alive(found)
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        for _ in range(100):
+            if not ours():
+                return
+            time.sleep(0.1)
+    warnings.warn(
+        f"processes of the test's Ray cluster outlived SIGKILL: {sorted(ours())}", stacklevel=2
+    )
