@@ -198,17 +198,8 @@ def train_block(
     return [[a[i] for a in stacked] for i in range(len(data))], losses.tolist()
 
 
-def predict_block(kind: str, arrays: list[np.ndarray], x: list[np.ndarray]) -> list[np.ndarray]:
-    """The model ``arrays``' predicted probabilities on each hospital's rows.
-
-    Every hospital is scored with the same (global) model, so one forward pass
-    over all hospitals' rows together does it, without padding.
-    """
-    probs = _predict_all(kind, arrays, np.concatenate(x))
-    return np.split(probs, np.cumsum([len(part) for part in x])[:-1])
-
-
 def _predict_all(kind: str, arrays: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The global model ``arrays``' probabilities on all hospitals' rows: one forward pass."""
     model = build_model(kind, x.shape[1])
     set_arrays(model, arrays)
     return predict_proba(model, x)

@@ -48,11 +48,6 @@ def rss_bytes(pids: set[int]) -> int:
     return total
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` and its descendants now (0 once they are gone)."""
-    return rss_bytes(descendants(pid))
-
-
 def alive(pids: set[int]) -> set[int]:
     """Those of ``pids`` still running (a zombie, already exited, is not)."""
     running = set()
