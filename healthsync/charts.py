@@ -252,7 +252,8 @@ def hospital_metric_bars(
 
 
 def hospital_sizes(frame: pl.DataFrame) -> alt.Chart:
-    """Training and test patients per hospital (``hospital, name, n_train, n_test, n_patients``)."""
+    """Released patients per hospital (``hospital, name, n_patients``; null when withheld)."""
+    frame = frame.drop_nulls("n_patients")
     if frame.height > MANY_HOSPITALS:
         return (
             alt.Chart(frame, title=f"Hospital sizes ({frame.height} hospitals)")
@@ -264,32 +265,20 @@ def hospital_sizes(frame: pl.DataFrame) -> alt.Chart:
             )
             .properties(height=260)
         )
-    long = frame.unpivot(
-        index=["hospital", "name", "n_patients"],
-        on=["n_train", "n_test"],
-        variable_name="split",
-        value_name="patients",
-    ).with_columns(pl.col("split").replace({"n_train": "training", "n_test": "test"}))
     return (
-        alt.Chart(long, title="Patients per hospital")
-        .mark_bar()
+        alt.Chart(frame, title="Patients per hospital (released, noisy)")
+        .mark_bar(color="#0f766e")
         .encode(
-            x=alt.X("patients:Q", title="Patients (count)", stack=True),
+            x=alt.X("n_patients:Q", title="Patients (count)"),
             y=alt.Y(
                 "name:N",
                 title="Hospital",
                 sort=alt.SortField("n_patients", "descending"),
                 axis=alt.Axis(labelLimit=220),
             ),
-            color=alt.Color(
-                "split:N",
-                title="Split",
-                scale=alt.Scale(domain=["training", "test"], range=["#0f766e", "#99d5c9"]),
-            ),
             tooltip=[
                 alt.Tooltip("name:N", title="Hospital"),
-                alt.Tooltip("split:N", title="Split"),
-                alt.Tooltip("patients:Q", title="Patients"),
+                alt.Tooltip("n_patients:Q", title="Patients (noisy)"),
             ],
         )
         .properties(height=_band_height(frame.height, step=26))

@@ -68,43 +68,6 @@ def find_federations(data_root: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------- overview
-def hospitals_frame(federation: Federation) -> pl.DataFrame:
-    """One row per hospital: id, name, kind and split sizes (from the manifest only)."""
-    return pl.DataFrame(
-        {
-            "hospital": [h.id for h in federation.hospitals],
-            "name": [h.name for h in federation.hospitals],
-            "kind": [h.kind or "" for h in federation.hospitals],
-            "n_train": [h.n_train for h in federation.hospitals],
-            "n_test": [h.n_test for h in federation.hospitals],
-        },
-        schema_overrides={"n_train": pl.Int64, "n_test": pl.Int64},
-    ).with_columns(n_patients=pl.col("n_train") + pl.col("n_test"))
-
-
-def prevalence_frame(federation: Federation) -> pl.DataFrame:
-    """Outcome prevalence per hospital, long format; empty if the manifest records none.
-
-    Read from each hospital's ``extras["prevalence"]`` (``{outcome: fraction}``),
-    an aggregate the data layer adds; patient rows are never opened. A figure
-    the data layer withheld (``None``: too few patients with or without the
-    outcome to publish safely) stays as a missing value.
-    """
-    rows = [
-        {
-            "hospital": h.id,
-            "name": h.name,
-            "outcome": outcome,
-            "prevalence": float(value) if isinstance(value, int | float) else None,
-        }
-        for h in federation.hospitals
-        if isinstance(h.extras.get("prevalence"), Mapping)
-        for outcome, value in h.extras["prevalence"].items()
-    ]
-    schema = {"hospital": pl.String, "name": pl.String, "outcome": pl.String}
-    return pl.DataFrame(rows, schema={**schema, "prevalence": pl.Float64})
-
-
 def heterogeneity_label(federation: Federation) -> str:
     """How different the hospitals were made to be, in words (from ``created_with``)."""
     value = federation.created_with.get("heterogeneity")
@@ -114,21 +77,6 @@ def heterogeneity_label(federation: Federation) -> str:
         return "0 (identical hospitals)"
     word = "low" if value < 0.34 else "moderate" if value < 0.67 else "strong"
     return f"{value:g} ({word})"
-
-
-def federation_facts(federation: Federation) -> dict[str, Any]:
-    """Headline numbers of a federation for the Overview page."""
-    sizes = hospitals_frame(federation)["n_patients"]
-    return {
-        "name": federation.name,
-        "source": federation.source,
-        "hospitals": len(federation.hospitals),
-        "patients": federation.n_patients,
-        "smallest": int(sizes.min()),
-        "largest": int(sizes.max()),
-        "outcomes": ", ".join(federation.outcomes),
-        "heterogeneity": heterogeneity_label(federation),
-    }
 
 
 # ---------------------------------------------------------------- runs

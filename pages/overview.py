@@ -1,42 +1,69 @@
-"""Overview: the federation at a glance, as aggregates only, and the latest run's numbers."""
+"""Overview: the federation at a glance, as released aggregates only, and the latest run."""
 
 import streamlit as st
 
 from healthsync import charts, dashboard, runlog
+from healthsync.cohort.facts import facts_frames, facts_noise_sd, published_facts
 from pages._guard import choose_federation, require
 
 page = require("view")
 st.title("Federation overview")
 
 federation = choose_federation(page)
+released, missing = published_facts(federation)
 
-facts = dashboard.federation_facts(federation)
-st.caption(f"{facts['name']} · source: {facts['source']} · outcomes: {facts['outcomes']}")
 cols = st.columns(4)
-cols[0].metric("Hospitals", f"{facts['hospitals']:,}")
-cols[1].metric("Patients", f"{facts['patients']:,}")
-cols[2].metric("Hospital size", f"{facts['smallest']:,}–{facts['largest']:,}")
-cols[3].metric("Heterogeneity", facts["heterogeneity"])
-
-hospitals = dashboard.hospitals_frame(federation)
-st.altair_chart(charts.hospital_sizes(hospitals))
+cols[0].metric("Hospitals", f"{len(federation.hospitals):,}")
+if released is not None:
+    sizes, prevalence = facts_frames(federation, released)
+    shown = sizes["n_patients"].drop_nulls()
+    total = released.total.get("patient_count")
+    cols[1].metric("Patients (noisy)", f"≈ {total:,}" if isinstance(total, int) else "withheld")
+    cols[2].metric(
+        "Hospital size (noisy)",
+        f"{shown.min():,}–{shown.max():,}" if shown.len() else "withheld",
+    )
+cols[3].metric("Heterogeneity", dashboard.heterogeneity_label(federation))
 st.caption(
-    "Patients each hospital holds, split into the rows it trains on and the rows it keeps "
-    "for testing. Counts come from the manifest; no patient row leaves a hospital."
+    f"{federation.name} · source: {federation.source} · outcomes: {', '.join(federation.outcomes)}"
 )
 
-prevalence = dashboard.prevalence_frame(federation)
-if prevalence.is_empty():
-    st.info("This federation's manifest records no per-hospital outcome prevalence.")
+if released is None:
+    st.info(
+        "No hospital has published its facts yet. Each hospital releases its size and "
+        "outcome prevalences itself, through its own privacy gate, when its data is created "
+        "or when the first cohort query reaches it. An admin can ask every hospital now "
+        f"with `healthsync data publish --data {federation.data_dir}`."
+    )
+    st.stop()
+
+withheld = sizes["n_patients"].null_count()
+st.altair_chart(charts.hospital_sizes(sizes))
+st.caption(
+    "Patients each hospital holds, as each hospital released it: a count with "
+    f"differential-privacy noise added inside the hospital (standard deviation about "
+    f"{facts_noise_sd(federation):.0f} patients), released once and shown the same way "
+    "everywhere, the cohort explorer included. "
+    + (
+        f"{withheld} hospital(s) withheld (fewer than 11 patients, after noise). "
+        if withheld
+        else ""
+    )
+    + (f"{len(missing)} hospital(s) have not published yet." if missing else "")
+)
+
+if prevalence["prevalence"].drop_nulls().is_empty():
+    st.info("No hospital's outcome prevalence can be shown: every one is withheld.")
 else:
     st.altair_chart(charts.prevalence_bars(prevalence))
-    withheld = prevalence["prevalence"].null_count()
+    hidden = prevalence["prevalence"].null_count()
     st.caption(
-        "Share of each hospital's patients with each outcome, as its manifest records it."
+        "Share of each hospital's patients with each outcome, from the same noisy released "
+        "counts."
         + (
-            f" {withheld} figure(s) withheld (no bar): too few patients with or without the "
-            "outcome at that hospital to publish the share safely."
-            if withheld
+            f" {hidden} figure(s) withheld (no bar): fewer than 11 patients with or without "
+            "the outcome at that hospital, after noise."
+            if hidden
             else ""
         )
     )

@@ -3,10 +3,12 @@
 ``python -m simulation.analytics serve --data DIR --state FILE`` runs one
 Flower simulation on Ray for as long as queries keep coming. Its ServerApp
 waits for every hospital's node, warms them up (each Ray actor reads and
-keeps its hospitals' rows), then answers each query by sending a
-``query.cohort`` message to every node and handing the replies to the
-library's guards (:func:`healthsync.cohort.guards.release`); only the
-guarded answer goes back over the local channel
+keeps its hospitals' rows, and each hospital publishes the federation facts
+Overview shows, if it has not yet), then answers each query by sending a
+``query.cohort`` message to every node and handing the replies (each
+hospital's noisy aggregates, drawn by the hospital's own privacy gate, or its
+refusal) to the library's guards (:func:`healthsync.cohort.guards.answer`);
+only the guarded answer goes back over the local channel
 (:mod:`healthsync.cohort.service`). It exits after ``--idle-timeout``
 seconds without a query.
 
@@ -29,16 +31,17 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from healthsync.cohort.guards import release
-from healthsync.cohort.local import Aggregates, from_record
-from healthsync.cohort.noise import fresh_generator
+from healthsync.cohort.facts import facts_query
+from healthsync.cohort.guards import answer
+from healthsync.cohort.local import HospitalReply, from_record
 from healthsync.cohort.plan import QueryPlan, plan_query
 from healthsync.cohort.policy import CohortPolicy
 from healthsync.cohort.query import CohortQuery
 from healthsync.cohort.service import IDLE_SECONDS, federation_id, serve
 from healthsync.data import Federation, load_federation
 from healthsync.errors import HealthSyncError
-from simulation.analytics_client import RECORD_PREFIX
+from healthsync.privacy.site import PUBLIC, SiteRefusal
+from simulation.analytics_client import ACCOUNTING_PREFIX, RECORD_PREFIX, REFUSAL_PREFIX
 
 log = logging.getLogger("healthsync.analytics")
 MAX_NODES = 100
@@ -70,14 +73,17 @@ class CohortServer:
             time.sleep(0.05)
         self.nodes = sorted(nodes)
 
-    def aggregates(self, plan: QueryPlan, max_cells: int) -> dict[str, Aggregates]:
-        """Every hospital's exact aggregates for ``plan`` (never leaves this process)."""
+    def replies(self, plan: QueryPlan, policy: CohortPolicy, user: str) -> dict[str, HospitalReply]:
+        """Every asked hospital's reply for ``plan``: its noisy aggregates, or its refusal."""
         config = ConfigRecord(
             {
                 "data-dir": str(self.federation.data_dir),
                 "query": json.dumps(plan.query.to_dict()),
-                "max-cells": max_cells,
+                "max-cells": policy.max_cells,
                 "block-size": self.block_size,
+                "user": user,
+                "epsilon": policy.epsilon_per_query,
+                "budget": policy.budget_for(user),
             }
         )
         messages = [
@@ -85,13 +91,23 @@ class CohortServer:
             for node in self.nodes
         ]
         replies = self.grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_SECONDS)
-        per_hospital: dict[str, Aggregates] = {}
+        per_hospital: dict[str, HospitalReply] = {}
         for reply in replies:
             if reply.has_error():
                 reason = str(reply.error.reason).strip().splitlines() or ["unknown error"]
                 raise HealthSyncError(f"a hospital failed to answer: {reason[-1][:300]}")
-            for key, record in reply.content.metric_records.items():
-                per_hospital[key.removeprefix(RECORD_PREFIX)] = from_record(record, plan)
+            records = reply.content.metric_records
+            for key, record in records.items():
+                if key.startswith(RECORD_PREFIX):
+                    hospital = key.removeprefix(RECORD_PREFIX)
+                    accounting = records[ACCOUNTING_PREFIX + hospital]
+                    per_hospital[hospital] = HospitalReply.from_records(
+                        from_record(record, plan), accounting
+                    )
+            for key, record in reply.content.config_records.items():
+                if key.startswith(REFUSAL_PREFIX):
+                    refusal = HospitalReply(None, refusal=str(record["reason"]))
+                    per_hospital[key.removeprefix(REFUSAL_PREFIX)] = refusal
         return per_hospital
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -100,11 +116,17 @@ class CohortServer:
             raise HealthSyncError("this analytics service serves another version of the data")
         policy = CohortPolicy.from_settings(request.get("policy", {}))
         query = CohortQuery.from_dict(request.get("query", {}))
+        user = request.get("user")
+        if not isinstance(user, str) or not user:
+            raise HealthSyncError("a cohort request must name its user")
         plan = plan_query(self.federation, query, max_cells=policy.max_cells)
         started = time.perf_counter()
-        answer = release(self.aggregates(plan, policy.max_cells), plan, policy, fresh_generator())
+        try:
+            guarded, budget = answer(self.replies(plan, policy, user), plan, policy)
+        except SiteRefusal as refusal:
+            return {"ok": False, "refused": True, "error": str(refusal)}
         log.info("answered %s in %.3f s", plan.query.describe(), time.perf_counter() - started)
-        return {"ok": True, "release": answer.to_dict()}
+        return {"ok": True, "release": guarded.to_dict(), "budget": budget.to_dict()}
 
 
 def make_server_app(
@@ -121,8 +143,10 @@ def make_server_app(
         server = CohortServer(grid, federation, block_size)
         started = time.perf_counter()
         server.wait_for_hospitals()
-        warm_up = plan_query(federation, CohortQuery(), max_cells=1)
-        server.aggregates(warm_up, 1)  # every actor reads its hospitals' rows now, not later
+        # Every actor reads its hospitals' rows now, not at the first query, and each
+        # hospital publishes Overview's facts if it has not yet (free once published).
+        facts = plan_query(federation, facts_query(federation), max_cells=len(federation.hospitals))
+        server.replies(facts, CohortPolicy(max_cells=max(len(federation.hospitals), 1)), PUBLIC)
         log.info("%d nodes ready in %.1f s", len(server.nodes), time.perf_counter() - started)
         state = {"data_dir": str(data_dir), "federation": federation_id(federation)}
         serve(server.handle, state_path, state, idle_timeout=idle_timeout)

@@ -4,9 +4,13 @@ It is registered on the training ClientApp (``simulation/client_app.py``),
 so analytics and training share one app and one boundary. Each node answers
 for a block of hospitals (one hospital per node unless the federation is
 large; see ``simulation/analytics.py``): for every hospital of its block it
-reads that hospital's rows through the hospital's own accessor and returns
-that hospital's exact per-cell aggregates as its own ``MetricRecord``. The
-server side applies the privacy guards; no row ever leaves.
+reads that hospital's rows through the hospital's own accessor and releases
+that hospital's per-cell aggregates through the hospital's own privacy gate
+(its policy and ledger, in its own folder: ``healthsync.privacy.site``), which
+adds the noise and charges the asking user, or refuses. The noisy vectors go
+back as the hospital's own ``MetricRecord`` with its accounting beside it; a
+refusal as a ``ConfigRecord`` with the reason. No row, and no exact count,
+ever leaves.
 
 Rows are kept per process, so a warm Ray actor answers from memory.
 """
@@ -15,15 +19,18 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import polars as pl
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from healthsync.cohort.local import hospital_aggregates, to_record
+from healthsync.cohort.facts import publish_reply
+from healthsync.cohort.local import hospital_release, to_record
 from healthsync.cohort.plan import QueryPlan, plan_query
 from healthsync.cohort.query import CohortQuery
-from healthsync.data import Federation, load_federation, open_hospital
+from healthsync.data import Federation, HospitalAccessor, load_federation, open_hospital
+from healthsync.privacy.site import PUBLIC
 
 RECORD_PREFIX = "hospital:"
+ACCOUNTING_PREFIX = "site:"
+REFUSAL_PREFIX = "refused:"
 
 
 @lru_cache(maxsize=8)
@@ -32,8 +39,8 @@ def _federation(data_dir: str) -> Federation:
 
 
 @lru_cache(maxsize=1024)
-def _rows(data_dir: str, hospital_id: str) -> pl.DataFrame:
-    return open_hospital(_federation(data_dir), hospital_id).rows()
+def _accessor(data_dir: str, hospital_id: str) -> HospitalAccessor:
+    return open_hospital(_federation(data_dir), hospital_id)  # keeps its rows once read
 
 
 @lru_cache(maxsize=64)
@@ -50,7 +57,7 @@ def block(partition_id: int, block_size: int, hospitals: int) -> range:
 
 
 def answer_cohort(msg: Message, context: Context) -> Message:
-    """This node's hospitals' exact aggregates for the query in the message's config."""
+    """This node's hospitals' noisy aggregates (or refusals) for the query in the config."""
     config = msg.content["config"]
     data_dir = str(config["data-dir"])
     federation = _federation(data_dir)
@@ -60,10 +67,23 @@ def answer_cohort(msg: Message, context: Context) -> Message:
         int(config["block-size"]),
         len(federation.hospitals),
     )
-    records = {}
+    records: dict[str, MetricRecord | ConfigRecord] = {}
     for index in mine:
         hospital = federation.hospitals[index].id
-        if hospital in plan.hospitals:
-            aggregates = hospital_aggregates(_rows(data_dir, hospital), plan, hospital)
-            records[RECORD_PREFIX + hospital] = MetricRecord(to_record(aggregates))
+        if hospital not in plan.hospitals:
+            continue
+        reply = hospital_release(
+            _accessor(data_dir, hospital),
+            plan,
+            str(config["user"]),
+            epsilon=float(config["epsilon"]),
+            budget_cap=float(config["budget"]),
+        )
+        if reply.refusal is not None:
+            records[REFUSAL_PREFIX + hospital] = ConfigRecord({"reason": reply.refusal})
+            continue
+        if config["user"] == PUBLIC:  # Overview's facts: the hospital publishes its answer
+            publish_reply(_accessor(data_dir, hospital), plan, reply)
+        records[RECORD_PREFIX + hospital] = MetricRecord(to_record(reply.aggregates))
+        records[ACCOUNTING_PREFIX + hospital] = MetricRecord(reply.accounting())
     return Message(RecordDict(records), reply_to=msg)

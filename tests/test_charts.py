@@ -111,7 +111,7 @@ def test_per_hospital_charts_switch_to_a_histogram_for_many_hospitals():
     many = spec(charts.hospital_metric_bars(hospitals(100)))
     assert many["encoding"]["x"]["bin"] and "100 hospitals" in title(many)
     sizes_few = spec(charts.hospital_sizes(hospitals(3)))
-    assert sizes_few["encoding"]["color"]["scale"]["domain"] == ["training", "test"]
+    assert sizes_few["encoding"]["x"]["field"] == "n_patients"  # released counts, no split
     assert "bin" in spec(charts.hospital_sizes(hospitals(100)))["encoding"]["x"]
 
 

@@ -13,7 +13,7 @@ from healthsync.cli import main
 from healthsync.cohort import charts, explore
 from healthsync.data import load_federation
 from tests.app_helpers import ROOT, AppEnv
-from tests.test_cohort_attacks import InProcess
+from tests.cohort_helpers import InProcess
 from tests.test_cohort_guards import assert_no_small_counts
 
 PAGE = ROOT / "pages" / "cohort.py"
@@ -51,23 +51,46 @@ def cli(env: AppEnv, capsys, *args: str) -> tuple[int, str, str]:
     ("args", "message"),
     [
         (["--user", "viewer-user"], "error: user 'viewer-user' is a viewer"),
-        (["--user", "nobody"], "error: unknown user 'nobody'"),
+        (["--user", "nobody"], "error: wrong user name or password for 'nobody'"),
         (["--user", "analyst-user", "--where", "height > 2"], "error: unknown column 'height'"),
         (["--user", "analyst-user", "--stat", "max:age"], "error: unknown statistic 'max:age'"),
     ],
 )
-def test_cli_errors_are_one_line_with_status_2(env, capsys, args, message):
+def test_cli_errors_are_one_line_with_status_2(env, capsys, monkeypatch, args, message):
     env.user("viewer")
+    monkeypatch.setenv("HEALTHSYNC_PASSWORD", "a-long-password")
     code, out, err = cli(env, capsys, *args)
     assert code == 2 and out == ""
     assert err.startswith(message) and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("how", ["missing", "wrong-env", "wrong-stdin", "empty-stdin"])
+def test_the_cli_refuses_without_the_users_password(env, capsys, monkeypatch, how):
+    """``--user`` alone once let anyone spend anyone's budget; now it needs the password."""
+    import io
+
+    monkeypatch.delenv("HEALTHSYNC_PASSWORD", raising=False)
+    args = ["--user", "analyst-user"]
+    if how == "wrong-env":
+        monkeypatch.setenv("HEALTHSYNC_PASSWORD", "not-the-password")
+    elif how.endswith("stdin"):
+        text = "not-the-password\n" if how == "wrong-stdin" else "\n"
+        monkeypatch.setattr("sys.stdin", io.StringIO(text))
+        args.append("--password-stdin")
+    code, out, err = cli(env, capsys, *args)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    expected = "wrong user name or password" if how.startswith("wrong") else "password is needed"
+    assert expected in err
+    assert not (env.fed_dir / "hospitals" / "h0000" / "site").exists()  # no hospital was asked
 
 
 def test_cli_help_shows_the_interface(capsys):
     with pytest.raises(SystemExit):
         main(["cohort", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--data", "--db", "--user", "--where", "--group-by", "--stat", "--json"):
+    for flag in (
+        "--data", "--db", "--user", "--password-stdin", "--where", "--group-by", "--stat", "--json",
+    ):  # fmt: skip
         assert flag in text
     assert "prevalence:OUTCOME" in text and "<11" in text
 

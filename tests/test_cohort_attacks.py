@@ -1,9 +1,10 @@
 """An adversarial analyst against the one entry point: differencing, repetition, budget, bad input.
 
 Queries run through :func:`healthsync.cohort.explore` with every guard, but
-hospitals' aggregates are computed in this process (``InProcess``) instead of
-through the Flower service, to keep these tests fast; ``test_cohort_flower.py``
-covers the real path.
+hospitals answer in this process (``InProcess``: each hospital's own site gate,
+then the same guards) instead of through the Flower service, to keep these
+tests fast; ``test_cohort_flower.py`` covers the real path. Each test works on
+its own copy of the federation, so every hospital's ledger starts empty.
 """
 
 import json
@@ -25,22 +26,10 @@ from healthsync.cohort.query import CohortQuery
 from healthsync.data import Federation, open_hospital
 from healthsync.data.synthetic import generate_federation
 from healthsync.errors import HealthSyncError
+from healthsync.privacy.noise import noisy_counts
 from healthsync.store import MetricsStore
+from tests.cohort_helpers import InProcess, private_copy
 from tests.test_cohort_guards import assert_no_small_counts, count_values
-
-
-class InProcess:
-    """Test-only executor: each hospital's aggregates computed here, then the same guards."""
-
-    def __init__(self, federation: Federation, seed: int | None = None) -> None:
-        self.rows = {h: open_hospital(federation, h).rows() for h in federation.hospital_ids}
-        self.rng = np.random.default_rng(seed)
-        self.calls = 0
-
-    def release(self, federation, plan, policy):
-        self.calls += 1
-        aggregates = {h: hospital_aggregates(r, plan, h) for h, r in self.rows.items()}
-        return release(aggregates, plan, policy, self.rng)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +47,7 @@ def everyone(federation) -> pl.DataFrame:
 
 @pytest.fixture
 def world(tmp_path, federation):
+    federation = private_copy(federation, tmp_path)
     home = tmp_path / "home"
     users = auth.UserStore(home, rounds=4)
     users.ensure()
@@ -108,9 +98,10 @@ def test_differencing_two_cohorts_one_patient_apart_does_not_reveal_the_outcome(
 
     Neighbouring worlds: the target has diabetes, or not. The attacker asks
     ``prevalence:diabetes`` for ``bmi <= v`` (with the target) and ``bmi < v``
-    (without) and guesses from the difference of the case counts. Only the
-    first answer differs between the worlds, through one case count with
-    epsilon 0.5 / 2, so no attacker can be right more often than
+    (without) and guesses from the difference of the case counts. Each hospital
+    noises its own vectors as its site gate does (epsilon 0.5 split over the
+    query's 2 vectors); only the target's hospital's first case count differs
+    between the worlds, so no attacker can be right more often than
     e^0.25 / (1 + e^0.25) = 56 % of the time.
     """
     target = unique_bmi_patient(everyone)
@@ -128,6 +119,13 @@ def test_differencing_two_cohorts_one_patient_apart_does_not_reveal_the_outcome(
     exact = [{h: hospital_aggregates(r, q, h) for h, r in rows.items()} for q in queries]
     home = next(h for h, r in rows.items() if (r["bmi"] == v).any())
     rng = np.random.default_rng(11)
+
+    def noised(aggregates):  # what each hospital's gate sends for a fresh query
+        return {
+            h: {k: noisy_counts(c, policy.epsilon_per_query / 2, rng) for k, c in a.items()}
+            for h, a in aggregates.items()
+        }
+
     right = []
     for trial in range(2000):
         outcome = trial % 2  # the world: the target's diabetes, flipped from the real one
@@ -135,8 +133,8 @@ def test_differencing_two_cohorts_one_patient_apart_does_not_reveal_the_outcome(
         cases = with_target[home]["cases:diabetes"].copy()
         cases[0] += outcome - target["diabetes"]
         with_target[home]["cases:diabetes"] = cases
-        first = release(with_target, queries[0], policy, rng).cells[0]
-        second = release(exact[1], queries[1], policy, rng).cells[0]
+        first = release(noised(with_target), queries[0], policy).cells[0]
+        second = release(noised(exact[1]), queries[1], policy).cells[0]
         a, b = first["diabetes_case_count"], second["diabetes_case_count"]
         guess = int(a - b >= 1) if isinstance(a, int) and isinstance(b, int) else 0
         right.append(guess == outcome)
@@ -144,23 +142,22 @@ def test_differencing_two_cohorts_one_patient_apart_does_not_reveal_the_outcome(
     assert np.mean(right) < bound + 0.04
 
 
-def test_differencing_through_the_entry_point_meets_noise_and_small_cells(world, everyone):
+def test_colluding_analysts_get_the_same_numbers_not_fresh_noise(world, everyone):
+    """Each quantity is released once: six analysts asking the same pair learn one answer."""
     target = unique_bmi_patient(everyone)
     v = target["bmi"]
-    world.executor = InProcess(world.federation, seed=1)  # deterministic noise for this test
     analysts = ["alice", "bob", *(f"analyst{i}" for i in range(4))]
     for name in analysts[2:]:
         world.users.add(name, "analyst", "a-long-password")
-    differences = []
+    answers = set()
     for user in analysts:
         with_target = world.ask(user, [f"bmi <= {v}"], stats=["prevalence:diabetes"])
         without = world.ask(user, [f"bmi < {v}"], stats=["prevalence:diabetes"])
-        a = with_target.release.cells[0]["diabetes_case_count"]
-        b = without.release.cells[0]["diabetes_case_count"]
-        assert isinstance(a, int) and isinstance(b, int)
-        differences.append(a - b)
-    # Fresh noise for each analyst: the differences scatter instead of naming the outcome.
-    assert len(set(differences)) > 2 and differences.count(target["diabetes"]) < len(analysts) / 2
+        answers.add(json.dumps([with_target.release.cells, without.release.cells]))
+        assert with_target.cached == without.cached == (user != "alice")
+    assert len(answers) == 1  # averaging over analysts gains nothing
+    assert world.spent("alice") == pytest.approx(1.0)
+    assert all(world.spent(user) == 0 for user in analysts[1:])
     alone = world.ask("alice", [f"bmi == {v}"], stats=["prevalence:diabetes"]).release.cells[0]
     assert alone["patient_count"] == "<11" and alone["diabetes_prevalence"] is None
 
@@ -179,8 +176,11 @@ def test_asking_one_query_100_times_gives_one_answer_and_spends_once(world):
         answers.add(str(result.to_dict()["cells"]))
         assert result.cached == (i > 0)
     assert len(answers) == 1
-    assert world.executor.calls == 1
     assert world.spent("alice") == pytest.approx(0.5)
+    for hospital in world.federation.hospital_ids:
+        charges = open_hospital(world.federation, hospital).site().charges()
+        assert [c["epsilon"] > 0 for c in charges] == [True] + [False] * 99
+        assert all(c["fresh"] == 0 for c in charges[1:])  # one noise draw per quantity
     statuses = audit_log(world.db)["status"].value_counts().sort("status")
     assert dict(statuses.iter_rows()) == {"answered": 1, "cached": 99}
 
@@ -194,7 +194,6 @@ def test_an_exhausted_budget_refuses_that_user_and_no_other(world):
         world.ask("alice", ["age >= 70"])
     assert "\n" not in str(info.value)
     assert world.spent("alice") == pytest.approx(1.0)  # the refusal spent nothing
-    assert world.executor.calls == 2
     assert world.ask("alice", ["age >= 60"]).cached  # answers already given stay available
     assert not world.ask("bob", ["age >= 70"]).cached  # bob's budget is his own
     assert world.spent("bob") == pytest.approx(0.5)
@@ -205,8 +204,9 @@ def test_an_admin_policy_can_give_one_user_more(world):
     set_policy(world, budget=0.5, budgets="{bob: 1.5}")
     world.ask("bob", ["age >= 30"])
     world.ask("bob", ["age >= 40"])
+    world.ask("alice", ["age >= 50"])
     with pytest.raises(HealthSyncError, match="exhausted"):
-        world.ask("alice", ["age >= 30"]) and world.ask("alice", ["age >= 40"])
+        world.ask("alice", ["age >= 60"])
 
 
 # ---------------------------------------------------------------- bad input
@@ -260,10 +260,7 @@ def test_the_store_never_holds_patient_level_rows(world, federation, tmp_path):
         (["hba1c >= 6.5"], ["hospital", "diabetes"], ["histogram:hba1c", "mean:fasting_glucose"]),
         ([], ["hospital", "smoking", "sex"], ["count"]),
     ]
-    for user in ("alice", "bob"):
-        for where, group_by, stats in session:
-            world.ask(user, where, group_by, stats)
-    world.ask("alice", *session[0])  # cached
+    answers = [world.ask(user, *query).to_json() for user in ("alice", "bob") for query in session]
     with pytest.raises(HealthSyncError):
         world.ask("alice", ["nope == 1"])
     raw_columns = {*federation.feature_names, *federation.outcomes}
@@ -275,8 +272,6 @@ def test_the_store_never_holds_patient_level_rows(world, federation, tmp_path):
             rows = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
             assert rows < federation.n_patients / 10, table  # nothing row-per-patient
             assert not set(names) & raw_columns, table  # no column of patient values
-        answers = [a for (a,) in con.execute("SELECT answer FROM cohort_cache").fetchall()]
-    assert len(answers) == 2 * len(session)
 
     small_seen = False
     for answer in answers:
@@ -302,3 +297,76 @@ def test_the_audit_log_says_who_asked_what_and_what_was_hidden(world):
     assert answered["epsilon"] == 0.5 and answered["role"] == "analyst"
     assert answered["query"] == "count, prevalence:diabetes where age >= 70 by hospital, smoking"
     assert "small_cells" in answered["suppressed"]
+
+
+# ---------------------------------------------------------------- release policy (issue 13)
+def test_twenty_respelled_equivalent_queries_get_one_noise_draw_and_one_charge(world):
+    """``age > -1``, ``age > -2``, ... select the same patients (ages are clipped to 18–100)."""
+    answers = set()
+    for k in range(1, 21):
+        result = world.ask("alice", ["hospital == h0000", f"age > -{k}"])
+        answers.add(json.dumps(result.release.cells))
+    assert len(answers) == 1  # nothing to average
+    charges = open_hospital(world.federation, "h0000").site().charges()
+    assert [round(c["epsilon"], 6) for c in charges] == [0.5] + [0.0] * 19
+    assert sum(c["fresh"] for c in charges) == 1  # one draw, for the one quantity
+    assert world.spent("alice") == pytest.approx(0.5)
+    # ...and the plain spelling of the same cohort is the same quantity again.
+    plain = world.ask("bob", ["hospital == h0000"])
+    assert json.dumps(plain.release.cells) in answers and plain.cached
+
+
+def test_a_fresh_metrics_store_or_a_home_of_ones_own_loosens_nothing(world, tmp_path):
+    """Budgets live in each hospital's folder; the querier's --db and --home cannot reset them."""
+    for hospital in world.federation.hospital_ids:
+        site_dir = open_hospital(world.federation, hospital).site().dir
+        site_dir.mkdir(parents=True, exist_ok=True)
+        (site_dir / "policy.yaml").write_text("budget: 1.0\n")
+    world.ask("alice", ["age >= 30"])
+    world.ask("alice", ["age >= 40"])
+    with pytest.raises(HealthSyncError, match="budget exhausted"):
+        world.ask("alice", ["age >= 50"])
+    # A fresh metrics store: the hospitals still remember.
+    world.db = MetricsStore(":memory:")
+    with pytest.raises(HealthSyncError, match="budget exhausted"):
+        world.ask("alice", ["age >= 50"])
+    # A home of one's own, copying the credentials and granting a huge budget.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("credentials.yaml",):
+        (mine / name).write_bytes((world.home / name).read_bytes())
+    (mine / POLICY_NAME).write_text("budget: 100000\nepsilon_per_query: 5\n")
+    with pytest.raises(HealthSyncError, match="budget exhausted"):
+        explore(
+            world.federation.data_dir,
+            db=world.db,
+            user="alice",
+            where=["age >= 50"],
+            home=mine,
+            executor=world.executor,
+        )
+    assert budget_status(world.federation.data_dir, db=world.db, user="alice", home=mine).left == 0
+
+
+def test_overview_facts_and_the_explorer_show_the_same_released_values(world):
+    from healthsync.cohort.facts import publish, published_facts
+
+    assert published_facts(world.federation)[0] is None  # nothing published yet
+    assert publish(world.federation) == len(world.federation.hospitals)
+    facts, missing = published_facts(world.federation)
+    assert missing == []
+    stats = [f"prevalence:{o}" for o in world.federation.outcomes]
+    asked = world.ask("alice", group_by=["hospital"], stats=stats)
+    assert asked.release.cells == facts.cells and asked.cached  # released once, for everyone
+    # The same quantity inside another question: one hospital's patient count.
+    one = world.ask("alice", ["hospital == h0001"]).release.cells[0]["patient_count"]
+    assert one == next(c["patient_count"] for c in facts.cells if c["hospital"] == "h0001")
+    # Diabetic patients per hospital are the same quantity as Overview's case counts.
+    cases = world.ask("alice", ["diabetes == 1"], ["hospital"]).release.cells
+    overview_cases = [c["diabetes_case_count"] for c in facts.cells]
+    shown = [c["patient_count"] for c in cases]
+    assert all(a == b for a, b in zip(shown, overview_cases, strict=True) if isinstance(b, int)), (
+        shown,
+        overview_cases,
+    )
+    assert world.spent("alice") == 0  # every number was released before

@@ -55,6 +55,7 @@ def cohort(world, capsys, *args: str) -> dict:
 
 
 def test_cli_and_page_answer_through_the_warm_service(served, capsys, monkeypatch, no_rows_here):
+    monkeypatch.setenv("HEALTHSYNC_PASSWORD", "a-long-password")
     started = time.perf_counter()
     first = cohort(served, capsys, "--group-by", "sex", "--stat", "prevalence:diabetes")
     cold = time.perf_counter() - started
@@ -94,6 +95,11 @@ def test_cli_and_page_answer_through_the_warm_service(served, capsys, monkeypatc
 
     log = audit_log(served.db)
     assert log["status"].to_list() == ["answered", "cached", "answered", "answered"]
+    # Warm-up made every hospital publish Overview's facts through its own gate.
+    from healthsync.cohort.facts import published_facts
+
+    facts, missing = published_facts(served.federation)
+    assert missing == [] and len(facts.cells) == len(served.federation.hospitals)
     print(f"\ncohort service: cold query {cold:.1f} s, warm query (CLI process) {warm:.2f} s")
 
 

@@ -13,6 +13,7 @@ from healthsync import dashboard, privacy_dashboard, runlog
 from healthsync.config import TrainConfig
 from healthsync.data import FeatureSpec, Federation, HospitalInfo
 from healthsync.metrics import auc_score
+from healthsync.privacy import training
 from healthsync.store import MetricsStore
 from tests.app_helpers import fake_run, make_federation
 
@@ -77,21 +78,6 @@ def test_find_federations_lists_folders_with_a_manifest(tmp_path):
     assert dashboard.find_federations(tmp_path) == [tmp_path / "b"]
 
 
-def test_hospital_frame_and_facts():
-    fed = federation()
-    frame = dashboard.hospitals_frame(fed)
-    assert frame.columns == ["hospital", "name", "kind", "n_train", "n_test", "n_patients"]
-    assert frame["n_patients"].to_list() == [100, 50]
-    facts = dashboard.federation_facts(fed)
-    assert (facts["hospitals"], facts["patients"], facts["smallest"], facts["largest"]) == (
-        2,
-        150,
-        50,
-        100,
-    )
-    assert facts["heterogeneity"] == "0.5 (moderate)"
-
-
 @pytest.mark.parametrize(
     ("created_with", "source", "label"),
     [
@@ -105,16 +91,6 @@ def test_heterogeneity_label(created_with, source, label):
     assert (
         dashboard.heterogeneity_label(federation(created_with=created_with, source=source)) == label
     )
-
-
-def test_prevalence_only_when_the_manifest_has_it():
-    assert dashboard.prevalence_frame(federation()).is_empty()
-    fed = federation(
-        [{"prevalence": {"diabetes": 0.1, "hypertension": 0.3}}, {"prevalence": {"diabetes": None}}]
-    )
-    frame = dashboard.prevalence_frame(fed)
-    assert frame.height == 3
-    assert frame.filter(pl.col("hospital") == "h1")["prevalence"].to_list() == [None]  # withheld
 
 
 def test_default_run_prefers_the_newest_active_one(store):
@@ -224,8 +200,8 @@ def test_latest_comparison_is_the_newest_for_the_run(store):
         ["cmp-other", "2026-03-01", "run-b", "local only", "overall", 0.9],
     ]
     store.executemany(
-        "INSERT INTO comparisons (comparison_id, created_at, run_id, method, hospital, auc)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO comparisons (comparison_id, created_at, run_id, method, hospital, auc,"
+        " released) VALUES (?, ?, ?, ?, ?, ?, true)",
         rows,
     )
     table = dashboard.latest_comparison(store, "run-a")
@@ -266,15 +242,15 @@ def test_roc_of_perfect_and_useless_scores():
     assert dashboard.auc_from_roc(same) == 0.5
 
 
-def test_calibration_points_skip_empty_and_small_bins():
-    y = np.array([0, 1] * 6 + [1, 0])
-    scores = np.array([0.12] * 12 + [0.81, 0.81])  # 12 patients in one band, 2 in another
-    points = dashboard.calibration_points(bins_from_scores(y, scores))
-    assert points.height == 1  # the band of 2 patients is withheld
-    assert points["predicted"].to_list() == pytest.approx([0.12])
+def test_calibration_points_of_released_bins():
+    y = np.array([0, 1] * 11 + [1, 0])
+    scores = np.array([0.12] * 22 + [0.81, 0.81])  # 22 patients in one band, 2 in another
+    released = training.merge_bins(bins_from_scores(y, scores))
+    points = dashboard.calibration_points(released)
+    assert points.height == 1  # the band of 2 patients joined the one below it
+    assert points["predicted"].to_list() == pytest.approx([(0.12 * 22 + 0.81 * 2) / 24])
     assert points["observed"].to_list() == [0.5]
-    assert points["patients"].to_list() == [12]
-    assert dashboard.calibration_points(bins_from_scores(y, scores), min_patients=1).height == 2
+    assert points["patients"].to_list() == [24]
 
 
 def test_feature_inputs_and_patient_frame():

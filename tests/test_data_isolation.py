@@ -169,20 +169,15 @@ def test_manifest_holds_schema_and_counts_only(tmp_path):
         "hospitals",
     }  # fmt: skip
     for hospital in raw["hospitals"]:
-        assert set(hospital) == {"id", "name", "n_train", "n_test", "kind", "prevalence"}
-        assert set(hospital["prevalence"]) == {"diabetes", "hypertension"}
-    # The one row-derived figure, a prevalence, is withheld for small cells.
-    small_raw = json.loads((small.data_dir / "federation.json").read_text())
-    assert all(h["prevalence"]["diabetes"] is None for h in small_raw["hospitals"])
-    assert all(0 < h["prevalence"]["hypertension"] < 1 for h in raw["hospitals"])
+        # No outcome figure: prevalences are released by each hospital's own gate instead
+        # (docs/privacy.md), so the manifest cannot be played against the explorer.
+        assert set(hospital) == {"id", "name", "n_train", "n_test", "kind"}
     for feature in raw["features"]:
         assert set(feature) == {"name", "kind", "categories", "unit"}
     # 100 times the patients, yet the manifest only grows by the digits of the counts.
     small_size = (small.data_dir / "federation.json").stat().st_size
     large_size = (large.data_dir / "federation.json").stat().st_size
-    assert (
-        0 < large_size - small_size <= 20 + 2 * 3 * 6
-    )  # count digits; 2 prevalences x 3 hospitals
+    assert 0 < large_size - small_size <= 20  # count digits
 
 
 def test_imported_values_never_reach_the_manifest(tmp_path):

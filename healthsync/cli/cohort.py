@@ -1,25 +1,35 @@
 """``healthsync cohort``: count, prevalence, mean, deviation and histograms across hospitals.
 
 Every answer is computed inside each hospital and passes the privacy
-guards (small-cell suppression, differential-privacy noise, a per-user
-budget) before it is printed; see docs/cohort.md.
+guards (differential-privacy noise drawn by each hospital against its own
+ledger and policy, then small-cell suppression on the noisy values) before it
+is printed; see docs/cohort.md. The user must prove who they are: their
+password on standard input (``--password-stdin``) or in ``HEALTHSYNC_PASSWORD``,
+because budgets are kept per user.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+from healthsync.errors import HealthSyncError
+
+PASSWORD_VARIABLE = "HEALTHSYNC_PASSWORD"
 
 EPILOG = """\
 examples:
   healthsync cohort --data data/demo --db data/healthsync.duckdb --user alice \\
-      --where "age >= 70" --where "sex == F" --group-by smoking --stat prevalence:diabetes
-  healthsync cohort --data data/demo --db data/healthsync.duckdb --user alice \\
-      --stat mean:bmi --stat histogram:age --json
+      --password-stdin --where "age >= 70" --where "sex == F" --group-by smoking \\
+      --stat prevalence:diabetes < alice-password.txt
+  HEALTHSYNC_PASSWORD=... healthsync cohort --data data/demo --db data/healthsync.duckdb \\
+      --user alice --stat mean:bmi --stat histogram:age --json
 
 Counts from 1 to 10 (and 0) show as <11; cells that would give one away show as
-"suppressed". Each new query spends privacy budget; repeating one is free.
+"suppressed". Each new query spends privacy budget at every hospital it asks;
+asking for numbers already released (in any spelling) is free and returns them unchanged.
 """
 
 
@@ -36,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, type=Path, help="federation directory")
     parser.add_argument("--db", required=True, type=Path, help="metrics store (DuckDB file)")
     parser.add_argument("--user", required=True, help="who asks (an analyst or admin)")
+    parser.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help=f"read the user's password from the first line of standard input "
+        f"(otherwise from ${PASSWORD_VARIABLE})",
+    )
     parser.add_argument(
         "--where",
         action="extend",
@@ -72,6 +88,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     """Run one guarded cohort query and print it."""
     from healthsync.cohort import explore
 
+    authenticate(args.user, _password(args.password_stdin), args.home)
     result = explore(
         args.data,
         db=args.db,
@@ -88,3 +105,22 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     else:
         print(result.text())
     return 0
+
+
+def authenticate(user: str, password: str | None, home: str | Path | None) -> None:
+    """Refuse unless ``password`` is ``user``'s, checked against the credentials file."""
+    from healthsync import auth
+
+    if not password:
+        raise HealthSyncError(
+            f"{user}'s password is needed: pass --password-stdin or set {PASSWORD_VARIABLE}"
+        )
+    if auth.UserStore(auth.resolve_home(home)).verify(user, password) is None:
+        raise HealthSyncError(f"wrong user name or password for {user!r}")
+
+
+def _password(from_stdin: bool) -> str | None:
+    if from_stdin:
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n") or None
+    return os.environ.get(PASSWORD_VARIABLE) or None

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from healthsync.data import Federation
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,6 +52,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_output_arguments(imp)
     imp.set_defaults(func=cmd_import)
 
+    publish = commands.add_parser(
+        "publish",
+        help="let each hospital publish the facts Overview shows",
+        description="Each hospital releases its patient count and outcome prevalences through "
+        "its own privacy gate (noise drawn once, kept in its own ledger) and publishes them "
+        "for Overview. generate and import do this themselves; use it for older federations.",
+    )
+    publish.add_argument("--data", required=True, type=Path, help="federation directory")
+    publish.set_defaults(func=cmd_publish)
+
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="federation directory to create")
@@ -71,9 +85,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             progress=bar.update,
         )
     n_test = sum(h.n_test for h in federation.hospitals)
+    published = _publish(federation)
     print(
         f"generated {len(federation.hospitals)} hospitals, {federation.n_patients} patients "
-        f"({federation.n_patients - n_test} train / {n_test} test) in {args.out}"
+        f"({federation.n_patients - n_test} train / {n_test} test) in {args.out}; {published}"
     )
     return 0
 
@@ -93,9 +108,25 @@ def cmd_import(args: argparse.Namespace) -> int:
         force=args.force,
     )
     kinds = [f.kind for f in federation.features]
+    published = _publish(federation)
     print(
         f"imported {len(federation.hospitals)} hospitals, {federation.n_patients} patients, "
         f"{kinds.count('numeric')} numeric + {kinds.count('categorical')} categorical features, "
-        f"target {federation.default_target!r} in {args.out}"
+        f"target {federation.default_target!r} in {args.out}; {published}"
     )
     return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Publish Overview's facts for every hospital of an existing federation."""
+    from healthsync.data import load_federation
+
+    print(_publish(load_federation(args.data)))
+    return 0
+
+
+def _publish(federation: Federation) -> str:
+    """Each hospital releases and publishes Overview's facts (hospital-side code); says so."""
+    from healthsync.cohort.facts import publish
+
+    return f"{publish(federation)} hospital(s) published Overview's facts (noisy; docs/privacy.md)"

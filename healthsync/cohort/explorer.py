@@ -3,36 +3,36 @@
 The CLI and the page both call it, and nothing else returns cohort
 numbers, so every answer passes the same checks in the same order:
 
-1. the user exists and their role may explore cohorts;
+1. the user exists and their role may explore cohorts (the CLI and the page
+   have authenticated them);
 2. the query is valid for the federation's schema (at most ``max_cells`` cells);
-3. an answer already given to this user for this canonical query is
-   returned as it was (no new noise, no new spending);
-4. a query that would exceed the user's budget is refused;
-5. the query runs through the Flower analytics service, whose guards add
-   noise and suppress small and complementary cells;
-6. the epsilon is charged, the answer cached, and the request audited.
+3. the query runs through the Flower analytics service: each hospital
+   releases its aggregates through its own privacy gate (noise drawn once per
+   quantity, the user's epsilon charged in that hospital's own ledger, or a
+   refusal), and the guards suppress small and complementary cells on the
+   noisy values;
+4. the charge is copied to the central ledger (a view for the app; the
+   hospitals' ledgers are what count) and the request audited.
 
-Rejected and refused requests are audited too and spend nothing. Steps 3–6
-hold a lock per store, so two windows asking at once cannot both spend
-the last of a budget or both draw fresh noise for the same query.
+Rejected, refused and failed requests are audited too and spend nothing.
+The metrics store holds no budget that matters: pointing ``db`` at a fresh
+file resets nothing, because every hospital keeps its own ledger.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from healthsync import auth
 from healthsync.cohort import ledger
 from healthsync.cohort.ledger import AuditEntry
-from healthsync.cohort.plan import QueryPlan, plan_query
+from healthsync.cohort.plan import plan_query
 from healthsync.cohort.policy import CohortPolicy
 from healthsync.cohort.query import CohortQuery
-from healthsync.cohort.result import Budget, CohortResult, Release
+from healthsync.cohort.result import Budget, CohortResult
 from healthsync.cohort.service import (
     Executor,
     FlowerExecutor,
@@ -40,13 +40,12 @@ from healthsync.cohort.service import (
     federation_id,
     state_dir_for,
 )
-from healthsync.data import Federation, load_federation
+from healthsync.data import load_federation, open_hospital
 from healthsync.errors import HealthSyncError
-from healthsync.processes import file_lock
+from healthsync.privacy.site import SiteRefusal
 from healthsync.store import MetricsStore
 
 PERMISSION = "explore"
-_memory_lock = threading.Lock()
 
 
 def explore(
@@ -66,8 +65,8 @@ def explore(
     Parameters
     ----------
     data_dir : the federation.
-    db : the metrics store (file or store object) holding the ledger, the cache and the
-        audit log.
+    db : the metrics store (file or store object) holding the audit log and a view of
+        spending; budgets are enforced by the hospitals, not here.
     user : who asks; must exist in ``home`` with a role that may explore (admin, analyst).
     where, group_by, stats : the query as text, e.g. ``["age >= 70"]``, ``["sex"]``,
         ``["prevalence:diabetes"]``; ``count`` when no statistic is given.
@@ -78,8 +77,9 @@ def explore(
     Raises
     ------
     HealthSyncError
-        For an unknown user or a role without access, an invalid query, an
-        exhausted budget, or a failed service; none of these spends budget.
+        For an unknown user or a role without access, an invalid query, a
+        hospital's refusal (``SiteRefusal``: an exhausted budget), or a failed
+        service; none of these spends budget.
     """
     started = time.perf_counter()
     home = auth.resolve_home(home)
@@ -99,60 +99,35 @@ def explore(
         ledger.write_audit(store, AuditEntry(status="rejected", message=str(err), **entry))
         raise
     executor = executor or FlowerExecutor(state_dir_for(store.path), progress=progress)
-    with _exclusive(store):
-        return _answer(store, federation, plan, policy, executor, entry, started)
-
-
-def _answer(
-    store: MetricsStore,
-    federation: Federation,
-    plan: QueryPlan,
-    policy: CohortPolicy,
-    executor: Executor,
-    entry: dict,
-    started: float,
-) -> CohortResult:
-    user, fid = entry["user"], entry["federation"]
-    key = _cache_key(plan, policy)
-    total = policy.budget_for(user)
-    # Audit inside the transaction, raise after it: a raise inside would roll the audit back.
-    with store.connect(write=True) as con:
-        ledger.ensure(con)
-        spent = ledger.spent(con, user, fid)
-        answer = ledger.cached(con, user, fid, key)
-        refusal = None if answer is not None else _refusal(spent, total, policy, entry, federation)
-        if answer is not None:
-            cached = AuditEntry(
-                status="cached", seconds=_since(started), message="same answer", **entry
-            )
-            ledger.audit(con, cached)
-        elif refusal is not None:
-            ledger.audit(con, AuditEntry(status="refused", message=refusal, **entry))
-    if refusal is not None:
-        raise HealthSyncError(refusal)
-    if answer is not None:
-        release = Release.from_dict(answer)
-        return _result(federation, user, plan, release, True, 0.0, Budget(total, spent))
-
     try:
-        release = executor.release(federation, plan, policy)
+        release, budget = executor.release(federation, plan, policy, user)
+    except SiteRefusal as err:
+        ledger.write_audit(store, AuditEntry(status="refused", message=str(err), **entry))
+        raise
     except HealthSyncError as err:
         ledger.write_audit(store, AuditEntry(status="failed", message=str(err), **entry))
         raise
-    epsilon = policy.epsilon_per_query
+    repeated = release.epsilon == 0
     with store.connect(write=True) as con:
-        ledger.record_answer(con, user, fid, key, epsilon, release.to_dict())
+        ledger.ensure(con)
+        if not repeated:
+            ledger.record_charge(con, user, entry["federation"], plan.key, release.epsilon)
         ledger.audit(
             con,
             AuditEntry(
-                status="answered",
-                epsilon=epsilon,
+                status="cached" if repeated else "answered",
+                epsilon=release.epsilon,
                 suppressed=release.describe_suppression(),
+                message="every number released before: same answer, nothing spent"
+                if repeated
+                else None,
                 seconds=_since(started),
                 **entry,
             ),
         )
-    return _result(federation, user, plan, release, False, epsilon, Budget(total, spent + epsilon))
+    return CohortResult(
+        federation.name, user, plan.query.to_dict(), release, repeated, release.epsilon, budget
+    )
 
 
 def budget_status(
@@ -162,13 +137,20 @@ def budget_status(
     user: str,
     home: str | Path | None = None,
 ) -> Budget:
-    """How much of ``user``'s budget on this federation is spent (nothing is audited)."""
-    policy = CohortPolicy.from_home(auth.resolve_home(home))
-    fid = federation_id(load_federation(data_dir))
-    with open_store(db).connect(write=True) as con:
-        ledger.ensure(con)
-        spent = ledger.spent(con, user, fid)
-    return Budget(policy.budget_for(user), spent)
+    """``user``'s budget as the hospitals' own ledgers tell it: the tightest of them.
+
+    Read-only (nothing is audited or charged). ``db`` is accepted for
+    symmetry with :func:`explore`; the hospitals' ledgers are what count.
+    """
+    del db
+    cap = CohortPolicy.from_home(auth.resolve_home(home)).budget_for(user)
+    federation = load_federation(data_dir)
+    total, spent = cap, 0.0
+    for hospital in federation.hospital_ids:
+        site = open_hospital(federation, hospital).site()
+        total = min(total, site.policy.budget_for(user))
+        spent = max(spent, site.spent(user))
+    return Budget(total, spent)
 
 
 def stop_service(data_dir: str | Path, *, db: str | Path) -> bool:
@@ -198,39 +180,6 @@ def _check_user(home: Path, name: str) -> str:
     return found.role
 
 
-def _result(
-    federation: Federation,
-    user: str,
-    plan: QueryPlan,
-    release: Release,
-    cached: bool,
-    epsilon: float,
-    budget: Budget,
-) -> CohortResult:
-    return CohortResult(
-        federation.name, user, plan.query.to_dict(), release, cached, epsilon, budget
-    )
-
-
-def _refusal(
-    spent: float, total: float, policy: CohortPolicy, entry: dict, federation: Federation
-) -> str | None:
-    """Why a new query would overdraw the budget, or ``None`` if it fits."""
-    if spent + policy.epsilon_per_query <= total + 1e-9:
-        return None
-    return (
-        f"privacy budget exhausted: {entry['user']} has spent {spent:g} of {total:g} (epsilon) "
-        f"on {federation.name} and this query needs {policy.epsilon_per_query:g}; ask an admin "
-        "for more, or repeat an earlier query (answered from the cache for free)"
-    )
-
-
-def _cache_key(plan: QueryPlan, policy: CohortPolicy) -> str:
-    """The canonical query under the current threshold and epsilon (a new policy, a new answer)."""
-    settings = policy.release_settings()
-    return f"{plan.key}:{settings['threshold']}:{settings['epsilon_per_query']:g}"
-
-
 def _describe(where: Sequence[str], group_by: Sequence[str], stats: Sequence[str]) -> str:
     parts = [", ".join(stats) or "count"]
     if where:
@@ -242,14 +191,3 @@ def _describe(where: Sequence[str], group_by: Sequence[str], stats: Sequence[str
 
 def _since(started: float) -> float:
     return round(time.perf_counter() - started, 3)
-
-
-@contextlib.contextmanager
-def _exclusive(store: MetricsStore) -> Iterator[None]:
-    """One cohort query at a time per store, across threads and processes."""
-    if store.path == ":memory:":
-        with _memory_lock:
-            yield
-        return
-    with file_lock(Path(f"{store.path}.cohort.lock")):
-        yield

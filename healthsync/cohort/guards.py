@@ -1,17 +1,20 @@
-"""The guards: combine hospitals' exact aggregates into an answer that may be shown.
+"""The guards: combine hospitals' noisy aggregates into an answer that may be shown.
 
-:func:`release` is the only function that turns per-hospital aggregates
-into something that leaves the analytics service. In order, it
+Each hospital has already added its own differential-privacy noise, under its
+own policy and ledger (:func:`healthsync.cohort.local.hospital_release`), so
+nothing here sees an exact count. :func:`release` is the only function that
+turns per-hospital aggregates into something that leaves the analytics
+service. In order, it
 
-1. combines the hospitals' vectors into the query's cells (per hospital when
-   grouping by hospital, pooled otherwise);
-2. adds calibrated noise to every count, case count, sum, sum of squares
-   and histogram bin (:mod:`healthsync.cohort.noise`);
-3. hides small cells and their complements, case counts whose cases or
-   non-cases are few, and merges histogram bins (:mod:`healthsync.cohort.suppression`);
-4. derives prevalences, means and deviations from the noisy values of
+1. combines the hospitals' noisy vectors into the query's cells (per
+   hospital when grouping by hospital, pooled otherwise);
+2. hides small cells and their complements, case counts whose cases or
+   non-cases are few, and merges histogram bins, all decided on the *noisy*
+   values (:mod:`healthsync.cohort.suppression`), so whether a cell is shown
+   is itself differentially private;
+3. derives prevalences, means and deviations from the noisy values of
    shown cells only; min and max are never released;
-5. sums the shown cells into a total (never the hidden ones).
+4. sums the shown cells into a total (never the hidden ones).
 
 Unit tests feed it aggregates directly; the CLI and the page reach it only
 through the Flower analytics service.
@@ -20,22 +23,23 @@ through the Flower analytics service.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from healthsync.cohort.bands import NumericScale
-from healthsync.cohort.local import Aggregates, aggregate_names
-from healthsync.cohort.noise import noisy_counts, noisy_sums
+from healthsync.cohort.local import Aggregates, HospitalReply, aggregate_names
 from healthsync.cohort.plan import QueryPlan
 from healthsync.cohort.policy import CohortPolicy
-from healthsync.cohort.result import COMPLEMENTARY, Release, stat_keys
+from healthsync.cohort.result import COMPLEMENTARY, Budget, Release, stat_keys
 from healthsync.cohort.suppression import complementary, merge_bins, primary
 from healthsync.errors import HealthSyncError
+from healthsync.privacy.site import SiteRefusal
 
 
 def combine(per_hospital: Mapping[str, Aggregates], plan: QueryPlan) -> Aggregates:
-    """The query's exact cell arrays (shape ``plan.shape``, plus bins) from all hospitals.
+    """The query's cell arrays (shape ``plan.shape``, plus bins) from all hospitals' vectors.
 
     Raises ``HealthSyncError`` when a hospital the query covers did not answer,
     or answered with vectors of the wrong size.
@@ -60,83 +64,109 @@ def combine(per_hospital: Mapping[str, Aggregates], plan: QueryPlan) -> Aggregat
     return out
 
 
+def answer(
+    replies: Mapping[str, HospitalReply], plan: QueryPlan, policy: CohortPolicy
+) -> tuple[Release, Budget]:
+    """The guarded answer from every hospital's reply, and the asker's budget as the sites see it.
+
+    The threshold is the strictest of the consortium's and every answering
+    hospital's; the budget shown is the tightest (least left) among them.
+
+    Raises
+    ------
+    SiteRefusal
+        When any hospital refused under its own policy: no partial answer is given.
+    """
+    refused = sorted((h, r.refusal) for h, r in replies.items() if r.refusal)
+    if refused:
+        hospital, why = refused[0]
+        more = f" ({len(refused) - 1} other hospital(s) refused too)" if len(refused) > 1 else ""
+        raise SiteRefusal(f"hospital {hospital} refused this query: {why}{more}")
+    threshold = max([policy.threshold, *(r.threshold for r in replies.values())])
+    charged = max((r.charged for r in replies.values()), default=0.0)
+    spent = max((r.spent for r in replies.values()), default=0.0)
+    total = min((r.budget for r in replies.values()), default=0.0)
+    aggregates = {h: r.aggregates for h, r in replies.items() if r.aggregates is not None}
+    guarded = release(aggregates, plan, replace(policy, threshold=threshold), epsilon=charged)
+    return guarded, Budget(total, spent)
+
+
 def release(
     per_hospital: Mapping[str, Aggregates],
     plan: QueryPlan,
     policy: CohortPolicy,
-    rng: np.random.Generator,
+    *,
+    epsilon: float = 0.0,
 ) -> Release:
-    """The guarded answer to ``plan`` from every hospital's exact aggregates.
+    """The guarded answer to ``plan`` from every hospital's noisy aggregates.
 
     Parameters
     ----------
     per_hospital : ``hospital id -> aggregates`` from
-        :func:`~healthsync.cohort.local.hospital_aggregates`.
+        :func:`~healthsync.cohort.local.hospital_release`.
     plan : the checked query.
-    policy : threshold and epsilon per query.
-    rng : the noise source (:func:`~healthsync.cohort.noise.fresh_generator` outside tests).
+    policy : the threshold (the strictest of the consortium's and the hospitals').
+    epsilon : what the hospitals charged for it (reported with the answer).
     """
-    exact = combine(per_hospital, plan)
-    guard = _Guard(plan, policy, rng)
-    counts = guard.counts(exact["patients"])
+    noisy = combine(per_hospital, plan)
+    guard = _Guard(plan, policy)
+    counts = guard.counts(noisy["patients"])
     for outcome in plan.outcomes:
-        guard.prevalence(outcome, exact[f"cases:{outcome}"], counts)
+        guard.prevalence(outcome, noisy[f"cases:{outcome}"], counts)
     for feature in plan.sums:
-        squares = exact.get(f"squares:{feature}")
-        guard.moments(feature, exact[f"sum:{feature}"], squares, counts)
+        squares = noisy.get(f"squares:{feature}")
+        guard.moments(feature, noisy[f"sum:{feature}"], squares, counts)
     for feature in plan.histograms:
-        guard.histogram(feature, exact[f"bins:{feature}"], counts)
+        guard.histogram(feature, noisy[f"bins:{feature}"], counts)
     return Release.build(
         plan,
         guard.values,
         guard.totals,
         guard.summary,
         threshold=policy.threshold,
-        epsilon=policy.epsilon_per_query,
+        epsilon=epsilon,
     )
 
 
 class _Counts:
-    """A cell count vector as counted, as noised, and which cells are small or hidden."""
+    """A noisy cell count vector, and which cells are small or hidden."""
 
-    def __init__(self, true: np.ndarray, noisy: np.ndarray, small: np.ndarray, hidden: np.ndarray):
-        self.true, self.noisy, self.small, self.hidden = true, noisy, small, hidden
+    def __init__(self, noisy: np.ndarray, small: np.ndarray, hidden: np.ndarray):
+        self.noisy, self.small, self.hidden = noisy, small, hidden
         self.shown = ~hidden
         self.divisor = np.maximum(noisy, 1)  # shown cells are all >= threshold anyway
 
 
 class _Guard:
-    """Noise, suppression and derived statistics for one release (one call of :func:`release`)."""
+    """Suppression and derived statistics for one release (one call of :func:`release`)."""
 
-    def __init__(self, plan: QueryPlan, policy: CohortPolicy, rng: np.random.Generator) -> None:
-        self.plan, self.policy, self.rng = plan, policy, rng
+    def __init__(self, plan: QueryPlan, policy: CohortPolicy) -> None:
+        self.plan, self.policy = plan, policy
         self.k = policy.threshold
-        self.epsilon = policy.epsilon_per_query / plan.measurements
         self.values: dict[str, np.ndarray] = {}
         self.totals: dict[str, Any] = {}
         self.summary: dict[str, Any] = {}
 
-    def counts(self, true: np.ndarray) -> _Counts:
-        noisy = noisy_counts(true, self.epsilon, self.rng)
-        small = primary(true, noisy, self.k)
-        hidden = complementary(true, small, self.k)
-        counts = _Counts(true, noisy, small, hidden)
+    def counts(self, noisy: np.ndarray) -> _Counts:
+        small = primary(noisy, self.k)
+        hidden = complementary(noisy, small, self.k)
+        counts = _Counts(noisy, small, hidden)
         self.values["patient_count"] = self._shown_counts(counts)
         self.totals["patient_count"] = _total(noisy, counts.shown)
         self.summary["small_cells"] = int(small.sum())
         self.summary["complementary_cells"] = int((hidden & ~small).sum())
         return counts
 
-    def prevalence(self, outcome: str, true: np.ndarray, cells: _Counts) -> None:
+    def prevalence(self, outcome: str, noisy: np.ndarray, cells: _Counts) -> None:
         """Case counts and shares, hidden when cases *or* non-cases are few (or the cell is)."""
         count_key, share_key = stat_keys("prevalence", outcome)
-        noisy = noisy_counts(true, self.epsilon, self.rng)
-        small = cells.small | primary(true, noisy, self.k)
-        others_small = primary(cells.true - true, cells.noisy - noisy, self.k)
+        small = cells.small | primary(noisy, self.k)
+        others = cells.noisy - noisy
+        others_small = primary(others, self.k)
         hidden = complementary(
-            np.minimum(true, cells.true - true), small | others_small | cells.hidden, self.k
+            np.minimum(noisy, others), small | others_small | cells.hidden, self.k
         )
-        cases = _Counts(true, noisy, small, hidden)
+        cases = _Counts(noisy, small, hidden)
         self.values[count_key] = self._shown_counts(cases)
         self.values[share_key] = _rounded(cases.shown, np.clip(noisy / cells.divisor, 0, 1), 4)
         self.totals[count_key] = _total(noisy, cases.shown)
@@ -149,7 +179,6 @@ class _Guard:
     ) -> None:
         """Mean and/or standard deviation from noisy sums, for shown cells only."""
         scale = self.plan.scales[feature]
-        sums = noisy_sums(sums, self.epsilon, scale.radius, self.rng)
         shown, n = cells.shown, cells.divisor
         pooled_n = max(int(cells.noisy[shown].sum()), 1)
         if feature in self.plan.means:
@@ -157,23 +186,21 @@ class _Guard:
             self.values[key] = _rounded(shown, _mean(sums / n, scale), 2)
             self.totals[key] = _pooled(shown, _mean(sums[shown].sum() / pooled_n, scale))
         if squares is not None:
-            squares = noisy_sums(squares, self.epsilon, scale.radius**2, self.rng)
             key = stat_keys("std", feature)[0]
             self.values[key] = _rounded(shown, _std(squares / n, sums / n, scale), 2)
             pooled = _std(squares[shown].sum() / pooled_n, sums[shown].sum() / pooled_n, scale)
             self.totals[key] = _pooled(shown, pooled)
 
-    def histogram(self, feature: str, true: np.ndarray, cells: _Counts) -> None:
-        """Per shown cell, bins merged until each holds ``threshold`` patients."""
+    def histogram(self, feature: str, noisy: np.ndarray, cells: _Counts) -> None:
+        """Per shown cell, bins merged until each holds ``threshold`` patients (noisy)."""
         scale = self.plan.scales[feature]
-        noisy = noisy_counts(true, self.epsilon, self.rng)
         out = np.empty(self.plan.shape, dtype=object)
         merged = hidden = 0
         for index in np.ndindex(self.plan.shape):
             if not cells.shown[index]:
                 continue
             first, last = self.plan.bin_range(feature, index)
-            runs = merge_bins(true[index][first:last], noisy[index][first:last], self.k)
+            runs = merge_bins(noisy[index][first:last], self.k)
             merged += (last - first) - len(runs)
             hidden += not runs
             out[index] = [

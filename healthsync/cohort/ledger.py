@@ -1,19 +1,18 @@
-"""The cohort explorer's tables in the metrics store: budget ledger, answer cache, audit log.
+"""The cohort explorer's tables in the metrics store: a view of spending, and the audit log.
 
-- ``privacy_ledger``: one row per answered query and user: the epsilon spent.
-- ``cohort_cache``: the guarded answer per user, federation and canonical
-  query, so asking again returns the same noisy numbers instead of fresh
-  ones that could be averaged.
+- ``privacy_ledger``: one row per query that spent epsilon, as the hospitals
+  charged it. A *view* for the app: each hospital's own ledger
+  (:mod:`healthsync.privacy.site`) is what is enforced, so this table can be
+  lost or pointed elsewhere without resetting anyone's budget.
 - ``cohort_audit``: every request, answered or not: who, when, what, the
   epsilon spent and what the guards hid.
 
-All three hold guarded aggregates and descriptions only, never a patient row.
+Both hold descriptions only, never a patient row or a released number.
 The tables are created here, lazily, with ``CREATE TABLE IF NOT EXISTS``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,11 +26,6 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS privacy_ledger (
     user_name VARCHAR NOT NULL, federation VARCHAR NOT NULL, query_key VARCHAR NOT NULL,
     epsilon DOUBLE NOT NULL, spent_at TIMESTAMP NOT NULL
-);
-CREATE TABLE IF NOT EXISTS cohort_cache (
-    user_name VARCHAR NOT NULL, federation VARCHAR NOT NULL, query_key VARCHAR NOT NULL,
-    created_at TIMESTAMP NOT NULL, answer JSON NOT NULL,
-    PRIMARY KEY (user_name, federation, query_key)
 );
 CREATE TABLE IF NOT EXISTS cohort_audit (
     asked_at TIMESTAMP NOT NULL, user_name VARCHAR, role VARCHAR, federation VARCHAR,
@@ -88,33 +82,13 @@ def spent(con: duckdb.DuckDBPyConnection, user: str, federation: str) -> float:
     return float(row[0]) if row else 0.0
 
 
-def cached(
-    con: duckdb.DuckDBPyConnection, user: str, federation: str, key: str
-) -> dict[str, Any] | None:
-    """The answer ``user`` already got for this canonical query, if any."""
-    row = con.execute(
-        "SELECT answer FROM cohort_cache WHERE user_name = ? AND federation = ? AND query_key = ?",
-        [user, federation, key],
-    ).fetchone()
-    return json.loads(row[0]) if row else None
-
-
-def record_answer(
-    con: duckdb.DuckDBPyConnection,
-    user: str,
-    federation: str,
-    key: str,
-    epsilon: float,
-    answer: dict[str, Any],
+def record_charge(
+    con: duckdb.DuckDBPyConnection, user: str, federation: str, key: str, epsilon: float
 ) -> None:
-    """Charge the budget and cache the answer (in the caller's transaction)."""
-    now = _now()
+    """Copy what the hospitals charged for one query into the view (caller's transaction)."""
     con.execute(
-        "INSERT INTO privacy_ledger VALUES (?, ?, ?, ?, ?)", [user, federation, key, epsilon, now]
-    )
-    con.execute(
-        "INSERT INTO cohort_cache VALUES (?, ?, ?, ?, ?)",
-        [user, federation, key, now, json.dumps(answer)],
+        "INSERT INTO privacy_ledger VALUES (?, ?, ?, ?, ?)",
+        [user, federation, key, epsilon, _now()],
     )
 
 

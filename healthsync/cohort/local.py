@@ -1,11 +1,14 @@
-"""The hospital side of a cohort query: exact per-cell aggregates of one hospital's rows.
+"""The hospital side of a cohort query: one hospital's per-cell aggregates, noised at home.
 
 This runs inside a hospital (a Flower ClientApp, ``simulation/analytics_client.py``)
-on the rows its own accessor returns. What leaves is a handful of vectors
-over the query's cells, never a row: patient counts, case counts per
+on the rows its own accessor returns. :func:`hospital_aggregates` computes
+exact vectors over the query's cells: patient counts, case counts per
 outcome, sums and sums of squares of clipped, centred values, and histogram
-bin counts. Nothing here adds noise or suppresses; the guards do that once
-all hospitals' aggregates are combined (:mod:`healthsync.cohort.guards`).
+bin counts. :func:`hospital_release` passes them through the hospital's own
+privacy gate (:mod:`healthsync.privacy.site`), which adds the noise and
+charges the asking user against the hospital's own ledger and policy; only
+those noisy vectors leave. The guards then combine hospitals and suppress
+small cells on the noisy values (:mod:`healthsync.cohort.guards`).
 """
 
 from __future__ import annotations
@@ -13,11 +16,19 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-from healthsync.cohort.plan import OUTCOME_LEVELS, Dimension, Filter, QueryPlan
+from healthsync.cohort.measures import measures
+from healthsync.cohort.plan import OUTCOME_LEVELS, Dimension, QueryPlan
+from healthsync.privacy.release import MIN_CELL
+from healthsync.privacy.site import SiteAnswer, SiteRefusal
+
+if TYPE_CHECKING:
+    from healthsync.data import HospitalAccessor
 
 Aggregates = dict[str, np.ndarray]
 
@@ -62,7 +73,7 @@ def hospital_aggregates(rows: pl.DataFrame, plan: QueryPlan, hospital_id: str) -
     cells = math.prod(shape)
     if hospital_id not in plan.hospitals:
         return _empty(plan, cells)
-    selected = rows.filter(_mask(plan.filters)) if plan.filters else rows
+    selected = rows.filter(_mask(plan)) if plan.filters else rows
     codes = [_codes(selected, d) for d in plan.local_dimensions]
     if codes:
         valid = np.logical_and.reduce([c >= 0 for c in codes])
@@ -87,6 +98,74 @@ def hospital_aggregates(rows: pl.DataFrame, plan: QueryPlan, hospital_id: str) -
         flat = cell * scale.n_bins + bins
         out[f"bins:{feature}"] = np.bincount(flat, minlength=cells * scale.n_bins).astype(np.int64)
     return out
+
+
+def hospital_release(
+    accessor: HospitalAccessor,
+    plan: QueryPlan,
+    user: str,
+    *,
+    epsilon: float | None = None,
+    budget_cap: float | None = None,
+    rng: np.random.Generator | None = None,
+) -> HospitalReply:
+    """This hospital's noisy aggregates for ``plan``, released by its own gate for ``user``.
+
+    A refusal by the hospital's policy comes back as a reply with ``refusal``
+    set (nothing was released or charged); a broken partition raises.
+    """
+    exact = hospital_aggregates(accessor.rows(), plan, accessor.hospital.id)
+    try:
+        answer: SiteAnswer = accessor.site().release(
+            user,
+            measures(plan, exact, accessor.version()),
+            query=plan.query.describe(),
+            epsilon=epsilon,
+            budget_cap=budget_cap,
+            rng=rng,
+        )
+    except SiteRefusal as refusal:
+        return HospitalReply(None, refusal=str(refusal))
+    return HospitalReply(
+        dict(zip(aggregate_names(plan), answer.values, strict=True)),
+        charged=answer.charged,
+        spent=answer.spent,
+        budget=answer.budget,
+        threshold=answer.threshold,
+    )
+
+
+@dataclass(frozen=True)
+class HospitalReply:
+    """What one hospital sends back: its noisy aggregates and its own accounting, or a refusal."""
+
+    aggregates: Aggregates | None
+    charged: float = 0.0
+    spent: float = 0.0
+    budget: float = 0.0
+    threshold: int = MIN_CELL
+    refusal: str | None = None
+
+    def accounting(self) -> dict[str, float]:
+        """The numbers for a ``MetricRecord`` next to the aggregates."""
+        return {
+            "charged": self.charged,
+            "spent": self.spent,
+            "budget": self.budget,
+            "threshold": float(self.threshold),
+        }
+
+    @classmethod
+    def from_records(
+        cls, aggregates: Aggregates, accounting: Mapping[str, object]
+    ) -> HospitalReply:
+        return cls(
+            aggregates,
+            charged=float(accounting["charged"]),
+            spent=float(accounting["spent"]),
+            budget=float(accounting["budget"]),
+            threshold=int(accounting["threshold"]),
+        )
 
 
 def to_record(aggregates: Mapping[str, np.ndarray]) -> dict[str, list[int] | list[float]]:
@@ -125,13 +204,17 @@ def _centred(frame: pl.DataFrame, plan: QueryPlan, feature: str) -> np.ndarray:
     return values - scale.centre
 
 
-def _mask(filters: tuple[Filter, ...]) -> pl.Expr:
+def _mask(plan: QueryPlan) -> pl.Expr:
+    """The conditions as one expression; numeric values are compared clipped to their bounds."""
     parts = []
-    for f in filters:
+    for f in plan.filters:
         if f.kind == "hospital":
             continue  # decided by the plan's hospital list
         value = OUTCOME_LEVELS.index(str(f.value)) if f.kind == "outcome" else f.value
-        parts.append(_OPS[f.op](pl.col(f.column), value))
+        column = pl.col(f.column)
+        if f.column in plan.scales:
+            column = column.clip(plan.scales[f.column].lower, plan.scales[f.column].upper)
+        parts.append(_OPS[f.op](column, value))
     return pl.all_horizontal(parts) if parts else pl.lit(True)
 
 

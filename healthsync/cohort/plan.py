@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -80,6 +80,8 @@ class QueryPlan:
     histograms: tuple[str, ...]
     scales: dict[str, NumericScale]
     hospitals: tuple[str, ...]  # hospitals the conditions keep, manifest order
+    #: every level of each categorical column the query filters or groups on
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -177,8 +179,16 @@ def plan_query(federation: Federation, query: CohortQuery, *, max_cells: int) ->
         means=tuple(s.column for s in stats if s.kind == "mean"),
         stds=tuple(s.column for s in stats if s.kind == "std"),
         histograms=tuple(s.column for s in stats if s.kind == "histogram"),
-        scales={c: schema.scale(c) for c in sorted(numeric | schema.banded(dimensions))},
+        scales={
+            **schema.filter_scales(filters),
+            **{c: schema.scale(c) for c in sorted(numeric | schema.banded(dimensions))},
+        },
         hospitals=hospitals or schema.hospitals_kept(filters),
+        categories={
+            c: schema.levels(c)
+            for c in sorted({f.column for f in filters} | set(columns))
+            if schema.kind(c) == "categorical"
+        },
     )
 
 
@@ -307,6 +317,13 @@ class _Schema:
         if kind == "numeric":
             self.scale(stat.column)
         return stat
+
+    def filter_scales(self, filters: tuple[Filter, ...]) -> dict[str, NumericScale]:
+        """Documented bounds of the numeric columns filtered on: conditions compare clipped values."""
+        found = {
+            f.column: scale_for(self.features[f.column]) for f in filters if f.kind == "numeric"
+        }
+        return {column: scale for column, scale in found.items() if scale is not None}
 
     def banded(self, dimensions: tuple[Dimension, ...]) -> set[str]:
         return {d.column for d in dimensions if d.kind == "numeric"}

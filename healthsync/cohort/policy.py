@@ -1,17 +1,17 @@
-"""The privacy policy of the cohort explorer: threshold, epsilon per query, budgets, cell limit.
+"""The consortium's cohort policy: caps that can only tighten what each hospital allows.
 
-The defaults hold unless an admin writes ``cohort.yaml`` into
-``HEALTHSYNC_HOME`` (next to the credentials, so the people who manage
-users also manage their budgets)::
+Each hospital enforces its own policy and ledger (:mod:`healthsync.privacy.site`);
+this one, read from ``HEALTHSYNC_HOME/cohort.yaml`` if an admin writes it,
+only narrows them further::
 
-    threshold: 11            # counts below this are shown as "<11"; never below 11
-    epsilon_per_query: 0.5   # spent by each new query, split across its statistics
-    budget: 10               # epsilon each user may spend per federation
+    threshold: 11            # the largest of this and every hospital's threshold applies
+    epsilon_per_query: 0.5   # a hospital spends at most the smaller of this and its own
+    budget: 10               # a user's budget at a hospital is the smaller of this and its own
     max_cells: 500           # largest grouping a query may ask for
-    budgets: {alice: 20}     # optional per-user budgets
+    budgets: {alice: 20}     # optional per-user caps
 
-Nothing here can be changed from the CLI or the page: an analyst cannot
-loosen the guards that limit them.
+Whoever points ``--home`` at a file of their own can therefore loosen
+nothing: a hospital's own policy still holds.
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from typing import Any
 import yaml
 
 from healthsync.errors import HealthSyncError
+from healthsync.privacy.release import MIN_CELL
 
 POLICY_NAME = "cohort.yaml"
 #: No configuration may release a count below this (the usual small-number rule).
-MIN_THRESHOLD = 11
+MIN_THRESHOLD = MIN_CELL
 MAX_CELLS_LIMIT = 5000
 #: Above this a query's noise stops protecting anyone; no configuration may go higher.
 MAX_EPSILON_PER_QUERY = 5.0
@@ -80,12 +81,13 @@ class CohortPolicy:
         """How a suppressed small count is shown: ``"<11"``."""
         return f"<{self.threshold}"
 
-    def release_settings(self) -> dict[str, Any]:
-        """What the guards need (sent to the analytics service with each query)."""
+    def release_settings(self, user: str) -> dict[str, Any]:
+        """What the guards and the hospitals need for ``user``'s query (sent with it)."""
         return {
             "threshold": self.threshold,
             "epsilon_per_query": self.epsilon_per_query,
             "max_cells": self.max_cells,
+            "budget": self.budget_for(user),
         }
 
     @classmethod
@@ -94,6 +96,7 @@ class CohortPolicy:
         return cls(
             threshold=data.get("threshold", MIN_THRESHOLD),
             epsilon_per_query=data.get("epsilon_per_query", 0.5),
+            budget=data.get("budget", 10.0),
             max_cells=data.get("max_cells", 500),
         )
 
@@ -106,7 +109,8 @@ class CohortPolicy:
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as err:
-            raise HealthSyncError(f"{path}: unreadable cohort policy ({err})") from None
+            reason = " ".join(str(err).split())  # YAML errors span lines
+            raise HealthSyncError(f"{path}: unreadable cohort policy ({reason})") from None
         known = {f.name for f in fields(cls)}
         if not isinstance(data, dict) or set(data) - known:
             raise HealthSyncError(f"{path}: expected only the keys {', '.join(sorted(known))}")

@@ -35,9 +35,10 @@ from typing import Any, Protocol
 
 from healthsync.cohort.plan import QueryPlan
 from healthsync.cohort.policy import CohortPolicy
-from healthsync.cohort.result import Release
+from healthsync.cohort.result import Budget, Release
 from healthsync.data import Federation
 from healthsync.errors import HealthSyncError
+from healthsync.privacy.site import SiteRefusal
 from healthsync.processes import (
     file_lock,
     last_line,
@@ -59,8 +60,13 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 class Executor(Protocol):
     """Where a checked query is answered: returns the guarded release, nothing rawer."""
 
-    def release(self, federation: Federation, plan: QueryPlan, policy: CohortPolicy) -> Release:
-        """Ask every hospital the query and return the guarded answer."""
+    def release(
+        self, federation: Federation, plan: QueryPlan, policy: CohortPolicy, user: str
+    ) -> tuple[Release, Budget]:
+        """Ask every hospital the query for ``user``: the guarded answer and the budget.
+
+        Raises :class:`~healthsync.privacy.site.SiteRefusal` when a hospital refuses.
+        """
         ...
 
 
@@ -194,17 +200,22 @@ class FlowerExecutor:
         self.start_timeout = start_timeout
         self.block_size = block_size
 
-    def release(self, federation: Federation, plan: QueryPlan, policy: CohortPolicy) -> Release:
+    def release(
+        self, federation: Federation, plan: QueryPlan, policy: CohortPolicy, user: str
+    ) -> tuple[Release, Budget]:
         request = {
             "op": "query",
             "federation": federation_id(federation),
             "query": plan.query.to_dict(),
-            "policy": policy.release_settings(),
+            "policy": policy.release_settings(user),
+            "user": user,
         }
         response = self.request(federation, request)
         if not response.get("ok"):
-            raise HealthSyncError(str(response.get("error", "the analytics service failed")))
-        return Release.from_dict(response["release"])
+            error = str(response.get("error", "the analytics service failed"))
+            raise SiteRefusal(error) if response.get("refused") else HealthSyncError(error)
+        budget = response["budget"]
+        return Release.from_dict(response["release"]), Budget(budget["total"], budget["spent"])
 
     def request(self, federation: Federation, request: dict[str, Any]) -> dict[str, Any]:
         """Send one request to the federation's service (started if needed); its reply.

@@ -1,20 +1,25 @@
 """Small-cell suppression: primary, complementary (secondary) and histogram bin merging.
 
-Primary: a count is hidden when it is below the threshold (zero included,
-so an empty cell cannot be told from a cell of one), either as counted or
-after noise, so no shown number is ever below the threshold.
+Every decision here is made on *noisy* counts, never on true ones (as
+i2b2/SHRINE and NVFlare's filters do): the noise is differentially private,
+so whether a cell is shown is too, and a shown count proves nothing about one
+patient beyond the documented epsilon. (Deciding on the true count would: a
+shown cell would prove its true count is at least the threshold.)
+
+Primary: a count is hidden when its noisy value is below the threshold
+(zero included), so no shown number is ever below the threshold.
 
 Complementary: a hidden cell must not be recoverable by subtraction. Along
 every grouping dimension, a *line* of cells (all cells that share the
 other dimensions' levels) adds up to a total that another query may reveal.
 So in every line that hides anything, at least two cells are hidden and the
-hidden cells together hold at least ``threshold`` patients; otherwise the
+hidden cells together hold at least ``threshold`` patients (noisy); otherwise the
 smallest shown cell of the line is hidden too, and all lines are checked
 again until none changes. Totals are only ever computed from shown cells.
 
 Histograms: adjacent bins merge until every bin holds at least
-``threshold`` patients, counted and after noise; a histogram that cannot
-reach that is not shown.
+``threshold`` patients after noise; a histogram that cannot reach that is
+not shown.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def primary(true: np.ndarray, noisy: np.ndarray, threshold: int) -> np.ndarray:
-    """Cells to hide because they are small, as counted or as they would be shown."""
-    return (np.asarray(true) < threshold) | (np.asarray(noisy) < threshold)
+def primary(noisy: np.ndarray, threshold: int) -> np.ndarray:
+    """Cells to hide because their noisy count is small."""
+    return np.asarray(noisy) < threshold
 
 
 def complementary(sizes: np.ndarray, hidden: np.ndarray, threshold: int) -> np.ndarray:
@@ -32,7 +37,7 @@ def complementary(sizes: np.ndarray, hidden: np.ndarray, threshold: int) -> np.n
 
     Parameters
     ----------
-    sizes : the true cell sizes (what a subtraction would recover), one axis per dimension.
+    sizes : the noisy cell sizes, one axis per dimension.
     hidden : cells already hidden, same shape.
     threshold : the smallest total the hidden cells of a line may hold.
 
@@ -67,15 +72,15 @@ def _protect_line(values: np.ndarray, mask: np.ndarray, threshold: int) -> bool:
     return changed
 
 
-def merge_bins(true: np.ndarray, noisy: np.ndarray, threshold: int) -> list[tuple[int, int]]:
-    """Runs of adjacent bins ``(start, stop)`` that each hold at least ``threshold`` patients.
+def merge_bins(noisy: np.ndarray, threshold: int) -> list[tuple[int, int]]:
+    """Runs of adjacent bins ``(start, stop)`` that each hold at least ``threshold`` (noisy).
 
     The smallest failing run is merged into its smaller neighbour until all
     pass; returns ``[]`` when even all bins together fail.
     """
-    runs = [[i, i + 1, int(t), int(n)] for i, (t, n) in enumerate(zip(true, noisy, strict=True))]
+    runs = [[i, i + 1, int(n)] for i, n in enumerate(noisy)]
     while True:
-        failing = [i for i, r in enumerate(runs) if r[2] < threshold or r[3] < threshold]
+        failing = [i for i, r in enumerate(runs) if r[2] < threshold]
         if not failing:
             return [(r[0], r[1]) for r in runs]
         if len(runs) == 1:
@@ -85,4 +90,4 @@ def merge_bins(true: np.ndarray, noisy: np.ndarray, threshold: int) -> list[tupl
         j = min(neighbours, key=lambda k: runs[k][2])
         left, right = sorted((i, j))
         a, b = runs[left], runs[right]
-        runs[left : right + 1] = [[a[0], b[1], a[2] + b[2], a[3] + b[3]]]
+        runs[left : right + 1] = [[a[0], b[1], a[2] + b[2]]]

@@ -34,6 +34,8 @@ from healthsync.errors import HealthSyncError
 if TYPE_CHECKING:
     import polars as pl
 
+    from healthsync.privacy.site import Site
+
 
 CACHE_DIR = ".cache"  # in a hospital's folder: matrices derived from its own rows
 
@@ -112,6 +114,23 @@ class HospitalAccessor:
             os.replace(tmp.name, cached)
         return matrix
 
+    def site(self) -> Site:
+        """This hospital's own privacy gate (policy and ledger in its own folder)."""
+        from healthsync.privacy.site import Site
+
+        return Site(self.path.parent)
+
+    def version(self) -> str:
+        """A fingerprint of this hospital's rows as stored: new data never reuses old noise."""
+        path = self.path
+        stat = path.stat()
+        return _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+    def stamp(self) -> list[int]:
+        """The partition file's size and modification time: tells a stale publication, unread."""
+        stat = self.path.stat()
+        return [stat.st_size, stat.st_mtime_ns]
+
     def train(self) -> pl.DataFrame:
         """This hospital's training patients."""
         import polars as pl
@@ -177,6 +196,15 @@ class HospitalAccessor:
                 f"{path}: has {counts['train']} train / {counts['test']} test rows, "
                 f"the manifest says {expected['train']} / {expected['test']}"
             )
+
+
+@lru_cache(maxsize=4096)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file's bytes (16 hex digits), once per size and modification time."""
+    import hashlib
+
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()[:16]
 
 
 @lru_cache(maxsize=16)

@@ -28,7 +28,6 @@ from healthsync.data.manifest import (
 from healthsync.data.output import (
     federation_output,
     holdout_mask,
-    outcome_summary,
     write_partition,
 )
 from healthsync.data.tables import (
@@ -143,7 +142,6 @@ def import_federation(
                     f.name,
                     len(is_test[i]) - n_test,
                     n_test,
-                    outcome_summary(rows, (target,)),
                 )
             )
         federation = Federation(

@@ -127,24 +127,3 @@ def holdout_mask(rng: np.random.Generator, target: np.ndarray, test_fraction: fl
     elif n_test == n:
         is_test[rng.integers(n)] = False
     return is_test
-
-
-SMALL_CELL = 11
-
-
-def outcome_summary(
-    rows: pl.DataFrame, outcomes: tuple[str, ...]
-) -> dict[str, dict[str, float | None]]:
-    """Per-outcome prevalence for the manifest, the only row-derived figure it holds.
-
-    A prevalence is left out (``None``) when fewer than ``SMALL_CELL`` patients
-    have, or lack, the outcome: such a figure would let anyone who knows the
-    hospital's size recover a small count of patients.
-    """
-    prevalence: dict[str, float | None] = {}
-    for outcome in outcomes:
-        positives = int(rows[outcome].sum())
-        negatives = rows.height - positives
-        keep = min(positives, negatives) >= SMALL_CELL
-        prevalence[outcome] = round(positives / rows.height, 3) if keep else None
-    return {"prevalence": prevalence}

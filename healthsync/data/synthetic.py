@@ -30,7 +30,6 @@ from healthsync.data.names import hospital_names
 from healthsync.data.output import (
     federation_output,
     holdout_mask,
-    outcome_summary,
     write_partition,
 )
 from healthsync.errors import HealthSyncError
@@ -198,7 +197,7 @@ def _write_hospitals(
                 rows = frame.slice(a, b - a)
                 pending.append(pool.submit(write_partition, staging, ids[i], rows))
                 n_test = int(is_test[a:b].sum())
-                splits.append((b - a - n_test, n_test, outcome_summary(rows, OUTCOMES)))
+                splits.append((b - a - n_test, n_test, {}))
         _finish(pending, progress)
     return splits
 

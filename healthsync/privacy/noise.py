@@ -48,3 +48,9 @@ def noisy_sums(
     return np.asarray(sums, dtype=np.float64) + rng.laplace(
         0.0, sensitivity / epsilon, np.shape(sums)
     )
+
+
+def count_noise_sd(epsilon: float, *, sensitivity: float = 1.0) -> float:
+    """Standard deviation of :func:`noisy_counts`'s noise at ``epsilon``, for captions and docs."""
+    alpha = math.exp(-epsilon / sensitivity)
+    return math.sqrt(2 * alpha) / (1 - alpha)

@@ -1,0 +1,169 @@
+"""The federation facts every viewer sees (Overview), released like any cohort answer.
+
+Hospital sizes and outcome prevalences are a cohort query, ``count`` and
+``prevalence`` of every outcome grouped by hospital, asked on behalf of the
+whole consortium (:data:`~healthsync.privacy.site.PUBLIC`). Each hospital
+answers it through its own privacy gate, as it answers analysts, and then
+publishes its noisy answer in its own folder for the app to read. Because the
+gate releases each quantity once, the cohort explorer asked the same question
+(or any question containing the same quantity, such as a hospital's patient
+count) shows exactly the same numbers: Overview and the explorer cannot be
+played against each other to average noise away.
+
+Publishing runs hospital-side code: the data commands call :func:`publish`
+right after writing a hospital's rows, and the analytics service's hospitals
+publish at warm-up. The app only reads what was published
+(:func:`published_facts`), never a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import polars as pl
+
+from healthsync.cohort.guards import answer
+from healthsync.cohort.local import HospitalReply, from_record, hospital_release
+from healthsync.cohort.plan import QueryPlan, plan_query
+from healthsync.cohort.policy import CohortPolicy
+from healthsync.cohort.query import CohortQuery
+from healthsync.cohort.result import Release
+from healthsync.data import Federation, HospitalAccessor, open_hospital
+from healthsync.privacy.site import PUBLIC
+
+FACTS = "facts"
+
+
+def facts_query(federation: Federation) -> CohortQuery:
+    """Count and every outcome's prevalence, per hospital."""
+    stats = [f"prevalence:{outcome}" for outcome in federation.outcomes] or ["count"]
+    return CohortQuery.parse(group_by=["hospital"], stats=stats)
+
+
+def facts_plan(federation: Federation) -> QueryPlan:
+    return plan_query(
+        federation, facts_query(federation), max_cells=max(len(federation.hospitals), 1)
+    )
+
+
+def publish(federation: Federation, hospitals: Iterable[str] | None = None) -> int:
+    """Hospital-side: each hospital releases and publishes its facts; how many published.
+
+    Run by whoever holds the hospital's rows (the data commands, the
+    hospital's client); releasing again is free once a hospital has.
+    """
+    plan = facts_plan(federation)
+    count = 0
+    for hospital in hospitals or federation.hospital_ids:
+        accessor = open_hospital(federation, hospital)
+        if publish_reply(accessor, plan, hospital_release(accessor, plan, PUBLIC)):
+            count += 1
+    return count
+
+
+def publish_reply(accessor: HospitalAccessor, plan: QueryPlan, reply: HospitalReply) -> bool:
+    """Publish ``reply`` if it is this hospital's answer to the facts query; whether it was."""
+    if reply.aggregates is None or plan.query != facts_plan(accessor.federation).query:
+        return False
+    accessor.site().publish(
+        FACTS,
+        {
+            "stamp": accessor.stamp(),
+            "aggregates": {k: v.tolist() for k, v in reply.aggregates.items()},
+            "accounting": reply.accounting(),
+        },
+    )
+    return True
+
+
+def published_facts(
+    federation: Federation, policy: CohortPolicy | None = None
+) -> tuple[Release | None, list[str]]:
+    """The guarded facts from every hospital's publication, and which hospitals have none.
+
+    A publication whose partition has changed since is stale and counts as
+    missing. With any hospital missing, pooled figures would be incomplete,
+    so the release covers only the hospitals that published.
+    """
+    plan = facts_plan(federation)
+    replies: dict[str, HospitalReply] = {}
+    missing: list[str] = []
+    for hospital in federation.hospital_ids:
+        accessor = open_hospital(federation, hospital)
+        data = accessor.site().published(FACTS)
+        try:
+            fresh = data is not None and data.get("stamp") == accessor.stamp()
+            if fresh:
+                replies[hospital] = HospitalReply.from_records(
+                    from_record(data["aggregates"], plan), data["accounting"]
+                )
+        except (OSError, KeyError, TypeError, ValueError):
+            fresh = False
+        if not fresh:
+            missing.append(hospital)
+    if not replies:
+        return None, missing
+    kept = plan_query(
+        federation,
+        CohortQuery.parse(
+            where=[f"hospital != {h}" for h in missing],
+            group_by=["hospital"],
+            stats=[str(s) for s in plan.query.stats],
+        ),
+        max_cells=max(len(federation.hospitals), 1),
+    )
+    release, _ = answer(replies, kept, policy or CohortPolicy())
+    return release, missing
+
+
+def facts_noise_sd(federation: Federation) -> float:
+    """Typical noise (standard deviation, patients) on a published hospital count.
+
+    Read from the first hospital's own policy (epsilon per query, split over the
+    facts query's counts); a hospital with another policy has other noise.
+    """
+    from healthsync.privacy.noise import count_noise_sd
+
+    plan = facts_plan(federation)
+    site = open_hospital(federation, federation.hospital_ids[0]).site()
+    return count_noise_sd(site.policy.epsilon_per_query / plan.measurements)
+
+
+def facts_frames(federation: Federation, release: Release) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Overview's two tables from the released facts: sizes, and prevalences (long format).
+
+    A withheld figure (``"<11"``, ``"suppressed"``) is a missing value: the
+    charts leave its bar out and the captions say how many.
+    """
+    names = {h.id: h.name for h in federation.hospitals}
+    sizes = pl.DataFrame(
+        {
+            "hospital": [c["hospital"] for c in release.cells],
+            "name": [names.get(c["hospital"], c["hospital"]) for c in release.cells],
+            "n_patients": [_shown(c["patient_count"]) for c in release.cells],
+        },
+        schema={"hospital": pl.String, "name": pl.String, "n_patients": pl.Int64},
+    )
+    prevalence = pl.DataFrame(
+        [
+            {
+                "hospital": c["hospital"],
+                "name": names.get(c["hospital"], c["hospital"]),
+                "outcome": outcome,
+                "prevalence": c.get(f"{outcome}_prevalence"),
+            }
+            for c in release.cells
+            for outcome in federation.outcomes
+        ],
+        schema={
+            "hospital": pl.String,
+            "name": pl.String,
+            "outcome": pl.String,
+            "prevalence": pl.Float64,
+        },
+    )
+    return sizes, prevalence
+
+
+def _shown(value: object) -> int | None:
+    return value if isinstance(value, int) else None
