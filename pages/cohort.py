@@ -11,9 +11,10 @@ from pages._guard import require
 page = require("explore")
 st.title("Cohort explorer")
 st.caption(
-    "Every number is computed inside each hospital through the Flower analytics service; only "
-    "guarded aggregates come back. Counts below 11 show as <11, cells that could give one away "
-    "as suppressed, and all numbers carry calibrated noise (differential privacy)."
+    "Every number is computed inside each hospital through the Flower analytics service, and "
+    "each hospital adds its own calibrated noise (differential privacy) and charges your budget "
+    "in its own ledger. A number released before, to anyone, comes back unchanged and free. "
+    "Counts below 11 after noise show as <11, cells that could give one away as suppressed."
 )
 
 folders = dashboard.find_federations(page.settings.data_root)

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from healthsync import engine, runs
+from healthsync.cohort.facts import published_patients
 from healthsync.config import ATTACKS, DP_SIDES, DP_STRATEGIES, MODELS, STRATEGIES, TrainConfig
 from healthsync.errors import HealthSyncError
 from pages._guard import choose_federation, require
@@ -12,7 +13,7 @@ st.title("Launch a training run")
 
 federation = choose_federation(page)
 st.caption(
-    f"{federation.name}: {len(federation.hospitals)} hospitals, {federation.n_patients:,} patients. "
+    f"{federation.name}: {len(federation.hospitals)} hospitals, {published_patients(federation)}. "
     + engine.launch_note(page.settings.db)
 )
 

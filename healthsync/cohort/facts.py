@@ -116,6 +116,13 @@ def published_facts(
     return release, missing
 
 
+def published_patients(federation: Federation) -> str:
+    """The federation's patient count as released ("≈ 4,812 patients"), for captions."""
+    release, _ = published_facts(federation)
+    total = release.total.get("patient_count") if release is not None else None
+    return f"≈ {total:,} patients (noisy)" if isinstance(total, int) else "patients not published"
+
+
 def facts_noise_sd(federation: Federation) -> float:
     """Typical noise (standard deviation, patients) on a published hospital count.
 
