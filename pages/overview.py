@@ -35,38 +35,36 @@ if released is None:
         "or when the first cohort query reaches it. An admin can ask every hospital now "
         f"with `healthsync data publish --data {federation.data_dir}`."
     )
-    st.stop()
-
-withheld = sizes["n_patients"].null_count()
-st.altair_chart(charts.hospital_sizes(sizes))
-st.caption(
-    "Patients each hospital holds, as each hospital released it: a count with "
-    f"differential-privacy noise added inside the hospital (standard deviation about "
-    f"{facts_noise_sd(federation):.0f} patients), released once and shown the same way "
-    "everywhere, the cohort explorer included. "
-    + (
-        f"{withheld} hospital(s) withheld (fewer than 11 patients, after noise). "
-        if withheld
-        else ""
-    )
-    + (f"{len(missing)} hospital(s) have not published yet." if missing else "")
-)
-
-if prevalence["prevalence"].drop_nulls().is_empty():
-    st.info("No hospital's outcome prevalence can be shown: every one is withheld.")
 else:
-    st.altair_chart(charts.prevalence_bars(prevalence))
-    hidden = prevalence["prevalence"].null_count()
+    withheld = sizes["n_patients"].null_count()
+    st.altair_chart(charts.hospital_sizes(sizes))
     st.caption(
-        "Share of each hospital's patients with each outcome, from the same noisy released "
-        "counts."
+        "Patients each hospital holds, as each hospital released it: a count with "
+        "differential-privacy noise added inside the hospital (standard deviation about "
+        f"{facts_noise_sd(federation):.0f} patients), released once and shown the same way "
+        "everywhere, the cohort explorer included. "
         + (
-            f" {hidden} figure(s) withheld (no bar): fewer than 11 patients with or without "
-            "the outcome at that hospital, after noise."
-            if hidden
+            f"{withheld} hospital(s) withheld (fewer than 11 patients, after noise). "
+            if withheld
             else ""
         )
+        + (f"{len(missing)} hospital(s) have not published yet." if missing else "")
     )
+    if prevalence["prevalence"].drop_nulls().is_empty():
+        st.info("No hospital's outcome prevalence can be shown: every one is withheld.")
+    else:
+        st.altair_chart(charts.prevalence_bars(prevalence))
+        hidden = prevalence["prevalence"].null_count()
+        st.caption(
+            "Share of each hospital's patients with each outcome, from the same noisy released "
+            "counts."
+            + (
+                f" {hidden} figure(s) withheld (no bar): fewer than 11 patients with or without "
+                "the outcome at that hospital, after noise."
+                if hidden
+                else ""
+            )
+        )
 
 st.subheader("Latest run")
 runs = runlog.list_runs(page.store, limit=1)

@@ -3,6 +3,7 @@
 import json
 import time
 
+import polars as pl
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -79,22 +80,23 @@ def test_a_new_password_or_removal_ends_open_sessions(env):
     assert [t.value for t in at.title] in (["HealthSync"], ["Please log in"])
 
 
-def test_wrong_passwords_lock_the_login_for_a_while(env):
+def test_wrong_passwords_make_the_address_wait_for_a_while(env):
     at = env.app()
     for _ in range(4):
         log_in(at, "admin", "wrong")
-        assert at.error[0].value.startswith("Wrong user name or password (5 failed logins")
+        assert at.error[0].value.startswith("Wrong user name or password (after 5 failed logins")
     log_in(at, "admin", "wrong")
-    assert "Too many failed logins" in at.error[0].value
+    assert "Too many failed logins from this address" in at.error[0].value
     log_in(at, "admin", ADMIN_PASSWORD)
     assert "Too many failed logins" in at.error[0].value
     assert [t.value for t in at.title] == ["HealthSync"]
     # streamlit-authenticator's own counter never reaches the credentials file.
     assert "failed_login_attempts" not in env.users.path.read_text()
-    # The lock expires (here: its time is moved to the past), and the password works again.
+    # The wait ends (here: its time is moved to the past), and the password works again.
     logins = env.home / "logins.json"
     state = json.loads(logins.read_text())
-    state["failures"]["admin"]["locked_until"] = time.time() - 1
+    for entry in state["throttle"]["admin"].values():
+        entry["locked_until"] = time.time() - 1
     logins.write_text(json.dumps(state))
     log_in(at, "admin", ADMIN_PASSWORD)
     assert [t.value for t in at.title] == ["Federation overview"]
@@ -180,9 +182,33 @@ def test_empty_states_say_what_to_do_next(empty_env, page, hint):
 def test_overview_without_runs_points_to_launch(env):
     at = env.app("viewer")
     assert "No training run yet" in texts(at)
-    assert [m.label for m in at.metric][:2] == ["Hospitals", "Patients"]
-    assert at.metric[0].value == "3"
-    assert len(charts(at)) == 2  # sizes, and prevalence (the synthetic manifest records it)
+    assert at.metric[0].label == "Hospitals" and at.metric[0].value == "3"
+    assert "No hospital has published its facts yet" in texts(at)  # nothing published here
+
+
+def test_overview_shows_only_what_hospitals_released(env):
+    """Sizes and prevalences are the hospitals' noisy releases, never the manifest's counts."""
+    from healthsync.cohort.facts import facts_frames, publish, published_facts
+    from healthsync.data import load_federation
+
+    federation = load_federation(env.fed_dir)
+    publish(federation)
+    released, _ = published_facts(federation)
+    sizes, _ = facts_frames(federation, released)
+    at = env.app("viewer")
+    assert not at.exception
+    labels = [m.label for m in at.metric]
+    assert labels[:3] == ["Hospitals", "Patients (noisy)", "Hospital size (noisy)"]
+    assert at.metric[1].value == f"≈ {released.total['patient_count']:,}"
+    shown = sizes["n_patients"].drop_nulls()
+    assert at.metric[2].value == f"{shown.min():,}–{shown.max():,}"
+    drawn = charts(at)
+    assert len(drawn) == 2  # sizes, and prevalence
+    data = pl.read_ipc_stream(drawn[0].proto.datasets[0].data.data)  # the bars as drawn
+    bars = dict(zip(data["name"], data["n_patients"], strict=True))
+    exact = {h.name: h.n_train + h.n_test for h in federation.hospitals}
+    assert bars == dict(zip(sizes["name"], sizes["n_patients"], strict=True))
+    assert bars != exact  # noise was added (at this size, equal for all 3 is ~1 in 10^3)
 
 
 # ---------------------------------------------------------------- launch
