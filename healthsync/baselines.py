@@ -8,7 +8,10 @@
 Each is evaluated on every hospital's own test split and summarised overall
 with test-example weights, as FLamby reports its benchmarks. Baselines train
 for ``rounds x local_epochs`` epochs with the run's model, learning rate and
-batch size, so the three see the same amount of optimisation.
+batch size, so the three see the same amount of optimisation. The table is
+stored as the release policy for training numbers allows
+(``healthsync.privacy.training``): per-hospital figures of a test split too
+small to show are withheld, for every method alike.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from healthsync.errors import HealthSyncError
 from healthsync.features import Scaler, ScalingStats
 from healthsync.metrics import BinaryMetrics, aggregate
 from healthsync.model import initial_model
+from healthsync.privacy import training
 from healthsync.runs import check_config
 from healthsync.store import MetricsStore
 from healthsync.training import evaluate_local, hospital_arrays, train_local
@@ -32,14 +36,43 @@ from healthsync.training import evaluate_local, hospital_arrays, train_local
 COLUMNS = ("method", "hospital", "n", "loss", "auc", "accuracy", "brier")
 
 
-def _rows(method: str, per_hospital: dict[str, BinaryMetrics]) -> list[dict]:
+def _rows(
+    method: str, per_hospital: dict[str, BinaryMetrics], overall: BinaryMetrics | None = None
+) -> list[dict]:
     rows = [{"method": method, "hospital": h, **m.to_dict()} for h, m in per_hospital.items()]
-    overall = aggregate(list(per_hospital.values()))
+    if overall is None:
+        overall = aggregate(list(per_hospital.values()))
     return [{"method": method, "hospital": "overall", **overall.to_dict()}, *rows]
 
 
-def baseline_rows(config: TrainConfig, progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Train and evaluate the pooled and local-only baselines for ``config``."""
+def released_rows(rows: list[dict], counts: dict[str, tuple[int, int]]) -> list[dict]:
+    """The table as it may be stored: each method's hospitals through the release policy.
+
+    ``counts`` holds each hospital's positives and negatives in its test split,
+    which every method is evaluated on; they decide, and are not stored.
+    """
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        group = [r for r in rows if r["method"] == method]
+        overall = next(r for r in group if r["hospital"] == "overall")
+        hospitals = [
+            {**r, "positives": counts[r["hospital"]][0], "negatives": counts[r["hospital"]][1]}
+            for r in group
+            if r["hospital"] != "overall"
+        ]
+        overall, hospitals = training.release_round(overall, hospitals)
+        out += [overall, *hospitals]
+    return out
+
+
+def baseline_rows(
+    config: TrainConfig, progress: Callable[[str], None] | None = None
+) -> tuple[list[dict], dict[str, tuple[int, int]]]:
+    """Train and evaluate the pooled and local-only baselines for ``config``.
+
+    Also returns each hospital's positives and negatives in its test split,
+    for the release policy.
+    """
     config, federation = check_config(config)
     target = str(config.target)
     hospitals = [hospital_arrays(federation, h.id, target) for h in federation.hospitals]
@@ -70,23 +103,27 @@ def baseline_rows(config: TrainConfig, progress: Callable[[str], None] | None = 
         local_metrics[h] = evaluate_local(
             fit(d.x_train, d.y_train, config.seed + i), d.x_test, d.y_test
         )[0]
-    return _rows("pooled (reference)", pooled_metrics) + _rows("local only", local_metrics)
+    counts = {h: (int((d.y_test == 1).sum()), int((d.y_test == 0).sum())) for h, d in data.items()}
+    return _rows("pooled (reference)", pooled_metrics) + _rows("local only", local_metrics), counts
 
 
 def federated_rows(store: MetricsStore, run_id: str) -> list[dict]:
-    """The run's last round, per hospital and overall."""
+    """The run's last round, per hospital (as released) and overall (the run's final figures)."""
     run = runlog.get_run(store, run_id)
     hospitals = runlog.hospital_rounds_frame(store, run_id)
     if hospitals.is_empty():
         raise HealthSyncError(f"run {run_id} has no finished round to compare")
-    last = hospitals.filter(pl.col("round") == hospitals["round"].max())
+    last = hospitals.filter(pl.col("round") == hospitals["round"].max()).with_columns(
+        pl.col("loss", "auc", "accuracy").fill_null(float("nan"))  # withheld: left out of means
+    )
     per_hospital = {
         r["hospital"]: BinaryMetrics(r["n"], r["loss"], r["auc"], r["accuracy"], float("nan"))
         for r in last.iter_rows(named=True)
     }
-    rows = _rows(f"federated ({run['strategy']})", per_hospital)
-    rows[0]["brier"] = run["final_brier"]
-    return rows
+    final = BinaryMetrics(
+        int(last["n"].sum()), *(run[f"final_{k}"] for k in ("loss", "auc", "accuracy", "brier"))
+    )
+    return _rows(f"federated ({run['strategy']})", per_hospital, final)
 
 
 def compare_table(config: TrainConfig, run_id: str, *, progress: bool = False) -> pl.DataFrame:
@@ -94,12 +131,14 @@ def compare_table(config: TrainConfig, run_id: str, *, progress: bool = False) -
     store = MetricsStore(config.db)
     run_config = TrainConfig.from_dict(runlog.get_run(store, run_id)["config"])
     say = (lambda step: print(f"baseline: {step}", flush=True)) if progress else None
-    rows = baseline_rows(run_config, progress=say) + federated_rows(store, run_id)
+    baselines, counts = baseline_rows(run_config, progress=say)
+    rows = released_rows(baselines + federated_rows(store, run_id), counts)
     table = pl.DataFrame(rows).select(COLUMNS)
     comparison_id = f"cmp-{secrets.token_hex(4)}"
     store.executemany(
         "INSERT INTO comparisons (comparison_id, created_at, data_dir, target, model, method, hospital,"
-        " n, loss, auc, accuracy, brier, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " n, loss, auc, accuracy, brier, run_id, released)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)",
         [
             [
                 comparison_id,

@@ -151,8 +151,12 @@ def run_curves(frame: pl.DataFrame, *, metric_title: str) -> alt.Chart:
     )
 
 
-def roc_curve(points: pl.DataFrame, *, auc: float) -> alt.LayerChart:
-    """ROC curve from the binned scores (``threshold, fpr, tpr``) against chance."""
+def roc_curve(points: pl.DataFrame, *, auc: float | None) -> alt.LayerChart:
+    """ROC curve from the released score bins (``threshold, fpr, tpr``) against chance.
+
+    ``auc`` is the run's recorded AUC (the figure every other page shows), not
+    the area under these few points, which only approximates it.
+    """
     curve = (
         alt.Chart(points)
         .mark_line(color=METRIC_COLORS["AUC"], point=alt.OverlayMarkDef(color=METRIC_COLORS["AUC"]))
@@ -177,8 +181,9 @@ def roc_curve(points: pl.DataFrame, *, auc: float) -> alt.LayerChart:
             ],
         )
     )
+    known = auc is not None and auc == auc  # neither missing nor NaN
     return alt.layer(_diagonal("chance (AUC 0.5)"), curve).properties(
-        title=f"ROC curve (AUC {auc:.3f} from binned scores)", height=340
+        title=f"ROC curve (AUC {auc:.3f})" if known else "ROC curve", height=340
     )
 
 

@@ -21,6 +21,7 @@ from healthsync import auth, runlog
 from healthsync.data import Federation, load_federation
 from healthsync.data.manifest import MANIFEST_NAME
 from healthsync.errors import HealthSyncError
+from healthsync.privacy import training
 from healthsync.store import MetricsStore
 
 METRICS = {"auc": "AUC", "accuracy": "accuracy", "loss": "log loss"}
@@ -237,42 +238,61 @@ def compare_curves(store: MetricsStore, run_ids: Sequence[str], metric: str) -> 
 
 
 def last_round_hospitals(store: MetricsStore, run_id: str) -> pl.DataFrame:
-    """Each hospital's metrics in the run's last recorded round (fairness across sites)."""
-    return store.frame(
-        "SELECT hospital, n, auc, accuracy, loss FROM hospital_rounds WHERE run_id = ?"
-        " AND round = (SELECT max(round) FROM hospital_rounds WHERE run_id = ?)"
-        " ORDER BY hospital",
-        [run_id, run_id],
-    ).with_columns(pl.col("auc", "accuracy", "loss").fill_nan(None))
+    """Each hospital's released metrics in the run's last recorded round (fairness across sites).
+
+    A withheld hospital's figures are missing (``privacy.training``).
+    """
+    return training.released_hospital_metrics(
+        store.frame(
+            "SELECT hospital, n, auc, accuracy, loss, released FROM hospital_rounds WHERE run_id = ?"
+            " AND round = (SELECT max(round) FROM hospital_rounds WHERE run_id = ?)"
+            " ORDER BY hospital",
+            [run_id, run_id],
+        )
+    )
 
 
 def latest_comparison(store: MetricsStore, run_id: str) -> pl.DataFrame:
-    """The newest stored pooled / local / federated table for the run (may be empty)."""
-    return store.frame(
-        "SELECT method, hospital, n, auc, accuracy, loss, brier FROM comparisons"
-        " WHERE comparison_id = (SELECT comparison_id FROM comparisons WHERE run_id = ?"
-        " ORDER BY created_at DESC LIMIT 1)"
-        " ORDER BY method, hospital <> 'overall', hospital",
-        [run_id],
+    """The newest stored pooled / local / federated table for the run (may be empty).
+
+    Per-hospital figures as released (``privacy.training``); a comparison stored
+    before the policy shows only its overall rows' figures.
+    """
+    return training.released_hospital_metrics(
+        store.frame(
+            "SELECT method, hospital, n, auc, accuracy, loss, brier,"
+            " coalesce(released, hospital = 'overall') AS released FROM comparisons"
+            " WHERE comparison_id = (SELECT comparison_id FROM comparisons WHERE run_id = ?"
+            " ORDER BY created_at DESC LIMIT 1)"
+            " ORDER BY method, hospital <> 'overall', hospital",
+            [run_id],
+        )
     )
 
 
 def metrics_csv(store: MetricsStore, run_ids: Sequence[str], table: str = "rounds") -> str:
-    """The runs' global rounds (``rounds``) or per-hospital rounds (``hospital_rounds``) as CSV."""
+    """The runs' global rounds (``rounds``) or per-hospital rounds (``hospital_rounds``) as CSV.
+
+    Per-hospital figures as released (``privacy.training``): withheld ones are empty.
+    """
     columns = EXPORTS[table]
-    return store.frame(
-        f"SELECT {', '.join(columns)} FROM {table} WHERE run_id IN ({_in(run_ids)})"
+    released = ", released" if table == "hospital_rounds" else ""
+    frame = store.frame(
+        f"SELECT {', '.join(columns)}{released} FROM {table} WHERE run_id IN ({_in(run_ids)})"
         f" ORDER BY {', '.join(columns[:3])}",
         list(run_ids),
-    ).write_csv()
+    )
+    return (training.released_hospital_metrics(frame) if released else frame).write_csv()
 
 
 # ---------------------------------------------------------------- model
 def roc_points(bins: pl.DataFrame) -> pl.DataFrame:
-    """ROC curve from the score histogram: ``threshold, fpr, tpr``, from (0, 0) to (1, 1).
+    """ROC curve from the released score bins: ``threshold, fpr, tpr``, from (0, 0) to (1, 1).
 
     Each bin's lower edge is a threshold; patients in bins at or above it are
-    called positive. Coarse (one point per bin) but exact at those thresholds.
+    called positive. Coarse (one point per released bin, each bin holding at
+    least 11 patients of each class) but exact at those thresholds; its area
+    only approximates the run's AUC (pairs within one bin count as ties).
     """
     ordered = bins.sort("bin", descending=True)
     positives = max(int(ordered["positives"].sum()), 1)
@@ -292,15 +312,17 @@ def auc_from_roc(points: pl.DataFrame) -> float:
     return sum((fpr[i] - fpr[i - 1]) * (tpr[i] + tpr[i - 1]) / 2 for i in range(1, len(fpr)))
 
 
-def calibration_points(bins: pl.DataFrame, *, min_patients: int = 11) -> pl.DataFrame:
-    """Per bin: mean predicted risk, observed event rate and number of patients.
+def calibration_points(bins: pl.DataFrame) -> pl.DataFrame:
+    """Per released score bin: mean predicted risk, observed event rate and number of patients.
 
-    Bins with fewer than ``min_patients`` patients are left out: an observed
-    rate over one or two patients would all but show their outcomes.
+    The bins come from ``runlog.score_bins_frame``, already merged by the
+    release policy so that each holds at least 11 patients with and 11 without
+    the outcome: an observed rate over one or two patients would all but show
+    their outcomes, and deciding that here as well would be a second policy.
     """
     return (
         bins.with_columns(patients=pl.col("positives") + pl.col("negatives"))
-        .filter(pl.col("patients") >= min_patients)
+        .filter(pl.col("patients") > 0)
         .select(
             (pl.col("score_sum") / pl.col("patients")).alias("predicted"),
             (pl.col("positives") / pl.col("patients")).alias("observed"),

@@ -18,6 +18,7 @@ import polars as pl
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
 from healthsync.metrics import BinaryMetrics
+from healthsync.privacy import training
 from healthsync.processes import process_alive
 from healthsync.store import MetricsStore
 
@@ -84,12 +85,18 @@ def mark_running(store: MetricsStore, run_id: str, *, pid: int, target: str) -> 
 
 def record_round(
     store: MetricsStore, run_id: str, round_row: dict[str, Any], hospital_rows: list[dict[str, Any]]
-) -> None:
-    """One finished round and its per-hospital metrics, in one transaction.
+) -> dict[str, Any]:
+    """One finished round and its per-hospital metrics, in one transaction; the round as stored.
 
-    Per-hospital rows go in as one Arrow batch: row-by-row inserts cost
-    ~0.2 ms each, which at thousands of hospitals would rival the round itself.
+    Both pass the release policy first (``privacy.training.release_round``):
+    hospital rows carry ``positives`` and ``negatives`` of their test split,
+    which decide what is shown and are not stored. A caller reporting the
+    round elsewhere (the run's final figures) uses the returned row, so every
+    surface shows the same value. Per-hospital rows go in as one Arrow batch:
+    row-by-row inserts cost ~0.2 ms each, which at thousands of hospitals
+    would rival the round itself.
     """
+    round_row, hospital_rows = training.release_round(round_row, hospital_rows)
     with store.connect(write=True) as con:
         con.execute(
             f"INSERT INTO rounds (run_id, {', '.join(ROUND_KEYS)}, recorded_at)"
@@ -110,11 +117,12 @@ def record_round(
             ).to_arrow()
             con.register("hospital_batch", batch)
             con.execute(
-                f"INSERT INTO hospital_rounds (run_id, {', '.join(HOSPITAL_KEYS)})"
-                f" SELECT ?, {', '.join(HOSPITAL_KEYS)} FROM hospital_batch",
+                f"INSERT INTO hospital_rounds (run_id, {', '.join(HOSPITAL_KEYS)}, released)"
+                f" SELECT ?, {', '.join(HOSPITAL_KEYS)}, true FROM hospital_batch",
                 [run_id],
             )
             con.unregister("hospital_batch")
+    return round_row
 
 
 def record_event(
@@ -179,15 +187,16 @@ def save_model(store: MetricsStore, run_id: str, blob: bytes) -> None:
 
 
 def save_score_bins(store: MetricsStore, run_id: str, histogram: np.ndarray) -> None:
-    """The federation's summed score histogram of the final model (ROC and calibration)."""
-    bins = histogram.shape[0]
-    rows = [
-        [run_id, i, i / bins, (i + 1) / bins, int(h[0]), int(h[1]), float(h[2])]
-        for i, h in enumerate(histogram)
-    ]
+    """The federation's summed score histogram of the final model (ROC and calibration).
+
+    Only released bins are written (``privacy.training.histogram_bins``): merged
+    until each holds enough patients of both classes, or none at all.
+    """
+    rows = [[run_id, *bin] for bin in training.histogram_bins(histogram).iter_rows()]
     with store.connect(write=True) as con:
         con.execute("DELETE FROM score_bins WHERE run_id = ?", [run_id])
-        con.executemany("INSERT INTO score_bins VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        if rows:
+            con.executemany("INSERT INTO score_bins VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 def fail_if_active(store: MetricsStore, run_id: str, reason: str) -> bool:
@@ -250,9 +259,13 @@ def rounds_frame(store: MetricsStore, run_id: str) -> pl.DataFrame:
 
 
 def hospital_rounds_frame(store: MetricsStore, run_id: str) -> pl.DataFrame:
-    return store.frame(
-        f"SELECT {', '.join(HOSPITAL_KEYS)} FROM hospital_rounds WHERE run_id = ? ORDER BY round, hospital",
-        [run_id],
+    """Per-hospital metrics of every round, as released (``privacy.training``)."""
+    return training.released_hospital_metrics(
+        store.frame(
+            f"SELECT {', '.join(HOSPITAL_KEYS)}, released FROM hospital_rounds WHERE run_id = ?"
+            " ORDER BY round, hospital",
+            [run_id],
+        )
     )
 
 
@@ -272,9 +285,13 @@ def load_model_blob(store: MetricsStore, run_id: str) -> bytes:
 
 
 def score_bins_frame(store: MetricsStore, run_id: str) -> pl.DataFrame:
-    return store.frame(
-        "SELECT bin, lower, upper, positives, negatives, score_sum FROM score_bins WHERE run_id = ? ORDER BY bin",
-        [run_id],
+    """The final model's score bins, merged again as released: old stores hold raw ones."""
+    return training.merge_bins(
+        store.frame(
+            "SELECT bin, lower, upper, positives, negatives, score_sum FROM score_bins"
+            " WHERE run_id = ? ORDER BY bin",
+            [run_id],
+        )
     )
 
 

@@ -10,6 +10,8 @@ reader sees each round as soon as the writer's transaction has committed.
 
 No table here has a patient-level row: only per-run, per-round and
 per-hospital aggregates, events, model parameters and score histograms.
+Per-hospital test metrics and score histograms are written only as the
+release policy allows (``healthsync.privacy.training``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ CREATE TABLE IF NOT EXISTS comparisons (
     target VARCHAR, model VARCHAR, method VARCHAR NOT NULL, hospital VARCHAR NOT NULL,
     n INTEGER, loss DOUBLE, auc DOUBLE, accuracy DOUBLE, brier DOUBLE, run_id VARCHAR
 );
+-- Whether a row's figures went through the release policy (healthsync.privacy.training);
+-- null in stores written before it, whose per-hospital figures readers then withhold.
+ALTER TABLE hospital_rounds ADD COLUMN IF NOT EXISTS released BOOLEAN;
+ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS released BOOLEAN;
 CREATE INDEX IF NOT EXISTS rounds_run ON rounds(run_id);
 CREATE INDEX IF NOT EXISTS hospital_rounds_run ON hospital_rounds(run_id);
 """

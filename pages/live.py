@@ -53,7 +53,11 @@ def watch() -> None:
     heat = dashboard.heatmap_frame(runlog.hospital_rounds_frame(store, run_id))
     heat = dashboard.with_names(heat, dashboard.hospital_names(run["data_dir"]))
     st.altair_chart(charts.hospital_heatmap(heat))
-    st.caption("Each hospital's AUC for the global model in each round; dark cells lag behind.")
+    st.caption(
+        "Each hospital's AUC for the global model in each round; dark cells lag behind. A "
+        "hospital whose test split holds fewer than 11 patients with or without the outcome "
+        "has no cells (and, if it is the only one, neither has the next smallest)."
+    )
     st.altair_chart(charts.hospital_status_bars(dashboard.hospital_status_long(rounds)))
     st.caption("Hospitals whose training answer arrived (ok) or failed, per round.")
     safeguards(run, rounds)

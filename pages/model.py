@@ -1,5 +1,6 @@
 """Model: how well a finished run's global model ranks and calibrates, per site, and a risk calculator."""
 
+import polars as pl
 import streamlit as st
 
 from healthsync import charts, dashboard, runlog
@@ -25,26 +26,43 @@ st.query_params["run"] = run_id
 run = runlog.get_run(store, run_id)
 
 left, right = st.columns(2)
-bins = runlog.score_bins_frame(store, run_id)
-if bins.is_empty() or bins["positives"].sum() + bins["negatives"].sum() == 0:
-    st.info("This run stored no score histogram, so there is no ROC or calibration plot.")
+bins = runlog.score_bins_frame(store, run_id)  # released bins only
+if bins.is_empty():
+    st.info(
+        "No ROC or calibration plot for this run: its test patients hold fewer than 11 with or "
+        "without the outcome (too few to draw safely), or the run stored no score histogram."
+    )
 else:
-    roc = dashboard.roc_points(bins)
-    left.altair_chart(charts.roc_curve(roc, auc=dashboard.auc_from_roc(roc)))
+    left.altair_chart(charts.roc_curve(dashboard.roc_points(bins), auc=run["final_auc"]))
     left.caption(
-        "How well the model ranks patients with the outcome above those without, pooled over every hospital's test patients."
+        "How well the model ranks patients with the outcome above those without, pooled over every "
+        "hospital's test patients. The AUC is the run's recorded one; the curve is an "
+        "approximation, drawn from bands of predicted risk that each hold at least 11 patients "
+        "with and 11 without the outcome."
     )
     right.altair_chart(charts.calibration_plot(dashboard.calibration_points(bins)))
     right.caption(
-        "Each dot is a band of predicted risk: on the dashed line, predicted risk matches what happened. "
-        "Bands with fewer than 11 patients are not shown."
+        "Each dot is a band of predicted risk: on the dashed line, predicted risk matches what "
+        "happened. Bands are widened until each holds at least 11 patients with and 11 without "
+        "the outcome."
     )
 
 sites = dashboard.last_round_hospitals(store, run_id)
 sites = dashboard.with_names(sites, dashboard.hospital_names(run["data_dir"]))
-st.altair_chart(charts.hospital_metric_bars(sites))
+withheld = sites.filter(pl.col("auc").is_null()).height
+if withheld < sites.height:
+    st.altair_chart(charts.hospital_metric_bars(sites.drop_nulls("auc")))
 st.caption(
-    "The final global model's AUC at each hospital: a fair model does well at every site, not only on average."
+    "The final global model's AUC at each hospital: a fair model does well at every site, not "
+    "only on average."
+    + (
+        f" {withheld} of {sites.height} hospitals are withheld: those whose test split holds "
+        "fewer than 11 patients with or without the outcome (their AUC would all but reveal "
+        "those patients) and, when that is one hospital alone, the next smallest with it, so "
+        "the overall AUC cannot be worked back to it. Runs recorded before this rule show none."
+        if withheld
+        else ""
+    )
 )
 
 

@@ -86,7 +86,9 @@ else:
         st.dataframe(table, hide_index=True)
         st.caption(
             "Each method on every hospital's test patients. Pooled is a simulation-only "
-            "reference (all data in one place); local-only trains each hospital alone."
+            "reference (all data in one place); local-only trains each hospital alone. "
+            "A hospital with fewer than 11 test patients with or without the outcome has its "
+            "figures withheld."
         )
 
 st.subheader("Download metrics")
@@ -102,5 +104,7 @@ with st.container(horizontal=True):
             icon=":material/download:",
         )
 st.caption(
-    "Aggregated metrics only: one row per round, or per hospital and round. No patient data."
+    "Aggregated metrics only: one row per round, or per hospital and round. No patient data. "
+    "Per-hospital figures are rounded to 3 decimals and left empty where withheld, as on "
+    "every page."
 )

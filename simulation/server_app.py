@@ -149,7 +149,8 @@ class FederatedRun:
             # One open of the store per round: the round, its model and score bins,
             # and whether someone asked to cancel meanwhile.
             with self.store.batch():
-                runlog.record_round(self.store, self.run_id, row, per_hospital)
+                row = runlog.record_round(self.store, self.run_id, row, per_hospital)
+                final = _released(final, row)
                 self.save(encoder, scaler, arrays, histogram)
                 cancelled = runlog.cancel_requested(self.store, self.run_id)
             if on_round:
@@ -232,11 +233,12 @@ class FederatedRun:
         if not answers:
             raise HealthSyncError(f"round {rnd}: no hospital could evaluate the global model")
         results, rows = [], []
-        for index, m, _ in answers:
+        for index, m, a in answers:
             result = BinaryMetrics(
                 int(m["num-examples"]), m["loss"], m["auc"], m["accuracy"], m["brier"]
             )
             results.append(result)
+            positives, negatives = a["histogram"][:, :2].sum(axis=0)
             rows.append(
                 {
                     "hospital": self.hospital_of[index + 1],
@@ -245,6 +247,9 @@ class FederatedRun:
                     "loss": result.loss,
                     "auc": result.auc,
                     "accuracy": result.accuracy,
+                    # the test split's class counts: what the release policy decides on
+                    "positives": int(positives),
+                    "negatives": int(negatives),
                 }
             )
         histogram = np.sum([a["histogram"] for _, _, a in answers], axis=0)
@@ -302,6 +307,12 @@ def execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
     runlog.finish_run(store, run_id, "completed", reason=reason, final=final)
     runlog.record_event(store, run_id, "completed", reason or "all rounds finished")
     return "completed"
+
+
+def _released(computed: BinaryMetrics, stored: dict) -> BinaryMetrics:
+    """The round's figures as the release policy stored them (a withheld one becomes NaN)."""
+    figures = (stored.get(k) for k in ("loss", "auc", "accuracy", "brier"))
+    return BinaryMetrics(computed.n, *(float("nan") if v is None else v for v in figures))
 
 
 def _last_metrics(rounds) -> BinaryMetrics | None:

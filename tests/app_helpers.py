@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from streamlit.runtime.context import ContextProxy
 from streamlit.testing.v1 import AppTest
 
 from healthsync import auth, runlog
@@ -41,6 +42,9 @@ class AppEnv:
         monkeypatch.setenv("HEALTHSYNC_HOME", str(self.home))
         monkeypatch.setenv("HEALTHSYNC_DB", str(self.db))
         monkeypatch.setenv("HEALTHSYNC_DATA_ROOT", str(self.data_root))
+        # AppTest has no connection: its st.context.ip_address is a new MagicMock each run.
+        # The app's address is then this machine's, as a browser on localhost gets.
+        monkeypatch.setattr(ContextProxy, "ip_address", property(lambda self: None))
         if federation:
             make_federation(self.fed_dir)
         self.users = auth.UserStore(self.home, rounds=4)
@@ -136,7 +140,9 @@ def fake_run(
                 {
                     "hospital": h,
                     "round": r,
-                    "n": 20,
+                    "n": 40,
+                    "positives": 12,  # enough of both classes for the release policy
+                    "negatives": 28,
                     "loss": 0.6,
                     "auc": 0.55 + 0.03 * r + 0.01 * i,
                     "accuracy": 0.7,

@@ -118,9 +118,11 @@ def test_failing_hospital_is_counted_and_runs_are_reproducible(fed, tmp_path, ca
     for ours, theirs in zip(details[0]["rounds"], details[1]["rounds"], strict=True):
         for key in ("loss", "auc", "accuracy", "brier", "hospitals_ok", "hospitals_failed"):
             assert ours[key] == pytest.approx(theirs[key], rel=1e-6), key
+    # Per-hospital figures are stored rounded to 3 decimals, or withheld (None) for a test
+    # split too small to show (privacy.training): the same run gives the same values.
     for ours, theirs in zip(details[0]["hospitals"], details[1]["hospitals"], strict=True):
         assert ours["hospital"] == theirs["hospital"] and ours["n"] == theirs["n"]
-        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-6)
+        assert ours["loss"] == theirs["loss"]
 
 
 def test_cancel_keeps_finished_rounds(fed, tmp_path):

@@ -46,7 +46,9 @@ def test_run_round_trip_and_detail_json(store):
                 {
                     "hospital": "h0000",
                     "round": r,
-                    "n": 10,
+                    "n": 40,
+                    "positives": 15,  # enough of each class to be shown (privacy.training)
+                    "negatives": 25,
                     "loss": 0.4,
                     "auc": float("nan"),
                     "accuracy": 0.9,
@@ -71,7 +73,7 @@ def test_run_round_trip_and_detail_json(store):
     assert detail["hospitals"][0] == {
         "hospital": "h0000",
         "round": 1,
-        "n": 10,
+        "n": 40,
         "loss": 0.4,
         "auc": None,
         "accuracy": 0.9,

@@ -102,10 +102,11 @@ def fill_store(db: Path, fed_dir: Path, runs: int, rounds: int, hospitals: int) 
             "run_id": np.repeat(round_frame["run_id"].to_numpy(), hospitals),
             "round": np.repeat(round_no.astype(np.int32), hospitals),
             "hospital": np.tile(hospital_ids, n),
-            "n": np.full(m, 20, np.int32),
+            "n": np.full(m, 40, np.int32),
             "loss": rng.uniform(0.4, 0.8, m),
             "auc": rng.uniform(0.5, 0.95, m),
             "accuracy": rng.uniform(0.5, 0.9, m),
+            "released": True,  # as if through the release policy (privacy.training)
         }
     )
     bins = 20
