@@ -2,15 +2,19 @@
 
 The login is streamlit-authenticator's: its form, its bcrypt check, and its
 signed cookie that logs a browser back in. ``healthsync.auth`` adds what it
-lacks, an expiring lockout and server-side logout (``healthsync/auth/sessions.py``
-says how and why). Every run asks streamlit-authenticator first, then accepts the
-session only if ``pages/_guard.py`` does; a session it no longer accepts (logged
-out, new password, user removed, expired) is logged out of streamlit-authenticator
-too, which deletes the cookie. ``st.navigation`` is called in every run, logged
-out too (with only the login page): until some session has called it, Streamlit
-serves every ``pages/*.py`` by URL without this file, so each page checks the
-session itself. On first start the credentials file is created and the admin
-password printed here, once.
+lacks (``healthsync/auth/sessions.py`` says how and why): wrong passwords
+throttled per user name and client address, each form login recorded on the
+server, and server-side logout. A cookie logs a session in only if the server
+recorded the login that issued it; any other cookie, malformed ones included,
+is kept away from streamlit-authenticator, which crashes on some. Every run
+then accepts the session only if ``pages/_guard.py`` does; a session it no
+longer accepts (logged out, new password, user removed, expired) is logged out
+of streamlit-authenticator too, which deletes the cookie. ``st.navigation`` is
+called in every run, logged out too (with only the login page): until some
+session has called it, Streamlit serves every ``pages/*.py`` by URL without
+this file, so each page, and each live fragment, checks the session itself. On
+first start the credentials file is created and the admin password printed
+here, once.
 """
 
 from __future__ import annotations
@@ -22,12 +26,11 @@ import streamlit as st
 import streamlit_authenticator as stauth
 
 from healthsync import auth
+from healthsync.auth.stauth_compat import SKIP_COOKIE, issued_cookie_expiry
 from healthsync.dashboard import AppSettings
 from pages._guard import LOGIN_KEY, STATUS_KEY, session_user
 
 ROOT = Path(__file__).resolve().parent
-#: streamlit-authenticator's flag that stops it reading its cookie again in this session.
-LOGOUT_FLAG = "logout"
 LOGIN_FIELDS = {
     "Form name": "Log in",
     "Username": "User name",
@@ -64,8 +67,9 @@ cookie = users.cookie
 st.set_page_config(page_title="HealthSync", page_icon=":material/health_and_safety:", layout="wide")
 # streamlit-authenticator's cookie components are invisible iframes: let them take no space.
 st.html('<style>.element-container:has(iframe[height="0"]) { display: none; }</style>')
+client = st.context.ip_address  # None on this machine; see healthsync/auth/sessions.py
 # Built afresh each run: what streamlit-authenticator writes into it is dropped with the run.
-credentials = sessions.login_credentials()
+credentials = sessions.login_credentials(client=client)
 authenticator = stauth.Authenticate(
     credentials,
     cookie.name,
@@ -78,31 +82,44 @@ authenticator = stauth.Authenticate(
 
 def current_user() -> auth.User | None:
     """This session's user: logged in by the form or the cookie, and still accepted by us."""
-    try:
-        authenticator.login(location="unrendered")  # logs in from the cookie, if any
-    except stauth.LoginError:  # a cookie of a user who is gone: ignore it from now on
-        st.session_state[LOGOUT_FLAG] = True
-    if st.session_state.get(STATUS_KEY) and LOGIN_KEY not in st.session_state:
-        login = sessions.from_cookie(st.context.cookies.get(cookie.name))
-        if login is not None:
-            st.session_state[LOGIN_KEY] = login
+    if not st.session_state.get(STATUS_KEY):
+        log_in_from_cookie()
     user = session_user(sessions)
     if user is None and st.session_state.get(STATUS_KEY):
         end_session()
     return user
 
 
+def log_in_from_cookie() -> None:
+    """Let streamlit-authenticator log in from its cookie, if the server recorded that login.
+
+    Any other cookie is never shown to it: it would accept some we do not
+    (see ``Sessions.from_cookie``) and crash on others.
+    """
+    login = sessions.from_cookie(st.context.cookies.get(cookie.name))
+    if login is None:
+        st.session_state[SKIP_COOKIE] = True
+        return
+    try:
+        authenticator.login(location="unrendered")
+    except stauth.LoginError:  # removed since from_cookie looked: ignore the cookie from now on
+        st.session_state[SKIP_COOKIE] = True
+    if st.session_state.get(STATUS_KEY):
+        st.session_state[LOGIN_KEY] = login
+
+
 def end_session() -> None:
     """Log out of streamlit-authenticator (its state, and its cookie) and forget all else."""
     if st.session_state.get(STATUS_KEY):
         authenticator.logout(location="unrendered")
-    for key in [k for k in st.session_state if k != LOGOUT_FLAG]:
+    for key in [k for k in st.session_state if k != SKIP_COOKIE]:
         del st.session_state[key]
 
 
 def logged_in(event: dict[str, Any]) -> None:
     """streamlit-authenticator accepted a password: start our record of the login."""
-    st.session_state[LOGIN_KEY] = sessions.start(event["name"])  # "username" is lower-cased
+    # event["username"] is the lower-cased name; "name" is ours.
+    st.session_state[LOGIN_KEY] = sessions.start(event["name"], client=client)
 
 
 def login_page() -> None:
@@ -112,9 +129,12 @@ def login_page() -> None:
     with st.container(width=420):
         authenticator.login(key="login", fields=LOGIN_FIELDS, callback=logged_in)
         if st.session_state.get(STATUS_KEY) is False:
-            message = sessions.failed(sessions.failed_name(credentials))
+            message = sessions.failed(sessions.failed_name(credentials), client=client)
             st.error(message[0].upper() + message[1:])
         elif st.session_state.get(STATUS_KEY):
+            expiry = issued_cookie_expiry(authenticator)
+            if expiry is not None:  # only a cookie the server recorded logs a browser back in
+                sessions.issued_cookie(st.session_state[LOGIN_KEY], expiry)
             # Its cookie is being set in the browser, which then reruns the app, logged in.
             st.success("Logged in, opening HealthSync…")
 

@@ -1,4 +1,4 @@
-"""The shared top of every page: check the user's role, then hand over settings and store.
+"""The shared top of every page, and of every live fragment: check the user's role first.
 
 Each page starts with ``page = require("<permission>")``. It checks this
 session itself rather than trusting ``app.py`` to have run (until some session
@@ -8,10 +8,18 @@ the login must still count (the user exists, has not logged out or changed
 password since, the login has not expired; ``healthsync.auth.sessions``). The
 role is the user's current one. Without a user whose role grants the
 permission, the page says why and stops before it reads any data.
+
+A fragment's reruns (``st.fragment(run_every=...)`` polling the store) run
+neither ``app.py`` nor the page's top, so a page never calls ``st.fragment``
+itself: ``live_fragment`` makes the same check at the start of every rerun, and
+a user logged out or removed meanwhile gets the login hint instead of the next
+round.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +78,27 @@ def require(permission: str) -> PageContext:
         st.error(f"Your role ({user.role}) cannot open this page. Ask an admin if you need access.")
         st.stop()
     return PageContext(user, settings)
+
+
+def live_fragment(
+    permission: str, *, run_every: float | None = None
+) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """``st.fragment(run_every=...)`` whose every rerun first checks as ``require`` does.
+
+    The check runs inside the fragment, so on a rerun that the session no
+    longer passes, the fragment shows the login hint and stops; nothing after
+    it is read or sent.
+    """
+
+    def decorate(body: Callable[[], None]) -> Callable[[], None]:
+        @functools.wraps(body)
+        def checked() -> None:
+            require(permission)
+            body()
+
+        return st.fragment(checked, run_every=run_every)
+
+    return decorate
 
 
 def choose_federation(page: PageContext) -> Federation:

@@ -6,7 +6,7 @@ import streamlit as st
 from healthsync import charts, dashboard, privacy_charts, runlog
 from healthsync import privacy_dashboard as safety
 from healthsync.runs import cancel_run
-from pages._guard import require
+from pages._guard import live_fragment, require
 
 page = require("view")
 st.title("Live training")
@@ -26,7 +26,7 @@ st.query_params["run"] = run_id
 active = runlog.get_run(store, run_id)["status"] in runlog.ACTIVE
 
 
-@st.fragment(run_every=1.0 if active else None)
+@live_fragment("view", run_every=1.0 if active else None)
 def watch() -> None:
     run = runlog.get_run(store, run_id)
     if active and run["status"] not in runlog.ACTIVE:

@@ -4,7 +4,7 @@ import streamlit as st
 
 from healthsync import bench, bench_charts
 from healthsync.errors import HealthSyncError
-from pages._guard import require
+from pages._guard import live_fragment, require
 
 page = require("view")
 st.title("Stress test")
@@ -55,7 +55,7 @@ results = bench.sweeps(store)
 sweep_id = st.session_state.get("sweep")
 
 
-@st.fragment(run_every=2.0 if sweep_id else None)
+@live_fragment("view", run_every=2.0 if sweep_id else None)
 def progress() -> None:
     done, total, alive = bench.sweep_progress(store, sweep_id)
     st.progress(done / max(total, 1), text=f"Sweep {sweep_id}: {done} of {total} measurements")
