@@ -314,6 +314,10 @@ class Site:
             ) from None
         try:
             if write:
+                # WAL: readers (the app's budget display) never block the hospital's writer;
+                # NORMAL sync: a crash of the process loses nothing, only a power cut could.
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=NORMAL")
                 con.executescript(_SCHEMA)
                 con.execute("BEGIN IMMEDIATE")  # no other writer until we commit
             yield con
