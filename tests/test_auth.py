@@ -230,6 +230,27 @@ def test_addresses_are_not_stored_in_clear(sessions):
     assert HOME not in text and ATTACKER not in text
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "not json",
+        "[]",
+        '{"throttle": [], "usual": 1, "cookies": "x"}',
+        '{"throttle": {"admin": {"x": {"last": "y"}, "z": 3}}, "usual": {"admin": {"a": "b"}},'
+        ' "cookies": {"k": {"name": 1}}}',
+        '{"throttle": {"admin": {"x": {"last": 1, "from": [1], "locked_until": "soon"}}}}',
+    ],
+)
+def test_a_damaged_state_file_does_not_break_logging_in(sessions, users, damage):
+    sessions.path.write_text(damage)
+    assert usable(sessions, "admin", client=HOME, password=users.admin_password)
+    assert sessions.failed("admin", client=HOME) == WRONG
+    login = sessions.start("admin", client=HOME)
+    sessions.issued_cookie(login, login.issued + auth.SESSION_SECONDS)
+    cookie = stauth_cookie("admin", users.cookie.key, expires=login.issued + auth.SESSION_SECONDS)
+    assert sessions.from_cookie(cookie) == login
+
+
 def test_login_state_file_is_private(sessions):
     sessions.failed("admin", client=ATTACKER)
     assert stat.S_IMODE(sessions.path.stat().st_mode) == 0o600

@@ -2,8 +2,9 @@
 
 The login itself is streamlit-authenticator's, wired in ``app.py``; this
 package holds what it works from and what it lacks: the credentials file
-(bcrypt hashes, roles, a random cookie key), an expiring lockout and the
-server-side check that a session still counts. The app and ``healthsync users``
+(bcrypt hashes, roles, a random cookie key), a throttle on wrong passwords per
+client address, the server's record of each login and the check that a session
+still counts. The app and ``healthsync users``
 share it; it never imports Streamlit.
 """
 

@@ -66,7 +66,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -141,14 +141,49 @@ class Sessions:
 
     # ------------------------------------------------------------ state
     def _state(self) -> dict[str, dict[str, Any]]:
+        """The counters, usual addresses and issued cookies, leaving out what is malformed.
+
+        A damaged file must not break the login page: at worst, counts start again.
+        """
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             data = {}
         data = data if isinstance(data, dict) else {}
+
+        def part(name: str, ok: Callable[[Any], bool]) -> dict[str, Any]:
+            found = data.get(name)
+            return {k: v for k, v in found.items() if ok(v)} if isinstance(found, dict) else {}
+
+        def number(value: Any) -> bool:
+            return isinstance(value, int | float)
+
+        def entry(value: Any) -> bool:
+            return (
+                isinstance(value, dict)
+                and number(value.get("last"))
+                and all(number(value.get(k, 0)) for k in ("locked_until", "locks"))
+                and isinstance(value.get("from", {}), dict)
+                and all(number(n) for n in value.get("from", {}).values())
+            )
+
         return {
-            part: data[part] if isinstance(data.get(part), dict) else {}
-            for part in ("throttle", "usual", "cookies")
+            "throttle": {
+                name: {scope: e for scope, e in scopes.items() if entry(e)}
+                for name, scopes in part("throttle", lambda v: isinstance(v, dict)).items()
+            },
+            "usual": {
+                name: {a: t for a, t in times.items() if number(t)}
+                for name, times in part("usual", lambda v: isinstance(v, dict)).items()
+            },
+            "cookies": part(
+                "cookies",
+                lambda v: (
+                    isinstance(v, dict)
+                    and isinstance(v.get("name"), str)
+                    and number(v.get("issued"))
+                ),
+            ),
         }
 
     @contextmanager

@@ -38,9 +38,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 CHECKOUT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_HOME = ".healthsync"
 CREDENTIALS_NAME = "credentials.yaml"
-#: How long a login lasts, and its cookie. A constant, not a setting: a cookie's age is
-#: derived from it (``healthsync.auth.sessions``), so changing it calls for a new random
-#: ``cookie.key`` in the credentials file, which makes every existing cookie invalid.
+#: How long a login lasts, counted on the server from the form login whatever its cookie
+#: says (``healthsync.auth.sessions``); the cookie is made to expire with it.
 SESSION_SECONDS = 12 * 3600.0
 MIN_PASSWORD = 8
 MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 raises beyond it
