@@ -27,10 +27,12 @@ run = runlog.get_run(store, run_id)
 
 left, right = st.columns(2)
 bins = runlog.score_bins_frame(store, run_id)  # released bins only
-if bins.is_empty():
+if bins.height < 2:
     st.info(
-        "No ROC or calibration plot for this run: its test patients hold fewer than 11 with or "
-        "without the outcome (too few to draw safely), or the run stored no score histogram."
+        f"No ROC or calibration plot for this run (its AUC was {dashboard.format_metric(run['final_auc'])}): "
+        "a curve needs at least two bands of predicted risk that each hold 11 test patients with "
+        "and 11 without the outcome, and this run's test patients are too few for that (or it "
+        "stored no score histogram). A larger federation draws one."
     )
 else:
     left.altair_chart(charts.roc_curve(dashboard.roc_points(bins), auc=run["final_auc"]))

@@ -24,6 +24,8 @@ import polars as pl
 import pytest
 
 from healthsync import auth, runlog
+from healthsync.cohort.facts import publish
+from healthsync.data import load_federation
 from healthsync.store import MetricsStore
 from tests.app_helpers import ROOT, fake_run, make_federation
 
@@ -124,7 +126,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if not CHROMIUM.exists():
         pytest.fail("/usr/bin/chromium is missing: apt-get install chromium")
     root = tmp_path_factory.mktemp("browser")
-    make_federation(root / "data" / "demo", hospitals=3, patients=100)
+    # Enough test patients that the ROC has bins of 11 of each class to release.
+    make_federation(root / "data" / "demo", hospitals=3, patients=1000)
+    publish(load_federation(root / "data" / "demo"))  # as `healthsync data generate` does
     server = Server(root)
     try:
         server.wait_healthy()

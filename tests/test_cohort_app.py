@@ -84,6 +84,15 @@ def test_the_cli_refuses_without_the_users_password(env, capsys, monkeypatch, ho
     assert not (env.fed_dir / "hospitals" / "h0000" / "site").exists()  # no hospital was asked
 
 
+def test_wrong_cli_passwords_are_throttled_like_the_login_form(env, capsys, monkeypatch):
+    monkeypatch.setenv("HEALTHSYNC_PASSWORD", "not-the-password")
+    for _ in range(5):
+        assert cli(env, capsys, "--user", "analyst-user")[0] == 2
+    monkeypatch.setenv("HEALTHSYNC_PASSWORD", "a-long-password")  # right, but too soon
+    code, _, err = cli(env, capsys, "--user", "analyst-user")
+    assert code == 2 and "too many failed logins" in err and err.count("\n") == 1
+
+
 def test_cli_help_shows_the_interface(capsys):
     with pytest.raises(SystemExit):
         main(["cohort", "--help"])

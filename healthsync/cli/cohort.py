@@ -18,6 +18,8 @@ from pathlib import Path
 from healthsync.errors import HealthSyncError
 
 PASSWORD_VARIABLE = "HEALTHSYNC_PASSWORD"
+#: The throttle's "address" for passwords typed at this machine's command line.
+CLI_CLIENT = "command line"
 
 EPILOG = """\
 examples:
@@ -108,15 +110,26 @@ def cmd_cohort(args: argparse.Namespace) -> int:
 
 
 def authenticate(user: str, password: str | None, home: str | Path | None) -> None:
-    """Refuse unless ``password`` is ``user``'s, checked against the credentials file."""
+    """Refuse unless ``password`` is ``user``'s, checked against the credentials file.
+
+    Wrong passwords count towards the same throttle as the app's login form,
+    with this machine's command line as the client address.
+    """
     from healthsync import auth
 
     if not password:
         raise HealthSyncError(
             f"{user}'s password is needed: pass --password-stdin or set {PASSWORD_VARIABLE}"
         )
-    if auth.UserStore(auth.resolve_home(home)).verify(user, password) is None:
-        raise HealthSyncError(f"wrong user name or password for {user!r}")
+    users = auth.UserStore(auth.resolve_home(home))
+    sessions = auth.Sessions(users)
+    if sessions.locked_for(user, client=CLI_CLIENT) > 0:
+        raise HealthSyncError(sessions.failed(user, client=CLI_CLIENT))
+    if users.verify(user, password) is None:
+        known = users.get(user) is not None
+        reason = sessions.failed(user if known else None, client=CLI_CLIENT)
+        wrong = "wrong user name or password"
+        raise HealthSyncError(reason.replace(wrong, f"{wrong} for {user!r}", 1))
 
 
 def _password(from_stdin: bool) -> str | None:
