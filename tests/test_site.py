@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from healthsync.cohort.guards import release
+from healthsync.cohort.local import aggregate_names
 from healthsync.cohort.measures import EMPTY, measures
 from healthsync.cohort.plan import plan_query
 from healthsync.cohort.policy import CohortPolicy
@@ -122,11 +123,7 @@ def keys(federation, where=(), group_by=(), stats=()):
     plan = plan_query(federation, CohortQuery.parse(where, group_by, stats), max_cells=500)
     zeros = {
         name: np.zeros(plan.n_cells * (plan.scales[name[5:]].n_bins if name[:5] == "bins:" else 1))
-        for name in ("patients",)
-        + tuple(f"cases:{o}" for o in plan.outcomes)
-        + tuple(f"sum:{f}" for f in plan.sums)
-        + tuple(f"squares:{f}" for f in plan.stds)
-        + tuple(f"bins:{f}" for f in plan.histograms)
+        for name in aggregate_names(plan)
     }
     return [list(m.keys) for m in measures(plan, zeros, "v1")]
 
