@@ -88,7 +88,9 @@ def main() -> None:
                 print(f"warm {_describe(query):<70} {seconds:6.3f} s")
             cached_seconds, cached = ask(*QUERIES[0])
             assert cached
-            print(f"repeat of the first query (every number released before, asked of the hospitals again): {cached_seconds:6.3f} s")
+            print(
+                f"repeat of the first query (every number released before, asked of the hospitals again): {cached_seconds:6.3f} s"
+            )
             print(
                 f"warm: median {statistics.median(warm):.3f} s, max {max(warm):.3f} s "
                 f"over {len(warm)} different queries"
