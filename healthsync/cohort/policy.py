@@ -16,23 +16,19 @@ nothing: a hospital's own policy still holds.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from healthsync.errors import HealthSyncError
 from healthsync.privacy.release import MIN_CELL
+from healthsync.privacy.site import check_limits, read_policy
 
 POLICY_NAME = "cohort.yaml"
 #: No configuration may release a count below this (the usual small-number rule).
 MIN_THRESHOLD = MIN_CELL
 MAX_CELLS_LIMIT = 5000
-#: Above this a query's noise stops protecting anyone; no configuration may go higher.
-MAX_EPSILON_PER_QUERY = 5.0
 
 
 @dataclass(frozen=True)
@@ -55,20 +51,13 @@ class CohortPolicy:
     budgets: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int):
-            raise HealthSyncError("cohort threshold must be a whole number")
-        if self.threshold < MIN_THRESHOLD:
-            raise HealthSyncError(f"cohort threshold must be at least {MIN_THRESHOLD}")
-        for name, value in (("epsilon_per_query", self.epsilon_per_query), ("budget", self.budget)):
-            if not _positive(value):
-                raise HealthSyncError(f"cohort {name} must be a positive number")
-        if self.epsilon_per_query > MAX_EPSILON_PER_QUERY:
-            raise HealthSyncError(
-                f"cohort epsilon_per_query must be at most {MAX_EPSILON_PER_QUERY}"
-            )
-        for user, value in self.budgets.items():
-            if not isinstance(user, str) or not (_positive(value) or value == 0):
-                raise HealthSyncError(f"cohort budget of {user!r} must be a number >= 0")
+        check_limits(
+            "cohort",
+            threshold=self.threshold,
+            epsilon_per_query=self.epsilon_per_query,
+            budgets=self.budgets,
+            budget=self.budget,
+        )
         if not isinstance(self.max_cells, int) or not 1 <= self.max_cells <= MAX_CELLS_LIMIT:
             raise HealthSyncError(f"cohort max_cells must be between 1 and {MAX_CELLS_LIMIT}")
 
@@ -103,24 +92,4 @@ class CohortPolicy:
     @classmethod
     def from_home(cls, home: str | Path) -> CohortPolicy:
         """The policy in ``home/cohort.yaml``, or the defaults if there is none."""
-        path = Path(home) / POLICY_NAME
-        if not path.is_file():
-            return cls()
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            reason = " ".join(str(err).split())  # YAML errors span lines
-            raise HealthSyncError(f"{path}: unreadable cohort policy ({reason})") from None
-        known = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) - known:
-            raise HealthSyncError(f"{path}: expected only the keys {', '.join(sorted(known))}")
-        return cls(**data)
-
-
-def _positive(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
+        return read_policy(cls, Path(home) / POLICY_NAME, "cohort")

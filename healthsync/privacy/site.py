@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import yaml
@@ -74,6 +74,9 @@ CREATE TABLE IF NOT EXISTS charges (
 """
 
 
+_P = TypeVar("_P")
+
+
 class SiteRefusal(HealthSyncError):
     """A hospital refused a request under its own policy (nothing was released or charged)."""
 
@@ -100,20 +103,14 @@ class SitePolicy:
     budgets: Mapping[str, float] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int):
-            raise HealthSyncError("site threshold must be a whole number")
-        if self.threshold < MIN_CELL:
-            raise HealthSyncError(f"site threshold must be at least {MIN_CELL}")
-        for name in ("epsilon_per_query", "budget", "total_budget"):
-            if not _positive(getattr(self, name)):
-                raise HealthSyncError(f"site {name} must be a positive number")
-        if self.epsilon_per_query > MAX_EPSILON_PER_QUERY:
-            raise HealthSyncError(f"site epsilon_per_query must be at most {MAX_EPSILON_PER_QUERY}")
-        if not isinstance(self.budgets, Mapping):
-            raise HealthSyncError("site budgets must map user names to numbers")
-        for user, value in self.budgets.items():
-            if not isinstance(user, str) or not (_positive(value) or value == 0):
-                raise HealthSyncError(f"site budget of {user!r} must be a number >= 0")
+        check_limits(
+            "site",
+            threshold=self.threshold,
+            epsilon_per_query=self.epsilon_per_query,
+            budgets=self.budgets,
+            budget=self.budget,
+            total_budget=self.total_budget,
+        )
 
     def budget_for(self, user: str) -> float:
         """The epsilon ``user`` may spend on this hospital's patients."""
@@ -122,17 +119,51 @@ class SitePolicy:
     @classmethod
     def read(cls, path: Path) -> SitePolicy:
         """The policy in ``path``, or the defaults if there is none."""
-        if not path.is_file():
-            return cls()
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            reason = " ".join(str(err).split())  # YAML errors span lines
-            raise HealthSyncError(f"{path}: unreadable site policy ({reason})") from None
-        known = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) - known:
-            raise HealthSyncError(f"{path}: expected only the keys {', '.join(sorted(known))}")
-        return cls(**data)
+        return read_policy(cls, path, "site")
+
+
+def check_limits(
+    kind: str,
+    *,
+    threshold: object,
+    epsilon_per_query: object,
+    budgets: object,
+    **positive: object,
+) -> None:
+    """Refuse a policy that would release too much, with one line naming the setting.
+
+    Shared by each hospital's policy and the consortium's caps
+    (:class:`~healthsync.cohort.policy.CohortPolicy`).
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, int):
+        raise HealthSyncError(f"{kind} threshold must be a whole number")
+    if threshold < MIN_CELL:
+        raise HealthSyncError(f"{kind} threshold must be at least {MIN_CELL}")
+    for name, value in {"epsilon_per_query": epsilon_per_query, **positive}.items():
+        if not _positive(value):
+            raise HealthSyncError(f"{kind} {name} must be a positive number")
+    if epsilon_per_query > MAX_EPSILON_PER_QUERY:
+        raise HealthSyncError(f"{kind} epsilon_per_query must be at most {MAX_EPSILON_PER_QUERY}")
+    if not isinstance(budgets, Mapping):
+        raise HealthSyncError(f"{kind} budgets must map user names to numbers")
+    for user, value in budgets.items():
+        if not isinstance(user, str) or not (_positive(value) or value == 0):
+            raise HealthSyncError(f"{kind} budget of {user!r} must be a number >= 0")
+
+
+def read_policy(cls: type[_P], path: Path, kind: str) -> _P:
+    """A policy dataclass from a YAML file of its fields, or its defaults if there is none."""
+    if not path.is_file():
+        return cls()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        reason = " ".join(str(err).split())  # YAML errors span lines
+        raise HealthSyncError(f"{path}: unreadable {kind} policy ({reason})") from None
+    known = {f.name for f in fields(cls)}
+    if not isinstance(data, dict) or set(data) - known:
+        raise HealthSyncError(f"{path}: expected only the keys {', '.join(sorted(known))}")
+    return cls(**data)
 
 
 @dataclass(frozen=True)
