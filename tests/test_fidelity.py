@@ -47,13 +47,9 @@ def test_heterogeneous_federated_beats_local_only(tmp_path, capsys):
         "--json",
     )
     assert code == 0
-    local = [
-        r["auc"]
-        for r in result["rows"]
-        if r["method"] == "local only" and r["hospital"] != "overall"
-    ]
-    scored = [auc for auc in local if auc is not None]  # None: a test split with one class only
-    assert len(scored) >= 6
-    mean_local_auc = sum(scored) / len(scored)
+    # Per-hospital AUCs of 30-patient test splits are withheld by the release policy (fewer
+    # than 11 of a class), so compare the federation-wide figures, as released.
+    local = _overall(result["rows"], "local only")
     federated = _overall(result["rows"], "federated")
-    assert federated["auc"] > mean_local_auc, (federated["auc"], mean_local_auc)
+    assert local["auc"] is not None and federated["auc"] is not None
+    assert federated["auc"] > local["auc"], (federated["auc"], local["auc"])
