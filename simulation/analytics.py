@@ -31,7 +31,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from healthsync.cohort.facts import facts_query
+from healthsync.cohort.facts import facts_plan
 from healthsync.cohort.guards import answer
 from healthsync.cohort.local import HospitalReply, from_record
 from healthsync.cohort.plan import QueryPlan, plan_query
@@ -79,7 +79,7 @@ class CohortServer:
             {
                 "data-dir": str(self.federation.data_dir),
                 "query": json.dumps(plan.query.to_dict()),
-                "max-cells": policy.max_cells,
+                "max-cells": max(plan.n_cells, 1),  # checked against the policy already
                 "block-size": self.block_size,
                 "user": user,
                 "epsilon": policy.epsilon_per_query,
@@ -145,8 +145,7 @@ def make_server_app(
         server.wait_for_hospitals()
         # Every actor reads its hospitals' rows now, not at the first query, and each
         # hospital publishes Overview's facts if it has not yet (free once published).
-        facts = plan_query(federation, facts_query(federation), max_cells=len(federation.hospitals))
-        server.replies(facts, CohortPolicy(max_cells=max(len(federation.hospitals), 1)), PUBLIC)
+        server.replies(facts_plan(federation), CohortPolicy(), PUBLIC)
         log.info("%d nodes ready in %.1f s", len(server.nodes), time.perf_counter() - started)
         state = {"data_dir": str(data_dir), "federation": federation_id(federation)}
         serve(server.handle, state_path, state, idle_timeout=idle_timeout)
