@@ -159,16 +159,76 @@ def start_sweep(config: SweepConfig) -> str:
     return sweep_id
 
 
-def sweep_progress(store: MetricsStore, sweep_id: str) -> tuple[int, int, bool]:
-    """Measurements done, planned, and whether the sweep's process is still alive."""
+@dataclass(frozen=True)
+class SweepProgress:
+    """How far a sweep is: measurements done and planned, and the one under way now."""
+
+    sweep_id: str
+    done: int
+    total: int
+    alive: bool
+    current: str | None = None
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+    def text(self) -> str:
+        head = f"Sweep {self.sweep_id}: {self.done} of {self.total} measurements"
+        if not self.alive or self.done >= self.total:
+            return head
+        return f"{head} · now measuring {self.current}" if self.current else head
+
+
+def sweep_steps(config: SweepConfig) -> list[tuple[int, str, str]]:
+    """``(hospitals, model, way)`` in the order a sweep measures them: warm ones last."""
+    steps = [(h, m, w) for h in config.hospitals for m in config.models for w in config.ways]
+    steps.sort(key=lambda step: step[2] == "warm")  # the order kept otherwise
+    return steps
+
+
+def sweep_progress(store: MetricsStore, sweep_id: str) -> SweepProgress:
+    """Measurements done and planned, whether the sweep's process lives, and what it measures.
+
+    Each measurement takes from seconds to minutes, so the one under way is
+    named (from the sweep's recorded config and order) for a page to show that
+    the sweep is moving between two finished measurements.
+    """
     ensure_schema(store)
-    planned = store.frame("SELECT total, pid FROM bench_sweeps WHERE sweep_id = ?", [sweep_id])
-    total, pid = planned.row(0) if planned.height else (0, None)
+    planned = store.frame(
+        "SELECT total, pid, config FROM bench_sweeps WHERE sweep_id = ?", [sweep_id]
+    )
+    total, pid, config = planned.row(0) if planned.height else (0, None, None)
     done = int(
         store.scalar("SELECT count(*) FROM bench_results WHERE sweep_id = ?", [sweep_id]) or 0
     )
     alive = bool(pid) and process_alive(int(pid))
-    return done, int(total or done), alive
+    current = None
+    if config:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(config).items()}
+        steps = sweep_steps(SweepConfig(**fields))
+        if done < len(steps):
+            hospitals, model, way = steps[done]
+            current = f"{way}, {hospitals:,} hospitals, {model}"
+    return SweepProgress(sweep_id, done, int(total or done), alive, current)
+
+
+def running_sweep(store: MetricsStore) -> str | None:
+    """The newest sweep whose process is alive with measurements left, if any.
+
+    Found in the store rather than remembered by a browser session, so every
+    session (a viewer's, a reloaded tab) sees a sweep started anywhere.
+    """
+    ensure_schema(store)
+    unfinished = store.frame(
+        "SELECT s.sweep_id, s.pid FROM bench_sweeps s LEFT JOIN bench_results r USING (sweep_id)"
+        " WHERE s.pid IS NOT NULL GROUP BY s.sweep_id, s.pid, s.total, s.created_at"
+        " HAVING count(r.sweep_id) < s.total ORDER BY s.created_at DESC"
+    )
+    for row in unfinished.iter_rows(named=True):
+        if process_alive(int(row["pid"])):
+            return str(row["sweep_id"])
+    return None
 
 
 def _watch(pid: int, done: Callable[[], bool], timeout: float, *, settle: bool) -> float:
@@ -356,8 +416,7 @@ def run_sweep(
     store = MetricsStore(config.db)
     ensure_schema(store)
     sweep_id = sweep_id or new_sweep_id()
-    steps = [(h, m, w) for h in config.hospitals for m in config.models for w in config.ways]
-    steps.sort(key=lambda step: step[2] == "warm")  # warm ones last, the order kept otherwise
+    steps = sweep_steps(config)
     warm = _WarmEngine(config.db)
     results = []
     try:

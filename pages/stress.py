@@ -47,30 +47,38 @@ if page.user.can("launch"):
                 work_dir=str(page.settings.data_root / "bench"),
                 db=str(page.settings.db),
             )
-            st.session_state["sweep"] = bench.start_sweep(config)
+            bench.start_sweep(config)  # runs in its own process; found below as running
         except HealthSyncError as err:
             st.error(str(err))
 
+running = bench.running_sweep(store)
 results = bench.sweeps(store)
-sweep_id = st.session_state.get("sweep")
 
 
-@live_fragment("view", run_every=2.0 if sweep_id else None)
+@live_fragment("view", run_every=2.0 if running else None)
 def progress() -> None:
-    done, total, alive = bench.sweep_progress(store, sweep_id)
-    st.progress(done / max(total, 1), text=f"Sweep {sweep_id}: {done} of {total} measurements")
-    if done >= total or not alive:
-        st.session_state.pop("sweep", None)
-        st.rerun()
+    state = bench.sweep_progress(store, running)
+    st.progress(state.fraction, text=state.text())
+    if state.done != landed or not state.alive:
+        st.rerun()  # a measurement landed, or the sweep ended: redraw the charts
 
 
-if sweep_id:
+if running:
+    landed = bench.sweep_progress(store, running).done  # measurements the charts below show
     progress()
 
 if results.is_empty():
-    st.info(
-        "No sweep yet. Analysts can run one above; `healthsync bench` runs the full sweep from a terminal."
-    )
+    if not running:
+        st.info(
+            "No sweep yet. "
+            + (
+                "Choose hospital counts, models and ways above and press Run sweep"
+                if page.can("launch")
+                else "Analysts and admins start sweeps on this page, and the results appear "
+                "here for every role"
+            )
+            + "; `healthsync bench` runs the full sweep from a terminal."
+        )
     st.stop()
 chosen = st.multiselect(
     "Sweeps to compare",

@@ -1,11 +1,13 @@
 """The Stress-test page: empty state, viewer vs analyst, and stored sweeps drawn as charts."""
 
+import os
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from healthsync import bench, runlog
 from healthsync.store import MetricsStore
-from tests.app_helpers import ROOT, AppEnv, charts
+from tests.app_helpers import ROOT, AppEnv, button, charts, texts
 
 PAGE = ROOT / "pages" / "stress.py"
 
@@ -57,3 +59,54 @@ def test_logged_out_sees_nothing(env):
     at = AppTest.from_file(str(PAGE), default_timeout=60).run()
     assert not charts(at) and not at.dataframe
     assert any("log in" in t.value.lower() for t in at.title)
+
+
+class _Process:
+    """What ``spawn_detached`` returns, for a sweep that does not really start."""
+
+    pid = os.getpid()  # alive for as long as the test runs
+
+
+def test_run_sweep_shows_progress_and_each_result_as_it_lands(env, monkeypatch):
+    spawned = []
+    monkeypatch.setattr(
+        "healthsync.bench.spawn_detached", lambda cmd, log: spawned.append(cmd) or _Process()
+    )
+    at = open_page(env, "analyst")
+    ways = next(w for w in at.multiselect if w.label == "Ways to run")
+    ways.set_value(["healthsync", "vectorised"])
+    button(at, "Run sweep").click().run()
+    assert not at.exception
+    assert len(spawned) == 1
+    (sweep_id,) = MetricsStore(env.db).frame("SELECT sweep_id FROM bench_sweeps")["sweep_id"]
+    assert at.progress[0].proto.text == (
+        f"Sweep {sweep_id}: 0 of 4 measurements · now measuring healthsync, 10 hospitals, logreg"
+    )
+    assert "No sweep yet" not in texts(at)
+
+    store = MetricsStore(env.db)
+    store.execute(
+        "INSERT INTO bench_results VALUES (?, ?, 'healthsync', 'logreg', 10, 500, 4, 0.2, 50.0,"
+        " 900.0, 12.0, 'ok', NULL)",
+        [sweep_id, runlog.now()],
+    )
+    at.run()
+    assert not at.exception
+    assert at.progress[0].proto.text.startswith(f"Sweep {sweep_id}: 1 of 4 measurements")
+    assert len(charts(at)) == 4  # the first measurement is drawn while the sweep runs
+
+
+def test_a_running_sweep_shows_its_progress_to_viewers_too(env, monkeypatch):
+    monkeypatch.setattr("healthsync.bench.spawn_detached", lambda cmd, log: _Process())
+    bench.start_sweep(bench.SweepConfig(hospitals=(10,), models=("logreg",), db=str(env.db)))
+    at = open_page(env, "viewer")
+    assert not at.exception
+    assert "0 of 4 measurements" in at.progress[0].proto.text
+
+
+def test_the_viewers_empty_page_says_who_can_start_a_sweep(env):
+    at = open_page(env, "viewer")
+    assert not at.exception
+    (hint,) = [i.value for i in at.info]
+    assert "No sweep yet" in hint and "above" not in hint
+    assert "analyst" in hint.lower()
