@@ -143,15 +143,21 @@ user = current_user()
 if user is None:
     page = st.navigation([st.Page(login_page, title="Log in", icon=":material/login:")])
 else:
+    # Every page is registered, so a page the role may not open says so by URL (its guard's
+    # "Not available for your role") instead of "Page not found"; the menu lists only the
+    # role's own.
     page = st.navigation(
         {
             section: [
-                st.Page(path, title=title, icon=icon)
+                st.Page(
+                    path,
+                    title=title,
+                    icon=icon,
+                    visibility="visible" if user.can(permission) else "hidden",
+                )
                 for path, title, icon, permission in entries
-                if user.can(permission)
             ]
             for section, entries in PAGES.items()
-            if any(user.can(permission) for *_, permission in entries)
         }
     )
     with st.sidebar:

@@ -28,6 +28,11 @@ def _round_axis(title: str = "Round (number)") -> alt.Axis:
     return alt.Axis(title=title, format="d", tickMinStep=1)
 
 
+def _value_axis() -> alt.Axis:
+    """Two decimals on a metric axis: Vega's default prints ticks like 0.520458."""
+    return alt.Axis(format=".2f")
+
+
 def _label(frame: pl.DataFrame) -> str:
     """The column naming hospitals on an axis: their names when the frame has them."""
     return "name" if "name" in frame.columns else "hospital"
@@ -51,7 +56,7 @@ def metric_lines(frame: pl.DataFrame, *, title: str, y_title: str) -> alt.Chart:
         .mark_line(point=True)
         .encode(
             x=alt.X("round:Q", axis=_round_axis()),
-            y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False)),
+            y=alt.Y("value:Q", title=y_title, scale=alt.Scale(zero=False), axis=_value_axis()),
             color=alt.Color(
                 "metric:N",
                 title="Metric",
@@ -134,7 +139,7 @@ def run_curves(frame: pl.DataFrame, *, metric_title: str) -> alt.Chart:
         .mark_line(point=True)
         .encode(
             x=alt.X("round:Q", axis=_round_axis()),
-            y=alt.Y("value:Q", title=metric_title, scale=alt.Scale(zero=False)),
+            y=alt.Y("value:Q", title=metric_title, scale=alt.Scale(zero=False), axis=_value_axis()),
             color=alt.Color(
                 f"{series}:N",
                 title="Run",

@@ -270,10 +270,29 @@ def latest_comparison(store: MetricsStore, run_id: str) -> pl.DataFrame:
     )
 
 
+def comparison_view(table: pl.DataFrame, names: Mapping[str, str]) -> pl.DataFrame:
+    """The comparison table as shown: hospitals by name, figures as text, "–" where missing.
+
+    A missing figure is withheld (release policy) or never recorded (a
+    federated run records no per-hospital Brier score); Streamlit would print
+    either as "None".
+    """
+    figures = [c for c in ("loss", "auc", "accuracy", "brier") if c in table.columns]
+    return table.with_columns(
+        pl.col("hospital").replace_strict(dict(names), default=pl.col("hospital")),
+        *(
+            pl.col(c).map_elements(format_metric, return_dtype=pl.String).fill_null("–")
+            for c in figures
+        ),
+    )
+
+
 def metrics_csv(store: MetricsStore, run_ids: Sequence[str], table: str = "rounds") -> str:
     """The runs' global rounds (``rounds``) or per-hospital rounds (``hospital_rounds``) as CSV.
 
     Per-hospital figures as released (``privacy.training``): withheld ones are empty.
+    Per-hospital rows carry ``hospital_name`` from each run's manifest (the id
+    when the manifest is gone), so the file names hospitals as the pages do.
     """
     columns = EXPORTS[table]
     released = ", released" if table == "hospital_rounds" else ""
@@ -282,7 +301,22 @@ def metrics_csv(store: MetricsStore, run_ids: Sequence[str], table: str = "round
         f" ORDER BY {', '.join(columns[:3])}",
         list(run_ids),
     )
-    return (training.released_hospital_metrics(frame) if released else frame).write_csv()
+    if not released:
+        return frame.write_csv()
+    frame = training.released_hospital_metrics(frame)
+    names = {
+        (run_id, hospital): name
+        for run_id, data_dir in store.frame(
+            f"SELECT run_id, data_dir FROM runs WHERE run_id IN ({_in(run_ids)})", list(run_ids)
+        ).iter_rows()
+        for hospital, name in hospital_names(data_dir).items()
+    }
+    named = pl.Series(
+        "hospital_name",
+        [names.get(key, key[1]) for key in frame.select("run_id", "hospital").iter_rows()],
+        dtype=pl.String,
+    )
+    return frame.insert_column(frame.columns.index("hospital") + 1, named).write_csv()
 
 
 # ---------------------------------------------------------------- model

@@ -34,6 +34,7 @@ except HealthSyncError as err:
     st.error(str(err))
     st.stop()
 options = form.choices(federation)
+names = {h.id: h.name for h in federation.hospitals}
 budget_slot = st.empty()  # filled once any query of this run has spent
 budget_slot.metric("Your privacy budget left (epsilon)", f"{budget.left:g} of {budget.total:g}")
 
@@ -43,17 +44,25 @@ with st.form("cohort"):
     for name in filtered:
         column = options.column(name)
         if column.kind == "numeric" and column.bounds:
-            values[name] = st.slider(column.label, *column.bounds, value=column.bounds)
+            values[name] = st.slider(
+                column.label,
+                *column.slider_range,
+                value=column.slider_range,
+                step=column.step,
+                format=column.number_format,
+            )
         elif column.kind == "numeric":
             low, high = st.columns(2)
             values[name] = (
-                low.number_input(f"{name} at least", value=None),
-                high.number_input(f"{name} at most", value=None),
+                low.number_input(f"{column.label} at least", value=None),
+                high.number_input(f"{column.label} at most", value=None),
             )
         elif column.kind == "categorical":
             values[name] = st.multiselect(name, column.levels, default=column.levels)
-        else:
-            values[name] = st.selectbox(name, [form.ANY, *column.levels])
+        else:  # a hospital (shown by name) or an outcome
+            values[name] = st.selectbox(
+                name, [form.ANY, *column.levels], format_func=lambda v: names.get(v, v)
+            )
     group_by = st.multiselect("Group by", options.groupable, max_selections=3)
     stats = st.multiselect("Statistics", options.stats, default=["count"])
     submitted = st.form_submit_button("Run query", type="primary")
@@ -92,20 +101,23 @@ st.caption(
     + "."
 )
 st.code(form.command(folder, page.settings.db, page.user.name, where, dims, result.query["stats"]))
-st.dataframe(result.table(), hide_index=True)
+st.dataframe(result.table(names), hide_index=True)
 st.caption(
     "<11: fewer than 11 patients. suppressed: hidden so that a small cell cannot be worked out "
     f"from the others. Total of shown cells only: {result.describe_total()}."
 )
-values_frame = result.values()
+values_frame = result.values(names)
 if values_frame["patient_count"].is_null().all():
     st.warning("Every cell was suppressed: the cohort is too small. Filter less or group by less.")
     st.stop()
 units = {f.name: f.unit for f in federation.features}
-st.altair_chart(charts.count_bars(values_frame, dims, units))
-st.caption("Patients per cell, with noise; hidden cells have no bar.")
+if dims:  # one cell (no grouping) is one bar: the table above says it better
+    st.altair_chart(charts.count_bars(values_frame, dims, units))
+    st.caption("Patients per cell, with noise; hidden cells have no bar.")
 for stat in result.query["stats"]:
     kind, _, column = stat.partition(":")
+    if kind in ("prevalence", "mean") and not dims:
+        continue
     if kind == "prevalence":
         st.altair_chart(charts.prevalence_bars(values_frame, dims, column, units))
         st.caption(f"Share of each cell's patients with {column}; hidden where cases are few.")
@@ -113,7 +125,7 @@ for stat in result.query["stats"]:
         st.altair_chart(charts.mean_bars(values_frame, dims, column, units))
         st.caption(f"Mean {column} per shown cell, from noisy sums clipped to fixed bounds.")
     elif kind == "histogram":
-        bins = result.histograms(column)
+        bins = result.histograms(column, names)
         if bins.is_empty():
             st.warning(f"No histogram of {column}: every cell is too small.")
             continue

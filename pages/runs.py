@@ -83,12 +83,13 @@ else:
         )
         st.info(f"No comparison stored for this run yet. {hint}")
     else:
-        st.dataframe(table, hide_index=True)
+        names = dashboard.hospital_names(runlog.get_run(store, run_id)["data_dir"])
+        st.dataframe(dashboard.comparison_view(table, names), hide_index=True)
         st.caption(
             "Each method on every hospital's test patients. Pooled is a simulation-only "
             "reference (all data in one place); local-only trains each hospital alone. "
             "A hospital with fewer than 11 test patients with or without the outcome has its "
-            "figures withheld."
+            "figures withheld (–); a federated run records no per-hospital Brier score (–)."
         )
 
 st.subheader("Download metrics")

@@ -189,3 +189,13 @@ def test_utility_chart_shows_dp_points_and_no_dp_rules_in_one_legend():
     assert scale["domain"] == ["fedavg", "fedprox", privacy_dashboard.NO_DP]
     assert scale["range"][-1] == privacy_charts.NO_DP_COLOR
     assert "Final AUC (0–1)" in axis_titles(d)
+
+
+def test_metric_axes_have_a_number_format(rounds):
+    """A loss tick reads 0.52, never 0.520458 (issue 14)."""
+    long = dashboard.metrics_long(rounds, ("loss",))
+    y = spec(charts.metric_lines(long, title="Global loss", y_title="Log loss (nats)"))
+    assert y["encoding"]["y"]["axis"]["format"] == ".2f"
+    curves = long.with_columns(pl.lit("run-a").alias("run_id"))
+    y = spec(charts.run_curves(curves, metric_title="Log loss (nats)"))
+    assert y["encoding"]["y"]["axis"]["format"] == ".2f"

@@ -181,7 +181,7 @@ def test_charts_have_titles_and_axis_units(env):
         charts.mean_bars(values, dims, "bmi", units),
         charts.histogram(result.histograms("age"), "age", "years", cell="50–59 · F"),
     ]
-    for chart, y_unit in zip(built, ["(count)", "(%)", "(kg/m2)", "(count)"], strict=True):
+    for chart, y_unit in zip(built, ["(count)", "(%)", "(kg/m²)", "(count)"], strict=True):
         assert isinstance(chart, alt.Chart)
         spec = chart.to_dict()
         assert spec["title"] and spec["encoding"]["y"]["title"].endswith(y_unit)
@@ -206,3 +206,53 @@ def test_the_cohort_library_never_imports_streamlit():
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [n for n in names if n.split(".")[0] == "streamlit"], path
+
+
+# ---------------------------------------------------------------- issue 14: what the page shows
+def shown(env: AppEnv, result) -> AppTest:
+    """The page as it shows ``result`` (the session's last answer), without asking again."""
+    at = AppTest.from_file(str(PAGE), default_timeout=60)
+    env.log_in(at, "analyst")
+    at.session_state["cohort_result"] = (str(env.fed_dir), result, [])
+    return at.run()
+
+
+def chart_specs(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+
+
+def test_the_age_filter_is_in_whole_years(env):
+    at = page(env, "analyst")
+    at.multiselect[0].set_value(["age", "bmi"]).run()
+    age, bmi = at.slider[0], at.slider[1]
+    assert age.label == "Age (years)" and age.value == (18, 100)
+    assert age.proto.step == 1 and age.proto.format == "%d"
+    assert bmi.label == "BMI (kg/m²)" and bmi.proto.step == 0.5
+
+
+def test_results_name_hospitals_as_the_manifest_does(env):
+    names = {h.id: h.name for h in load_federation(env.fed_dir).hospitals}
+    at = shown(env, ask(env, group_by=["hospital"]))
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert set(table["hospital"]) <= set(names.values())
+    chart = at.get("vega_lite_chart")[0].proto.SerializeToString()  # the spec and its data
+    assert all(n.encode() in chart for n in names.values())
+    assert not any(h.encode() in chart for h in names)
+
+
+def test_axes_use_the_schemas_names_and_units(env):
+    at = shown(env, ask(env, group_by=["bmi"], stats=["count", "mean:hba1c"]))
+    titles = [s["encoding"]["x"]["title"] for s in chart_specs(at)]
+    titles += [s["encoding"]["y"]["title"] for s in chart_specs(at)]
+    assert "BMI band (kg/m²)" in titles and "Mean HbA1c (%)" in titles
+    assert not [t for t in titles if "Bmi" in t or "kg/m2" in t]
+
+
+def test_a_histogram_query_draws_no_single_all_patients_bar(env):
+    at = shown(env, ask(env, stats=["histogram:age"]))
+    assert not at.exception
+    titles = [
+        s["title"] if isinstance(s["title"], str) else s["title"]["text"] for s in chart_specs(at)
+    ]
+    assert titles == ["Distribution of age (all patients)"]

@@ -187,7 +187,7 @@ def test_sql_helpers_for_comparing_and_exporting(store):
     assert rounds_csv.splitlines()[0].startswith("run_id,round,loss,auc")
     assert len(rounds_csv.splitlines()) == 4
     hospital_csv = dashboard.metrics_csv(store, ["run-a", "run-b"], "hospital_rounds")
-    assert hospital_csv.splitlines()[0] == "run_id,round,hospital,n,loss,auc,accuracy"
+    assert hospital_csv.splitlines()[0] == "run_id,round,hospital,hospital_name,n,loss,auc,accuracy"
     assert len(hospital_csv.splitlines()) == 1 + 15
 
 
@@ -357,3 +357,19 @@ def test_utility_points_mark_runs_without_dp_as_the_reference():
     points = privacy_dashboard.utility_points(utility)
     assert points["series"].to_list() == [privacy_dashboard.NO_DP, "fedprox"]
     assert points["auc"].to_list() == [0.8, None]
+
+
+def test_the_per_hospital_csv_names_hospitals_from_the_manifest(store, tmp_path):
+    make_federation(tmp_path / "fed")
+    fake_run(store, "run-a", data_dir=tmp_path / "fed", rounds=1)
+    fake_run(store, "run-gone", data_dir=tmp_path / "deleted", rounds=1)
+    rows = pl.read_csv(
+        dashboard.metrics_csv(store, ["run-a", "run-gone"], "hospital_rounds").encode()
+    )
+    assert rows.columns[:4] == ["run_id", "round", "hospital", "hospital_name"]
+    names = dict(
+        rows.filter(pl.col("run_id") == "run-a").select("hospital", "hospital_name").rows()
+    )
+    assert names == dashboard.hospital_names(tmp_path / "fed") and len(names) == 3
+    gone = rows.filter(pl.col("run_id") == "run-gone")
+    assert gone["hospital_name"].to_list() == gone["hospital"].to_list()  # manifest gone: the id

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 import altair as alt
 import polars as pl
 
+from healthsync.data.labels import column_label, column_name, unit_label
+
 PERCENT = ".0%"
 NO_UNITS: Mapping[str, str | None] = {}
 BAR_COLOR = "#0f766e"
@@ -30,8 +32,7 @@ def _x_title(dimensions: list[str], units: Mapping[str, str | None]) -> str:
     """The first grouping column; numeric ones group by bands, so they name their unit."""
     if not dimensions:
         return "Cohort"
-    name = dimensions[0].replace("_", " ").capitalize()
-    unit = units.get(dimensions[0])
+    name, unit = column_name(dimensions[0], capital=True), unit_label(units.get(dimensions[0]))
     return f"{name} band ({unit})" if unit else name
 
 
@@ -45,8 +46,8 @@ def _bars(
         "tooltip": tooltip,
     }
     if len(dimensions) > 1:
-        label = " · ".join(d.replace("_", " ") for d in dimensions[1:])
-        encoding["color"] = alt.Color("group:N", title=label.capitalize())
+        label = " · ".join(column_name(d) for d in dimensions[1:])
+        encoding["color"] = alt.Color("group:N", title=label[0].upper() + label[1:])
         encoding["xOffset"] = alt.XOffset("group:N")
     mark = alt.Chart(frame, title=title).mark_bar(
         **({} if len(dimensions) > 1 else {"color": BAR_COLOR})
@@ -63,7 +64,7 @@ def count_bars(
     """
     x_title = _x_title(dimensions, units)
     frame = _grouped(values, dimensions).filter(pl.col("patient_count").is_not_null())
-    by = f" by {', '.join(d.replace('_', ' ') for d in dimensions)}" if dimensions else ""
+    by = f" by {', '.join(column_name(d) for d in dimensions)}" if dimensions else ""
     return _bars(
         frame,
         x_title,
@@ -125,25 +126,25 @@ def mean_bars(
         frame,
         x_title,
         dimensions,
-        alt.Y(f"{key}:Q", title=f"Mean {feature.replace('_', ' ')} ({unit or 'value'})"),
+        alt.Y(f"{key}:Q", title=f"Mean {column_label(feature, unit or 'value', capital=False)}"),
         tooltip,
-        title=f"Mean {feature.replace('_', ' ')}",
+        title=f"Mean {column_name(feature)}",
     )
 
 
 def histogram(bins: pl.DataFrame, feature: str, unit: str | None, *, cell: str) -> alt.Chart:
     """One cell's histogram (``bin, lower, upper, bin_count``); merged bins are wider."""
     frame = bins.filter(pl.col("cell") == cell)
-    name = feature.replace("_", " ")
+    name = column_name(feature)
     return (
         alt.Chart(frame, title=f"Distribution of {name} ({cell})")
         .mark_bar(color=BAR_COLOR, stroke="white")
         .encode(
-            x=alt.X("lower:Q", title=f"{name.capitalize()} ({unit or 'value'})", bin="binned"),
+            x=alt.X("lower:Q", title=column_label(feature, unit or "value"), bin="binned"),
             x2="upper:Q",
             y=alt.Y("bin_count:Q", title="Patients (count)"),
             tooltip=[
-                alt.Tooltip("bin:N", title=f"{name.capitalize()} bin"),
+                alt.Tooltip("bin:N", title=f"{column_name(feature, capital=True)} bin"),
                 alt.Tooltip("bin_count:Q", title="Patients", format=","),
             ],
         )

@@ -15,6 +15,7 @@ from healthsync.cohort.bands import scale_for
 from healthsync.cohort.plan import OUTCOME_LEVELS
 from healthsync.cohort.query import HOSPITAL
 from healthsync.data import Federation
+from healthsync.data.labels import column_label
 from healthsync.errors import HealthSyncError
 
 ANY = "(any)"
@@ -40,7 +41,30 @@ class ColumnChoice:
 
     @property
     def label(self) -> str:
-        return f"{self.name} ({self.unit})" if self.unit else self.name
+        """The widget's label: the schema's name and unit, "BMI (kg/m²)"."""
+        return column_label(self.name, self.unit)
+
+    @property
+    def step(self) -> float:
+        """A slider step a person would choose: whole years of age, 0.5 kg/m² of BMI.
+
+        Steps follow the range, not the data: 1 over a range of 50 units or
+        more, 0.5 over 20 or more, 0.1 below (HbA1c's 4-14 %).
+        """
+        low, high = self.bounds or (0.0, 100.0)
+        span = high - low
+        return 1 if span >= 50 else 0.5 if span >= 20 else 0.1
+
+    @property
+    def slider_range(self) -> tuple[float, float]:
+        """``bounds`` as whole numbers when the step is whole, so the slider shows no decimals."""
+        low, high = self.bounds or (0.0, 100.0)
+        return (int(low), int(high)) if self.step == 1 else (low, high)
+
+    @property
+    def number_format(self) -> str:
+        """printf-style format of the slider's values: no decimals for a whole step."""
+        return "%d" if self.step == 1 else "%.1f"
 
 
 @dataclass(frozen=True)

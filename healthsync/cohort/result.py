@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from healthsync.cohort.plan import QueryPlan
+from healthsync.cohort.query import HOSPITAL
 
 COMPLEMENTARY = "suppressed"
 
@@ -168,11 +169,15 @@ class CohortResult:
                 keys += [k for k in stat_keys(kind, column) if k not in keys]
         return keys
 
-    def values(self) -> pl.DataFrame:
-        """One row per cell: levels, then numbers (``null`` where hidden), for charts."""
+    def values(self, names: Mapping[str, str] | None = None) -> pl.DataFrame:
+        """One row per cell: levels, then numbers (``null`` where hidden), for charts.
+
+        ``names`` (hospital id -> name, from the manifest) shows hospitals by
+        name, as every other page does; without it they keep their ids.
+        """
         rows = [
             {
-                **{d: cell[d] for d in self.release.dimensions},
+                **self._levels(cell, names),
                 **{k: cell[k] if isinstance(cell[k], int | float) else None for k in self.columns},
             }
             for cell in self.release.cells
@@ -181,11 +186,11 @@ class CohortResult:
         schema |= {k: pl.Int64 if "count" in k else pl.Float64 for k in self.columns}
         return pl.DataFrame(rows, schema=schema, orient="row")
 
-    def table(self) -> pl.DataFrame:
+    def table(self, names: Mapping[str, str] | None = None) -> pl.DataFrame:
         """One row per cell, every value as display text (``<11``, ``suppressed``, ``–``)."""
         rows = [
             {
-                **{d: cell[d] for d in self.release.dimensions},
+                **self._levels(cell, names),
                 **{k: _display(k, cell[k]) for k in self.columns},
             }
             for cell in self.release.cells
@@ -193,12 +198,12 @@ class CohortResult:
         columns = [*self.release.dimensions, *self.columns]
         return pl.DataFrame(rows, schema=dict.fromkeys(columns, pl.String), orient="row")
 
-    def histograms(self, feature: str) -> pl.DataFrame:
+    def histograms(self, feature: str, names: Mapping[str, str] | None = None) -> pl.DataFrame:
         """Shown bins of ``feature`` per cell: levels, ``cell``, ``bin, lower, upper, bin_count``."""
         key = stat_keys("histogram", feature)[0]
         rows = []
         for cell in self.release.cells:
-            label = " · ".join(str(cell[d]) for d in self.release.dimensions) or "all patients"
+            label = " · ".join(str(v) for v in self._levels(cell, names).values()) or "all patients"
             for b in cell.get(key) or []:
                 rows.append({"cell": label, **b})
         schema = {
@@ -209,6 +214,14 @@ class CohortResult:
             "bin_count": pl.Int64,
         }
         return pl.DataFrame(rows, schema=schema)
+
+    def _levels(self, cell: Mapping[str, Any], names: Mapping[str, str] | None) -> dict[str, Any]:
+        """The cell's grouping levels, a hospital's by its name when ``names`` has it."""
+        named = names or {}
+        return {
+            d: named.get(cell[d], cell[d]) if d == HOSPITAL else cell[d]
+            for d in self.release.dimensions
+        }
 
     def describe_total(self) -> str:
         """The statistics over the shown cells, as display text."""
