@@ -254,6 +254,11 @@ def _watch(pid: int, done: Callable[[], bool], timeout: float, *, settle: bool) 
     return peak / 2**20
 
 
+def run_name(way: str, data: Path, model: str) -> str:
+    """A measurement's run name, e.g. ``"stress test · healthsync · 100 hospitals · logreg"``."""
+    return f"stress test · {way} · {len(load_federation(data).hospitals):,} hospitals · {model}"
+
+
 def measure_flower(
     data: Path, db: str, model: str, rounds: int, seed: int, block_size: int, timeout: float
 ) -> Measurement:
@@ -265,7 +270,13 @@ def measure_flower(
     )
     # Always a cold run process of its own (never the warm engine), so each
     # measurement includes its start-up and its whole process tree's memory.
-    run_id = runs.start_run(config, warm=False, stock_flower=way == "flower")
+    run_id = runs.start_run(
+        config,
+        warm=False,
+        stock_flower=way == "flower",
+        kind=runlog.BENCHMARK,
+        name=run_name(way, data, model),
+    )
     return _measure_run(way, config, run_id, started, timeout)
 
 
@@ -274,7 +285,9 @@ def measure_warm(data: Path, db: str, model: str, rounds: int, seed: int, timeou
     config = TrainConfig(data_dir=str(data), db=db, model=model, rounds=rounds, seed=seed)
     started = time.time()
     try:
-        run_id = runs.start_run(config, only_warm=True)
+        run_id = runs.start_run(
+            config, only_warm=True, kind=runlog.BENCHMARK, name=run_name("warm", data, model)
+        )
     except HealthSyncError as err:
         hospitals = len(load_federation(data).hospitals)
         return Measurement("warm", model, hospitals, status="skipped", note=str(err))

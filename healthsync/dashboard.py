@@ -90,9 +90,14 @@ def default_run(runs: pl.DataFrame) -> str | None:
 
 
 def run_labels(runs: pl.DataFrame) -> dict[str, str]:
-    """``run_id -> "run_id · status · strategy/model · target"`` for pickers."""
+    """``run_id -> "[name · ]run_id · status · strategy/model · target · data set D"`` for pickers.
+
+    The data set is the federation folder's name, as the data-set pickers show it.
+    """
     return {
-        r["run_id"]: f"{r['run_id']} · {r['status']} · {r['strategy']}/{r['model']} · {r['target']}"
+        r["run_id"]: (f"{r['name']} · " if r.get("name") else "")
+        + f"{r['run_id']} · {r['status']} · {r['strategy']}/{r['model']} · {r['target']}"
+        + (f" · data set {Path(r['data_dir']).name}" if r["data_dir"] else "")
         for r in runs.iter_rows(named=True)
     }
 
@@ -103,6 +108,7 @@ def runs_table(runs: pl.DataFrame) -> pl.DataFrame:
         pl.col("run_id").alias("run"),
         "status",
         pl.col("data_dir").str.split("/").list.last().alias("data set"),
+        pl.col("name").fill_null(""),
         pl.col("target").alias("outcome"),
         "strategy",
         "model",

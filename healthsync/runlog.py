@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,15 @@ ROUND_KEYS = (
 )
 HOSPITAL_KEYS = ("hospital", "round", "n", "loss", "auc", "accuracy")
 ACTIVE = ("queued", "running")
+#: What a run is for (``runs.kind``). A training run is ``"federated"``, the kind every run
+#: had before stress-test runs were told apart (``runs show --json`` printed it, so it
+#: stays); a stress-test measurement is ``"benchmark"``, shown on the Stress-test page
+#: only and left out of the training views (Live, Run history, Model, Overview).
+TRAINING = "federated"
+BENCHMARK = "benchmark"
+KINDS = (TRAINING, BENCHMARK)
+#: The longest run name: a picker label still fits on one line.
+NAME_LENGTH = 80
 
 
 def now() -> datetime:
@@ -47,22 +57,39 @@ def new_run_id() -> str:
     return f"run-{now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
+def clean_name(name: str | None) -> str | None:
+    """A run's name as stored: trimmed, ``None`` when blank; a clear error when too long.
+
+    A name is for people telling runs apart in pickers and listings; the run id
+    stays the run's identity, so names need not be unique.
+    """
+    name = " ".join((name or "").split())
+    if len(name) > NAME_LENGTH:
+        raise HealthSyncError(f"a run name is at most {NAME_LENGTH} characters, got {len(name)}")
+    return name or None
+
+
 # ---------------------------------------------------------------- writes
 def create_run(
     store: MetricsStore,
     run_id: str,
     config: TrainConfig,
     *,
-    kind: str = "federated",
+    kind: str = TRAINING,
+    name: str | None = None,
     status: str = "queued",
     pid: int | None = None,
 ) -> None:
+    """Record a new run; ``kind`` says whether training views show it (see ``KINDS``)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown run kind {kind!r}; one of {', '.join(KINDS)}")
     store.execute(
-        "INSERT INTO runs (run_id, kind, status, config, data_dir, target, model, strategy,"
-        " rounds_planned, created_at, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO runs (run_id, kind, name, status, config, data_dir, target, model, strategy,"
+        " rounds_planned, created_at, pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             run_id,
             kind,
+            clean_name(name),
             status,
             config.to_json(),
             config.data_dir,
@@ -228,18 +255,38 @@ def reconcile_dead_runs(store: MetricsStore) -> list[str]:
 
 
 # ---------------------------------------------------------------- reads
-def list_runs(store: MetricsStore, *, limit: int | None = None) -> pl.DataFrame:
-    """Newest first: id, status, settings and final numbers of every run."""
+def list_runs(
+    store: MetricsStore,
+    *,
+    limit: int | None = None,
+    kind: str | None = None,
+    data_dir: str | Path | None = None,
+) -> pl.DataFrame:
+    """Newest first: id, name, kind, status, settings and final numbers of every run.
+
+    ``kind`` keeps runs of that kind only (training views pass ``TRAINING``);
+    ``data_dir`` keeps runs on that federation (as given or resolved, as
+    ``runs.check_config`` records it).
+    """
+    where, params = [], []
+    if kind is not None:
+        where.append("r.kind = ?")
+        params.append(kind)
+    if data_dir is not None:
+        where.append("r.data_dir IN (?, ?)")
+        params += [str(data_dir), str(Path(data_dir).resolve())]
     sql = (
-        "SELECT r.run_id, r.kind, r.status, r.data_dir, r.target, r.model, r.strategy,"
+        "SELECT r.run_id, r.name, r.kind, r.status, r.data_dir, r.target, r.model, r.strategy,"
         " r.rounds_planned, coalesce(d.rounds_done, 0) AS rounds_done, r.created_at, r.started_at,"
         " r.finished_at, r.final_loss, r.final_auc, r.final_accuracy, r.final_brier, r.reason"
         " FROM runs r LEFT JOIN (SELECT run_id, count(*) AS rounds_done FROM rounds GROUP BY run_id) d"
-        " USING (run_id) ORDER BY r.created_at DESC, r.run_id DESC"
+        " USING (run_id)"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + " ORDER BY r.created_at DESC, r.run_id DESC"
     )
     if limit:
         sql += f" LIMIT {int(limit)}"
-    return store.frame(sql)
+    return store.frame(sql, params)
 
 
 def get_run(store: MetricsStore, run_id: str) -> dict[str, Any]:
@@ -303,6 +350,7 @@ def run_detail(store: MetricsStore, run_id: str) -> dict[str, Any]:
         "run_id": run_id,
         "status": run["status"],
         "kind": run["kind"],
+        "name": run["name"],
         "reason": run["reason"],
         "created_at": str(run["created_at"]),
         "finished_at": None if run["finished_at"] is None else str(run["finished_at"]),

@@ -94,6 +94,8 @@ def start_run(
     warm: bool = True,
     stock_flower: bool = False,
     only_warm: bool = False,
+    kind: str = runlog.TRAINING,
+    name: str | None = None,
 ) -> str:
     """Validate, record the run as queued, start it; return the run id at once.
 
@@ -101,14 +103,16 @@ def start_run(
     (``healthsync.engine``), else to a process of its own (a cold start).
     ``warm=False`` always starts its own process; ``stock_flower`` runs it on
     Flower's own Ray backend; ``only_warm`` fails the run rather than start it
-    cold (all three for the stress test's measurements).
+    cold (all three for the stress test's measurements). ``kind`` and ``name``
+    are recorded with the run (``runlog.create_run``): the stress test's runs
+    are ``runlog.BENCHMARK``, kept out of the training views.
     """
     config, _ = check_config(config)
     if ray_address:
         check_ray_address(ray_address)
     store = MetricsStore(config.db)
     run_id = runlog.new_run_id()
-    runlog.create_run(store, run_id, config)
+    runlog.create_run(store, run_id, config, kind=kind, name=name)
     pid = engine.submit(config, run_id) if warm and not (ray_address or stock_flower) else None
     if pid is None and only_warm:
         reason = "the warm training engine did not take the run (none running, busy, or too small)"

@@ -70,6 +70,23 @@ ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS released BOOLEAN;
 CREATE INDEX IF NOT EXISTS rounds_run ON rounds(run_id);
 CREATE INDEX IF NOT EXISTS hospital_rounds_run ON hospital_rounds(run_id);
 """
+#: Changes for stores written by older versions: ``((table, column), sql)``. A store
+#: without that column gets it from ``sql``, in one transaction, once.
+MIGRATIONS = (
+    (
+        ("runs", "name"),
+        """
+        -- A run's optional name, shown in run pickers (healthsync.runlog.create_run).
+        ALTER TABLE runs ADD COLUMN name VARCHAR;
+        -- Every run had kind 'federated' before stress-test runs were told apart
+        -- (healthsync.runlog.BENCHMARK). Those ran on the sweep's own federations,
+        -- <work dir>/bench/h<hospitals>x<patients>s<seed> (healthsync.bench.dataset),
+        -- which the app lists nowhere else.
+        UPDATE runs SET kind = 'benchmark'
+        WHERE regexp_matches(data_dir, '(^|/)bench/h[0-9]+x[0-9]+s[0-9]+/?$');
+        """,
+    ),
+)
 
 _LOCK_MESSAGES = ("lock", "Conflicting", "being used by another process")
 _process_lock = threading.RLock()
@@ -155,6 +172,16 @@ class MetricsStore:
     def _ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
         if not self._ready:
             con.execute(SCHEMA)
+            for (table, column), sql in MIGRATIONS:
+                present = con.execute(
+                    "SELECT count(*) FROM information_schema.columns"
+                    " WHERE table_name = ? AND column_name = ?",
+                    [table, column],
+                ).fetchall()[0][0]
+                if not present:
+                    con.execute("BEGIN TRANSACTION")
+                    con.execute(sql)
+                    con.execute("COMMIT")
             self._ready = True
 
     def _open(self, *, read_only: bool) -> duckdb.DuckDBPyConnection:

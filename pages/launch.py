@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from healthsync import engine, runs
+from healthsync import engine, runlog, runs
 from healthsync.cohort.facts import published_patients
 from healthsync.config import ATTACKS, DP_SIDES, DP_STRATEGIES, MODELS, STRATEGIES, TrainConfig
 from healthsync.errors import HealthSyncError
@@ -116,6 +116,12 @@ with st.form("launch"):
             "the seed; pair an attack with median, trimmed mean or Krum to see what holds up. "
             "Secure aggregation hides each hospital's model behind masks that cancel in the sum."
         )
+    name = st.text_input(
+        "Run name (optional)",
+        max_chars=runlog.NAME_LENGTH,
+        placeholder="e.g. FedProx against the scale attack",
+        help="Shown with the run's id wherever runs are picked; names need not be unique.",
+    )
     submitted = st.form_submit_button(
         "Start training", type="primary", icon=":material/play_arrow:"
     )
@@ -125,7 +131,7 @@ if submitted:
         config = TrainConfig(
             data_dir=str(federation.data_dir), db=str(page.settings.db), **settings
         )
-        run_id = runs.start_run(config)
+        run_id = runs.start_run(config, name=name)
     except HealthSyncError as err:
         st.error(f"Cannot start this run: {err}")
     else:

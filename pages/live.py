@@ -13,7 +13,7 @@ st.title("Live training")
 
 store = page.store
 runlog.reconcile_dead_runs(store)
-all_runs = runlog.list_runs(store)
+all_runs = runlog.list_runs(store, kind=runlog.TRAINING)  # stress-test runs: their own page
 if all_runs.is_empty():
     st.info("No run to watch yet. Start one on the Launch page; it shows up here as it trains.")
     st.stop()

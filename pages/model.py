@@ -12,7 +12,7 @@ page = require("view")
 st.title("Global model")
 
 store = page.store
-runs = dashboard.finished_runs(runlog.list_runs(store))
+runs = dashboard.finished_runs(runlog.list_runs(store, kind=runlog.TRAINING))
 if runs.is_empty():
     st.info("No finished run yet. Launch one, and its model appears here when it ends.")
     st.stop()

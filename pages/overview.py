@@ -67,9 +67,10 @@ else:
         )
 
 st.subheader("Latest run")
-runs = runlog.list_runs(page.store, limit=1)
+data_set = federation.data_dir.name
+runs = runlog.list_runs(page.store, limit=1, kind=runlog.TRAINING, data_dir=federation.data_dir)
 if runs.is_empty():
-    st.info("No training run yet. Start one on the Launch page.")
+    st.info(f"No training run yet on {data_set}. Start one on the Launch page.")
 else:
     run = runs.row(0, named=True)
     cols = st.columns(5)
@@ -78,4 +79,8 @@ else:
     cols[2].metric("AUC", dashboard.format_metric(run["final_auc"]))
     cols[3].metric("Accuracy", dashboard.format_metric(run["final_accuracy"]))
     cols[4].metric("Log loss", dashboard.format_metric(run["final_loss"]))
-    st.caption(f"{run['run_id']}: {run['strategy']} / {run['model']} predicting {run['target']}.")
+    st.caption(
+        (f"{run['name']} · " if run["name"] else "")
+        + f"{run['run_id']}: {run['strategy']} / {run['model']} predicting {run['target']}"
+        + f" on {data_set}."
+    )

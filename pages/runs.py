@@ -15,7 +15,7 @@ st.title("Run history")
 
 store = page.store
 runlog.reconcile_dead_runs(store)
-runs = runlog.list_runs(store)
+runs = runlog.list_runs(store, kind=runlog.TRAINING)  # stress-test runs: their own page
 if runs.is_empty():
     st.info("No runs recorded yet. Start one on the Launch page (or with `healthsync train`).")
     st.stop()

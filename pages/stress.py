@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from healthsync import bench, bench_charts
+from healthsync import bench, bench_charts, dashboard, runlog
 from healthsync.errors import HealthSyncError
 from pages._guard import live_fragment, require
 
@@ -79,22 +79,31 @@ if results.is_empty():
             )
             + "; `healthsync bench` runs the full sweep from a terminal."
         )
-    st.stop()
-chosen = st.multiselect(
-    "Sweeps to compare",
-    results["sweep_id"].unique(maintain_order=True).to_list(),
-    default=results["sweep_id"].unique(maintain_order=True).to_list()[:1],
-)
-shown = results.filter(results["sweep_id"].is_in(chosen))
-for measure in bench_charts.MEASURES:
-    st.altair_chart(bench_charts.sweep_chart(shown, measure), width="stretch")
-    st.caption(
-        f"{bench_charts.MEASURES[measure][1]} against the number of simulated hospitals, per execution way and model."
+else:
+    chosen = st.multiselect(
+        "Sweeps to compare",
+        results["sweep_id"].unique(maintain_order=True).to_list(),
+        default=results["sweep_id"].unique(maintain_order=True).to_list()[:1],
     )
-st.subheader("Ratios")
-st.dataframe(bench.ratios(shown), hide_index=True)
-st.caption(
-    "healthsync/vectorised: HealthSync's time per round over the lower bound (target: at most 2 at 10,000 hospitals); "
-    "flower/healthsync: how many times faster blocks are than stock Flower with one client per hospital."
-)
-st.dataframe(shown, hide_index=True)
+    shown = results.filter(results["sweep_id"].is_in(chosen))
+    for measure in bench_charts.MEASURES:
+        st.altair_chart(bench_charts.sweep_chart(shown, measure), width="stretch")
+        st.caption(
+            f"{bench_charts.MEASURES[measure][1]} against the number of simulated hospitals, per execution way and model."
+        )
+    st.subheader("Ratios")
+    st.dataframe(bench.ratios(shown), hide_index=True)
+    st.caption(
+        "healthsync/vectorised: HealthSync's time per round over the lower bound (target: at most 2 at 10,000 hospitals); "
+        "flower/healthsync: how many times faster blocks are than stock Flower with one client per hospital."
+    )
+    st.dataframe(shown, hide_index=True)
+
+benchmark_runs = runlog.list_runs(store, kind=runlog.BENCHMARK)
+if not benchmark_runs.is_empty():
+    with st.expander(f"Training runs the sweeps started ({benchmark_runs.height})"):
+        st.dataframe(dashboard.runs_table(benchmark_runs), hide_index=True)
+        st.caption(
+            "Each cold or warm measurement is a real training run, kept here and left out of "
+            "Live training, Run history, Model and Overview, which show training runs only."
+        )

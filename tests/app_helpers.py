@@ -109,6 +109,7 @@ def fake_run(
     failed_round: int | None = None,
     model: bool = False,
     strategy: str = "fedavg",
+    name: str | None = None,
 ) -> None:
     """Record a run with ``rounds`` plausible rounds, as the simulation would."""
     config = TrainConfig(
@@ -118,7 +119,9 @@ def fake_run(
         rounds=planned or rounds,
         strategy=strategy,
     )
-    runlog.create_run(store, run_id, config, status="running" if status != "queued" else "queued")
+    runlog.create_run(
+        store, run_id, config, name=name, status="running" if status != "queued" else "queued"
+    )
     ids = [f"h{i:04d}" for i in range(hospitals)]
     for r in range(1, rounds + 1):
         failed = 1 if r == failed_round else 0

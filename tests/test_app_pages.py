@@ -254,7 +254,7 @@ def test_launch_says_how_fast_a_run_will_start(env, monkeypatch, engine_state, e
 def test_launch_starts_a_run_and_opens_it_on_the_live_page(env, monkeypatch):
     started = []
 
-    def start_run(config):
+    def start_run(config, **_):
         started.append(config)
         fake_run(
             env.store,

@@ -317,7 +317,7 @@ def test_run_labels_and_curve_labels_carry_the_attack(store):
     runs = runlog.list_runs(store)
     labels = privacy_dashboard.run_labels(store, runs)
     assert labels["run-a"] == dashboard.run_labels(runs)["run-a"]
-    assert labels["run-b"].endswith("krum/logreg · None · scale×2")
+    assert labels["run-b"].endswith("krum/logreg · None · data set demo · scale×2")
     curves = privacy_dashboard.labelled_curves(store, ["run-a", "run-b"], "auc")
     assert set(curves["label"]) == {"fedavg (run-a)", "krum · scale×2 (run-b)"}
     assert privacy_dashboard.run_configs(store, []) == {}

@@ -51,7 +51,7 @@ def private_run(
 # ---------------------------------------------------------------- launch
 def test_launch_builds_a_private_config_with_an_attack_drill(env, monkeypatch):
     started = []
-    monkeypatch.setattr("healthsync.runs.start_run", lambda c: started.append(c) or "run-x")
+    monkeypatch.setattr("healthsync.runs.start_run", lambda c, **_: started.append(c) or "run-x")
     monkeypatch.setattr("streamlit.switch_page", lambda *a, **k: None)
     at = env.app("analyst", "pages/launch.py")
     assert "Privacy and robustness" in [e.label for e in at.expander]
@@ -77,7 +77,7 @@ def test_launch_builds_a_private_config_with_an_attack_drill(env, monkeypatch):
 
 def test_launch_turns_on_secure_aggregation(env, monkeypatch):
     started = []
-    monkeypatch.setattr("healthsync.runs.start_run", lambda c: started.append(c) or "run-x")
+    monkeypatch.setattr("healthsync.runs.start_run", lambda c, **_: started.append(c) or "run-x")
     monkeypatch.setattr("streamlit.switch_page", lambda *a, **k: None)
     at = env.app("analyst", "pages/launch.py")
     next(c for c in at.checkbox if c.label == "Secure aggregation (SecAgg+)").check()
@@ -89,7 +89,7 @@ def test_launch_turns_on_secure_aggregation(env, monkeypatch):
 
 def test_launch_defaults_leave_safeguards_off(env, monkeypatch):
     started = []
-    monkeypatch.setattr("healthsync.runs.start_run", lambda c: started.append(c) or "run-x")
+    monkeypatch.setattr("healthsync.runs.start_run", lambda c, **_: started.append(c) or "run-x")
     monkeypatch.setattr("streamlit.switch_page", lambda *a, **k: None)
     at = env.app("analyst", "pages/launch.py")
     button(at, "Start training").click().run()
@@ -140,8 +140,9 @@ def test_live_shows_epsilon_attackers_and_dropouts_for_a_private_run(env):
     assert "Privacy spent by round" in str(charts(at)[-1].proto.spec)
     page = texts(at)
     assert "Adversarial: h0001 (scale)" in page
-    assert "run-dp · running · fedavg/logreg · diabetes · scale×1 · DP z=1 ε≤20" in (
-        at.selectbox[0].options
+    assert (
+        "run-dp · running · fedavg/logreg · diabetes · data set demo · scale×1 · DP z=1 ε≤20"
+        in (at.selectbox[0].options)
     )
     dropped = at.dataframe[0].value
     assert dropped.to_dict("records") == [{"round": 2, "dropped": 1, "hospitals": "h0002"}]

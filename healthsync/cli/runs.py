@@ -48,6 +48,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     cols = [
         "run_id",
+        "name",
+        "kind",
         "status",
         "strategy",
         "model",
@@ -76,7 +78,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(detail))
         return 0
     print(
-        f"{detail['run_id']}: {detail['status']}"
+        f"{detail['run_id']}"
+        + (f" ({detail['name']})" if detail["name"] else "")
+        + f": {detail['status']}"
         + (f" ({detail['reason']})" if detail["reason"] else "")
     )
     print("config: " + ", ".join(f"{k}={v}" for k, v in detail["config"].items()))

@@ -19,6 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Shows a progress bar by round; with --json the last line is one JSON object.",
     )
     add_training_arguments(train)
+    train.add_argument(
+        "--name",
+        default=None,
+        help="a name for the run, shown with its id in the app's run pickers and `runs list`",
+    )
     train.add_argument("--json", action="store_true", help="print the result as one JSON object")
     train.set_defaults(func=cmd_train)
 
@@ -187,8 +192,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-def run_and_watch(config: TrainConfig, *, ray_address: str | None, quiet: bool) -> dict[str, Any]:
-    """Start the run as its own process and show a progress bar until it ends.
+def run_and_watch(
+    config: TrainConfig, *, ray_address: str | None, quiet: bool, name: str | None = None
+) -> dict[str, Any]:
+    """Start the run (named ``name``) and show a progress bar until it ends.
 
     Ctrl-C asks the run to stop after its current round (status ``cancelled``).
     """
@@ -197,7 +204,7 @@ def run_and_watch(config: TrainConfig, *, ray_address: str | None, quiet: bool) 
     from healthsync import runlog, runs
     from healthsync.store import MetricsStore
 
-    run_id = runs.start_run(config, ray_address=ray_address)
+    run_id = runs.start_run(config, ray_address=ray_address, name=name)
     log_file = Path(config.db).resolve().parent / "logs" / f"{run_id}.log"
     print(f"run {run_id} started (log: {log_file})", file=sys.stderr)
     bar = tqdm(
@@ -224,7 +231,7 @@ def run_and_watch(config: TrainConfig, *, ray_address: str | None, quiet: bool) 
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    detail = run_and_watch(config, ray_address=args.ray_address, quiet=args.json)
+    detail = run_and_watch(config, ray_address=args.ray_address, quiet=args.json, name=args.name)
     summary = {k: detail[k] for k in ("run_id", "status", "reason", "final")}
     summary["rounds_done"] = len(detail["rounds"])
     if args.json:
