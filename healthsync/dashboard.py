@@ -68,6 +68,25 @@ def find_federations(data_root: Path) -> list[Path]:
     return sorted(p for p in data_root.iterdir() if (p / MANIFEST_NAME).is_file())
 
 
+#: The data set pages start on when this browser session has chosen none: the one the
+#: README's first command creates.
+DEFAULT_DATA_SET = "demo"
+
+
+def default_data_set(folders: Sequence[Path], last_used: str | None = None) -> Path | None:
+    """The data set a page starts on: the one last used in this session, else ``demo``.
+
+    Else the first by name. Never simply the first by name: data sets are
+    listed by name, so adding one (``big`` before ``demo``) would silently
+    change what every page shows and what Launch starts.
+    """
+    by_name = {p.name: p for p in folders}
+    for name in (last_used, DEFAULT_DATA_SET):
+        if name in by_name:
+            return by_name[name]
+    return folders[0] if folders else None
+
+
 # ---------------------------------------------------------------- overview
 def heterogeneity_label(federation: Federation) -> str:
     """How different the hospitals were made to be, in words (from ``created_with``)."""

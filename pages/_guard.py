@@ -26,7 +26,7 @@ from pathlib import Path
 import streamlit as st
 
 from healthsync import auth
-from healthsync.dashboard import AppSettings, find_federations
+from healthsync.dashboard import AppSettings, default_data_set, find_federations
 from healthsync.data import Federation, load_federation
 from healthsync.errors import HealthSyncError
 from healthsync.store import MetricsStore
@@ -101,8 +101,16 @@ def live_fragment(
     return decorate
 
 
-def choose_federation(page: PageContext) -> Federation:
-    """The data-set picker that data pages start with; stops with a hint when there is none."""
+#: The data set this browser session chose last (its folder name), for every page's picker.
+DATA_SET_KEY = "healthsync_data_set"
+
+
+def choose_data_set(page: PageContext) -> Path:
+    """The data-set picker that data pages start with; stops with a hint when there is none.
+
+    It starts on the data set chosen last in this session, else ``demo``
+    (``dashboard.default_data_set``), so adding a data set changes no page's default.
+    """
     folders = find_federations(page.settings.data_root)
     if not folders:
         st.info(
@@ -110,9 +118,18 @@ def choose_federation(page: PageContext) -> Federation:
             "`healthsync data generate --out data/demo` (or `healthsync data import`), then reload."
         )
         st.stop()
-    folder = st.selectbox("Data set", folders, format_func=lambda p: p.name)
+    default = default_data_set(folders, st.session_state.get(DATA_SET_KEY))
+    folder = st.selectbox(
+        "Data set", folders, index=folders.index(default), format_func=lambda p: p.name
+    )
+    st.session_state[DATA_SET_KEY] = folder.name
+    return folder
+
+
+def choose_federation(page: PageContext) -> Federation:
+    """``choose_data_set``, loaded; stops with the reason when the data set cannot be read."""
     try:
-        return load_federation(folder)
+        return load_federation(choose_data_set(page))
     except HealthSyncError as err:
         st.error(str(err))
         st.stop()

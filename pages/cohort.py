@@ -2,11 +2,10 @@
 
 import streamlit as st
 
-from healthsync import dashboard
 from healthsync.cohort import budget_status, charts, explore, form
 from healthsync.data import load_federation
 from healthsync.errors import HealthSyncError
-from pages._guard import require
+from pages._guard import choose_data_set, require
 
 page = require("explore")
 st.title("Cohort explorer")
@@ -17,14 +16,7 @@ st.caption(
     "Counts below 11 after noise show as <11, cells that could give one away as suppressed."
 )
 
-folders = dashboard.find_federations(page.settings.data_root)
-if not folders:
-    st.info(
-        f"No federation found in `{page.settings.data_root}`. Create one with "
-        "`healthsync data generate --out data/demo`, then reload."
-    )
-    st.stop()
-folder = st.selectbox("Data set", folders, format_func=lambda p: p.name)
+folder = choose_data_set(page)
 try:
     federation = load_federation(folder)
     budget = budget_status(
