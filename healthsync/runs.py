@@ -138,9 +138,45 @@ def start_run(
     return run_id
 
 
+def cancel_flag(db: str | Path, run_id: str) -> Path:
+    """The file whose presence asks run ``run_id`` to stop before its next round.
+
+    A file, not only the store's ``cancel_requested`` column: writing the
+    store waits for its single-writer lock, which the run itself holds for
+    every round it records, and a run checks a file before every round for
+    free. The column is still set, for the record.
+    """
+    return Path(db).resolve().parent / "cancel" / run_id
+
+
+def signal_cancel(db: str | Path, run_id: str) -> None:
+    """Raise ``run_id``'s cancel flag at once (no lock); the run stops before its next round."""
+    flag = cancel_flag(db, run_id)
+    flag.parent.mkdir(parents=True, exist_ok=True)
+    flag.touch()
+
+
+def cancel_signalled(db: str | Path, run_id: str) -> bool:
+    """Whether someone asked ``run_id`` to stop (checked by the run before every round)."""
+    return cancel_flag(db, run_id).exists()
+
+
+def clear_cancel(db: str | Path, run_id: str) -> None:
+    """Lower ``run_id``'s cancel flag: the run has ended, however it did."""
+    cancel_flag(db, run_id).unlink(missing_ok=True)
+
+
 def cancel_run(db: str | Path, run_id: str) -> bool:
-    """Ask a run to stop after its current round (finished rounds are kept)."""
-    return runlog.request_cancel(MetricsStore(db), run_id)
+    """Ask a run to stop before its next round (finished rounds are kept); False if not active.
+
+    The flag file comes first, so the run sees the request even while this
+    waits for the store's lock to record it.
+    """
+    signal_cancel(db, run_id)
+    if runlog.request_cancel(MetricsStore(db), run_id):
+        return True
+    clear_cancel(db, run_id)  # not active: nobody would ever lower it
+    return False
 
 
 def run_status(db: str | Path, run_id: str) -> dict[str, Any]:

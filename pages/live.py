@@ -5,7 +5,7 @@ import streamlit as st
 
 from healthsync import charts, dashboard, privacy_charts, runlog
 from healthsync import privacy_dashboard as safety
-from healthsync.runs import cancel_run
+from healthsync.runs import cancel_run, cancel_signalled, signal_cancel
 from pages._guard import live_fragment, require
 
 page = require("view")
@@ -33,7 +33,10 @@ def watch() -> None:
         st.rerun()  # finished: redraw once more as a whole and stop polling
     rounds = runlog.rounds_frame(store, run_id)
     progress = dashboard.progress(rounds, run["rounds_planned"])
-    st.progress(progress.fraction, text=progress.text(run["status"]))
+    status = run["status"]
+    if status in runlog.ACTIVE and cancel_signalled(store.path, run_id):
+        status = "cancel requested, stopping after this round"  # no time left to estimate
+    st.progress(progress.fraction, text=progress.text(status))
     if run["reason"]:
         st.warning(f"{run['status'].capitalize()}: {run['reason']}")
     if rounds.is_empty():
@@ -108,7 +111,22 @@ def safeguards(run: dict, rounds: pl.DataFrame) -> None:
             )
 
 
-watch()
-if active and page.can("cancel") and st.button("Cancel run", icon=":material/stop_circle:"):
-    cancel_run(store.path, run_id)
+def request_cancel(db: str, run: str) -> None:
+    """On the click, before the page reruns: raise the run's flag and say so, then record it.
+
+    The flag file needs no lock, so the run sees it before its next round
+    and the toast shows at once; the store's record waits for its lock.
+    """
+    signal_cancel(db, run)
     st.toast("Cancel requested: the run stops after its current round.")
+    cancel_run(db, run)
+
+
+watch()
+if active and page.can("cancel"):
+    st.button(
+        "Cancel run",
+        icon=":material/stop_circle:",
+        on_click=request_cancel,
+        args=(store.path, run_id),
+    )

@@ -28,7 +28,7 @@ from healthsync.errors import HealthSyncError
 from healthsync.features import Encoder, Scaler, ScalingStats
 from healthsync.metrics import BinaryMetrics, aggregate
 from healthsync.model import SavedModel, get_arrays, initial_model
-from healthsync.runs import check_config
+from healthsync.runs import cancel_signalled, check_config, clear_cancel
 from healthsync.store import MetricsStore
 from simulation import safeguards
 from simulation.hospital_grid import HospitalGrid
@@ -125,7 +125,9 @@ class FederatedRun:
         final = None
         cancelled = runlog.cancel_requested(self.store, self.run_id)
         for rnd in range(1, self.config.rounds + 1):
-            if cancelled:
+            # Right before the round starts: a cancel flag raised while the last round
+            # trained or was recorded stops the run here, one round after the click.
+            if cancelled or cancel_signalled(self.config.db, self.run_id):
                 raise RunCancelled
             started = time.perf_counter()
             if secure:
@@ -277,6 +279,13 @@ class FederatedRun:
 
 def execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
     """Run the rounds and record how the run ended; never raises (Flower would exit the process)."""
+    try:
+        return _execute(grid, config, run_id)
+    finally:
+        clear_cancel(config.db, run_id)
+
+
+def _execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
     store = MetricsStore(config.db)
     try:
         federated = FederatedRun(grid, config, run_id, store)
@@ -286,6 +295,7 @@ def execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
         )
         final = federated.run()
     except RunCancelled:
+        runlog.request_cancel(store, run_id)  # for the record, if only the flag file said so
         last = runlog.rounds_frame(store, run_id)
         final = _last_metrics(last)
         runlog.finish_run(store, run_id, "cancelled", reason="cancelled by request", final=final)

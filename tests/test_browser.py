@@ -23,8 +23,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from healthsync import auth, runlog
+from healthsync import auth, runlog, runs
 from healthsync.cohort.facts import publish
+from healthsync.config import TrainConfig
 from healthsync.data import load_federation
 from healthsync.store import MetricsStore
 from tests.app_helpers import ROOT, fake_run, make_federation
@@ -333,3 +334,45 @@ def test_logout_clears_the_cookie_and_a_reload_shows_the_login(server, browser):
     assert "Log out" not in thief.inner_text("body")
     assert_shows_no_data(thief, titles=list(PAGES.values()))
     thief.context.close()
+
+
+def test_cancel_on_live_stops_the_run_within_a_round_and_says_so_at_once(server, browser):
+    """Issue 14: Cancel at round 5 stopped the run at round 12; the toast came 2.8 s late.
+
+    Rounds of about 2 s (a simulated straggler delay), so that the time the click
+    takes to reach the server on a loaded machine (0.1-0.5 s) does not decide the
+    outcome: the run must stop after the round in progress at the click.
+    """
+    config = TrainConfig(
+        data_dir=str(server.root / "data" / "demo"),
+        db=str(server.db),
+        rounds=300,
+        straggler_delay=3.0,
+    )
+    run_id = runs.start_run(config)
+    store = MetricsStore(server.db)
+    count = "SELECT count(*) FROM rounds WHERE run_id = ?"
+    page = new_page(browser)
+    page.goto(server.url + "/")  # the first visit prints the admin password, if none has
+    wait_for_text(page, "User name")
+    log_in(page, server.url, "admin", server.admin_password())
+    page.goto(f"{server.url}/live?run={run_id}")
+    wait_for_text(page, "Round 2 of 300", "Round 3 of 300", timeout=120)
+    settle(page)
+    seen = store.scalar(count, [run_id])
+    clicked = time.monotonic()
+    page.get_by_role("button", name="Cancel run").click()
+    while not runs.cancel_signalled(server.db, run_id) and time.monotonic() - clicked < 30:
+        time.sleep(0.01)
+    flagged = time.monotonic() - clicked
+    page.locator('[data-testid="stToast"]', has_text="Cancel requested").wait_for(timeout=30_000)
+    toast = time.monotonic() - clicked
+    run = runs.wait_for_run(server.db, run_id, timeout=120)
+    last = store.scalar(count, [run_id])
+    print(
+        f"cancel flag {flagged:.2f} s and toast {toast:.2f} s after the click; "
+        f"clicked at round {seen}, stopped after {last}"
+    )
+    assert run["status"] == "cancelled" and seen <= last <= seen + 1
+    wait_for_text(page, f"Round {last} of 300 · cancelled")
+    page.context.close()

@@ -15,7 +15,7 @@ from healthsync.cli import main
 from healthsync.config import TrainConfig
 from healthsync.data import open_hospital
 from healthsync.store import MetricsStore
-from tests.engine_helpers import cli_json, make_federation
+from tests.engine_helpers import cli_json, make_federation, polling_like_the_live_page
 
 pytestmark = pytest.mark.slow
 
@@ -125,14 +125,20 @@ def test_failing_hospital_is_counted_and_runs_are_reproducible(fed, tmp_path, ca
         assert ours["loss"] == theirs["loss"]
 
 
-def test_cancel_keeps_finished_rounds(fed, tmp_path):
+def test_cancel_stops_before_the_next_round_and_keeps_finished_ones(fed, tmp_path):
+    """A cold run, read as the Live page reads it: at most one round after the request."""
     db = str(tmp_path / "m.duckdb")
-    run_id = runs.start_run(TrainConfig(data_dir=str(fed), db=db, rounds=200))
-    _wait_for_rounds(db, run_id, 1)
-    assert runs.cancel_run(db, run_id) is True
-    run = runs.wait_for_run(db, run_id, timeout=120)
-    done = MetricsStore(db).scalar("SELECT count(*) FROM rounds WHERE run_id = ?", [run_id])
-    assert run["status"] == "cancelled" and 1 <= done < 200
+    config = TrainConfig(data_dir=str(fed), db=db, rounds=200, straggler_delay=0.2)
+    run_id = runs.start_run(config)
+    store = MetricsStore(db)
+    count = "SELECT count(*) FROM rounds WHERE run_id = ?"
+    with polling_like_the_live_page(store, run_id):
+        _wait_for_rounds(db, run_id, 2)
+        seen = store.scalar(count, [run_id])
+        assert runs.cancel_run(db, run_id) is True
+        run = runs.wait_for_run(db, run_id, timeout=120)
+    assert run["status"] == "cancelled" and seen <= store.scalar(count, [run_id]) <= seen + 1
+    assert not runs.cancel_signalled(db, run_id)  # the flag goes with the run
 
 
 def test_killed_simulation_is_marked_failed(fed, tmp_path):

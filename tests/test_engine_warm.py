@@ -16,7 +16,7 @@ from healthsync import engine, runlog, runs
 from healthsync.cli import main
 from healthsync.config import TrainConfig
 from healthsync.store import MetricsStore
-from tests.engine_helpers import make_federation
+from tests.engine_helpers import make_federation, polling_like_the_live_page
 from tests.inprocess_grid import run_in_process
 
 pytestmark = pytest.mark.slow
@@ -95,6 +95,27 @@ def test_a_busy_engine_or_a_run_too_big_for_it_is_refused(warm):
     assert runs.wait_for_run(db, long_run, timeout=120)["status"] == "cancelled"
     _wait_for(lambda: engine.status(db)["busy"] is False)
     assert store.scalar("SELECT count(*) FROM runs WHERE run_id = 'never-started'") == 0
+
+
+def test_cancel_stops_a_warm_run_before_its_next_round(warm):
+    """Cancel while a reader polls the store as the Live page does: at most one more round.
+
+    Issue 14: pressed at round 5, a run stopped at round 12; the flag waited for
+    the store's write lock and the run looked at it only after writing a round.
+    """
+    db = str(warm["db"])
+    config = TrainConfig(data_dir=str(warm["fed"]), db=db, rounds=500, straggler_delay=0.2)
+    run_id = runs.start_run(config)
+    store = MetricsStore(db)
+    count = "SELECT count(*) FROM rounds WHERE run_id = ?"
+    with polling_like_the_live_page(store, run_id):
+        _wait_for(lambda: store.scalar(count, [run_id]) >= 3)
+        seen = store.scalar(count, [run_id])
+        runs.cancel_run(db, run_id)
+        run = runs.wait_for_run(db, run_id, timeout=120)
+    assert run["status"] == "cancelled" and run["cancel_requested"] is True
+    assert seen <= store.scalar(count, [run_id]) <= seen + 1
+    _wait_for(lambda: engine.status(db)["busy"] is False)
 
 
 def test_stress_test_times_a_run_handed_to_the_engine(warm):
