@@ -56,6 +56,7 @@ START_SECONDS = 180.0
 REPLY_SECONDS = 30.0
 ENV_SWITCH = "HEALTHSYNC_ENGINE"  # "off": the app never starts the engine
 Progress = Callable[[float], None]
+Handler = Callable[[dict[str, Any]], dict[str, Any]]  # a request in, its JSON reply out
 
 
 def state_path(db: str | Path) -> Path:
@@ -78,16 +79,24 @@ class EngineServer:
     """
 
     def __init__(
-        self, state_file: Path, *, nodes: int, prepare: Callable[[TrainConfig], TrainConfig]
+        self,
+        state_file: Path,
+        *,
+        nodes: int,
+        prepare: Callable[[TrainConfig], TrainConfig],
+        queries: Handler | None = None,
     ):
         self.state_file = state_file
         self.nodes = nodes
         # The run's settings as the engine will run them; raises HealthSyncError
         # saying why it cannot serve the run.
         self.prepare = prepare
+        # Answers a cohort request on the engine's own nodes (``op: cohort``), beside runs.
+        self.queries = queries
         self.busy = False
         self.stopping = False
         self.runs_served = 0
+        self.last_query = 0.0  # time.monotonic() of the last cohort query's end
         self.lock = threading.Lock()
         self.runs: queue.Queue[tuple[str, TrainConfig] | None] = queue.Queue()
         authkey = secrets.token_bytes(32)
@@ -104,11 +113,19 @@ class EngineServer:
         )
 
     def next_run(self, idle_timeout: float) -> tuple[str, TrainConfig] | None:
-        """The next accepted run, or ``None`` to stop (asked to, or idle for ``idle_timeout``)."""
-        try:
-            job = self.runs.get(timeout=idle_timeout)
-        except queue.Empty:
-            job = None
+        """The next accepted run, or ``None`` to stop (asked to, or idle for ``idle_timeout``).
+
+        Idle means neither a run nor a cohort query for that long: an engine
+        answering queries stays warm for them.
+        """
+        started = time.monotonic()
+        job = None
+        while (wait := max(started, self.last_query) + idle_timeout - time.monotonic()) > 0:
+            try:
+                job = self.runs.get(timeout=wait)
+                break
+            except queue.Empty:
+                continue
         with self.lock:
             if job is None:
                 try:  # a run accepted just as the idle timeout ran out is still served
@@ -116,6 +133,22 @@ class EngineServer:
                 except queue.Empty:
                     self.stopping = True
         return job
+
+    def _query(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A cohort request answered by ``queries``; ``unavailable`` sends the caller elsewhere."""
+        if self.queries is None or self.stopping:
+            return {"ok": False, "unavailable": True, "error": "this engine answers no queries"}
+        try:
+            return self.queries(request)
+        except HealthSyncError as err:
+            return {"ok": False, "error": str(err)}
+        except Exception as err:  # the engine goes on serving runs; the caller learns why
+            return {
+                "ok": False,
+                "error": f"the engine failed to answer: {type(err).__name__}: {err}",
+            }
+        finally:
+            self.last_query = time.monotonic()
 
     def run_finished(self) -> None:
         with self.lock:
@@ -136,8 +169,13 @@ class EngineServer:
                 continue  # a caller without the key; ignore it
             except OSError:
                 return  # the listener was closed
-            with conn, contextlib.suppress(EOFError, OSError):
-                conn.send_bytes(json.dumps(self._answer(conn.recv_bytes(1 << 20))).encode())
+            # A thread per request: a cohort query takes a while, and a status or run
+            # request meanwhile must still be answered at once.
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: Connection) -> None:
+        with conn, contextlib.suppress(EOFError, OSError):
+            conn.send_bytes(json.dumps(self._answer(conn.recv_bytes(1 << 20))).encode())
 
     def _answer(self, raw: bytes) -> dict[str, Any]:
         try:
@@ -145,6 +183,8 @@ class EngineServer:
             op = request["op"]
         except (ValueError, TypeError, KeyError):
             return {"ok": False, "error": "a request is a JSON object with an 'op'"}
+        if op == "cohort":
+            return self._query(request)
         with self.lock:
             status = {"pid": os.getpid(), "nodes": self.nodes, "busy": self.busy}
             if op == "status":
@@ -171,7 +211,13 @@ class EngineServer:
 
 
 # ---------------------------------------------------------------- caller side
-def request(db: str | Path, message: dict[str, Any]) -> dict[str, Any] | None:
+def request(
+    db: str | Path,
+    message: dict[str, Any],
+    *,
+    timeout: float = REPLY_SECONDS,
+    max_bytes: int = 1 << 20,
+) -> dict[str, Any] | None:
     """Send one request to the engine of ``db``; its reply, or ``None`` when none is running."""
     conn = _connect(state_path(db))
     if conn is None:
@@ -179,11 +225,9 @@ def request(db: str | Path, message: dict[str, Any]) -> dict[str, Any] | None:
     with conn:
         try:
             conn.send_bytes(json.dumps(message).encode())
-            if not conn.poll(REPLY_SECONDS):
-                raise HealthSyncError(
-                    f"the training engine did not answer in {REPLY_SECONDS:.0f} s"
-                )
-            return json.loads(conn.recv_bytes(1 << 20))
+            if not conn.poll(timeout):
+                raise HealthSyncError(f"the training engine did not answer in {timeout:.0f} s")
+            return json.loads(conn.recv_bytes(max_bytes))
         except (EOFError, OSError):
             return None  # it was stopping
 

@@ -6,7 +6,9 @@ run the library hands it (its block layout fixed as a cold run's, by
 ``simulation.launch.layout``) through the same round loop as a cold run
 (``simulation.server_app.execute``), one at a time, until it is idle for
 ``--idle-timeout`` seconds or asked to stop. Runs record this process's pid,
-so one that dies with the engine is marked failed like any other.
+so one that dies with the engine is marked failed like any other. Between and
+beside runs it answers cohort queries on the same nodes (:class:`CohortQueries`),
+so the first query needs no analytics service of its own.
 """
 
 from __future__ import annotations
@@ -16,18 +18,23 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from healthsync import runlog
+from healthsync.cohort.service import federation_id
 from healthsync.config import TrainConfig
+from healthsync.data import load_federation
 from healthsync.data.synthetic import generate_federation
 from healthsync.engine import ENGINE_NODES, IDLE_SECONDS, EngineServer
 from healthsync.errors import HealthSyncError
 from healthsync.store import MetricsStore
+from simulation.analytics import CohortServer, default_block_size
 from simulation.launch import layout, simulate
 from simulation.server_app import execute
 
@@ -65,6 +72,40 @@ def rehearse(grid: Grid, nodes: int) -> None:
             raise HealthSyncError(f"the engine's rehearsal run {outcome}")
 
 
+class CohortQueries:
+    """Cohort requests answered by the engine's nodes, whose ClientApp handles ``query.cohort``.
+
+    The analytics service's own server (:class:`simulation.analytics.CohortServer`)
+    asks the engine's grid instead of a simulation of its own: each hospital
+    still answers through its own privacy gate, and its replies are guarded
+    the same way. Hospitals are spread in blocks over all the engine's nodes.
+    One query at a time; a query asked during a run shares the nodes with it
+    (each Ray actor queues its calls), and Flower's in-memory grid keeps
+    messages apart by id, so neither sees the other's replies.
+    """
+
+    def __init__(self, grid: Grid, nodes: int) -> None:
+        self.grid = grid
+        self.nodes = nodes
+        self.lock = threading.Lock()
+        self.server: CohortServer | None = None  # for the federation asked last
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The guarded release for ``request`` (the analytics service's request plus ``data-dir``)."""
+        data_dir = request.get("data-dir")
+        if not isinstance(data_dir, str) or not data_dir:
+            raise HealthSyncError("a cohort request to the engine must name its data-dir")
+        with self.lock:
+            federation = load_federation(data_dir)
+            server = self.server
+            if server is None or federation_id(server.federation) != federation_id(federation):
+                block = default_block_size(len(federation.hospitals), self.nodes)
+                server = CohortServer(self.grid, federation, block)
+                server.wait_for_hospitals()
+                self.server = server
+            return server.handle(request)
+
+
 def make_server_app(state_file: Path, *, nodes: int, idle_timeout: float) -> ServerApp:
     server_app = ServerApp()
 
@@ -72,7 +113,12 @@ def make_server_app(state_file: Path, *, nodes: int, idle_timeout: float) -> Ser
     def main(grid: Grid, context: Context) -> None:
         started = time.perf_counter()
         rehearse(grid, nodes)  # its grid waits for the nodes and starts every actor's app
-        server = EngineServer(state_file, nodes=nodes, prepare=laid_out(nodes))
+        server = EngineServer(
+            state_file,
+            nodes=nodes,
+            prepare=laid_out(nodes),
+            queries=CohortQueries(grid, nodes).handle,
+        )
         log.info("engine ready: %d nodes in %.1f s", nodes, time.perf_counter() - started)
         try:
             while (job := server.next_run(idle_timeout)) is not None:

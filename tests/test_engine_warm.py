@@ -118,6 +118,39 @@ def test_cancel_stops_a_warm_run_before_its_next_round(warm):
     _wait_for(lambda: engine.status(db)["busy"] is False)
 
 
+def test_the_first_cohort_query_goes_to_the_warm_engine(warm, tmp_path):
+    """Issue 14: the first query started an analytics service of its own (37-48 s).
+
+    With the engine warm, its nodes answer: no service starts, each hospital
+    still noises and charges through its own gate, and a refusal stays a refusal.
+    """
+    from healthsync import auth
+    from healthsync.cohort import budget_status, explore, stop_service
+    from healthsync.cohort.policy import POLICY_NAME
+    from healthsync.cohort.service import state_dir_for
+    from healthsync.privacy.site import SiteRefusal
+
+    home = tmp_path / "home"
+    users = auth.UserStore(home, rounds=4)
+    users.ensure()
+    users.add("alice", "analyst", "a-long-password")
+    (home / POLICY_NAME).write_text("epsilon_per_query: 0.5\nbudget: 1.0\n")
+    ask = dict(data_dir=warm["fed"], db=warm["db"], user="alice", home=home)
+    try:
+        started = time.perf_counter()
+        first = explore(**ask, group_by=["sex"], stats=["prevalence:diabetes"])
+        seconds = time.perf_counter() - started
+        print(f"first cohort query with the engine warm: {seconds:.2f} s")
+        assert not list(state_dir_for(warm["db"]).glob("*.log"))  # no service was started
+        assert seconds < 30 and first.epsilon_spent == 0.5 and first.budget.spent == 0.5
+        assert budget_status(warm["fed"], db=warm["db"], user="alice", home=home).spent == 0.5
+        explore(**ask, stats=["mean:bmi"])
+        with pytest.raises(SiteRefusal):
+            explore(**ask, stats=["prevalence:hypertension"])  # the hospitals refuse a third
+    finally:
+        stop_service(warm["fed"], db=warm["db"])
+
+
 def test_stress_test_times_a_run_handed_to_the_engine(warm):
     from healthsync import bench
 

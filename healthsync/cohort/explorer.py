@@ -71,7 +71,8 @@ def explore(
     where, group_by, stats : the query as text, e.g. ``["age >= 70"]``, ``["sex"]``,
         ``["prevalence:diabetes"]``; ``count`` when no statistic is given.
     home : credentials and policy directory (default ``HEALTHSYNC_HOME`` or ``.healthsync/``).
-    executor : where queries run; the Flower analytics service unless a test passes another.
+    executor : where queries run; unless a test passes another, the warm training engine
+        when one runs for ``db`` (no start-up), else the Flower analytics service.
     progress : told, line by line, while the analytics service starts.
 
     Raises
@@ -98,7 +99,10 @@ def explore(
     except HealthSyncError as err:
         ledger.write_audit(store, AuditEntry(status="rejected", message=str(err), **entry))
         raise
-    executor = executor or FlowerExecutor(state_dir_for(store.path), progress=progress)
+    engine_db = None if store.path == ":memory:" else store.path  # its warm engine answers
+    executor = executor or FlowerExecutor(
+        state_dir_for(store.path), progress=progress, engine_db=engine_db
+    )
     try:
         release, budget = executor.release(federation, plan, policy, user)
     except SiteRefusal as err:

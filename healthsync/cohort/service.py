@@ -12,6 +12,10 @@ state file readable by its owner only (``<db folder>/cohort-service/``).
 Messages are JSON: a checked query and the release settings go in, a
 guarded :class:`~healthsync.cohort.result.Release` comes out. Both ends of
 the protocol live here, so the service (``simulation/``) only wires Flower.
+
+When the warm training engine runs for the same metrics store, its nodes
+answer instead (its ClientApp handles the same ``query.cohort`` message):
+the same request goes to the engine, and no service has to start (20-40 s).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any, Protocol
 
+from healthsync import engine
 from healthsync.cohort.plan import QueryPlan
 from healthsync.cohort.policy import CohortPolicy
 from healthsync.cohort.result import Budget, Release
@@ -183,6 +188,8 @@ class FlowerExecutor:
     start_timeout : seconds to wait for a service to come up.
     block_size : hospitals answered together by one simulated client in a service this
         executor starts (default: the service's choice, one each up to 100 hospitals).
+    engine_db : the metrics store whose warm training engine (``healthsync.engine``),
+        if one runs, answers instead of a service; ``None`` always uses the service.
     """
 
     def __init__(
@@ -193,8 +200,10 @@ class FlowerExecutor:
         idle_timeout: float = IDLE_SECONDS,
         start_timeout: float = START_SECONDS,
         block_size: int | None = None,
+        engine_db: str | Path | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.engine_db = engine_db
         self.progress = progress or (lambda _line: None)
         self.idle_timeout = idle_timeout
         self.start_timeout = start_timeout
@@ -220,10 +229,18 @@ class FlowerExecutor:
     def request(self, federation: Federation, request: dict[str, Any]) -> dict[str, Any]:
         """Send one request to the federation's service (started if needed); its reply.
 
-        A service that goes away before replying (it may have just reached its
+        The warm training engine answers when one runs for ``engine_db``. A
+        service that goes away before replying (it may have just reached its
         idle timeout) is replaced once; nothing reached the caller, so asking
         again reveals nothing more.
         """
+        if self.engine_db is not None:
+            asked = {**request, "op": "cohort", "data-dir": str(federation.data_dir.resolve())}
+            reply = engine.request(
+                self.engine_db, asked, timeout=QUERY_SECONDS, max_bytes=MAX_MESSAGE_BYTES
+            )
+            if reply is not None and not reply.get("unavailable"):
+                return reply
         try:
             return self._exchange(federation, request)
         except (EOFError, OSError):
