@@ -19,7 +19,7 @@ from healthsync import attacks, engine, runlog
 from healthsync.config import SECAGG_MAX_HOSPITALS, SECAGG_MIN_HOSPITALS, TrainConfig
 from healthsync.data import Federation, load_federation
 from healthsync.errors import HealthSyncError
-from healthsync.processes import spawn_detached
+from healthsync.processes import read_json, spawn_detached, write_private
 from healthsync.store import MetricsStore
 
 FINISHED = ("completed", "cancelled", "failed")
@@ -164,6 +164,31 @@ def cancel_signalled(db: str | Path, run_id: str) -> bool:
 def clear_cancel(db: str | Path, run_id: str) -> None:
     """Lower ``run_id``'s cancel flag: the run has ended, however it did."""
     cancel_flag(db, run_id).unlink(missing_ok=True)
+
+
+def phase_file(db: str | Path, run_id: str) -> Path:
+    """Where run ``run_id`` says what it is doing before its first round.
+
+    A file beside the store, like the cancel flag: the run reports every few
+    hundred milliseconds while it reads thousands of hospitals, and a store
+    write each time would queue behind the readers for its lock.
+    """
+    return Path(db).resolve().parent / "phases" / f"{run_id}.json"
+
+
+def report_phase(db: str | Path, run_id: str, text: str) -> None:
+    """Say what run ``run_id`` is doing now (read by the Live page until its first round)."""
+    write_private(phase_file(db, run_id), {"phase": text})
+
+
+def run_phase(db: str | Path, run_id: str) -> str | None:
+    """What run ``run_id`` last said it was doing; ``None`` if it said nothing or has ended."""
+    state = read_json(phase_file(db, run_id))
+    return str(state["phase"]) if state and "phase" in state else None
+
+
+def clear_phase(db: str | Path, run_id: str) -> None:
+    phase_file(db, run_id).unlink(missing_ok=True)
 
 
 def cancel_run(db: str | Path, run_id: str) -> bool:

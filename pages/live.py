@@ -5,7 +5,7 @@ import streamlit as st
 
 from healthsync import charts, dashboard, privacy_charts, runlog
 from healthsync import privacy_dashboard as safety
-from healthsync.runs import cancel_run, cancel_signalled, signal_cancel
+from healthsync.runs import cancel_run, cancel_signalled, run_phase, signal_cancel
 from pages._guard import live_fragment, require
 
 page = require("view")
@@ -40,7 +40,12 @@ def watch() -> None:
     if run["reason"]:
         st.warning(f"{run['status'].capitalize()}: {run['reason']}")
     if rounds.is_empty():
-        st.info("Waiting for the first round: Ray is starting and hospitals are coming online.")
+        if run["status"] not in runlog.ACTIVE:
+            st.info("The run ended before its first round.")
+            return
+        # What the run says it is doing (Ray, nodes, reading hospitals' data), not a guess.
+        phase = run_phase(store.path, run_id) or "the run is starting"
+        st.info(f"Waiting for the first round: {phase}.")
         return
     left, right = st.columns(2)
     with left:

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 
-from healthsync import runlog
+from healthsync import runlog, runs
 from healthsync.config import TrainConfig
 from healthsync.store import MetricsStore
 from simulation import launch
@@ -43,6 +43,7 @@ def run_recorded(
 ) -> int:
     """Run it; if Flower's runtime crashes around the round loop, record why (exit status 1)."""
     try:
+        runs.report_phase(config.db, run_id, "starting Flower and Ray in a process of its own")
         launch.run(config, run_id, ray_address=ray_address, stock=stock)
     except Exception as err:
         logging.getLogger("healthsync.simulation").exception("simulation crashed")

@@ -26,7 +26,7 @@ import io
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -130,19 +130,31 @@ class HospitalGrid(Grid):
         return [replies[m.metadata.dst_node_id - 1] for m in messages]
 
     def broadcast(
-        self, message_type: str, records: dict, *, timeout: float | None = None
+        self,
+        message_type: str,
+        records: dict,
+        *,
+        timeout: float | None = None,
+        on_block: Callable[[BlockReply], None] | None = None,
     ) -> list[BlockReply]:
         """Send ``records`` to every hospital; each block's answer, read in columns.
 
         For the round loop's own queries and evaluation, whose answers no
-        strategy sees: no Message per hospital on either side.
+        strategy sees: no Message per hospital on either side. ``on_block``
+        sees each answer as it arrives (a run reports how many hospitals have
+        answered while thousands read their data for the first time).
         """
         template = Message(content=RecordDict(records), message_type=message_type, dst_node_id=1)
         groups = {
             block: (template, list(range(first, min(first + self.block_size, self.hospitals))))
             for block, first in enumerate(range(0, self.hospitals, self.block_size))
         }
-        return [answer for _, answer in self._exchange(groups, timeout)]
+        answers = []
+        for _, answer in self._exchange(groups, timeout):
+            answers.append(answer)
+            if on_block:
+                on_block(answer)
+        return answers
 
     def _exchange(
         self, groups: dict[int, tuple[Message, list[int]]], timeout: float | None

@@ -22,13 +22,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
-from healthsync import attacks, runlog
+from healthsync import attacks, runlog, runs
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
 from healthsync.features import Encoder, Scaler, ScalingStats
 from healthsync.metrics import BinaryMetrics, aggregate
 from healthsync.model import SavedModel, get_arrays, initial_model
-from healthsync.runs import cancel_signalled, check_config, clear_cancel
 from healthsync.store import MetricsStore
 from simulation import safeguards
 from simulation.hospital_grid import HospitalGrid
@@ -48,12 +47,14 @@ class FederatedRun:
     """One run's round loop over a Flower ``Grid``."""
 
     def __init__(self, grid: Grid, config: TrainConfig, run_id: str, store: MetricsStore) -> None:
-        self.config, self.federation = check_config(config)
+        self.config, self.federation = runs.check_config(config)
         self.target = str(self.config.target)
         self.run_id = run_id
         self.store = store
         hospitals = len(self.federation.hospitals)
         self.block_size = self.config.block_size_for(hospitals)
+        blocks = -(-hospitals // self.block_size)
+        self.phase(f"waiting for {blocks:,} Flower node(s) to come online")
         self.grid = HospitalGrid(grid, hospitals, self.block_size, wait_seconds=NODE_WAIT_SECONDS)
         # The grid's virtual node ids are hospital index + 1.
         self.hospital_of = {i + 1: h.id for i, h in enumerate(self.federation.hospitals)}
@@ -69,14 +70,21 @@ class FederatedRun:
         }
 
     # ------------------------------------------------------------ protocol
-    def _ask_all(self, message_type: str, records: dict, rnd: int | None, what: str):
+    def phase(self, text: str) -> None:
+        """Say what the run is doing, for the Live page until the first round shows."""
+        runs.report_phase(self.config.db, self.run_id, text)
+
+    def _ask_all(self, message_type: str, records: dict, rnd: int | None, what: str, on_block=None):
         """Every hospital's answer: ``(hospital index, its metrics, its arrays)``.
 
         In hospital order, so sums run in the same order for any block layout.
         A hospital that did not answer is recorded as a ``hospital_failed`` event.
         """
         answers, failed = [], {}
-        for block in self.grid.broadcast(message_type, records, timeout=ROUND_TIMEOUT_SECONDS):
+        blocks = self.grid.broadcast(
+            message_type, records, timeout=ROUND_TIMEOUT_SECONDS, on_block=on_block
+        )
+        for block in blocks:
             failed.update(block.errors)
             for row, index in enumerate(block.hospitals):
                 answers.append(
@@ -91,9 +99,26 @@ class FederatedRun:
         return sorted(answers, key=lambda answer: answer[0])
 
     def federated_scaler(self) -> Scaler:
-        """Mean and std from every hospital's counts, sums and sums of squares."""
+        """Mean and std from every hospital's counts, sums and sums of squares.
+
+        The first message of a run: a hospital not read before (a new data set,
+        or actors that never served it) reads and encodes its rows now, which
+        takes seconds for thousands of hospitals, so the run counts them aloud.
+        """
+        total, answered = len(self.hospital_of), 0
+
+        def count(block) -> None:
+            nonlocal answered
+            answered += len(block.hospitals) + len(block.errors)
+            self.phase(f"reading the hospitals' data: {answered:,} of {total:,} hospitals")
+
+        self.phase(f"reading the hospitals' data: 0 of {total:,} hospitals")
         answers = self._ask_all(
-            MessageType.QUERY, {"config": ConfigRecord(self.base)}, None, "scaling statistics"
+            MessageType.QUERY,
+            {"config": ConfigRecord(self.base)},
+            None,
+            "scaling statistics",
+            on_block=count,
         )
         parts = [ScalingStats(int(m["count"]), a["sums"], a["sumsq"]) for _, m, a in answers]
         if len(parts) < self.config.min_hospitals:
@@ -127,8 +152,10 @@ class FederatedRun:
         for rnd in range(1, self.config.rounds + 1):
             # Right before the round starts: a cancel flag raised while the last round
             # trained or was recorded stops the run here, one round after the click.
-            if cancelled or cancel_signalled(self.config.db, self.run_id):
+            if cancelled or runs.cancel_signalled(self.config.db, self.run_id):
                 raise RunCancelled
+            if rnd == 1:
+                self.phase("training round 1")
             started = time.perf_counter()
             if secure:
                 arrays, sampled, ok, failed = self._train_securely(secure, rnd, arrays, settings)
@@ -282,11 +309,13 @@ def execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
     try:
         return _execute(grid, config, run_id)
     finally:
-        clear_cancel(config.db, run_id)
+        runs.clear_cancel(config.db, run_id)
+        runs.clear_phase(config.db, run_id)
 
 
 def _execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
     store = MetricsStore(config.db)
+    runs.report_phase(config.db, run_id, "checking the settings and the hospitals' data")
     try:
         federated = FederatedRun(grid, config, run_id, store)
         runlog.mark_running(store, run_id, pid=os.getpid(), target=federated.target)
