@@ -39,7 +39,10 @@ LOGIN_FIELDS = {
 }
 # file, title, icon, permission needed: the one place that lists the pages.
 PAGES = {
-    "Federation": [("pages/overview.py", "Overview", ":material/hub:", "view")],
+    "Federation": [
+        ("pages/overview.py", "Overview", ":material/hub:", "view"),
+        ("pages/how_it_works.py", "How it works", ":material/school:", "view"),
+    ],
     "Training": [
         ("pages/launch.py", "Launch", ":material/rocket_launch:", "launch"),
         ("pages/live.py", "Live training", ":material/monitoring:", "view"),

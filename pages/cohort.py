@@ -5,6 +5,7 @@ import streamlit as st
 from healthsync.cohort import budget_status, charts, explore, form
 from healthsync.data import load_federation
 from healthsync.errors import HealthSyncError
+from healthsync.explainer import what_is
 from pages._guard import choose_data_set, require
 
 page = require("explore")
@@ -57,6 +58,7 @@ with st.form("cohort"):
             )
     group_by = st.multiselect("Group by", options.groupable, max_selections=3)
     stats = st.multiselect("Statistics", options.stats, default=["count"])
+    st.caption(form.cost_preview(federation) + " " + what_is("epsilon", "What is ε?"))
     submitted = st.form_submit_button("Run query", type="primary")
 
 if submitted:
@@ -96,7 +98,8 @@ st.code(form.command(folder, page.settings.db, page.user.name, where, dims, resu
 st.dataframe(result.table(names), hide_index=True)
 st.caption(
     "<11: fewer than 11 patients. suppressed: hidden so that a small cell cannot be worked out "
-    f"from the others. Total of shown cells only: {result.describe_total()}."
+    f"from the others. Total of shown cells only: {result.describe_total()}. "
+    + what_is("small-counts")
 )
 values_frame = result.values(names)
 if values_frame["patient_count"].is_null().all():
@@ -105,17 +108,25 @@ if values_frame["patient_count"].is_null().all():
 units = {f.name: f.unit for f in federation.features}
 if dims:  # one cell (no grouping) is one bar: the table above says it better
     st.altair_chart(charts.count_bars(values_frame, dims, units))
-    st.caption("Patients per cell, with noise; hidden cells have no bar.")
+    st.caption(
+        "Patients per cell, with noise; hidden cells have no bar. " + what_is("noisy-counts")
+    )
 for stat in result.query["stats"]:
     kind, _, column = stat.partition(":")
     if kind in ("prevalence", "mean") and not dims:
         continue
     if kind == "prevalence":
         st.altair_chart(charts.prevalence_bars(values_frame, dims, column, units))
-        st.caption(f"Share of each cell's patients with {column}; hidden where cases are few.")
+        st.caption(
+            f"Share of each cell's patients with {column}; hidden where cases are few. "
+            + what_is("noisy-counts")
+        )
     elif kind == "mean":
         st.altair_chart(charts.mean_bars(values_frame, dims, column, units))
-        st.caption(f"Mean {column} per shown cell, from noisy sums clipped to fixed bounds.")
+        st.caption(
+            f"Mean {column} per shown cell, from noisy sums clipped to fixed bounds. "
+            + what_is("noisy-counts")
+        )
     elif kind == "histogram":
         bins = result.histograms(column, names)
         if bins.is_empty():
@@ -124,4 +135,7 @@ for stat in result.query["stats"]:
         cells = list(dict.fromkeys(bins["cell"].to_list()))
         cell = st.selectbox(f"Histogram of {column} for", cells) if len(cells) > 1 else cells[0]
         st.altair_chart(charts.histogram(bins, column, units.get(column), cell=cell))
-        st.caption("Each bar holds at least 11 patients; sparse bins are merged into wider ones.")
+        st.caption(
+            "Each bar holds at least 11 patients; sparse bins are merged into wider ones. "
+            + what_is("small-counts")
+        )

@@ -3,7 +3,7 @@
 import polars as pl
 import streamlit as st
 
-from healthsync import charts, dashboard, privacy_charts, runlog
+from healthsync import charts, dashboard, drilldown, explainer, privacy_charts, runlog
 from healthsync import privacy_dashboard as safety
 from healthsync.runs import cancel_run, cancel_signalled, run_phase, signal_cancel
 from pages._guard import live_fragment, require
@@ -24,6 +24,35 @@ default = wanted if wanted in labels else dashboard.default_run(all_runs)
 run_id = st.selectbox("Run", run_ids, index=run_ids.index(default), format_func=labels.get)
 st.query_params["run"] = run_id
 active = runlog.get_run(store, run_id)["status"] in runlog.ACTIVE
+if not active:  # finished: what it reached, against training alone, and where to go next
+    summary = drilldown.run_summary(store, run_id)
+    with st.container(border=True):
+        st.subheader("Run finished" if summary.status == "completed" else f"Run {summary.status}")
+        st.markdown(summary.headline())
+        cells = st.columns(4)
+        cells[0].metric("Federated AUC", dashboard.format_metric(summary.auc))
+        cells[1].metric(
+            "Local-only AUC",
+            dashboard.format_metric(summary.local_auc),
+            help="Each hospital training on its own rows alone, all test patients together.",
+        )
+        cells[2].metric("Accuracy", dashboard.format_metric(summary.accuracy))
+        cells[3].metric("Log loss", dashboard.format_metric(summary.loss))
+        if not summary.compared:
+            st.caption(
+                "No comparison with training alone stored yet: press “Train baselines and "
+                "compare” on the Runs page (analysts), or run "
+                f"`{drilldown.compare_command(store, run_id)}`. "
+                + explainer.what_is("auc", "What is AUC?")
+            )
+        with st.container(horizontal=True):
+            st.page_link(
+                "pages/runs.py", label="Compare with other runs", icon=":material/history:"
+            )
+            st.page_link(
+                "pages/model.py", label="Inspect the model", icon=":material/model_training:"
+            )
+            st.page_link("pages/how_it_works.py", label="How it works", icon=":material/school:")
 
 
 @live_fragment("view", run_every=1.0 if active else None)
@@ -53,22 +82,80 @@ def watch() -> None:
         st.altair_chart(
             charts.metric_lines(scores, title="Global AUC and accuracy", y_title="Score (0–1)")
         )
-        st.caption("The global model on every hospital's test patients, weighted by test size.")
+        st.caption(
+            "The global model on every hospital's test patients, weighted by test size. "
+            + explainer.what_is("auc")
+        )
     with right:
         loss = dashboard.metrics_long(rounds, ("loss",))
         st.altair_chart(charts.metric_lines(loss, title="Global loss", y_title="Log loss (nats)"))
-        st.caption("Lower is better; a rising loss means the federation is drifting apart.")
+        st.caption(
+            "Lower is better; a rising loss means the federation is drifting apart. "
+            + explainer.what_is("log-loss")
+        )
     heat = dashboard.heatmap_frame(runlog.hospital_rounds_frame(store, run_id))
     heat = dashboard.with_names(heat, dashboard.hospital_names(run["data_dir"]))
     st.altair_chart(charts.hospital_heatmap(heat))
     st.caption(
         "Each hospital's AUC for the global model in each round; dark cells lag behind. A "
         "hospital whose test split holds fewer than 11 patients with or without the outcome "
-        "has no cells (and, if it is the only one, neither has the next smallest)."
+        "has no cells (and, if it is the only one, neither has the next smallest). "
+        + explainer.what_is("small-counts")
     )
     st.altair_chart(charts.hospital_status_bars(dashboard.hospital_status_long(rounds)))
-    st.caption("Hospitals whose training answer arrived (ok) or failed, per round.")
+    st.caption(
+        "Hospitals whose training answer arrived (ok) or failed, per round. "
+        + explainer.what_is("round")
+    )
     safeguards(run, rounds)
+    hospital_drill_down(run)
+
+
+def hospital_drill_down(run: dict) -> None:
+    """One hospital, picked by name: its rows, weight, released AUC by round and events."""
+    st.subheader("One hospital")
+    federation = drilldown.federation_of(run["data_dir"])
+    names = drilldown.run_hospitals(store, run_id, federation)
+    if not names:
+        st.info("No hospital has answered a round yet.")
+        return
+    hospital = st.selectbox("Hospital", list(names), format_func=names.get, key="drill_hospital")
+    detail = drilldown.hospital_detail(store, run_id, hospital, federation)
+    cells = st.columns(4)
+    cells[0].metric("Training rows", f"{detail.train_rows:,}" if detail.train_rows else "–")
+    cells[1].metric("Test patients", f"{detail.test_rows:,}" if detail.test_rows else "–")
+    cells[2].metric(
+        "Weight in the average",
+        f"{detail.weight:.1%}" if detail.weight is not None else "–",
+        help="Its share of all training rows: its update's weight in FedAvg/FedProx when "
+        "every hospital answers.",
+    )
+    cells[3].metric("Rounds answered", f"{detail.answered} of {run['rounds_planned']}")
+    if detail.withheld:
+        st.info(
+            f"{detail.name}'s figures are withheld: its test split holds fewer than 11 patients "
+            "with or without the outcome, so its AUC could give patients away. "
+            + explainer.what_is("small-counts", "Why?")
+        )
+    else:
+        scores = dashboard.metrics_long(detail.rounds, ("auc", "accuracy")).drop_nulls("value")
+        st.altair_chart(
+            charts.metric_lines(
+                scores, title=f"{detail.name}: AUC and accuracy by round", y_title="Score (0–1)"
+            )
+        )
+        st.caption(
+            f"The global model of each round on {detail.name}'s own test patients, as "
+            "released (rounded to 3 decimals). " + explainer.what_is("auc")
+        )
+    if detail.events.is_empty():
+        st.caption(
+            f"{detail.name}: no failure, drop-out or attack drill recorded. Update size is not "
+            "recorded per hospital: every update is one full copy of the model's weights."
+        )
+    else:
+        st.dataframe(detail.events, hide_index=True)
+        st.caption(f"What happened to {detail.name} in this run: failures, drop-outs, drills.")
 
 
 def safeguards(run: dict, rounds: pl.DataFrame) -> None:

@@ -4,7 +4,7 @@ from functools import partial
 
 import streamlit as st
 
-from healthsync import charts, dashboard, privacy, privacy_charts, runlog
+from healthsync import charts, dashboard, explainer, privacy, privacy_charts, runlog
 from healthsync import privacy_dashboard as safety
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
@@ -41,7 +41,8 @@ else:
     st.caption(
         "The global metric of each chosen run, round by round, on the same axes. Labels name "
         "the strategy and any attack drill (e.g. scale×3: three hospitals sending scaled "
-        "updates), so FedAvg and median, trimmed mean or Krum under one attack compare directly."
+        "updates), so FedAvg and median, trimmed mean or Krum under one attack compare directly. "
+        + explainer.what_is({"auc": "auc", "accuracy": "accuracy", "loss": "log-loss"}[metric])
     )
 
 st.subheader("Utility versus privacy")
@@ -57,7 +58,8 @@ else:
     st.caption(
         "Each point is a completed DP run: the epsilon it spent against its final AUC; further "
         "left is more private. Dashed lines are runs without DP, the reference to compare with. "
-        "Runs on other data sets or outcomes are not directly comparable."
+        "Runs on other data sets or outcomes are not directly comparable. "
+        + explainer.what_is("epsilon")
     )
 
 st.subheader("Pooled, local-only and federated")

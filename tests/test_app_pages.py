@@ -295,7 +295,7 @@ def test_live_shows_progress_charts_and_cancel_for_analysts(env):
     at = env.app("analyst", "pages/live.py")
     assert at.selectbox[0].value == "run-live"  # the newest running run by default
     assert at.progress[0].proto.text == "Round 2 of 5 · about 6 s left"
-    assert len(charts(at)) == 4
+    assert len(charts(at)) == 5  # four for the run, one for the hospital picked below them
     button(at, "Cancel run").click().run()
     assert runlog.cancel_requested(env.store, "run-live")
 

@@ -256,3 +256,19 @@ def test_a_histogram_query_draws_no_single_all_patients_bar(env):
         s["title"] if isinstance(s["title"], str) else s["title"]["text"] for s in chart_specs(at)
     ]
     assert titles == ["Distribution of age (all patients)"]
+
+
+def test_the_form_says_what_a_query_will_cost_before_it_runs(env):
+    at = page(env, "analyst")
+    preview = next(c.value for c in at.caption if c.value.startswith("Cost:"))
+    assert "up to ε 0.5 at each hospital asked (all 3" in preview
+    assert "nothing if every number was released before" in preview
+    assert "(how_it_works#epsilon)" in preview
+    assert at.metric[0].value == "10 of 10"  # a preview spends nothing
+
+
+def test_every_cohort_chart_caption_links_to_how_it_works(env):
+    at = shown(env, ask(env, group_by=["sex"], stats=["count", "mean:bmi", "histogram:age"]))
+    charts_drawn = len(at.get("vega_lite_chart"))
+    links = [c for c in at.caption if "](how_it_works#" in c.value]
+    assert charts_drawn == 3 and len(links) >= charts_drawn

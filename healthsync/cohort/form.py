@@ -14,7 +14,7 @@ from pathlib import Path
 from healthsync.cohort.bands import scale_for
 from healthsync.cohort.plan import OUTCOME_LEVELS
 from healthsync.cohort.query import HOSPITAL
-from healthsync.data import Federation
+from healthsync.data import Federation, open_hospital
 from healthsync.data.labels import column_label
 from healthsync.errors import HealthSyncError
 
@@ -101,6 +101,34 @@ def choices(federation: Federation) -> Choices:
             stats += [f"{kind}:{spec.name}" for kind in ("mean", "std", "histogram")]
     columns += [ColumnChoice(o, "outcome", OUTCOME_LEVELS) for o in federation.outcomes]
     return Choices(tuple(columns), tuple(stats))
+
+
+def cost_preview(federation: Federation) -> str:
+    """What a query will cost before it runs, honestly: an upper bound per hospital.
+
+    A wholly new query costs each hospital asked its ``epsilon_per_query``
+    (its own policy); values released before, to anyone, cost nothing, and
+    only the hospitals know which those are, so the preview gives the bound
+    and the free case rather than a guess (docs/cohort.md, "Epsilon accounting").
+    """
+    costs = sorted(
+        {
+            open_hospital(federation, h).site().policy.epsilon_per_query
+            for h in federation.hospital_ids
+        }
+    )
+    if not costs:
+        return "This federation has no hospital to ask."
+    each = (
+        f"ε {costs[0]:g}"
+        if len(costs) == 1
+        else f"ε {costs[0]:g}–{costs[-1]:g} (each hospital sets its own)"
+    )
+    return (
+        f"Cost: up to {each} at each hospital asked (all {len(federation.hospital_ids)} unless "
+        "you filter on one), from your budget there; nothing if every number was released "
+        "before."
+    )
 
 
 def conditions(column: ColumnChoice, value: object) -> list[str]:
