@@ -41,6 +41,7 @@ import polars as pl
 
 from healthsync import engine, runlog, runs
 from healthsync.config import BENCH_WAYS, MODELS, TrainConfig
+from healthsync.dashboard import format_duration
 from healthsync.data import load_federation
 from healthsync.errors import HealthSyncError
 from healthsync.processes import process_alive, spawn_detached
@@ -168,6 +169,7 @@ class SweepProgress:
     total: int
     alive: bool
     current: str | None = None
+    seconds: float = 0.0  # since the measurement under way began
 
     @property
     def fraction(self) -> float:
@@ -175,9 +177,9 @@ class SweepProgress:
 
     def text(self) -> str:
         head = f"Sweep {self.sweep_id}: {self.done} of {self.total} measurements"
-        if not self.alive or self.done >= self.total:
+        if not self.alive or self.done >= self.total or not self.current:
             return head
-        return f"{head} · now measuring {self.current}" if self.current else head
+        return f"{head} · now measuring {self.current} ({format_duration(self.seconds)} so far)"
 
 
 def sweep_steps(config: SweepConfig) -> list[tuple[int, str, str]]:
@@ -191,17 +193,22 @@ def sweep_progress(store: MetricsStore, sweep_id: str) -> SweepProgress:
     """Measurements done and planned, whether the sweep's process lives, and what it measures.
 
     Each measurement takes from seconds to minutes, so the one under way is
-    named (from the sweep's recorded config and order) for a page to show that
-    the sweep is moving between two finished measurements.
+    named (from the sweep's recorded config and order), with the time it has
+    taken so far, for a page to show that the sweep is moving between two
+    finished measurements.
     """
     ensure_schema(store)
     planned = store.frame(
         "SELECT total, pid, config FROM bench_sweeps WHERE sweep_id = ?", [sweep_id]
     )
     total, pid, config = planned.row(0) if planned.height else (0, None, None)
-    done = int(
-        store.scalar("SELECT count(*) FROM bench_results WHERE sweep_id = ?", [sweep_id]) or 0
-    )
+    done, began = store.frame(
+        "SELECT count(*), coalesce(max(created_at),"
+        " (SELECT created_at FROM bench_sweeps WHERE sweep_id = ?))"
+        " FROM bench_results WHERE sweep_id = ?",
+        [sweep_id, sweep_id],
+    ).row(0)
+    done = int(done or 0)
     alive = bool(pid) and process_alive(int(pid))
     current = None
     if config:
@@ -210,7 +217,8 @@ def sweep_progress(store: MetricsStore, sweep_id: str) -> SweepProgress:
         if done < len(steps):
             hospitals, model, way = steps[done]
             current = f"{way}, {hospitals:,} hospitals, {model}"
-    return SweepProgress(sweep_id, done, int(total or done), alive, current)
+    seconds = (runlog.now() - began).total_seconds() if began else 0.0
+    return SweepProgress(sweep_id, done, int(total or done), alive, current, max(seconds, 0.0))
 
 
 def running_sweep(store: MetricsStore) -> str | None:
