@@ -54,7 +54,7 @@ class FederatedRun:
         hospitals = len(self.federation.hospitals)
         self.block_size = self.config.block_size_for(hospitals)
         blocks = -(-hospitals // self.block_size)
-        self.phase(f"waiting for {blocks:,} Flower node(s) to come online")
+        self.phase(f"connecting to {blocks:,} Flower node(s)")
         self.grid = HospitalGrid(grid, hospitals, self.block_size, wait_seconds=NODE_WAIT_SECONDS)
         # The grid's virtual node ids are hospital index + 1.
         self.hospital_of = {i + 1: h.id for i, h in enumerate(self.federation.hospitals)}
