@@ -331,6 +331,11 @@ def launch_note(db: str | Path) -> str:
     return "The training engine is warm: a run started now shows its first round within seconds."
 
 
+def starting(db: str | Path) -> bool:
+    """Whether an engine started by :func:`start` for ``db`` is alive: ready, or on its way."""
+    return _starting(state_path(db))
+
+
 def _starting(path: Path) -> bool:
     """Whether an engine process started by :func:`start` is still starting up."""
     marker = read_json(path.with_suffix(".starting"))

@@ -235,11 +235,14 @@ class FlowerExecutor:
         again reveals nothing more.
         """
         if self.engine_db is not None:
-            asked = {**request, "op": "cohort", "data-dir": str(federation.data_dir.resolve())}
-            reply = engine.request(
-                self.engine_db, asked, timeout=QUERY_SECONDS, max_bytes=MAX_MESSAGE_BYTES
-            )
-            if reply is not None and not reply.get("unavailable"):
+            reply = self._ask_engine(federation, request)
+            if reply is None and engine.starting(self.engine_db):
+                # Started but not answering yet: wait for it rather than start a second Ray.
+                self.progress("waiting for the training engine, which answers cohort queries too…")
+                with contextlib.suppress(HealthSyncError):  # it failed to start: a service answers
+                    engine.wait_ready(self.engine_db, timeout=self.start_timeout)
+                reply = self._ask_engine(federation, request)
+            if reply is not None:
                 return reply
         try:
             return self._exchange(federation, request)
@@ -251,6 +254,14 @@ class FlowerExecutor:
             raise HealthSyncError(
                 f"the analytics service stopped while answering ({err or 'closed'})"
             ) from None
+
+    def _ask_engine(self, federation: Federation, request: dict[str, Any]) -> dict[str, Any] | None:
+        """The warm training engine's reply, or ``None`` when none runs or it serves no queries."""
+        asked = {**request, "op": "cohort", "data-dir": str(federation.data_dir.resolve())}
+        reply = engine.request(
+            self.engine_db, asked, timeout=QUERY_SECONDS, max_bytes=MAX_MESSAGE_BYTES
+        )
+        return None if reply is None or reply.get("unavailable") else reply
 
     def _exchange(self, federation: Federation, request: dict[str, Any]) -> dict[str, Any]:
         with self._connection(federation) as conn:
