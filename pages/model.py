@@ -3,7 +3,7 @@
 import polars as pl
 import streamlit as st
 
-from healthsync import charts, dashboard, runlog
+from healthsync import charts, dashboard, explainer, runlog
 from healthsync.data import load_federation
 from healthsync.errors import HealthSyncError
 from pages._guard import require
@@ -40,13 +40,13 @@ else:
         "How well the model ranks patients with the outcome above those without, pooled over every "
         "hospital's test patients. The AUC is the run's recorded one; the curve is an "
         "approximation, drawn from bands of predicted risk that each hold at least 11 patients "
-        "with and 11 without the outcome."
+        "with and 11 without the outcome. " + explainer.what_is("auc")
     )
     right.altair_chart(charts.calibration_plot(dashboard.calibration_points(bins)))
     right.caption(
         "Each dot is a band of predicted risk: on the dashed line, predicted risk matches what "
         "happened. Bands are widened until each holds at least 11 patients with and 11 without "
-        "the outcome."
+        "the outcome. " + explainer.what_is("brier")
     )
 
 sites = dashboard.last_round_hospitals(store, run_id)
@@ -65,6 +65,8 @@ st.caption(
         if withheld
         else ""
     )
+    + " "
+    + explainer.what_is("small-counts")
 )
 
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from healthsync import charts, dashboard, runlog
+from healthsync import charts, dashboard, explainer, runlog
 from healthsync.cohort.facts import facts_frames, facts_noise_sd, published_facts
 from pages._guard import choose_federation, require
 
@@ -48,7 +48,8 @@ else:
             if withheld
             else ""
         )
-        + (f"{len(missing)} hospital(s) have not published yet." if missing else "")
+        + (f"{len(missing)} hospital(s) have not published yet. " if missing else "")
+        + explainer.what_is("noisy-counts")
     )
     if prevalence["prevalence"].drop_nulls().is_empty():
         st.info("No hospital's outcome prevalence can be shown: every one is withheld.")
@@ -57,7 +58,8 @@ else:
         hidden = prevalence["prevalence"].null_count()
         st.caption(
             "Share of each hospital's patients with each outcome, from the same noisy released "
-            "counts."
+            "counts. "
+            + explainer.what_is("noisy-counts")
             + (
                 f" {hidden} figure(s) withheld (no bar): fewer than 11 patients with or without "
                 "the outcome at that hospital, after noise."
