@@ -136,19 +136,24 @@ class HospitalGrid(Grid):
         *,
         timeout: float | None = None,
         on_block: Callable[[BlockReply], None] | None = None,
+        chunk: int | None = None,
     ) -> list[BlockReply]:
         """Send ``records`` to every hospital; each block's answer, read in columns.
 
         For the round loop's own queries and evaluation, whose answers no
         strategy sees: no Message per hospital on either side. ``on_block``
-        sees each answer as it arrives (a run reports how many hospitals have
-        answered while thousands read their data for the first time).
+        sees each answer as it arrives; ``chunk`` asks a block's hospitals in
+        messages of at most that many (to the same node), so that answers, and
+        a run's count of the hospitals that have read their data, come more
+        often than once per block.
         """
         template = Message(content=RecordDict(records), message_type=message_type, dst_node_id=1)
-        groups = {
-            block: (template, list(range(first, min(first + self.block_size, self.hospitals))))
-            for block, first in enumerate(range(0, self.hospitals, self.block_size))
-        }
+        groups = {}
+        for first in range(0, self.hospitals, self.block_size):
+            members = list(range(first, min(first + self.block_size, self.hospitals)))
+            step = chunk or len(members)
+            for start in range(0, len(members), step):
+                groups[len(groups)] = (template, members[start : start + step])
         answers = []
         for _, answer in self._exchange(groups, timeout):
             answers.append(answer)
@@ -159,7 +164,8 @@ class HospitalGrid(Grid):
     def _exchange(
         self, groups: dict[int, tuple[Message, list[int]]], timeout: float | None
     ) -> Iterator[tuple[int, BlockReply]]:
-        """Ask each block (a template message, the hospitals wanted); yield each answer.
+        """Ask each group (a template message, the hospitals wanted, all of one block); yield
+        each answer with the group's key.
 
         Answers are yielded as they arrive, so the caller reads one block while
         the others are still training (Flower's own ``send_and_receive`` waits
@@ -173,7 +179,7 @@ class HospitalGrid(Grid):
             config["block-size"] = self.block_size
             content = RecordDict({k: v for k, v in template.content.items() if k != "config"})
             content["config"] = ConfigRecord(config)
-            node = self.node_of_block[block]
+            node = self.node_of_block[hospitals[0] // self.block_size]  # a group is in one block
             outgoing.append(
                 Message(
                     content=content, message_type=template.metadata.message_type, dst_node_id=node

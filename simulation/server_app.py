@@ -30,13 +30,14 @@ from healthsync.metrics import BinaryMetrics, aggregate
 from healthsync.model import SavedModel, get_arrays, initial_model
 from healthsync.store import MetricsStore
 from simulation import safeguards
-from simulation.hospital_grid import HospitalGrid
+from simulation.hospital_grid import BlockReply, HospitalGrid
 from simulation.secagg import SecureAggregation
 from simulation.strategies import build_strategy, privacy_spent
 
 log = logging.getLogger("healthsync.simulation")
 NODE_WAIT_SECONDS = 60.0
 ROUND_TIMEOUT_SECONDS = 3600.0
+SCALING_CHUNK = 64  # fewest hospitals per message of the scaling query (see federated_scaler)
 
 
 class RunCancelled(Exception):
@@ -74,7 +75,15 @@ class FederatedRun:
         """Say what the run is doing, for the Live page until the first round shows."""
         runs.report_phase(self.config.db, self.run_id, text)
 
-    def _ask_all(self, message_type: str, records: dict, rnd: int | None, what: str, on_block=None):
+    def _ask_all(
+        self,
+        message_type: str,
+        records: dict,
+        rnd: int | None,
+        what: str,
+        on_block: Callable[[BlockReply], None] | None = None,
+        chunk: int | None = None,
+    ):
         """Every hospital's answer: ``(hospital index, its metrics, its arrays)``.
 
         In hospital order, so sums run in the same order for any block layout.
@@ -82,7 +91,7 @@ class FederatedRun:
         """
         answers, failed = [], {}
         blocks = self.grid.broadcast(
-            message_type, records, timeout=ROUND_TIMEOUT_SECONDS, on_block=on_block
+            message_type, records, timeout=ROUND_TIMEOUT_SECONDS, on_block=on_block, chunk=chunk
         )
         for block in blocks:
             failed.update(block.errors)
@@ -107,7 +116,7 @@ class FederatedRun:
         """
         total, answered = len(self.hospital_of), 0
 
-        def count(block) -> None:
+        def count(block: BlockReply) -> None:
             nonlocal answered
             answered += len(block.hospitals) + len(block.errors)
             self.phase(f"reading the hospitals' data: {answered:,} of {total:,} hospitals")
@@ -119,6 +128,8 @@ class FederatedRun:
             None,
             "scaling statistics",
             on_block=count,
+            # About 50 answers in all, so the count moves while thousands read their rows.
+            chunk=max(SCALING_CHUNK, -(-total // 50)),
         )
         parts = [ScalingStats(int(m["count"]), a["sums"], a["sumsq"]) for _, m, a in answers]
         if len(parts) < self.config.min_hospitals:

@@ -345,3 +345,27 @@ def test_a_refused_or_silent_block_fails_its_hospitals_and_the_others_answer(tmp
         4: "no reply from its node before the timeout",
         5: "no reply from its node before the timeout",
     }
+
+
+def test_a_broadcast_in_chunks_gives_the_same_answers_and_reports_each_chunk(tmp_path):
+    """The scaling query reads every hospital first: chunks let a run count them aloud."""
+    from flwr.app import ConfigRecord, MessageType
+
+    from simulation.hospital_grid import HospitalGrid
+    from tests.engine_helpers import make_federation
+    from tests.inprocess_grid import InProcessGrid
+
+    fed = make_federation(tmp_path, "fed", hospitals=7, patients=40)
+    ask = {"config": ConfigRecord({"data-dir": str(fed), "target": "diabetes"})}
+    grid = HospitalGrid(InProcessGrid(2), hospitals=7, block_size=4)  # blocks [0-3], [4-6]
+    whole = grid.broadcast(MessageType.QUERY, ask)
+    heard = []
+    chunked = grid.broadcast(MessageType.QUERY, ask, chunk=2, on_block=heard.append)
+    assert sorted(len(b.hospitals) for b in chunked) == [1, 2, 2, 2]  # [0,1] [2,3] [4,5] [6]
+    assert heard == chunked
+
+    def sums(blocks):
+        rows = {i: b.arrays["sums"][r] for b in blocks for r, i in enumerate(b.hospitals)}
+        return np.stack([rows[i] for i in range(7)])
+
+    np.testing.assert_array_equal(sums(whole), sums(chunked))
