@@ -70,19 +70,29 @@ def run_labels(store: MetricsStore, runs: pl.DataFrame) -> dict[str, str]:
 
 
 def labelled_curves(store: MetricsStore, run_ids: Sequence[str], metric: str) -> pl.DataFrame:
-    """``dashboard.compare_curves`` plus a ``label`` for the legend: strategy, safeguards, run.
+    """``dashboard.compare_curves`` plus a ``label`` for the legend: name, strategy, safeguards, run.
 
     E.g. ``"fedavg · scale×3 (run-…)"``, so FedAvg and a robust strategy under
-    the same attack are told apart at a glance.
+    the same attack are told apart at a glance; a named run's label starts
+    with its name (``"baseline: fedavg (run-…)"``).
     """
     configs = run_configs(store, run_ids)
+    names = dict(
+        store.frame(
+            f"SELECT run_id, name FROM runs WHERE run_id IN ({', '.join('?' for _ in run_ids)})",
+            list(run_ids),
+        ).rows()
+        if run_ids
+        else []
+    )
     labels = {}
     for run_id in run_ids:
         config = configs.get(run_id, {})
         setting = " · ".join(
             p for p in (config.get("strategy", "?"), safeguards_label(config)) if p
         )
-        labels[run_id] = f"{setting} ({run_id})"
+        named = f"{names[run_id]}: " if names.get(run_id) else ""
+        labels[run_id] = f"{named}{setting} ({run_id})"
     curves = dashboard.compare_curves(store, run_ids, metric)
     return curves.with_columns(label=pl.col("run_id").replace_strict(labels, default=None))
 

@@ -186,3 +186,12 @@ def test_a_named_run_config_is_unchanged(env):
     config = TrainConfig(data_dir=str(env.fed_dir), db=str(env.db))
     runlog.create_run(env.store, "run-a", config, name="x")
     assert runlog.get_run(env.store, "run-a")["config"] == json.loads(config.to_json())
+
+
+def test_the_comparison_legend_names_named_runs(env):
+    from healthsync import privacy_dashboard
+
+    fake_run(env.store, "run-a", data_dir=env.fed_dir, name="baseline")
+    fake_run(env.store, "run-b", data_dir=env.fed_dir)
+    curves = privacy_dashboard.labelled_curves(env.store, ["run-a", "run-b"], "auc")
+    assert set(curves["label"]) == {"baseline: fedavg (run-a)", "fedavg (run-b)"}
