@@ -6,6 +6,7 @@ tested against the real store without training anything.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,16 @@ class AppEnv:
         if page is not None:
             at.switch_page(page).run()
         return at
+
+
+class AliveProcess:
+    """What ``spawn_detached`` returns in tests for a run or sweep that does not really start.
+
+    Its pid is the test's own, alive for as long as the test runs, so readers
+    that check the process (``reconcile_dead_runs``, ``bench.running_sweep``) see it alive.
+    """
+
+    pid = os.getpid()
 
 
 def log_in(at: AppTest, name: str) -> AppTest:

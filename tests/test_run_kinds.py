@@ -6,7 +6,6 @@ training runs only, and every run picker says which data set a run used.
 """
 
 import json
-import os
 
 import duckdb
 import pytest
@@ -15,13 +14,7 @@ from healthsync import bench, runlog
 from healthsync.cli import main
 from healthsync.config import TrainConfig
 from healthsync.store import MetricsStore
-from tests.app_helpers import AppEnv, fake_run, make_federation, texts
-
-
-class _Process:
-    """What ``spawn_detached`` returns, for a run or sweep that does not really start."""
-
-    pid = os.getpid()  # alive for as long as the test runs
+from tests.app_helpers import AliveProcess, AppEnv, fake_run, make_federation, texts
 
 
 @pytest.fixture
@@ -37,7 +30,7 @@ def _benchmark(env: AppEnv, run_id: str, **kwargs) -> None:
 
 # ---------------------------------------------------------------- the store
 def test_stress_test_runs_are_recorded_as_benchmarks_with_a_name(env, monkeypatch):
-    monkeypatch.setattr("healthsync.runs.spawn_detached", lambda cmd, log: _Process())
+    monkeypatch.setattr("healthsync.runs.spawn_detached", lambda cmd, log: AliveProcess())
     monkeypatch.setattr(
         "healthsync.bench._measure_run",
         lambda way, config, run_id, started, timeout: bench.Measurement(way, config.model, 3),
@@ -139,7 +132,7 @@ def test_run_pickers_say_the_data_set_and_the_name(env):
 
 # ---------------------------------------------------------------- naming a run
 def test_launch_names_the_run(env, monkeypatch):
-    monkeypatch.setattr("healthsync.runs.spawn_detached", lambda cmd, log: _Process())
+    monkeypatch.setattr("healthsync.runs.spawn_detached", lambda cmd, log: AliveProcess())
     at = env.app("analyst", "pages/launch.py")
     next(w for w in at.text_input if w.label.startswith("Run name")).input("  first try  ")
     next(w for w in at.number_input if w.label == "Rounds").set_value(2)
@@ -152,7 +145,7 @@ def test_launch_names_the_run(env, monkeypatch):
 
 
 def test_train_name_is_stored_and_shown_by_runs_list_and_show(env, monkeypatch, capsys):
-    monkeypatch.setattr("healthsync.runs.spawn_detached", lambda cmd, log: _Process())
+    monkeypatch.setattr("healthsync.runs.spawn_detached", lambda cmd, log: AliveProcess())
     monkeypatch.setattr("healthsync.runs.wait_for_run", lambda *args, **kwargs: {})
     db = str(env.db)
     main(["train", "--data", str(env.fed_dir), "--db", db, "--rounds", "1", "--name", "night"])

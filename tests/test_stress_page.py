@@ -1,6 +1,5 @@
 """The Stress-test page: empty state, viewer vs analyst, and stored sweeps drawn as charts."""
 
-import os
 import re
 
 import pytest
@@ -8,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from healthsync import bench, runlog
 from healthsync.store import MetricsStore
-from tests.app_helpers import ROOT, AppEnv, button, charts, texts
+from tests.app_helpers import ROOT, AliveProcess, AppEnv, button, charts, texts
 
 PAGE = ROOT / "pages" / "stress.py"
 
@@ -62,16 +61,10 @@ def test_logged_out_sees_nothing(env):
     assert any("log in" in t.value.lower() for t in at.title)
 
 
-class _Process:
-    """What ``spawn_detached`` returns, for a sweep that does not really start."""
-
-    pid = os.getpid()  # alive for as long as the test runs
-
-
 def test_run_sweep_shows_progress_and_each_result_as_it_lands(env, monkeypatch):
     spawned = []
     monkeypatch.setattr(
-        "healthsync.bench.spawn_detached", lambda cmd, log: spawned.append(cmd) or _Process()
+        "healthsync.bench.spawn_detached", lambda cmd, log: spawned.append(cmd) or AliveProcess()
     )
     at = open_page(env, "analyst")
     ways = next(w for w in at.multiselect if w.label == "Ways to run")
@@ -100,7 +93,7 @@ def test_run_sweep_shows_progress_and_each_result_as_it_lands(env, monkeypatch):
 
 
 def test_a_running_sweep_shows_its_progress_to_viewers_too(env, monkeypatch):
-    monkeypatch.setattr("healthsync.bench.spawn_detached", lambda cmd, log: _Process())
+    monkeypatch.setattr("healthsync.bench.spawn_detached", lambda cmd, log: AliveProcess())
     bench.start_sweep(bench.SweepConfig(hospitals=(10,), models=("logreg",), db=str(env.db)))
     at = open_page(env, "viewer")
     assert not at.exception
