@@ -47,7 +47,8 @@ if page.user.can("launch"):
                 work_dir=str(page.settings.data_root / "bench"),
                 db=str(page.settings.db),
             )
-            bench.start_sweep(config)  # runs in its own process; found below as running
+            with st.spinner("Starting the sweep…"):
+                bench.start_sweep(config)  # runs in its own process; found below as running
         except HealthSyncError as err:
             st.error(str(err))
 
