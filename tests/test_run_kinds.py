@@ -163,7 +163,9 @@ def test_train_name_is_stored_and_shown_by_runs_list_and_show(env, monkeypatch, 
     assert [r["name"] for r in json.loads(capsys.readouterr().out)] == [None, "night"]
     assert main(["runs", "list", "--db", db]) == 0
     listing = capsys.readouterr().out
-    assert "name" in listing.splitlines()[1] and "night" in listing
+    header = listing.splitlines()[1]
+    assert "name" in header and "night" in listing
+    assert "strategy" in header and "final_auc" in header  # no column hidden behind "…"
 
 
 def test_a_name_too_long_is_refused(env, monkeypatch, capsys):

@@ -59,9 +59,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         "final_auc",
     ]
     with pl.Config(
-        tbl_rows=-1, tbl_hide_dataframe_shape=True, float_precision=4, tbl_width_chars=160
+        tbl_rows=-1,
+        tbl_cols=-1,
+        tbl_hide_dataframe_shape=True,
+        float_precision=4,
+        tbl_width_chars=200,
     ):
-        print(frame.select(cols))
+        print(frame.select(cols).with_columns(pl.col("name").fill_null("")))
     return 0
 
 
