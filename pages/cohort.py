@@ -4,6 +4,7 @@ import streamlit as st
 
 from healthsync.cohort import budget_status, charts, explore, form
 from healthsync.data import load_federation
+from healthsync.data.labels import column_name
 from healthsync.errors import HealthSyncError
 from healthsync.explainer import what_is
 from pages._guard import choose_data_set, require
@@ -133,7 +134,8 @@ for stat in result.query["stats"]:
             st.warning(f"No histogram of {column}: every cell is too small.")
             continue
         cells = list(dict.fromkeys(bins["cell"].to_list()))
-        cell = st.selectbox(f"Histogram of {column} for", cells) if len(cells) > 1 else cells[0]
+        label = f"Histogram of {column_name(column)} for"
+        cell = st.selectbox(label, cells) if len(cells) > 1 else cells[0]
         st.altair_chart(charts.histogram(bins, column, units.get(column), cell=cell))
         st.caption(
             "Each bar holds at least 11 patients; sparse bins are merged into wider ones. "

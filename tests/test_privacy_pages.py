@@ -171,7 +171,7 @@ def test_live_shows_no_privacy_section_for_a_plain_run(env):
     at = env.app("viewer", "pages/live.py", run="run-plain")
     assert not at.exception
     assert "Privacy spent (ε)" not in [m.label for m in at.metric]
-    assert len(charts(at)) == 4 and not at.dataframe
+    assert len(charts(at)) == 5 and not at.dataframe  # the run's four, one for a hospital
     assert "Adversarial" not in texts(at) and "Secure aggregation" not in texts(at)
 
 

@@ -41,7 +41,8 @@ def _bars(
 ) -> alt.Chart:
     order = list(dict.fromkeys(frame["x"].to_list()))
     encoding = {
-        "x": alt.X("x:N", title=x_title, sort=order, axis=alt.Axis(labelAngle=-40)),
+        # hospital names are long: room for them rather than "Goldford District…"
+        "x": alt.X("x:N", title=x_title, sort=order, axis=alt.Axis(labelAngle=-40, labelLimit=220)),
         "y": y,
         "tooltip": tooltip,
     }
