@@ -37,6 +37,7 @@ SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 # URL, and the page's own title: what must NOT show without the right to see it.
 PAGES = {
     "overview": "Federation overview",
+    "how_it_works": "One round, step by step",
     "launch": "Launch a training run",
     "live": "Live training",
     "runs": "Run history",
