@@ -19,6 +19,7 @@ import polars as pl
 
 from healthsync import auth, runlog
 from healthsync.data import Federation, load_federation
+from healthsync.data.labels import column_label
 from healthsync.data.manifest import MANIFEST_NAME
 from healthsync.errors import HealthSyncError
 from healthsync.privacy import training
@@ -402,8 +403,8 @@ class FeatureInput:
 
     @property
     def label(self) -> str:
-        text = self.name.replace("_", " ")
-        return f"{text} ({self.unit})" if self.unit else text
+        """The schema's name and unit, as every axis shows them: "BMI (kg/m²)"."""
+        return column_label(self.name, self.unit)
 
 
 def feature_inputs(model: Any, federation: Federation | None = None) -> list[FeatureInput]:

@@ -340,8 +340,8 @@ def test_model_page_curves_and_risk_calculator(env):
     at = env.app("viewer", "pages/model.py")
     assert len(charts(at)) == 3  # ROC, calibration, per-hospital AUC
     labels = [w.label for w in at.number_input]
-    assert "age (years)" in labels and "bmi (kg/m2)" in labels
-    next(w for w in at.number_input if w.label == "age (years)").set_value(70.0)
+    assert "Age (years)" in labels and "BMI (kg/m²)" in labels
+    next(w for w in at.number_input if w.label == "Age (years)").set_value(70.0)
     button(at, "Estimate risk").click().run()
     assert not at.exception
     assert at.metric[0].label == "Predicted risk of diabetes"

@@ -264,7 +264,7 @@ def test_feature_inputs_and_patient_frame():
         ("bmi", "numeric", 27.0),
         ("sex", "categorical", "F"),
     ]
-    assert inputs[0].label == "age (years)" and inputs[1].label == "bmi"
+    assert inputs[0].label == "Age (years)" and inputs[1].label == "BMI"
     frame = dashboard.patient_frame({"age": 60, "bmi": 31.5, "sex": "M"}, inputs)
     assert frame.schema == pl.Schema({"age": pl.Float64, "bmi": pl.Float64, "sex": pl.String})
 
@@ -373,3 +373,10 @@ def test_the_per_hospital_csv_names_hospitals_from_the_manifest(store, tmp_path)
     assert names == dashboard.hospital_names(tmp_path / "fed") and len(names) == 3
     gone = rows.filter(pl.col("run_id") == "run-gone")
     assert gone["hospital_name"].to_list() == gone["hospital"].to_list()  # manifest gone: the id
+
+
+def test_risk_calculator_inputs_use_the_schemas_names_and_units():
+    """Not "bmi (kg/m2)": the same "BMI (kg/m²)" as every axis (issue 14)."""
+    assert dashboard.FeatureInput("bmi", "numeric", 27.0, unit="kg/m2").label == "BMI (kg/m²)"
+    assert dashboard.FeatureInput("age", "numeric", 50.0, unit="years").label == "Age (years)"
+    assert dashboard.FeatureInput("smoking", "categorical", "never").label == "Smoking"
