@@ -95,7 +95,9 @@ def test_the_stress_test_baseline_asks_for_a_cold_stock_run(monkeypatch, data_fe
             bench.measure_flower(
                 data_federation.data_dir, str(tmp_path / "m.duckdb"), "logreg", 2, 0, block, 60
             )
-    assert asked == [
-        (1, {"warm": False, "stock_flower": True}),
-        (0, {"warm": False, "stock_flower": False}),
+    settings = [(block, {k: v for k, v in kw.items() if k != "name"}) for block, kw in asked]
+    assert settings == [
+        (1, {"warm": False, "stock_flower": True, "kind": "benchmark"}),
+        (0, {"warm": False, "stock_flower": False, "kind": "benchmark"}),
     ]
+    assert all(kw["name"].startswith("stress test") for _, kw in asked)
