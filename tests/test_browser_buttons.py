@@ -1,0 +1,260 @@
+"""Every role presses every button on every page it can open, in a real browser.
+
+The demo's promise is that nothing a first-time audience clicks breaks. So,
+for a viewer, an analyst and then an admin, this opens each page of the role's
+menu and clicks each button of the page's main area (form submits included),
+one after another, with the inputs as the page offers them, and fails on any
+Streamlit exception or error box that appears. Buttons that start heavy work
+are pressed too, with the page's own inputs narrowed first where the defaults
+would take minutes on two cores (a stress sweep of one small measurement, a
+one-round training run). The sidebar's "Log out" is left for last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from healthsync import auth, proctree
+from healthsync.cohort.facts import publish
+from healthsync.data import load_federation
+from healthsync.store import MetricsStore
+from tests.app_helpers import fake_run, make_federation
+from tests.test_browser import CHROMIUM, Server, new_page, settle, wait_for_text
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+PASSWORD = "a-long-password"
+#: Menu entries per role, in the order they are visited (admin last: its buttons edit users).
+ROLES = {
+    "viewer": ["Overview", "How it works", "Live training", "Runs", "Model", "Stress test"],
+    "analyst": [
+        "Overview",
+        "How it works",
+        "Launch",
+        "Live training",
+        "Runs",
+        "Model",
+        "Cohort explorer",
+        "Stress test",
+    ],
+    "admin": ["Users"],
+}
+ERRORS = (
+    "[data-testid='stException'], [data-testid='stAlertContentError'], "
+    "[data-testid='stNotificationContentError']"
+)
+#: Text that shows once a page's slow part has loaded (the first model load imports torch).
+READY = {"Model": "Estimate risk"}
+#: The app's own buttons (not the hover toolbars Streamlit adds to charts and tables).
+MAIN_BUTTONS = (
+    "[data-testid='stMain'] :is([data-testid='stButton'], [data-testid='stFormSubmitButton'], "
+    "[data-testid='stDownloadButton']) button:visible"
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not CHROMIUM.exists():
+        pytest.fail("/usr/bin/chromium is missing: apt-get install chromium")
+    root = tmp_path_factory.mktemp("buttons")
+    data = root / "data" / "demo"
+    make_federation(data, hospitals=3, patients=1000)
+    publish(load_federation(data))
+    users = auth.UserStore(root / "home")
+    users.ensure()
+    users.set_password("admin", PASSWORD)
+    for role in ("viewer", "analyst"):
+        users.add(f"{role}-user", role, PASSWORD)
+    store = MetricsStore(root / "data" / "healthsync.duckdb")
+    fake_run(store, "run-recorded", data_dir=data, rounds=4, model=True)
+    server = Server(root)
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        _stop_everything_started(server)
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.mark.parametrize("role", list(ROLES))
+def test_every_button_on_every_page_works(world, browser, role):
+    page = new_page(browser)
+    name = "admin" if role == "admin" else f"{role}-user"
+    sign_in(page, world.url, name)
+    pressed: list[str] = []
+    for title in ROLES[role]:
+        open_page(page, title)
+        for label in press_every_button(page, title):
+            pressed.append(f"{title}: {label}")
+    assert pressed, "no button was pressed"
+    page.get_by_role("button", name="Log out").click()
+    wait_for_text(page, "User name")
+    assert_no_error(page, "after Log out")
+    page.context.close()
+    print(f"\n{role} pressed {len(pressed)} buttons: " + "; ".join(pressed))
+
+
+def sign_in(page, url: str, name: str) -> None:
+    """Log in once the first page has settled (typing into a page still loading can be lost)."""
+    page.goto(url + "/")
+    wait_for_text(page, "User name")
+    settle(page)
+    for _ in range(3):
+        page.get_by_role("textbox", name="User name").fill(name)
+        page.get_by_role("textbox", name="Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        with contextlib.suppress(AssertionError):
+            wait_for_text(page, "Log out", timeout=30)
+            return
+    raise AssertionError(f"{name} could not log in")
+
+
+def open_page(page, title: str) -> None:
+    page.locator("[data-testid='stSidebarNav'] a", has_text=title).first.click()
+    settle(page)
+    if title in READY:  # parts that appear only after a slow first load
+        wait_for_text(page, READY[title], timeout=90)
+        settle(page)
+    assert_no_error(page, f"opening {title}")
+
+
+def prepare_inputs(page, title: str) -> None:
+    """Fill what a user fills before pressing; where defaults take minutes, ask for less."""
+    if title == "Stress test" and page.get_by_text("Run sweep").count():
+        _keep_only(page, "Hospital counts", "10")
+        _keep_only(page, "Ways to run", "Vectorised")
+        _fill(page, "Rounds (the first includes warm-up)", "2")
+        _fill(page, "Mean patients per hospital", "50")
+    if title == "Launch":
+        _fill(page, "Rounds", "1")
+    if title.startswith("Users/Add"):  # an admin fills a form before sending it
+        _fill(page, "User name", "new-user")
+    if title.startswith("Users/Reset"):  # ...and keeps their own password
+        _choose(page, "Generate a new password", "viewer-user")
+
+
+def press_every_button(page, title: str) -> list[str]:
+    """Every button of the page, tab by tab where the page has tabs."""
+    tabs = page.locator("[data-testid='stMain'] [role='tab']")
+    if not tabs.count():
+        prepare_inputs(page, title)
+        return press_visible_buttons(page, title)
+    done: list[str] = []
+    for i in range(tabs.count()):
+        settle(page)  # the last press's rerun first: it opens the first tab again
+        tab = page.locator("[data-testid='stMain'] [role='tab']").nth(i)
+        name = tab.inner_text().strip()
+        tab.click()
+        page.wait_for_function(
+            "i => document.querySelectorAll(\"[data-testid='stMain'] [role='tab']\")[i]"
+            ".getAttribute('aria-selected') === 'true'",
+            arg=i,
+        )
+        page.wait_for_timeout(300)
+        prepare_inputs(page, f"{title}/{name}")
+        # A press reruns the page, which opens the first tab again: never press a label twice.
+        done += press_visible_buttons(page, f"{title}/{name}", skip=done)
+    return done
+
+
+def press_visible_buttons(page, title: str, skip: list[str] = ()) -> list[str]:
+    """Click each visible main-area button once, by position (a click may redraw the page)."""
+    done: list[str] = []
+    index = 0
+    while index < page.locator(MAIN_BUTTONS).count():
+        button = page.locator(MAIN_BUTTONS).nth(index)
+        label = (button.inner_text() or button.get_attribute("aria-label") or "").strip()
+        index += 1
+        if not button.is_enabled() or label in done or label in skip:
+            continue
+        button.click()
+        settle(page)
+        assert_no_error(page, f"pressing {label!r} on {title}")
+        done.append(label or "(icon)")
+    return done
+
+
+def assert_no_error(page, when: str) -> None:
+    errors = page.locator(ERRORS)
+    if errors.count():
+        texts = [errors.nth(i).inner_text()[:400] for i in range(errors.count())]
+        raise AssertionError(f"error box {when}: {texts}")
+
+
+def _keep_only(page, label: str, option: str) -> None:
+    """In the multiselect labelled ``label``, remove every chosen value but ``option``."""
+    box = page.locator("[data-testid='stMultiSelect']", has_text=label).first
+    for _ in range(12):
+        chips = box.locator("[data-baseweb='tag']")
+        others = [
+            chips.nth(i) for i in range(chips.count()) if option not in chips.nth(i).inner_text()
+        ]
+        if not others:
+            break
+        others[0].locator("[role='presentation']").last.click()
+        page.wait_for_timeout(200)
+
+
+def _choose(page, submit: str, option: str) -> None:
+    """Pick ``option`` in the selectbox of the form whose submit button reads ``submit``."""
+    form = page.locator("[data-testid='stForm']", has=page.get_by_role("button", name=submit))
+    form.locator("[data-testid='stSelectbox']").first.click()
+    page.get_by_role("option", name=option).click()
+    page.wait_for_timeout(200)
+
+
+def _fill(page, label: str, value: str) -> None:
+    field = page.get_by_label(label, exact=True)
+    if field.count():
+        field.first.fill(value)
+        field.first.press("Tab")
+        page.wait_for_timeout(200)
+
+
+def _stop_everything_started(server: Server) -> None:
+    """What the buttons started lives in its own sessions: runs, sweeps, the cohort service.
+
+    All of them name this test's folder on their command line (``--data``,
+    ``--db``, a sweep's work dir); stop those and everything they started (Ray's
+    processes rename themselves), and nothing else on the machine.
+    """
+    mark = str(server.root).encode()
+
+    def ours() -> set[int]:
+        found: set[int] = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            with contextlib.suppress(OSError):
+                if mark in (entry / "cmdline").read_bytes():
+                    found |= proctree.descendants(int(entry.name))
+        return proctree.alive(found)
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        for _ in range(100):
+            if not ours():
+                return
+            time.sleep(0.1)
