@@ -129,7 +129,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         pytest.fail("/usr/bin/chromium is missing: apt-get install chromium")
     root = tmp_path_factory.mktemp("browser")
     # Enough test patients that the ROC has bins of 11 of each class to release.
-    make_federation(root / "data" / "demo", hospitals=3, patients=1000)
+    make_federation(root / "data" / "demo", hospitals=3, patients=500)
     publish(load_federation(root / "data" / "demo"))  # as `healthsync data generate` does
     server = Server(root)
     try:

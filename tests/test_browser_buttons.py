@@ -111,6 +111,7 @@ def test_every_button_on_every_page_works(world, browser, role):
     wait_for_text(page, "User name")
     assert_no_error(page, "after Log out")
     page.context.close()
+    _stop_everything_started(world)  # not at module end: they would slow every later test
     print(f"\n{role} pressed {len(pressed)} buttons: " + "; ".join(pressed))
 
 
