@@ -49,3 +49,39 @@ def polling_like_the_live_page(store: MetricsStore, run_id: str) -> Iterator[Non
     finally:
         stop.set()
         reader.join()
+
+
+def stop_processes_naming(*marks: bytes) -> set[int]:
+    """Stop the processes whose command line holds any of ``marks``, and all they started.
+
+    For tests that start things in their own sessions (Ray clusters, runs, the
+    cohort service): only what names the test's own folder or port is touched,
+    never a developer's engine. SIGTERM, then SIGKILL; returns what outlived both.
+    """
+    import contextlib
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    from healthsync import proctree
+
+    def ours() -> set[int]:
+        found: set[int] = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            with contextlib.suppress(OSError):
+                if any(mark in (entry / "cmdline").read_bytes() for mark in marks):
+                    found |= proctree.descendants(int(entry.name))
+        return proctree.alive(found)
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in ours():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        for _ in range(100):
+            if not ours():
+                return set()
+            time.sleep(0.1)
+    return ours()

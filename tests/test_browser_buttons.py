@@ -13,20 +13,24 @@ one-round training run). The sidebar's "Log out" is left for last.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from healthsync import auth, proctree
+from healthsync import auth
 from healthsync.cohort.facts import publish
 from healthsync.data import load_federation
 from healthsync.store import MetricsStore
+from tests import test_browser
 from tests.app_helpers import fake_run, make_federation
-from tests.test_browser import CHROMIUM, Server, new_page, settle, wait_for_text
+from tests.engine_helpers import stop_processes_naming
+from tests.test_browser import (
+    CHROMIUM,
+    Server,
+    new_page,
+    settle,
+    wait_for_text,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -83,17 +87,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield browser
-        browser.close()
+browser = test_browser.browser  # the same module-scoped Chromium fixture
 
 
 @pytest.mark.parametrize("role", list(ROLES))
@@ -239,23 +233,4 @@ def _stop_everything_started(server: Server) -> None:
     ``--db``, a sweep's work dir); stop those and everything they started (Ray's
     processes rename themselves), and nothing else on the machine.
     """
-    mark = str(server.root).encode()
-
-    def ours() -> set[int]:
-        found: set[int] = set()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            with contextlib.suppress(OSError):
-                if mark in (entry / "cmdline").read_bytes():
-                    found |= proctree.descendants(int(entry.name))
-        return proctree.alive(found)
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in ours():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        for _ in range(100):
-            if not ours():
-                return
-            time.sleep(0.1)
+    stop_processes_naming(str(server.root).encode())

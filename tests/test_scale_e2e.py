@@ -1,9 +1,6 @@
 """Block execution and Ray clusters, end to end through Flower."""
 
-import contextlib
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from healthsync import proctree, runlog
+from healthsync import runlog
 from healthsync.predict import load_saved_model
 from healthsync.store import MetricsStore
-from tests.engine_helpers import cli_json, make_federation
+from tests.engine_helpers import cli_json, make_federation, stop_processes_naming
 
 pytestmark = pytest.mark.slow
 RAY = Path(sys.executable).with_name("ray")
@@ -138,26 +135,9 @@ def _stop_cluster(temp_dir: str, port: int) -> None:
     warm engine included. Here: the processes that name the cluster's temp dir
     or its port, and everything they started (Ray's agents rename themselves).
     """
-    marks = [temp_dir.encode(), f":{port}\0".encode()]
-
-    def ours() -> set[int]:
-        found = set()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            with contextlib.suppress(OSError):
-                if any(mark in (entry / "cmdline").read_bytes() for mark in marks):
-                    found |= proctree.descendants(int(entry.name))
-        return proctree.alive(found)
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in ours():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        for _ in range(100):
-            if not ours():
-                return
-            time.sleep(0.1)
+    left = stop_processes_naming(temp_dir.encode(), f":{port}\0".encode())
+    if not left:
+        return
     warnings.warn(
-        f"processes of the test's Ray cluster outlived SIGKILL: {sorted(ours())}", stacklevel=2
+        f"processes of the test's Ray cluster outlived SIGKILL: {sorted(left)}", stacklevel=2
     )

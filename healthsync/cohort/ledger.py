@@ -73,15 +73,6 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA)
 
 
-def spent(con: duckdb.DuckDBPyConnection, user: str, federation: str) -> float:
-    """Epsilon ``user`` has spent on ``federation`` so far."""
-    row = con.execute(
-        "SELECT coalesce(sum(epsilon), 0) FROM privacy_ledger WHERE user_name = ? AND federation = ?",
-        [user, federation],
-    ).fetchone()
-    return float(row[0]) if row else 0.0
-
-
 def record_charge(
     con: duckdb.DuckDBPyConnection, user: str, federation: str, key: str, epsilon: float
 ) -> None:
