@@ -27,7 +27,7 @@ import streamlit_authenticator as stauth
 
 from healthsync import auth
 from healthsync.auth.stauth_compat import SKIP_COOKIE, issued_cookie_expiry
-from healthsync.dashboard import AppSettings
+from healthsync.views.settings import AppSettings
 from pages._guard import LOGIN_KEY, STATUS_KEY, session_user
 
 ROOT = Path(__file__).resolve().parent

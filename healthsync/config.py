@@ -27,7 +27,7 @@ STRATEGIES: tuple[str, ...] = (
     "krum",
 )
 MODELS: tuple[str, ...] = ("logreg", "mlp")
-# The stress test's ways to run a workload (``healthsync.bench`` says what each is).
+# The stress test's ways to run a workload (``healthsync.bench.sweep`` says what each is).
 BENCH_WAYS: tuple[str, ...] = ("flower", "healthsync", "warm", "vectorised")
 ATTACKS: tuple[str, ...] = ("label-flip", "scale", "random")
 DP_SIDES: tuple[str, ...] = ("server", "client")

@@ -26,10 +26,10 @@ from pathlib import Path
 import streamlit as st
 
 from healthsync import auth
-from healthsync.dashboard import AppSettings, default_data_set, find_federations
 from healthsync.data import Federation, load_federation
 from healthsync.errors import HealthSyncError
-from healthsync.store import MetricsStore
+from healthsync.runs.store import MetricsStore
+from healthsync.views.settings import AppSettings, default_data_set, find_federations
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Our record of this session's login (an ``auth.Login``), set by ``app.py`` only.

@@ -6,7 +6,7 @@ from healthsync.cohort import budget_status, charts, explore, form
 from healthsync.data import load_federation
 from healthsync.data.labels import column_name
 from healthsync.errors import HealthSyncError
-from healthsync.explainer import what_is
+from healthsync.views.explainer import what_is
 from pages._guard import choose_data_set, require
 
 page = require("explore")

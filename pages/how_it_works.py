@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from healthsync import explainer, runlog
+from healthsync.runs import runlog
+from healthsync.views import explainer
 from pages._guard import choose_federation, require
 
 page = require("view")

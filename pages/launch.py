@@ -2,10 +2,10 @@
 
 import streamlit as st
 
-from healthsync import engine, runlog, runs
 from healthsync.cohort.facts import published_patients
 from healthsync.config import ATTACKS, DP_SIDES, DP_STRATEGIES, MODELS, STRATEGIES, TrainConfig
 from healthsync.errors import HealthSyncError
+from healthsync.runs import engine, lifecycle, runlog
 from pages._guard import choose_federation, require
 
 page = require("launch")
@@ -131,7 +131,7 @@ if submitted:
         config = TrainConfig(
             data_dir=str(federation.data_dir), db=str(page.settings.db), **settings
         )
-        run_id = runs.start_run(config, name=name)
+        run_id = lifecycle.start_run(config, name=name)
     except HealthSyncError as err:
         st.error(f"Cannot start this run: {err}")
     else:

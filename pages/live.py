@@ -3,9 +3,10 @@
 import polars as pl
 import streamlit as st
 
-from healthsync import charts, dashboard, drilldown, explainer, privacy_charts, runlog
-from healthsync import privacy_dashboard as safety
-from healthsync.runs import cancel_run, cancel_signalled, run_phase, signal_cancel
+from healthsync.runs import runlog
+from healthsync.runs.lifecycle import cancel_run, cancel_signalled, run_phase, signal_cancel
+from healthsync.views import charts, dashboard, drilldown, explainer, privacy_charts
+from healthsync.views import privacy_dashboard as safety
 from pages._guard import live_fragment, require
 
 page = require("view")

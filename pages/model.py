@@ -3,9 +3,10 @@
 import polars as pl
 import streamlit as st
 
-from healthsync import charts, dashboard, explainer, runlog
 from healthsync.data import load_federation
 from healthsync.errors import HealthSyncError
+from healthsync.runs import runlog
+from healthsync.views import charts, dashboard, explainer
 from pages._guard import require
 
 page = require("view")
@@ -72,7 +73,7 @@ st.caption(
 
 @st.cache_resource(max_entries=8, show_spinner="Loading the model…")
 def saved_model(db: str, run_id: str):
-    from healthsync.predict import load_saved_model  # imports torch: only when needed
+    from healthsync.runs.predict import load_saved_model  # imports torch: only when needed
 
     return load_saved_model(db, run_id)
 

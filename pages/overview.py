@@ -2,8 +2,9 @@
 
 import streamlit as st
 
-from healthsync import charts, dashboard, explainer, runlog
 from healthsync.cohort.facts import facts_frames, facts_noise_sd, published_facts
+from healthsync.runs import runlog
+from healthsync.views import charts, dashboard, explainer
 from pages._guard import choose_federation, require
 
 page = require("view")

@@ -4,10 +4,12 @@ from functools import partial
 
 import streamlit as st
 
-from healthsync import charts, dashboard, explainer, privacy, privacy_charts, runlog
-from healthsync import privacy_dashboard as safety
+from healthsync import privacy
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
+from healthsync.runs import runlog
+from healthsync.views import charts, dashboard, explainer, privacy_charts
+from healthsync.views import privacy_dashboard as safety
 from pages._guard import require
 
 page = require("view")
@@ -70,7 +72,7 @@ else:
     run_id = st.selectbox("Finished run", finished["run_id"].to_list(), format_func=labels.get)
     if page.can("compare") and st.button("Train baselines and compare", icon=":material/balance:"):
         with st.spinner("Training the pooled and local-only baselines (takes a few seconds)…"):
-            from healthsync.baselines import compare_table  # imports torch: only when needed
+            from healthsync.runs.baselines import compare_table  # imports torch: only when needed
 
             try:
                 compare_table(TrainConfig(db=str(page.settings.db)), run_id)

@@ -2,8 +2,10 @@
 
 import streamlit as st
 
-from healthsync import bench, bench_charts, dashboard, runlog
+from healthsync.bench import sweep
 from healthsync.errors import HealthSyncError
+from healthsync.runs import runlog
+from healthsync.views import bench_charts, dashboard
 from pages._guard import live_fragment, require
 
 page = require("view")
@@ -25,8 +27,8 @@ if page.user.can("launch"):
         models = right.multiselect("Models", ["logreg", "mlp"], default=["logreg"])
         ways = left.multiselect(
             "Ways to run",
-            list(bench.WAYS),
-            default=list(bench.WAYS),
+            list(sweep.WAYS),
+            default=list(sweep.WAYS),
             format_func=bench_charts.WAY_LABELS.get,
         )
         rounds = right.number_input("Rounds (the first includes warm-up)", 2, 20, 4)
@@ -37,7 +39,7 @@ if page.user.can("launch"):
         submitted = st.form_submit_button("Run sweep", type="primary")
     if submitted:
         try:
-            config = bench.SweepConfig(
+            config = sweep.SweepConfig(
                 hospitals=tuple(sorted(hospitals)),
                 models=tuple(models),
                 ways=tuple(ways),
@@ -48,24 +50,24 @@ if page.user.can("launch"):
                 db=str(page.settings.db),
             )
             with st.spinner("Starting the sweep…"):
-                bench.start_sweep(config)  # runs in its own process; found below as running
+                sweep.start_sweep(config)  # runs in its own process; found below as running
         except HealthSyncError as err:
             st.error(str(err))
 
-running = bench.running_sweep(store)
-results = bench.sweeps(store)
+running = sweep.running_sweep(store)
+results = sweep.sweeps(store)
 
 
 @live_fragment("view", run_every=2.0 if running else None)
 def progress() -> None:
-    state = bench.sweep_progress(store, running)
+    state = sweep.sweep_progress(store, running)
     st.progress(state.fraction, text=state.text())
     if state.done != landed or not state.alive:
         st.rerun()  # a measurement landed, or the sweep ended: redraw the charts
 
 
 if running:
-    landed = bench.sweep_progress(store, running).done  # measurements the charts below show
+    landed = sweep.sweep_progress(store, running).done  # measurements the charts below show
     progress()
 
 if results.is_empty():
@@ -93,7 +95,7 @@ else:
             f"{bench_charts.MEASURES[measure][1]} against the number of simulated hospitals, per execution way and model."
         )
     st.subheader("Ratios")
-    st.dataframe(bench.ratios(shown), hide_index=True)
+    st.dataframe(sweep.ratios(shown), hide_index=True)
     st.caption(
         "healthsync/vectorised: HealthSync's time per round over the lower bound (target: at most 2 at 10,000 hospitals); "
         "flower/healthsync: how many times faster blocks are than stock Flower with one client per hospital."

@@ -1,6 +1,6 @@
 """``python -m simulation run --run-id ID --config-json JSON``: one run, in this process.
 
-``healthsync.runs.start_run`` starts this as its own process, so a run
+``healthsync.runs.lifecycle.start_run`` starts this as its own process, so a run
 outlives the browser tab or terminal that started it.
 """
 
@@ -11,9 +11,9 @@ import logging
 import os
 import sys
 
-from healthsync import runlog, runs
 from healthsync.config import TrainConfig
-from healthsync.store import MetricsStore
+from healthsync.runs import lifecycle, runlog
+from healthsync.runs.store import MetricsStore
 from simulation import launch
 
 
@@ -43,7 +43,7 @@ def run_recorded(
 ) -> int:
     """Run it; if Flower's runtime crashes around the round loop, record why (exit status 1)."""
     try:
-        runs.report_phase(config.db, run_id, "starting Flower and Ray in a process of its own")
+        lifecycle.report_phase(config.db, run_id, "starting Flower and Ray in a process of its own")
         launch.run(config, run_id, ray_address=ray_address, stock=stock)
     except Exception as err:
         logging.getLogger("healthsync.simulation").exception("simulation crashed")

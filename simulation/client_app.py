@@ -8,7 +8,7 @@ per process (cached across rounds), and answers:
 - ``query.identify``: which block it serves;
 - ``query``: per-hospital counts, sums and sums of squares for federated scaling;
 - ``train``: local training of each requested hospital from the global model;
-  B > 1 trains the whole block in one vectorised call (``healthsync.blocks``);
+  B > 1 trains the whole block in one vectorised call (``healthsync.ml.blocks``);
 - ``evaluate``: the global model's metrics on each hospital's test split.
 
 Replies keep hospitals apart: a column per metric and a stacked array per
@@ -17,7 +17,7 @@ answer (``simulation.hospital_grid.block_reply``), so the server can hand every
 strategy one update per hospital. Only weights and aggregates leave; never a row.
 
 Privacy and robustness drills act per hospital, also inside a block: a hospital
-that drops out or is later than the round timeout (``healthsync.attacks``)
+that drops out or is later than the round timeout (``healthsync.ml.attacks``)
 answers with an error and does not train; the block sleeps as long as its
 slowest on-time hospital, never past the timeout. With client-side DP each
 hospital clips its own update to the norm the server's DP wrapper sends
@@ -41,12 +41,12 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_clip_model_update
 
-from healthsync import attacks
-from healthsync.blocks import evaluate_block, train_block
 from healthsync.data import Federation, load_federation
-from healthsync.features import Scaler, ScalingStats
-from healthsync.model import build_model, set_arrays
-from healthsync.training import (
+from healthsync.ml import attacks
+from healthsync.ml.blocks import evaluate_block, train_block
+from healthsync.ml.features import Scaler, ScalingStats
+from healthsync.ml.model import build_model, set_arrays
+from healthsync.ml.training import (
     HospitalArrays,
     LocalData,
     evaluate_local,

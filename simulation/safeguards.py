@@ -4,7 +4,7 @@ The round loop (``simulation.server_app``) stays a loop; this module says what
 the hospitals are told (attackers, dropout, delays), how long the server waits,
 how a missing hospital is recorded and, under DP, how it is counted.
 
-Simulated absences (``healthsync.attacks``): a hospital that drops out, or
+Simulated absences (``healthsync.ml.attacks``): a hospital that drops out, or
 whose simulated delay exceeds ``round_timeout``, answers nothing for that
 round's training; the round goes on with the others and records who was
 missing. The simulated delay alone decides who is late (real compute time does
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
-from healthsync import attacks
 from healthsync.config import TrainConfig
+from healthsync.ml import attacks
 from simulation.strategies import HOSPITAL_WEIGHT
 
 GRACE_SECONDS = 30.0

@@ -22,13 +22,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
-from healthsync import attacks, runlog, runs
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
-from healthsync.features import Encoder, Scaler, ScalingStats
-from healthsync.metrics import BinaryMetrics, aggregate
-from healthsync.model import SavedModel, get_arrays, initial_model
-from healthsync.store import MetricsStore
+from healthsync.ml import attacks
+from healthsync.ml.features import Encoder, Scaler, ScalingStats
+from healthsync.ml.metrics import BinaryMetrics, aggregate
+from healthsync.ml.model import SavedModel, get_arrays, initial_model
+from healthsync.runs import lifecycle, runlog
+from healthsync.runs.store import MetricsStore
 from simulation import safeguards
 from simulation.hospital_grid import BlockReply, HospitalGrid
 from simulation.secagg import SecureAggregation
@@ -48,7 +49,7 @@ class FederatedRun:
     """One run's round loop over a Flower ``Grid``."""
 
     def __init__(self, grid: Grid, config: TrainConfig, run_id: str, store: MetricsStore) -> None:
-        self.config, self.federation = runs.check_config(config)
+        self.config, self.federation = lifecycle.check_config(config)
         self.target = str(self.config.target)
         self.run_id = run_id
         self.store = store
@@ -73,7 +74,7 @@ class FederatedRun:
     # ------------------------------------------------------------ protocol
     def phase(self, text: str) -> None:
         """Say what the run is doing, for the Live page until the first round shows."""
-        runs.report_phase(self.config.db, self.run_id, text)
+        lifecycle.report_phase(self.config.db, self.run_id, text)
 
     def _ask_all(
         self,
@@ -163,7 +164,7 @@ class FederatedRun:
         for rnd in range(1, self.config.rounds + 1):
             # Right before the round starts: a cancel flag raised while the last round
             # trained or was recorded stops the run here, one round after the click.
-            if cancelled or runs.cancel_signalled(self.config.db, self.run_id):
+            if cancelled or lifecycle.cancel_signalled(self.config.db, self.run_id):
                 raise RunCancelled
             if rnd == 1:
                 self.phase("training round 1")
@@ -320,13 +321,13 @@ def execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
     try:
         return _execute(grid, config, run_id)
     finally:
-        runs.clear_cancel(config.db, run_id)
-        runs.clear_phase(config.db, run_id)
+        lifecycle.clear_cancel(config.db, run_id)
+        lifecycle.clear_phase(config.db, run_id)
 
 
 def _execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
     store = MetricsStore(config.db)
-    runs.report_phase(config.db, run_id, "checking the settings and the hospitals' data")
+    lifecycle.report_phase(config.db, run_id, "checking the settings and the hospitals' data")
     try:
         federated = FederatedRun(grid, config, run_id, store)
         runlog.mark_running(store, run_id, pid=os.getpid(), target=federated.target)

@@ -1,6 +1,6 @@
 """Shared helpers for the app's tests: a temp environment, fabricated runs, logged-in AppTests.
 
-Runs are written with ``healthsync.runlog``'s own writers, so pages are
+Runs are written with ``healthsync.runs.runlog``'s own writers, so pages are
 tested against the real store without training anything.
 """
 
@@ -16,11 +16,12 @@ import pytest
 from streamlit.runtime.context import ContextProxy
 from streamlit.testing.v1 import AppTest
 
-from healthsync import auth, runlog
+from healthsync import auth
 from healthsync.config import TrainConfig
 from healthsync.data import load_federation
-from healthsync.metrics import BinaryMetrics
-from healthsync.store import MetricsStore
+from healthsync.ml.metrics import BinaryMetrics
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
@@ -175,8 +176,8 @@ def fake_run(
 
 def save_model(store: MetricsStore, run_id: str, data_dir: Path | str) -> None:
     """A logistic-regression global model for the federation, with fixed weights."""
-    from healthsync.features import Encoder, Scaler
-    from healthsync.model import SavedModel
+    from healthsync.ml.features import Encoder, Scaler
+    from healthsync.ml.model import SavedModel
 
     federation = load_federation(data_dir)
     encoder = Encoder.from_federation(federation, federation.default_target)

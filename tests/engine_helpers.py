@@ -8,10 +8,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from healthsync import runlog
 from healthsync.cli import main
 from healthsync.data.synthetic import generate_federation
-from healthsync.store import MetricsStore
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
 
 
 def make_federation(root: Path, name: str, **kwargs) -> Path:
@@ -64,7 +64,7 @@ def stop_processes_naming(*marks: bytes) -> set[int]:
     import time
     from pathlib import Path
 
-    from healthsync import proctree
+    from healthsync.bench import proctree
 
     def ours() -> set[int]:
         found: set[int] = set()

@@ -20,10 +20,10 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from healthsync import runlog
 from healthsync.config import TrainConfig
 from healthsync.data import load_federation
-from healthsync.store import MetricsStore
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
 from simulation import server_app
 from simulation.client_app import app as client_app
 

@@ -7,8 +7,9 @@ import polars as pl
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from healthsync import auth, runlog
+from healthsync import auth
 from healthsync.data import load_federation
+from healthsync.runs import runlog
 from tests.app_helpers import LOGIN_KEY, ROOT, STATUS_KEY, AppEnv, button, charts, fake_run, texts
 
 PAGES = ["overview", "launch", "live", "runs", "model", "admin"]
@@ -220,7 +221,9 @@ def test_overview_shows_only_what_hospitals_released(env):
     ],
 )
 def test_launch_form_reports_invalid_settings(env, monkeypatch, field, value, message):
-    monkeypatch.setattr("healthsync.runs.spawn_detached", pytest.fail)  # nothing may start
+    monkeypatch.setattr(
+        "healthsync.runs.lifecycle.spawn_detached", pytest.fail
+    )  # nothing may start
     at = env.app("analyst", "pages/launch.py")
     next(w for w in at.number_input if w.label == field).set_value(value)
     button(at, "Start training").click().run()
@@ -240,9 +243,9 @@ def test_launch_form_reports_invalid_settings(env, monkeypatch, field, value, me
 )
 def test_launch_says_how_fast_a_run_will_start(env, monkeypatch, engine_state, enabled, note):
     started = []
-    monkeypatch.setattr("healthsync.engine.status", lambda db: engine_state)
-    monkeypatch.setattr("healthsync.engine.enabled", lambda: enabled)
-    monkeypatch.setattr("healthsync.engine.start", lambda db: started.append(db))
+    monkeypatch.setattr("healthsync.runs.engine.status", lambda db: engine_state)
+    monkeypatch.setattr("healthsync.runs.engine.enabled", lambda: enabled)
+    monkeypatch.setattr("healthsync.runs.engine.start", lambda db: started.append(db))
     at = env.app("analyst", "pages/launch.py")
     assert not at.exception
     assert note in texts(at)
@@ -266,7 +269,7 @@ def test_launch_starts_a_run_and_opens_it_on_the_live_page(env, monkeypatch):
         )
         return "run-new"
 
-    monkeypatch.setattr("healthsync.runs.start_run", start_run)
+    monkeypatch.setattr("healthsync.runs.lifecycle.start_run", start_run)
     at = env.app("admin", "pages/launch.py")
     next(w for w in at.number_input if w.label == "Rounds").set_value(3)
     next(w for w in at.selectbox if w.label == "Aggregation strategy").set_value("fedprox")

@@ -8,8 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from healthsync import attacks
 from healthsync.config import ATTACKS, TrainConfig
+from healthsync.ml import attacks
 from tests.engine_helpers import make_federation
 from tests.inprocess_grid import run_in_process, trained_models
 

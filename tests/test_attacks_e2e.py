@@ -6,9 +6,10 @@ per strategy.
 
 import pytest
 
-from healthsync import attacks, runlog, runs
 from healthsync.config import TrainConfig
-from healthsync.store import MetricsStore
+from healthsync.ml import attacks
+from healthsync.runs import lifecycle, runlog
+from healthsync.runs.store import MetricsStore
 from tests.engine_helpers import make_federation
 
 pytestmark = pytest.mark.slow
@@ -33,8 +34,8 @@ def test_robust_strategies_beat_fedavg_under_scaled_updates(tmp_path):
         [f"h{i:04d}" for i in range(HOSPITALS)], ADVERSARIAL, seed=0
     )
     for name, config in configs.items():
-        run_id = runs.start_run(config)
-        run = runs.wait_for_run(db, run_id, timeout=300)
+        run_id = lifecycle.start_run(config)
+        run = lifecycle.wait_for_run(db, run_id, timeout=300)
         assert run["status"] == "completed", (name, run["reason"])
         auc[name] = run["final_auc"]
         events = runlog.run_detail(store, run_id)["events"]

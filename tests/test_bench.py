@@ -6,10 +6,11 @@ import sys
 import polars as pl
 import pytest
 
-from healthsync import bench, bench_charts, proctree
+from healthsync.bench import proctree, sweep
 from healthsync.cli import main
 from healthsync.errors import HealthSyncError
-from healthsync.store import MetricsStore
+from healthsync.runs.store import MetricsStore
+from healthsync.views import bench_charts
 
 
 @pytest.mark.parametrize(
@@ -23,12 +24,12 @@ from healthsync.store import MetricsStore
 )
 def test_bad_sweeps_are_refused(changes, message):
     with pytest.raises(HealthSyncError, match=message):
-        bench.SweepConfig(**changes)
+        sweep.SweepConfig(**changes)
 
 
 def test_vectorised_sweep_is_measured_and_kept(tmp_path, monkeypatch):
     monkeypatch.setenv("HEALTHSYNC_ENGINE", "off")
-    config = bench.SweepConfig(
+    config = sweep.SweepConfig(
         hospitals=(5, 20),
         models=("logreg",),
         ways=("warm", "vectorised", "flower"),
@@ -38,7 +39,7 @@ def test_vectorised_sweep_is_measured_and_kept(tmp_path, monkeypatch):
         db=str(tmp_path / "m.duckdb"),
         max_flower_hospitals=1,
     )
-    table = bench.run_sweep(config)
+    table = sweep.run_sweep(config)
     ok = table.filter(pl.col("status") == "ok")
     assert ok["way"].to_list() == ["vectorised", "vectorised"]
     assert (ok["seconds_per_round"] > 0).all() and (ok["peak_memory_mib"] > 10).all()
@@ -48,7 +49,7 @@ def test_vectorised_sweep_is_measured_and_kept(tmp_path, monkeypatch):
     assert "skipped above 1 hospitals" in skipped["note"][0]
     assert "HEALTHSYNC_ENGINE=off" in skipped["note"][-1]
     assert not (tmp_path / "engine").exists()  # no engine was started
-    stored = bench.sweeps(MetricsStore(config.db))
+    stored = sweep.sweeps(MetricsStore(config.db))
     assert stored.height == 6 and stored["sweep_id"].n_unique() == 1
     chart = bench_charts.sweep_chart(stored, "seconds_per_round").to_dict()
     assert chart["encoding"]["x"]["title"] == "Hospitals (count, log scale)"
@@ -64,7 +65,7 @@ def test_ratios_pair_up_the_ways():
             "status": ["ok"] * 3,
         }
     )
-    row = bench.ratios(table).row(0, named=True)
+    row = sweep.ratios(table).row(0, named=True)
     assert row["healthsync/vectorised"] == pytest.approx(2.0)
     assert row["flower/healthsync"] == pytest.approx(20.0)
 
@@ -95,7 +96,7 @@ def test_cli_sweep_through_flower(tmp_path, capsys):
     assert code == 0
     assert "healthsync/vectorised" in out
     assert "load average (1, 5, 15 min): before " in out
-    stored = bench.sweeps(MetricsStore(tmp_path / "m.duckdb"))
+    stored = sweep.sweeps(MetricsStore(tmp_path / "m.duckdb"))
     assert sorted(stored.filter(pl.col("status") == "ok")["way"].to_list()) == [
         "healthsync",
         "vectorised",
@@ -117,6 +118,6 @@ def test_a_measurement_waits_for_the_runs_leftover_processes(settle):
         text=True,
     )
     child = int(parent.stdout.readline())
-    peak = bench._watch(parent.pid, lambda: parent.poll() is not None, 60, settle=settle)
+    peak = sweep._watch(parent.pid, lambda: parent.poll() is not None, 60, settle=settle)
     assert peak > 0
     assert bool(proctree.alive({child})) is not settle

@@ -5,12 +5,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from healthsync.blocks import evaluate_block, train_block
 from healthsync.config import TrainConfig
 from healthsync.data.synthetic import generate_federation
-from healthsync.features import Scaler, ScalingStats
-from healthsync.model import build_model, get_arrays, initial_model, set_arrays
-from healthsync.training import LocalData, evaluate_local, hospital_arrays, train_local
+from healthsync.ml.blocks import evaluate_block, train_block
+from healthsync.ml.features import Scaler, ScalingStats
+from healthsync.ml.model import build_model, get_arrays, initial_model, set_arrays
+from healthsync.ml.training import LocalData, evaluate_local, hospital_arrays, train_local
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,8 @@ def test_block_evaluation_matches(hospitals):
 
 
 def test_block_auc_handles_ties():
-    from healthsync.blocks import evaluate_block as block_eval
-    from healthsync.metrics import auc_score
+    from healthsync.ml.blocks import evaluate_block as block_eval
+    from healthsync.ml.metrics import auc_score
 
     rng = np.random.default_rng(0)
     x = np.zeros((40, 3), dtype=np.float32)  # every score equal: all ties, AUC 0.5

@@ -23,11 +23,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from healthsync import auth, runlog, runs
+from healthsync import auth
 from healthsync.cohort.facts import publish
 from healthsync.config import TrainConfig
 from healthsync.data import load_federation
-from healthsync.store import MetricsStore
+from healthsync.runs import lifecycle, runlog
+from healthsync.runs.store import MetricsStore
 from tests.app_helpers import ROOT, fake_run, make_federation
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -350,7 +351,7 @@ def test_cancel_on_live_stops_the_run_within_a_round_and_says_so_at_once(server,
         rounds=300,
         straggler_delay=3.0,
     )
-    run_id = runs.start_run(config)
+    run_id = lifecycle.start_run(config)
     store = MetricsStore(server.db)
     count = "SELECT count(*) FROM rounds WHERE run_id = ?"
     page = new_page(browser)
@@ -363,12 +364,12 @@ def test_cancel_on_live_stops_the_run_within_a_round_and_says_so_at_once(server,
     seen = store.scalar(count, [run_id])
     clicked = time.monotonic()
     page.get_by_role("button", name="Cancel run").click()
-    while not runs.cancel_signalled(server.db, run_id) and time.monotonic() - clicked < 30:
+    while not lifecycle.cancel_signalled(server.db, run_id) and time.monotonic() - clicked < 30:
         time.sleep(0.01)
     flagged = time.monotonic() - clicked
     page.locator('[data-testid="stToast"]', has_text="Cancel requested").wait_for(timeout=30_000)
     toast = time.monotonic() - clicked
-    run = runs.wait_for_run(server.db, run_id, timeout=120)
+    run = lifecycle.wait_for_run(server.db, run_id, timeout=120)
     last = store.scalar(count, [run_id])
     print(
         f"cancel flag {flagged:.2f} s and toast {toast:.2f} s after the click; "

@@ -20,7 +20,7 @@ import pytest
 from healthsync import auth
 from healthsync.cohort.facts import publish
 from healthsync.data import load_federation
-from healthsync.store import MetricsStore
+from healthsync.runs.store import MetricsStore
 from tests import test_browser
 from tests.app_helpers import fake_run, make_federation
 from tests.engine_helpers import stop_processes_naming

@@ -14,8 +14,9 @@ import time
 import jwt
 import pytest
 
-from healthsync import auth, runlog
-from healthsync.store import MetricsStore
+from healthsync import auth
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
 from tests.app_helpers import fake_run
 
 # browser and server are test_browser's module fixtures: this module gets its own.

@@ -1,10 +1,10 @@
-"""Chart builders (healthsync.charts): valid Vega-Lite with titles, units and tooltips."""
+"""Chart builders (healthsync.views.charts): valid Vega-Lite with titles, units and tooltips."""
 
 import altair as alt
 import polars as pl
 import pytest
 
-from healthsync import charts, dashboard, privacy_charts, privacy_dashboard
+from healthsync.views import charts, dashboard, privacy_charts, privacy_dashboard
 
 
 def spec(chart) -> dict:

@@ -27,7 +27,7 @@ from healthsync.data import Federation, open_hospital
 from healthsync.data.synthetic import generate_federation
 from healthsync.errors import HealthSyncError
 from healthsync.privacy.noise import noisy_counts
-from healthsync.store import MetricsStore
+from healthsync.runs.store import MetricsStore
 from tests.cohort_helpers import InProcess, private_copy
 from tests.test_cohort_guards import assert_no_small_counts, count_values
 

@@ -6,9 +6,9 @@ here the engine's end is a stand-in, so the routing decisions run in millisecond
 
 import pytest
 
-from healthsync import engine
 from healthsync.cohort.service import FlowerExecutor
 from healthsync.data.synthetic import generate_federation
+from healthsync.runs import engine
 
 
 @pytest.fixture

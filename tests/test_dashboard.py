@@ -1,4 +1,4 @@
-"""Data shaping for the app's pages (healthsync.dashboard), with an in-memory store."""
+"""Data shaping for the app's pages (healthsync.views.dashboard), with an in-memory store."""
 
 import ast
 import math
@@ -9,12 +9,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from healthsync import dashboard, privacy_dashboard, runlog
 from healthsync.config import TrainConfig
 from healthsync.data import FeatureSpec, Federation, HospitalInfo
-from healthsync.metrics import auc_score
+from healthsync.ml.metrics import auc_score
 from healthsync.privacy import training
-from healthsync.store import MetricsStore
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
+from healthsync.views import dashboard, privacy_dashboard, settings
 from tests.app_helpers import fake_run, make_federation
 
 PACKAGE = Path(dashboard.__file__).parent
@@ -55,11 +56,11 @@ def test_the_library_never_imports_streamlit():
 
 
 def test_settings_from_environment_relative_to_the_checkout(tmp_path):
-    default = dashboard.AppSettings.from_env(tmp_path, {})
+    default = settings.AppSettings.from_env(tmp_path, {})
     assert default.db == tmp_path / "data/healthsync.duckdb"
     assert default.data_root == tmp_path / "data"
     assert default.home == tmp_path / ".healthsync"
-    custom = dashboard.AppSettings.from_env(
+    custom = settings.AppSettings.from_env(
         tmp_path,
         {"HEALTHSYNC_DB": "/abs/m.duckdb", "HEALTHSYNC_DATA_ROOT": "feds", "HEALTHSYNC_HOME": "h"},
     )
@@ -71,11 +72,11 @@ def test_settings_from_environment_relative_to_the_checkout(tmp_path):
 
 
 def test_find_federations_lists_folders_with_a_manifest(tmp_path):
-    assert dashboard.find_federations(tmp_path / "missing") == []
+    assert settings.find_federations(tmp_path / "missing") == []
     make_federation(tmp_path / "b")
     (tmp_path / "a").mkdir()
     (tmp_path / "notes.txt").write_text("x")
-    assert dashboard.find_federations(tmp_path) == [tmp_path / "b"]
+    assert settings.find_federations(tmp_path) == [tmp_path / "b"]
 
 
 @pytest.mark.parametrize(

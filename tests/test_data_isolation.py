@@ -16,7 +16,7 @@ from healthsync.data.accessor import CACHE_DIR, HospitalAccessor
 from healthsync.data.importer import HospitalFile, import_federation
 from healthsync.data.synthetic import generate_federation
 from healthsync.errors import HealthSyncError
-from healthsync.training import hospital_arrays
+from healthsync.ml.training import hospital_arrays
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,7 @@ so a new ``big`` came before ``demo`` and Launch would have started a
 
 import pytest
 
-from healthsync import dashboard
+from healthsync.views import settings
 from tests.app_helpers import AppEnv, make_federation
 
 
@@ -20,11 +20,11 @@ def env(tmp_path, monkeypatch):
 
 def test_the_rule(tmp_path):
     big, demo, zoo = (tmp_path / n for n in ("big", "demo", "zoo"))
-    assert dashboard.default_data_set([big, demo, zoo]) == demo
-    assert dashboard.default_data_set([big, demo, zoo], last_used="zoo") == zoo
-    assert dashboard.default_data_set([big, demo, zoo], last_used="gone") == demo
-    assert dashboard.default_data_set([big, zoo]) == big
-    assert dashboard.default_data_set([]) is None
+    assert settings.default_data_set([big, demo, zoo]) == demo
+    assert settings.default_data_set([big, demo, zoo], last_used="zoo") == zoo
+    assert settings.default_data_set([big, demo, zoo], last_used="gone") == demo
+    assert settings.default_data_set([big, zoo]) == big
+    assert settings.default_data_set([]) is None
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,11 @@ import time
 import polars as pl
 import pytest
 
-from healthsync import runlog, runs
 from healthsync.cli import main
 from healthsync.config import TrainConfig
 from healthsync.data import open_hospital
-from healthsync.store import MetricsStore
+from healthsync.runs import lifecycle, runlog
+from healthsync.runs.store import MetricsStore
 from tests.engine_helpers import cli_json, make_federation, polling_like_the_live_page
 
 pytestmark = pytest.mark.slow
@@ -37,11 +37,13 @@ def _wait_for_rounds(db, run_id, n, timeout=120):
 
 def test_live_reading_runs_show_and_predict(fed, tmp_path, capsys):
     db = tmp_path / "m.duckdb"
-    run_id = runs.start_run(TrainConfig(data_dir=str(fed), db=str(db), rounds=4))
+    run_id = lifecycle.start_run(TrainConfig(data_dir=str(fed), db=str(db), rounds=4))
     store = MetricsStore(db)
     latency: dict[int, float] = {}
     while True:  # read the store repeatedly while the run's process writes it
-        finished = runlog.get_run(store, run_id)["status"] in runs.FINISHED  # before the rounds
+        finished = (
+            runlog.get_run(store, run_id)["status"] in lifecycle.FINISHED
+        )  # before the rounds
         rounds = store.frame(
             "SELECT round, epoch(recorded_at) AS at FROM rounds WHERE run_id = ?", [run_id]
         )
@@ -129,23 +131,23 @@ def test_cancel_stops_before_the_next_round_and_keeps_finished_ones(fed, tmp_pat
     """A cold run, read as the Live page reads it: at most one round after the request."""
     db = str(tmp_path / "m.duckdb")
     config = TrainConfig(data_dir=str(fed), db=db, rounds=200, straggler_delay=0.2)
-    run_id = runs.start_run(config)
+    run_id = lifecycle.start_run(config)
     store = MetricsStore(db)
     count = "SELECT count(*) FROM rounds WHERE run_id = ?"
     with polling_like_the_live_page(store, run_id):
         _wait_for_rounds(db, run_id, 2)
         seen = store.scalar(count, [run_id])
-        assert runs.cancel_run(db, run_id) is True
-        run = runs.wait_for_run(db, run_id, timeout=120)
+        assert lifecycle.cancel_run(db, run_id) is True
+        run = lifecycle.wait_for_run(db, run_id, timeout=120)
     assert run["status"] == "cancelled" and seen <= store.scalar(count, [run_id]) <= seen + 1
-    assert not runs.cancel_signalled(db, run_id)  # the flag goes with the run
+    assert not lifecycle.cancel_signalled(db, run_id)  # the flag goes with the run
 
 
 def test_killed_simulation_is_marked_failed(fed, tmp_path):
     db = str(tmp_path / "m.duckdb")
-    run_id = runs.start_run(TrainConfig(data_dir=str(fed), db=db, rounds=200))
+    run_id = lifecycle.start_run(TrainConfig(data_dir=str(fed), db=db, rounds=200))
     _wait_for_rounds(db, run_id, 1)
     os.kill(runlog.get_run(MetricsStore(db), run_id)["pid"], signal.SIGKILL)
-    run = runs.wait_for_run(db, run_id, timeout=60)
+    run = lifecycle.wait_for_run(db, run_id, timeout=60)
     assert run["status"] == "failed" and "killed" in run["reason"]
     assert MetricsStore(db).scalar("SELECT count(*) FROM rounds WHERE run_id = ?", [run_id]) >= 1

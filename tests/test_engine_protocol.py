@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from healthsync import engine
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
+from healthsync.runs import engine
 
 
 @pytest.fixture

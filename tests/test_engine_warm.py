@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from healthsync import engine, runlog, runs
 from healthsync.cli import main
 from healthsync.config import TrainConfig
-from healthsync.store import MetricsStore
+from healthsync.runs import engine, lifecycle, runlog
+from healthsync.runs.store import MetricsStore
 from tests.engine_helpers import make_federation, polling_like_the_live_page
 from tests.inprocess_grid import run_in_process
 
@@ -53,8 +53,8 @@ def _wait_for(predicate, timeout: float = 60) -> None:
 
 def test_a_run_on_the_engine_matches_the_same_run_anywhere(warm, tmp_path):
     config = TrainConfig(data_dir=str(warm["fed"]), db=str(warm["db"]), rounds=3, seed=4)
-    run_id = runs.start_run(config)
-    run = runs.wait_for_run(warm["db"], run_id, timeout=120)
+    run_id = lifecycle.start_run(config)
+    run = lifecycle.wait_for_run(warm["db"], run_id, timeout=120)
     assert run["status"] == "completed" and run["pid"] == warm["pid"]
     engine_rounds = runlog.run_detail(MetricsStore(warm["db"]), run_id)["rounds"]
     reference, _ = run_in_process(config.replace(db=str(tmp_path / "ref.duckdb")))
@@ -67,8 +67,8 @@ def test_a_run_on_the_engine_matches_the_same_run_anywhere(warm, tmp_path):
 def test_a_secure_aggregation_run_uses_only_its_own_hospitals_nodes(warm):
     """The engine has more nodes (4) than this federation has hospitals (3)."""
     config = TrainConfig(data_dir=str(warm["fed"]), db=str(warm["db"]), rounds=2, secagg=True)
-    run_id = runs.start_run(config)
-    run = runs.wait_for_run(warm["db"], run_id, timeout=120)
+    run_id = lifecycle.start_run(config)
+    run = lifecycle.wait_for_run(warm["db"], run_id, timeout=120)
     assert run["status"] == "completed", run["reason"]
     rounds = runlog.run_detail(MetricsStore(warm["db"]), run_id)["rounds"]
     assert [(r["hospitals_sampled"], r["hospitals_ok"]) for r in rounds] == [(3, 3), (3, 3)]
@@ -85,14 +85,14 @@ def test_a_busy_engine_or_a_run_too_big_for_it_is_refused(warm):
         "nodes": NODES,
         "busy": False,
     }
-    long_run = runs.start_run(TrainConfig(data_dir=str(warm["fed"]), db=db, rounds=500))
+    long_run = lifecycle.start_run(TrainConfig(data_dir=str(warm["fed"]), db=db, rounds=500))
     store = MetricsStore(db)
     _wait_for(lambda: runlog.get_run(store, long_run)["status"] == "running")
     assert engine.status(db)["busy"] is True
     other = TrainConfig(data_dir=str(warm["fed"]), db=db, rounds=1)
     assert engine.submit(other, "never-started") is None  # the caller starts it cold
-    runs.cancel_run(db, long_run)
-    assert runs.wait_for_run(db, long_run, timeout=120)["status"] == "cancelled"
+    lifecycle.cancel_run(db, long_run)
+    assert lifecycle.wait_for_run(db, long_run, timeout=120)["status"] == "cancelled"
     _wait_for(lambda: engine.status(db)["busy"] is False)
     assert store.scalar("SELECT count(*) FROM runs WHERE run_id = 'never-started'") == 0
 
@@ -105,14 +105,14 @@ def test_cancel_stops_a_warm_run_before_its_next_round(warm):
     """
     db = str(warm["db"])
     config = TrainConfig(data_dir=str(warm["fed"]), db=db, rounds=500, straggler_delay=0.2)
-    run_id = runs.start_run(config)
+    run_id = lifecycle.start_run(config)
     store = MetricsStore(db)
     count = "SELECT count(*) FROM rounds WHERE run_id = ?"
     with polling_like_the_live_page(store, run_id):
         _wait_for(lambda: store.scalar(count, [run_id]) >= 3)
         seen = store.scalar(count, [run_id])
-        runs.cancel_run(db, run_id)
-        run = runs.wait_for_run(db, run_id, timeout=120)
+        lifecycle.cancel_run(db, run_id)
+        run = lifecycle.wait_for_run(db, run_id, timeout=120)
     assert run["status"] == "cancelled" and run["cancel_requested"] is True
     assert seen <= store.scalar(count, [run_id]) <= seen + 1
     _wait_for(lambda: engine.status(db)["busy"] is False)
@@ -152,9 +152,9 @@ def test_the_first_cohort_query_goes_to_the_warm_engine(warm, tmp_path):
 
 
 def test_stress_test_times_a_run_handed_to_the_engine(warm):
-    from healthsync import bench
+    from healthsync.bench import sweep
 
-    measured = bench.measure_warm(warm["fed"], str(warm["db"]), "logreg", 3, 0, timeout=120)
+    measured = sweep.measure_warm(warm["fed"], str(warm["db"]), "logreg", 3, 0, timeout=120)
     assert measured.status == "ok", measured.note
     assert measured.way == "warm" and measured.hospitals == 3
     assert 0 < measured.first_round_seconds < 60 and measured.seconds_per_round > 0
@@ -169,7 +169,7 @@ def test_only_warm_runs_fail_rather_than_start_cold(warm, tmp_path):
 
     elsewhere = TrainConfig(data_dir=str(warm["fed"]), db=str(tmp_path / "other.duckdb"))
     with pytest.raises(HealthSyncError, match="did not take the run"):
-        runs.start_run(elsewhere, only_warm=True)  # no engine serves that store
+        lifecycle.start_run(elsewhere, only_warm=True)  # no engine serves that store
     failed = MetricsStore(elsewhere.db).frame("SELECT status, pid FROM runs")
     assert failed.rows() == [("failed", None)]
 
@@ -187,11 +187,11 @@ def test_engine_cli_reports_status(warm, capsys):
 def test_a_run_whose_engine_dies_is_marked_failed(warm):
     """Last in the module: it kills the engine."""
     db = str(warm["db"])
-    run_id = runs.start_run(TrainConfig(data_dir=str(warm["fed"]), db=db, rounds=500))
+    run_id = lifecycle.start_run(TrainConfig(data_dir=str(warm["fed"]), db=db, rounds=500))
     store = MetricsStore(db)
     _wait_for(lambda: store.scalar("SELECT count(*) FROM rounds WHERE run_id = ?", [run_id]) > 0)
     os.kill(warm["pid"], signal.SIGKILL)
-    _wait_for(lambda: runs.run_status(db, run_id)["status"] == "failed", timeout=30)
-    assert "exited without finishing" in runs.run_status(db, run_id)["reason"]
+    _wait_for(lambda: lifecycle.run_status(db, run_id)["status"] == "failed", timeout=30)
+    assert "exited without finishing" in lifecycle.run_status(db, run_id)["reason"]
     _wait_for(lambda: engine.status(db) is None, timeout=10)
     assert not engine.state_path(db).exists()  # the dead engine's announcement is cleared

@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from healthsync.errors import HealthSyncError
-from healthsync.features import Encoder, Scaler, ScalingStats, labels
+from healthsync.ml.features import Encoder, Scaler, ScalingStats, labels
 
 
 def test_federated_mean_std_equals_pooled():

@@ -1,11 +1,11 @@
-"""The How it works page and its story (healthsync.explainer): one round on the real federation."""
+"""The How it works page and its story (healthsync.views.explainer): one round on the real federation."""
 
 import re
 
 import pytest
 
-from healthsync import explainer
 from healthsync.data import load_federation
+from healthsync.views import explainer
 from tests.app_helpers import ROOT, AppEnv, fake_run, texts
 
 
@@ -74,4 +74,4 @@ def test_every_chart_caption_links_to_the_page(env):
 
 
 def test_the_library_module_never_imports_streamlit():
-    assert "streamlit" not in (ROOT / "healthsync" / "explainer.py").read_text()
+    assert "streamlit" not in (ROOT / "healthsync" / "views" / "explainer.py").read_text()

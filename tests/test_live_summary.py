@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from healthsync import drilldown
 from healthsync.data import load_federation
+from healthsync.views import drilldown
 from tests.app_helpers import AppEnv, fake_run, texts
 
 

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from healthsync.metrics import BinaryMetrics, aggregate, auc_score, binary_metrics, score_histogram
+from healthsync.ml.metrics import (
+    BinaryMetrics,
+    aggregate,
+    auc_score,
+    binary_metrics,
+    score_histogram,
+)
 
 
 def test_auc_matches_pairwise_definition():

@@ -19,7 +19,7 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from healthsync import privacy
 from healthsync.config import TrainConfig
-from healthsync.store import MetricsStore
+from healthsync.runs.store import MetricsStore
 from tests.engine_helpers import make_federation
 from tests.inprocess_grid import run_in_process, trained_models
 

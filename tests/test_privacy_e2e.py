@@ -13,7 +13,7 @@ from flwr.supercore.privacy_accounting import (
 )
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
-from healthsync import attacks
+from healthsync.ml import attacks
 from tests.engine_helpers import cli_json, make_federation
 
 pytestmark = pytest.mark.slow

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from healthsync import runlog
 from healthsync.config import TrainConfig
-from healthsync.metrics import BinaryMetrics
+from healthsync.ml.metrics import BinaryMetrics
 from healthsync.privacy import epsilon_for
-from healthsync.store import MetricsStore
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
 from tests.app_helpers import AppEnv, button, charts, fake_run, texts
 
 
@@ -51,7 +51,9 @@ def private_run(
 # ---------------------------------------------------------------- launch
 def test_launch_builds_a_private_config_with_an_attack_drill(env, monkeypatch):
     started = []
-    monkeypatch.setattr("healthsync.runs.start_run", lambda c, **_: started.append(c) or "run-x")
+    monkeypatch.setattr(
+        "healthsync.runs.lifecycle.start_run", lambda c, **_: started.append(c) or "run-x"
+    )
     monkeypatch.setattr("streamlit.switch_page", lambda *a, **k: None)
     at = env.app("analyst", "pages/launch.py")
     assert "Privacy and robustness" in [e.label for e in at.expander]
@@ -77,7 +79,9 @@ def test_launch_builds_a_private_config_with_an_attack_drill(env, monkeypatch):
 
 def test_launch_turns_on_secure_aggregation(env, monkeypatch):
     started = []
-    monkeypatch.setattr("healthsync.runs.start_run", lambda c, **_: started.append(c) or "run-x")
+    monkeypatch.setattr(
+        "healthsync.runs.lifecycle.start_run", lambda c, **_: started.append(c) or "run-x"
+    )
     monkeypatch.setattr("streamlit.switch_page", lambda *a, **k: None)
     at = env.app("analyst", "pages/launch.py")
     next(c for c in at.checkbox if c.label == "Secure aggregation (SecAgg+)").check()
@@ -89,7 +93,9 @@ def test_launch_turns_on_secure_aggregation(env, monkeypatch):
 
 def test_launch_defaults_leave_safeguards_off(env, monkeypatch):
     started = []
-    monkeypatch.setattr("healthsync.runs.start_run", lambda c, **_: started.append(c) or "run-x")
+    monkeypatch.setattr(
+        "healthsync.runs.lifecycle.start_run", lambda c, **_: started.append(c) or "run-x"
+    )
     monkeypatch.setattr("streamlit.switch_page", lambda *a, **k: None)
     at = env.app("analyst", "pages/launch.py")
     button(at, "Start training").click().run()
@@ -115,7 +121,9 @@ def test_launch_defaults_leave_safeguards_off(env, monkeypatch):
     ],
 )
 def test_launch_reports_invalid_privacy_settings(env, monkeypatch, changes, message):
-    monkeypatch.setattr("healthsync.runs.spawn_detached", pytest.fail)  # nothing may start
+    monkeypatch.setattr(
+        "healthsync.runs.lifecycle.spawn_detached", pytest.fail
+    )  # nothing may start
     at = env.app("analyst", "pages/launch.py")
     if changes.pop("krum", None) is not None:
         next(w for w in at.selectbox if w.label == "Aggregation strategy").set_value("krum")

@@ -18,10 +18,11 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from healthsync import dashboard, runlog
 from healthsync.config import TrainConfig
 from healthsync.privacy.release import MIN_CELL
-from healthsync.store import MetricsStore
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
+from healthsync.views import dashboard
 from tests.app_helpers import AppEnv, charts, fake_run, texts
 
 #: 20 bins of the federation's summed histogram: one holds a single diabetic patient.
@@ -302,7 +303,7 @@ def test_released_bins_pass_unchanged_when_merged_again():
 
 
 def test_the_comparison_table_is_stored_and_read_as_released(tmp_path, monkeypatch):
-    from healthsync.baselines import compare_table
+    from healthsync.runs.baselines import compare_table
 
     env = AppEnv(tmp_path, monkeypatch)  # 3 hospitals, each with under 11 diabetic test patients
     fake_run(env.store, "run-a", data_dir=env.fed_dir, model=True)

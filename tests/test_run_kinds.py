@@ -10,10 +10,11 @@ import json
 import duckdb
 import pytest
 
-from healthsync import bench, runlog
+from healthsync.bench import sweep
 from healthsync.cli import main
 from healthsync.config import TrainConfig
-from healthsync.store import MetricsStore
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
 from tests.app_helpers import AliveProcess, AppEnv, fake_run, make_federation, texts
 
 
@@ -30,12 +31,12 @@ def _benchmark(env: AppEnv, run_id: str, **kwargs) -> None:
 
 # ---------------------------------------------------------------- the store
 def test_stress_test_runs_are_recorded_as_benchmarks_with_a_name(env, monkeypatch):
-    monkeypatch.setattr("healthsync.runs.spawn_detached", lambda cmd, log: AliveProcess())
+    monkeypatch.setattr("healthsync.runs.lifecycle.spawn_detached", lambda cmd, log: AliveProcess())
     monkeypatch.setattr(
-        "healthsync.bench._measure_run",
-        lambda way, config, run_id, started, timeout: bench.Measurement(way, config.model, 3),
+        "healthsync.bench.sweep._measure_run",
+        lambda way, config, run_id, started, timeout: sweep.Measurement(way, config.model, 3),
     )
-    bench.measure_flower(env.fed_dir, str(env.db), "logreg", 2, 0, 0, 60.0)
+    sweep.measure_flower(env.fed_dir, str(env.db), "logreg", 2, 0, 0, 60.0)
     (run,) = runlog.list_runs(env.store).iter_rows(named=True)
     assert run["kind"] == runlog.BENCHMARK
     assert run["name"] == "stress test · healthsync · 3 hospitals · logreg"
@@ -132,7 +133,7 @@ def test_run_pickers_say_the_data_set_and_the_name(env):
 
 # ---------------------------------------------------------------- naming a run
 def test_launch_names_the_run(env, monkeypatch):
-    monkeypatch.setattr("healthsync.runs.spawn_detached", lambda cmd, log: AliveProcess())
+    monkeypatch.setattr("healthsync.runs.lifecycle.spawn_detached", lambda cmd, log: AliveProcess())
     at = env.app("analyst", "pages/launch.py")
     next(w for w in at.text_input if w.label.startswith("Run name")).input("  first try  ")
     next(w for w in at.number_input if w.label == "Rounds").set_value(2)
@@ -145,8 +146,8 @@ def test_launch_names_the_run(env, monkeypatch):
 
 
 def test_train_name_is_stored_and_shown_by_runs_list_and_show(env, monkeypatch, capsys):
-    monkeypatch.setattr("healthsync.runs.spawn_detached", lambda cmd, log: AliveProcess())
-    monkeypatch.setattr("healthsync.runs.wait_for_run", lambda *args, **kwargs: {})
+    monkeypatch.setattr("healthsync.runs.lifecycle.spawn_detached", lambda cmd, log: AliveProcess())
+    monkeypatch.setattr("healthsync.runs.lifecycle.wait_for_run", lambda *args, **kwargs: {})
     db = str(env.db)
     main(["train", "--data", str(env.fed_dir), "--db", db, "--rounds", "1", "--name", "night"])
     main(["train", "--data", str(env.fed_dir), "--db", db, "--rounds", "1"])
@@ -169,7 +170,9 @@ def test_train_name_is_stored_and_shown_by_runs_list_and_show(env, monkeypatch, 
 
 
 def test_a_name_too_long_is_refused(env, monkeypatch, capsys):
-    monkeypatch.setattr("healthsync.runs.spawn_detached", pytest.fail)  # nothing may start
+    monkeypatch.setattr(
+        "healthsync.runs.lifecycle.spawn_detached", pytest.fail
+    )  # nothing may start
     code = main(["train", "--data", str(env.fed_dir), "--db", str(env.db), "--name", "x" * 81])
     assert code == 2
     assert "run name" in capsys.readouterr().err
@@ -184,7 +187,7 @@ def test_a_named_run_config_is_unchanged(env):
 
 
 def test_the_comparison_legend_names_named_runs(env):
-    from healthsync import privacy_dashboard
+    from healthsync.views import privacy_dashboard
 
     fake_run(env.store, "run-a", data_dir=env.fed_dir, name="baseline")
     fake_run(env.store, "run-b", data_dir=env.fed_dir)

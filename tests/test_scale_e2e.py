@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from healthsync import runlog
-from healthsync.predict import load_saved_model
-from healthsync.store import MetricsStore
+from healthsync.runs import runlog
+from healthsync.runs.predict import load_saved_model
+from healthsync.runs.store import MetricsStore
 from tests.engine_helpers import cli_json, make_federation, stop_processes_naming
 
 pytestmark = pytest.mark.slow

@@ -14,11 +14,11 @@ from flwr.common.secure_aggregation.ndarrays_arithmetic import factor_combine
 from flwr.common.secure_aggregation.quantization import quantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
-from healthsync import runlog
 from healthsync.config import TrainConfig
 from healthsync.data import load_federation
-from healthsync.model import SavedModel
-from healthsync.store import MetricsStore
+from healthsync.ml.model import SavedModel
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
 from simulation.secagg import CLIPPING_RANGE, neighbourhood
 from tests.engine_helpers import make_federation
 from tests.inprocess_grid import run_in_process, trained_models
@@ -107,7 +107,7 @@ def test_server_receives_masked_models_whose_sum_is_fedavg(fed, tmp_path):
 
 
 def _train_examples(fed, hospital: int) -> int:
-    from healthsync.training import hospital_arrays
+    from healthsync.ml.training import hospital_arrays
 
     federation = load_federation(fed)
     arrays = hospital_arrays(

@@ -2,9 +2,9 @@
 
 import contextlib
 
-from healthsync import runlog
 from healthsync.config import TrainConfig
-from healthsync.store import MetricsStore
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
 from simulation import __main__ as process
 from simulation import launch
 
@@ -81,7 +81,7 @@ def test_stock_flower_baseline_runs_on_flowers_own_backend(monkeypatch):
 
 
 def test_the_stress_test_baseline_asks_for_a_cold_stock_run(monkeypatch, data_federation, tmp_path):
-    from healthsync import bench
+    from healthsync.bench import sweep
 
     asked = []
 
@@ -89,10 +89,10 @@ def test_the_stress_test_baseline_asks_for_a_cold_stock_run(monkeypatch, data_fe
         asked.append((config.block_size, kwargs))
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr("healthsync.runs.start_run", start_run)
+    monkeypatch.setattr("healthsync.runs.lifecycle.start_run", start_run)
     for block in (1, 0):
         with contextlib.suppress(RuntimeError):
-            bench.measure_flower(
+            sweep.measure_flower(
                 data_federation.data_dir, str(tmp_path / "m.duckdb"), "logreg", 2, 0, block, 60
             )
     settings = [(block, {k: v for k, v in kw.items() if k != "name"}) for block, kw in asked]

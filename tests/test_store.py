@@ -9,11 +9,11 @@ import time
 import polars as pl
 import pytest
 
-from healthsync import runlog
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
-from healthsync.metrics import BinaryMetrics
-from healthsync.store import MetricsStore
+from healthsync.ml.metrics import BinaryMetrics
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
 
 
 @pytest.fixture
@@ -111,9 +111,9 @@ def test_dead_process_marks_run_failed(store):
 WRITER = textwrap.dedent(
     """
     import sys, time
-    from healthsync import runlog
+    from healthsync.runs import runlog
     from healthsync.config import TrainConfig
-    from healthsync.store import MetricsStore
+    from healthsync.runs.store import MetricsStore
     store = MetricsStore(sys.argv[1])
     runlog.create_run(store, "run-w", TrainConfig(rounds=40), status="running")
     for r in range(1, 41):

@@ -5,8 +5,9 @@ import re
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from healthsync import bench, runlog
-from healthsync.store import MetricsStore
+from healthsync.bench import sweep
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
 from tests.app_helpers import ROOT, AliveProcess, AppEnv, button, charts, texts
 
 PAGE = ROOT / "pages" / "stress.py"
@@ -25,7 +26,7 @@ def open_page(env: AppEnv, role: str) -> AppTest:
 
 def _store_sweep(db) -> None:
     store = MetricsStore(db)
-    bench.ensure_schema(store)
+    sweep.ensure_schema(store)
     rows = [
         ["sweep-a", runlog.now(), way, "logreg", h, 500, 3, s, h / s, 900.0, 12.0, "ok", None]
         for way, factor in (("healthsync", 2.0), ("vectorised", 1.0))
@@ -64,7 +65,8 @@ def test_logged_out_sees_nothing(env):
 def test_run_sweep_shows_progress_and_each_result_as_it_lands(env, monkeypatch):
     spawned = []
     monkeypatch.setattr(
-        "healthsync.bench.spawn_detached", lambda cmd, log: spawned.append(cmd) or AliveProcess()
+        "healthsync.bench.sweep.spawn_detached",
+        lambda cmd, log: spawned.append(cmd) or AliveProcess(),
     )
     at = open_page(env, "analyst")
     ways = next(w for w in at.multiselect if w.label == "Ways to run")
@@ -93,8 +95,8 @@ def test_run_sweep_shows_progress_and_each_result_as_it_lands(env, monkeypatch):
 
 
 def test_a_running_sweep_shows_its_progress_to_viewers_too(env, monkeypatch):
-    monkeypatch.setattr("healthsync.bench.spawn_detached", lambda cmd, log: AliveProcess())
-    bench.start_sweep(bench.SweepConfig(hospitals=(10,), models=("logreg",), db=str(env.db)))
+    monkeypatch.setattr("healthsync.bench.sweep.spawn_detached", lambda cmd, log: AliveProcess())
+    sweep.start_sweep(sweep.SweepConfig(hospitals=(10,), models=("logreg",), db=str(env.db)))
     at = open_page(env, "viewer")
     assert not at.exception
     assert "0 of 4 measurements" in at.progress[0].proto.text

@@ -3,7 +3,7 @@
 import pytest
 
 from healthsync.cli import main
-from healthsync.store import MetricsStore
+from healthsync.runs.store import MetricsStore
 from tests.engine_helpers import make_federation
 
 

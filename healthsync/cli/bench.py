@@ -51,7 +51,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import polars as pl
     from tqdm import tqdm
 
-    from healthsync.bench import SweepConfig, ratios, run_sweep
+    from healthsync.bench.sweep import SweepConfig, ratios, run_sweep
 
     config = SweepConfig(
         hospitals=tuple(args.hospitals),

@@ -1,4 +1,4 @@
-"""``healthsync engine start|status|stop``: the warm training engine (``healthsync.engine``)."""
+"""``healthsync engine start|status|stop``: the warm training engine (``healthsync.runs.engine``)."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_start(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from healthsync import engine
     from healthsync.errors import HealthSyncError
+    from healthsync.runs import engine
 
     if args.idle_minutes <= 0:
         raise HealthSyncError(f"idle minutes must be > 0, got {args.idle_minutes:g}")
@@ -63,7 +63,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from healthsync import engine
+    from healthsync.runs import engine
 
     state = engine.status(args.db)
     if args.json:
@@ -81,7 +81,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from healthsync import engine
+    from healthsync.runs import engine
 
     outcome = engine.stop(args.db)
     messages = {

@@ -32,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from healthsync import runlog
-    from healthsync.store import MetricsStore
+    from healthsync.runs import runlog
+    from healthsync.runs.store import MetricsStore
 
     store = MetricsStore(args.db)
     runlog.reconcile_dead_runs(store)
@@ -72,8 +72,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from healthsync import runlog
-    from healthsync.store import MetricsStore
+    from healthsync.runs import runlog
+    from healthsync.runs.store import MetricsStore
 
     store = MetricsStore(args.db)
     runlog.reconcile_dead_runs(store)
@@ -94,7 +94,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from healthsync.runs import cancel_run
+    from healthsync.runs.lifecycle import cancel_run
 
     if cancel_run(args.db, args.run_id):
         print(f"cancel requested for {args.run_id}; it stops after its current round")

@@ -201,10 +201,10 @@ def run_and_watch(
     """
     from tqdm import tqdm
 
-    from healthsync import runlog, runs
-    from healthsync.store import MetricsStore
+    from healthsync.runs import lifecycle, runlog
+    from healthsync.runs.store import MetricsStore
 
-    run_id = runs.start_run(config, ray_address=ray_address, name=name)
+    run_id = lifecycle.start_run(config, ray_address=ray_address, name=name)
     log_file = Path(config.db).resolve().parent / "logs" / f"{run_id}.log"
     print(f"run {run_id} started (log: {log_file})", file=sys.stderr)
     bar = tqdm(
@@ -219,11 +219,11 @@ def run_and_watch(
         bar.update(done - bar.n)
 
     try:
-        runs.wait_for_run(config.db, run_id, on_round=advance)
+        lifecycle.wait_for_run(config.db, run_id, on_round=advance)
     except KeyboardInterrupt:
-        runs.cancel_run(config.db, run_id)
+        lifecycle.cancel_run(config.db, run_id)
         print(f"\ncancelling {run_id} after the current round...", file=sys.stderr)
-        runs.wait_for_run(config.db, run_id, on_round=advance)
+        lifecycle.wait_for_run(config.db, run_id, on_round=advance)
     finally:
         bar.close()
     return runlog.run_detail(MetricsStore(config.db), run_id)
@@ -250,7 +250,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from healthsync.predict import predict_file
+    from healthsync.runs.predict import predict_file
 
     risks = predict_file(args.db, args.run, args.input)
     if args.json:
@@ -261,7 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from healthsync.baselines import compare_table
+    from healthsync.runs.baselines import compare_table
 
     config = config_from_args(args)
     run_id = args.run
@@ -276,7 +276,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             return 1
     table = compare_table(config, run_id, progress=not args.json)
     if args.json:
-        from healthsync.runlog import to_records
+        from healthsync.runs.runlog import to_records
 
         print(json.dumps({"run_id": run_id, "rows": to_records(table)}))
     else:

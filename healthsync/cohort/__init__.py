@@ -23,7 +23,7 @@ import polars as pl
 from healthsync.cohort.explorer import budget_status, explore, stop_service
 from healthsync.cohort.policy import CohortPolicy
 from healthsync.cohort.result import Budget, CohortResult
-from healthsync.store import MetricsStore
+from healthsync.runs.store import MetricsStore
 
 __all__ = [
     "Budget",

@@ -43,7 +43,7 @@ from healthsync.cohort.service import (
 from healthsync.data import load_federation, open_hospital
 from healthsync.errors import HealthSyncError
 from healthsync.privacy.site import SiteRefusal
-from healthsync.store import MetricsStore
+from healthsync.runs.store import MetricsStore
 
 PERMISSION = "explore"
 

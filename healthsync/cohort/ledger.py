@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from healthsync.store import MetricsStore
+from healthsync.runs.store import MetricsStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS privacy_ledger (

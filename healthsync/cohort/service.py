@@ -37,14 +37,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any, Protocol
 
-from healthsync import engine
-from healthsync.cohort.plan import QueryPlan
-from healthsync.cohort.policy import CohortPolicy
-from healthsync.cohort.result import Budget, Release
-from healthsync.data import Federation
-from healthsync.errors import HealthSyncError
-from healthsync.privacy.site import SiteRefusal
-from healthsync.processes import (
+from healthsync.background.processes import (
     file_lock,
     last_line,
     process_alive,
@@ -52,6 +45,13 @@ from healthsync.processes import (
     spawn_detached,
     write_private,
 )
+from healthsync.cohort.plan import QueryPlan
+from healthsync.cohort.policy import CohortPolicy
+from healthsync.cohort.result import Budget, Release
+from healthsync.data import Federation
+from healthsync.errors import HealthSyncError
+from healthsync.privacy.site import SiteRefusal
+from healthsync.runs import engine
 
 STATE_DIR_NAME = "cohort-service"
 IDLE_SECONDS = 900.0
@@ -188,7 +188,7 @@ class FlowerExecutor:
     start_timeout : seconds to wait for a service to come up.
     block_size : hospitals answered together by one simulated client in a service this
         executor starts (default: the service's choice, one each up to 100 hospitals).
-    engine_db : the metrics store whose warm training engine (``healthsync.engine``),
+    engine_db : the metrics store whose warm training engine (``healthsync.runs.engine``),
         if one runs, answers instead of a service; ``None`` always uses the service.
     """
 

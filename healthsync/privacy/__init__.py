@@ -23,7 +23,7 @@ import polars as pl
 if TYPE_CHECKING:
     from flwr.supercore.privacy_accounting import PrivacyAccountant
 
-    from healthsync.store import MetricsStore
+    from healthsync.runs.store import MetricsStore
 
 
 def new_accountant(hospitals: int, delta: float, budget: float = 0.0) -> PrivacyAccountant:

@@ -5,7 +5,7 @@
 Starts a long run (logreg, FedAvg) on the warm training engine (``--cold``:
 in a process of its own), while a reader polls the store the way the Live
 training page does (run, rounds, per-hospital rounds, events, once a second),
-cancels it at round ``--cancel-at`` through ``runs.cancel_run`` (what the page
+cancels it at round ``--cancel-at`` through ``lifecycle.cancel_run`` (what the page
 and the CLI call) and prints: seconds the cancel call took, the round showing
 when it was made, the last round recorded, and seconds from the call to the
 run's ``cancelled`` status. A benchmark, not a test: the machine is shared.
@@ -20,10 +20,10 @@ import threading
 import time
 from pathlib import Path
 
-from healthsync import engine, runlog, runs
 from healthsync.config import TrainConfig
 from healthsync.data.synthetic import generate_federation
-from healthsync.store import MetricsStore
+from healthsync.runs import engine, lifecycle, runlog
+from healthsync.runs.store import MetricsStore
 
 
 def poll_like_the_live_page(db: Path, run_id: str, stop: threading.Event) -> None:
@@ -39,7 +39,7 @@ def poll_like_the_live_page(db: Path, run_id: str, stop: threading.Event) -> Non
 
 def measure(config: TrainConfig, cancel_at: int, *, warm: bool) -> dict[str, float]:
     store = MetricsStore(config.db)
-    run_id = runs.start_run(config, warm=warm)
+    run_id = lifecycle.start_run(config, warm=warm)
     stop = threading.Event()
     reader = threading.Thread(
         target=poll_like_the_live_page, args=(Path(config.db), run_id, stop), daemon=True
@@ -50,9 +50,9 @@ def measure(config: TrainConfig, cancel_at: int, *, warm: bool) -> dict[str, flo
         while (seen := int(store.scalar(count, [run_id]) or 0)) < cancel_at:
             time.sleep(0.02)
         clicked = time.perf_counter()
-        runs.cancel_run(config.db, run_id)
+        lifecycle.cancel_run(config.db, run_id)
         call = time.perf_counter() - clicked
-        run = runs.wait_for_run(config.db, run_id, poll_seconds=0.02, timeout=300)
+        run = lifecycle.wait_for_run(config.db, run_id, poll_seconds=0.02, timeout=300)
         stopped = time.perf_counter() - clicked
     finally:
         stop.set()

@@ -25,10 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from healthsync import auth, engine
+from healthsync import auth
 from healthsync.cohort import explore, stop_service
 from healthsync.cohort.policy import POLICY_NAME
 from healthsync.cohort.service import FlowerExecutor, state_dir_for
+from healthsync.runs import engine
 
 QUERIES = [  # (where, group_by, stats): all different
     ([], ["sex"], ["prevalence:diabetes"]),

@@ -10,7 +10,7 @@ starts the same run (logreg, FedAvg, 3 rounds) side by side:
 - warm: handed to the training engine (``healthsync engine start``), which
   was started once beforehand; its start-up time is printed too.
 
-Seconds are wall-clock from ``runs.start_run`` to the first round recorded in
+Seconds are wall-clock from ``lifecycle.start_run`` to the first round recorded in
 the store. The first warm run on a federation also loads its partitions into
 the engine's actors; later ones find them cached, so both are shown.
 A benchmark, not a test: numbers depend on the machine and its load.
@@ -25,17 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from healthsync import engine, runs
 from healthsync.config import TrainConfig
 from healthsync.data.synthetic import generate_federation
-from healthsync.store import MetricsStore
+from healthsync.runs import engine, lifecycle
+from healthsync.runs.store import MetricsStore
 
 
 def first_round(config: TrainConfig) -> tuple[float, int]:
     """Seconds from start to the first recorded round, and the pid that ran it."""
     started = time.time()
-    run_id = runs.start_run(config)
-    run = runs.wait_for_run(config.db, run_id, poll_seconds=0.02)
+    run_id = lifecycle.start_run(config)
+    run = lifecycle.wait_for_run(config.db, run_id, poll_seconds=0.02)
     assert run["status"] == "completed", run
     first = MetricsStore(config.db).scalar(
         "SELECT min(epoch(recorded_at)) FROM rounds WHERE run_id = ?", [run_id]

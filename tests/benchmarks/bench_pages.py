@@ -36,7 +36,7 @@ PAGES = ["overview", "launch", "live", "runs", "model", "admin"]
 def fill_store(db: Path, fed_dir: Path, runs: int, rounds: int, hospitals: int) -> list[str]:
     """Bulk-insert ``runs`` runs with ``rounds`` rounds of ``hospitals`` hospitals each."""
     from healthsync.config import TrainConfig
-    from healthsync.store import MetricsStore
+    from healthsync.runs.store import MetricsStore
     from tests.app_helpers import save_model
 
     store = MetricsStore(db)
@@ -147,9 +147,10 @@ def main() -> int:
 
     from streamlit.testing.v1 import AppTest
 
-    from healthsync import auth, dashboard
+    from healthsync import auth
     from healthsync.data.synthetic import generate_federation
-    from healthsync.store import MetricsStore
+    from healthsync.runs.store import MetricsStore
+    from healthsync.views import dashboard
     from tests.app_helpers import log_in
 
     with tempfile.TemporaryDirectory() as tmp:

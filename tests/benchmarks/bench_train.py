@@ -17,16 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from healthsync import runs
 from healthsync.config import TrainConfig
 from healthsync.data.synthetic import generate_federation
-from healthsync.store import MetricsStore
+from healthsync.runs import lifecycle
+from healthsync.runs.store import MetricsStore
 
 
 def one_run(data: Path, db: Path, rounds: int) -> tuple[float, float, float]:
     started = time.time()
-    run_id = runs.start_run(TrainConfig(data_dir=str(data), db=str(db), rounds=rounds))
-    run = runs.wait_for_run(db, run_id, poll_seconds=0.05)
+    run_id = lifecycle.start_run(TrainConfig(data_dir=str(data), db=str(db), rounds=rounds))
+    run = lifecycle.wait_for_run(db, run_id, poll_seconds=0.05)
     total = time.time() - started
     assert run["status"] == "completed", run
     times = (

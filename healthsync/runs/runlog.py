@@ -1,7 +1,7 @@
 """What the metrics store records about runs: writes by the simulation, reads for app and CLI.
 
 Reads return Polars frames or plain dicts. Every write is one short
-transaction (see ``healthsync.store``), so a run's rounds become visible to
+transaction (see ``healthsync.runs.store``), so a run's rounds become visible to
 readers in other processes as soon as each round ends.
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from healthsync.background.processes import process_alive
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
-from healthsync.metrics import BinaryMetrics
+from healthsync.ml.metrics import BinaryMetrics
 from healthsync.privacy import training
-from healthsync.processes import process_alive
-from healthsync.store import MetricsStore
+from healthsync.runs.store import MetricsStore
 
 ROUND_KEYS = (
     "round",

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from healthsync.metrics import SCORE_BINS, BinaryMetrics
-from healthsync.model import build_model, predict_proba, set_arrays
-from healthsync.training import LocalData
+from healthsync.ml.metrics import SCORE_BINS, BinaryMetrics
+from healthsync.ml.model import build_model, predict_proba, set_arrays
+from healthsync.ml.training import LocalData
 
 
 def _stack(model: torch.nn.Module, arrays: list[np.ndarray], count: int) -> dict[str, torch.Tensor]:

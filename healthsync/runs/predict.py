@@ -6,10 +6,10 @@ from pathlib import Path
 
 import polars as pl
 
-from healthsync import runlog
 from healthsync.errors import HealthSyncError
-from healthsync.model import SavedModel
-from healthsync.store import MetricsStore
+from healthsync.ml.model import SavedModel
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
 
 ID_COLUMNS = ("patient_id", "id")
 

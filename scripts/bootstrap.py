@@ -1,7 +1,7 @@
 """The README's two commands: set up ``.venv`` in the checkout, then run the app or the tests.
 
-    python3 -m healthsync.bootstrap app    # install, make demo data, serve on :8501
-    python3 -m healthsync.bootstrap test   # install (plus Chromium), run the suite
+    python3 scripts/bootstrap.py app    # install, make demo data, serve on :8501
+    python3 scripts/bootstrap.py test   # install (plus Chromium), run the suite
 
 Only the standard library is used here, because this runs before anything is
 installed. Installing is skipped when ``requirements.txt`` and ``pyproject.toml``
@@ -106,7 +106,7 @@ def run_tests(extra: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"app", "test"}:
-        print("usage: python3 -m healthsync.bootstrap app|test [pytest args...]", file=sys.stderr)
+        print("usage: python3 scripts/bootstrap.py app|test [pytest args...]", file=sys.stderr)
         return 2
     if argv[0] == "app":
         return run_app()

@@ -1,4 +1,4 @@
-"""``python -m simulation.engine serve``: the warm training engine (see ``healthsync.engine``).
+"""``python -m simulation.warm_engine serve``: the warm training engine (see ``healthsync.runs.engine``).
 
 One Flower simulation on Ray with ``--nodes`` nodes. Its ServerApp warms
 every Ray actor up with a tiny throwaway run, announces itself, then runs each
@@ -26,19 +26,19 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from healthsync import runlog
 from healthsync.cohort.service import federation_id
 from healthsync.config import TrainConfig
 from healthsync.data import load_federation
 from healthsync.data.synthetic import generate_federation
-from healthsync.engine import ENGINE_NODES, IDLE_SECONDS, EngineServer
 from healthsync.errors import HealthSyncError
-from healthsync.store import MetricsStore
+from healthsync.runs import runlog
+from healthsync.runs.engine import ENGINE_NODES, IDLE_SECONDS, EngineServer
+from healthsync.runs.store import MetricsStore
 from simulation.analytics import CohortServer, default_block_size
 from simulation.launch import layout, simulate
 from simulation.server_app import execute
 
-log = logging.getLogger("healthsync.engine")
+log = logging.getLogger("healthsync.runs.engine")
 
 
 def laid_out(nodes: int):
@@ -137,7 +137,7 @@ def make_server_app(state_file: Path, *, nodes: int, idle_timeout: float) -> Ser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulation.engine")
+    parser = argparse.ArgumentParser(prog="python -m simulation.warm_engine")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="keep Flower and Ray warm and run training runs in turn")
     serve.add_argument("--state", required=True, type=Path, help="state file to announce the port")

@@ -4,7 +4,7 @@ No Flower, no Ray, no messages: the benchmark's yardstick for how fast the
 same federated workload (same data, model, rounds, seed) could possibly run on
 this machine. Each hospital's rows are still read through its own accessor.
 
-    python -m healthsync.vectorised --data DIR --rounds R --model logreg
+    python -m healthsync.bench.vectorised --data DIR --rounds R --model logreg
 
 prints one JSON object per line: ``{"event": "ready"}`` once data is loaded,
 then ``{"round": r, "seconds": s, "auc": ...}`` per round.
@@ -19,13 +19,13 @@ import time
 
 import numpy as np
 
-from healthsync.blocks import evaluate_block, train_stacked
 from healthsync.config import TrainConfig
-from healthsync.features import Scaler, ScalingStats
-from healthsync.metrics import aggregate
-from healthsync.model import get_arrays, initial_model
-from healthsync.runs import check_config
-from healthsync.training import hospital_arrays
+from healthsync.ml.blocks import evaluate_block, train_stacked
+from healthsync.ml.features import Scaler, ScalingStats
+from healthsync.ml.metrics import aggregate
+from healthsync.ml.model import get_arrays, initial_model
+from healthsync.ml.training import hospital_arrays
+from healthsync.runs.lifecycle import check_config
 
 CHUNK = 2048  # hospitals per vectorised call, to bound memory
 
@@ -87,7 +87,7 @@ def run(config: TrainConfig, emit=print) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m healthsync.vectorised", description=__doc__.splitlines()[0]
+        prog="python -m healthsync.bench.vectorised", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--data", required=True)
     parser.add_argument("--rounds", type=int, default=3)

@@ -15,8 +15,8 @@ from typing import Any
 
 import polars as pl
 
-from healthsync import dashboard
-from healthsync.store import MetricsStore
+from healthsync.runs.store import MetricsStore
+from healthsync.views import dashboard
 
 NO_DP = "no DP (reference)"
 #: Hospital ids listed in one round's summary before the rest is counted.

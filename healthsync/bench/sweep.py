@@ -9,11 +9,11 @@
   in a cold process of its own, so its time to the first round includes
   Python imports and Ray's start;
 - ``warm``: the same run handed to the warm training engine
-  (``healthsync.engine``), as the web app does: the engine is started (or
+  (``healthsync.runs.engine``), as the web app does: the engine is started (or
   found running) beforehand and its start-up is not timed; it has not seen the
   sweep's federation before, so reading the partitions is timed. Memory is
   the engine's whole process tree, which also keeps earlier federations' rows;
-- ``vectorised``: one process, no Flower or Ray (``healthsync.vectorised``),
+- ``vectorised``: one process, no Flower or Ray (``healthsync.bench.vectorised``),
   the hardware lower bound.
 
 Each runs in its own process tree on the same data, model, rounds and seed;
@@ -39,14 +39,14 @@ from pathlib import Path
 
 import polars as pl
 
-from healthsync import engine, runlog, runs
+from healthsync.background.processes import process_alive, spawn_detached
+from healthsync.bench.proctree import alive, descendants, rss_bytes
 from healthsync.config import BENCH_WAYS, MODELS, TrainConfig
-from healthsync.dashboard import format_duration
 from healthsync.data import load_federation
 from healthsync.errors import HealthSyncError
-from healthsync.processes import process_alive, spawn_detached
-from healthsync.proctree import alive, descendants, rss_bytes
-from healthsync.store import MetricsStore
+from healthsync.runs import engine, lifecycle, runlog
+from healthsync.runs.store import MetricsStore
+from healthsync.views.dashboard import format_duration
 
 WAYS = BENCH_WAYS
 SETTLE_SECONDS = 60.0  # longest wait for a finished run's processes to exit
@@ -278,7 +278,7 @@ def measure_flower(
     )
     # Always a cold run process of its own (never the warm engine), so each
     # measurement includes its start-up and its whole process tree's memory.
-    run_id = runs.start_run(
+    run_id = lifecycle.start_run(
         config,
         warm=False,
         stock_flower=way == "flower",
@@ -293,7 +293,7 @@ def measure_warm(data: Path, db: str, model: str, rounds: int, seed: int, timeou
     config = TrainConfig(data_dir=str(data), db=db, model=model, rounds=rounds, seed=seed)
     started = time.time()
     try:
-        run_id = runs.start_run(
+        run_id = lifecycle.start_run(
             config, only_warm=True, kind=runlog.BENCHMARK, name=run_name("warm", data, model)
         )
     except HealthSyncError as err:
@@ -311,16 +311,16 @@ def _measure_run(
     hospitals = len(load_federation(config.data_dir).hospitals)
 
     def finished() -> bool:
-        return runlog.get_run(store, run_id)["status"] in runs.FINISHED
+        return runlog.get_run(store, run_id)["status"] in lifecycle.FINISHED
 
     try:
         peak = _watch(pid, finished, timeout, settle=way != "warm")
     except TimeoutError:
-        runs.cancel_run(config.db, run_id)
+        lifecycle.cancel_run(config.db, run_id)
         return Measurement(
             way, config.model, hospitals, status="timeout", note=f"over {timeout:.0f} s"
         )
-    run = runs.run_status(config.db, run_id)
+    run = lifecycle.run_status(config.db, run_id)
     rounds_frame = runlog.rounds_frame(store, run_id)
     if run["status"] != "completed" or rounds_frame.is_empty():
         return Measurement(way, config.model, hospitals, status="failed", note=run["reason"])
@@ -362,7 +362,7 @@ def measure_vectorised(
     cmd = [
         sys.executable,
         "-m",
-        "healthsync.vectorised",
+        "healthsync.bench.vectorised",
         "--data",
         str(data),
         "--rounds",

@@ -1,4 +1,4 @@
-"""Data shaping for the app's pages: settings, federation overview, run progress, curves.
+"""Data shaping for the app's pages: federation overview, run progress, curves.
 
 Pages stay thin by asking this module for frames that are ready to draw
 (Polars in, Polars out) and for a few aggregations done in SQL so that a store
@@ -9,7 +9,6 @@ Nothing here imports Streamlit, so it is unit-tested directly.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,12 @@ from typing import Any
 
 import polars as pl
 
-from healthsync import auth, runlog
 from healthsync.data import Federation, load_federation
 from healthsync.data.labels import column_label
-from healthsync.data.manifest import MANIFEST_NAME
 from healthsync.errors import HealthSyncError
 from healthsync.privacy import training
-from healthsync.store import MetricsStore
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
 
 METRICS = {"auc": "AUC", "accuracy": "accuracy", "loss": "log loss"}
 #: What the CSV exports hold: table -> columns in order, aggregates only.
@@ -31,61 +29,6 @@ EXPORTS = {
     "rounds": ("run_id", *runlog.ROUND_KEYS),
     "hospital_rounds": ("run_id", "round", "hospital", "n", "loss", "auc", "accuracy"),
 }
-
-
-# ---------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class AppSettings:
-    """Where the app finds its store, federations and credentials.
-
-    Read from ``HEALTHSYNC_DB``, ``HEALTHSYNC_DATA_ROOT`` and ``HEALTHSYNC_HOME``;
-    relative paths are taken from the checkout root, so the app behaves the
-    same whatever directory ``streamlit run`` was started from.
-    """
-
-    root: Path
-    db: Path
-    data_root: Path
-    home: Path
-
-    @classmethod
-    def from_env(cls, root: Path, environ: Mapping[str, str] = os.environ) -> AppSettings:
-        def resolve(name: str, default: str) -> Path:
-            path = Path(environ.get(name) or default).expanduser()
-            return path if path.is_absolute() else root / path
-
-        return cls(
-            root=root,
-            db=resolve("HEALTHSYNC_DB", "data/healthsync.duckdb"),
-            data_root=resolve("HEALTHSYNC_DATA_ROOT", "data"),
-            home=resolve("HEALTHSYNC_HOME", auth.DEFAULT_HOME),
-        )
-
-
-def find_federations(data_root: Path) -> list[Path]:
-    """Subfolders of ``data_root`` holding a ``federation.json``, by name."""
-    if not data_root.is_dir():
-        return []
-    return sorted(p for p in data_root.iterdir() if (p / MANIFEST_NAME).is_file())
-
-
-#: The data set pages start on when this browser session has chosen none: the one the
-#: README's first command creates.
-DEFAULT_DATA_SET = "demo"
-
-
-def default_data_set(folders: Sequence[Path], last_used: str | None = None) -> Path | None:
-    """The data set a page starts on: the one last used in this session, else ``demo``.
-
-    Else the first by name. Never simply the first by name: data sets are
-    listed by name, so adding one (``big`` before ``demo``) would silently
-    change what every page shows and what Launch starts.
-    """
-    by_name = {p.name: p for p in folders}
-    for name in (last_used, DEFAULT_DATA_SET):
-        if name in by_name:
-            return by_name[name]
-    return folders[0] if folders else None
 
 
 # ---------------------------------------------------------------- overview

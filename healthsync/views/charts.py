@@ -3,7 +3,7 @@
 Every chart has a title, axis titles with units and a tooltip, and uses the
 same colours for the same things (AUC, accuracy, loss; ok and failed
 hospitals), so a chart reads the same on every page. Frames come from
-``healthsync.dashboard``.
+``healthsync.views.dashboard``.
 """
 
 from __future__ import annotations

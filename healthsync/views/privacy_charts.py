@@ -1,7 +1,7 @@
 """Chart builders for privacy and robustness: epsilon spent, and what privacy costs in AUC.
 
-Same conventions as ``healthsync.charts`` (title, axis titles with units,
-tooltips); frames come from ``healthsync.privacy_dashboard``.
+Same conventions as ``healthsync.views.charts`` (title, axis titles with units,
+tooltips); frames come from ``healthsync.views.privacy_dashboard``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import altair as alt
 import polars as pl
 
-from healthsync.privacy_dashboard import NO_DP
+from healthsync.views.privacy_dashboard import NO_DP
 
 EPSILON_COLOR = "#7c3aed"
 BUDGET_COLOR = "#dc2626"

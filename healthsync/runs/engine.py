@@ -2,13 +2,13 @@
 
 A cold run pays for Python imports, Ray's start and every actor's start-up
 (10-15 s on two cores) before its first round. The engine pays that once:
-``python -m simulation.engine serve`` keeps a Flower simulation on Ray with
+``python -m simulation.warm_engine serve`` keeps a Flower simulation on Ray with
 ``ENGINE_NODES`` nodes waiting, and runs each run it accepts through the same
 round loop as a cold run (``simulation.server_app.execute``), so the first
 round of a run it serves is recorded within a second or two. It exits after
 ``IDLE_SECONDS`` without a run, or when asked to stop.
 
-``healthsync.runs.start_run`` offers every local run to a running engine
+``healthsync.runs.lifecycle.start_run`` offers every local run to a running engine
 first and starts a cold run process when there is none, when it is busy with
 another run, or when the run needs more Flower nodes than the engine has (more
 than ``ENGINE_NODES`` blocks). The web app starts the engine (unless
@@ -18,7 +18,7 @@ by hand.
 The channel is a ``multiprocessing.connection`` listener on 127.0.0.1,
 authenticated with a random key that the engine writes, with its port, to a
 state file only its owner can read (``<db folder>/engine/engine.json``). Both
-ends of the protocol live here; ``simulation/engine.py`` only wires Flower.
+ends of the protocol live here; ``simulation/warm_engine.py`` only wires Flower.
 """
 
 from __future__ import annotations
@@ -37,9 +37,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import Any
 
-from healthsync.config import AUTO_BLOCK_THRESHOLD, TrainConfig
-from healthsync.errors import HealthSyncError
-from healthsync.processes import (
+from healthsync.background.processes import (
     file_lock,
     last_line,
     process_alive,
@@ -47,6 +45,8 @@ from healthsync.processes import (
     spawn_detached,
     write_private,
 )
+from healthsync.config import AUTO_BLOCK_THRESHOLD, TrainConfig
+from healthsync.errors import HealthSyncError
 
 # Enough nodes for every automatic block layout: one node per hospital up to
 # AUTO_BLOCK_THRESHOLD hospitals, one block per CPU above.
@@ -273,7 +273,7 @@ def start(
         cmd = [
             sys.executable,
             "-m",
-            "simulation.engine",
+            "simulation.warm_engine",
             "serve",
             "--state",
             str(path),

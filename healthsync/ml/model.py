@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from healthsync.errors import HealthSyncError
-from healthsync.features import Encoder, Scaler
+from healthsync.ml.features import Encoder, Scaler
 
 MLP_HIDDEN = 32
 

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from healthsync.data import Federation, open_hospital
-from healthsync.features import Encoder, Scaler, labels
-from healthsync.metrics import BinaryMetrics, binary_metrics, score_histogram
-from healthsync.model import get_arrays, predict_proba, set_arrays
+from healthsync.ml.features import Encoder, Scaler, labels
+from healthsync.ml.metrics import BinaryMetrics, binary_metrics, score_histogram
+from healthsync.ml.model import get_arrays, predict_proba, set_arrays
 
 
 @dataclass(frozen=True)

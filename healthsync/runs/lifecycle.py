@@ -15,12 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from healthsync import attacks, engine, runlog
+from healthsync.background.processes import read_json, spawn_detached, write_private
 from healthsync.config import SECAGG_MAX_HOSPITALS, SECAGG_MIN_HOSPITALS, TrainConfig
 from healthsync.data import Federation, load_federation
 from healthsync.errors import HealthSyncError
-from healthsync.processes import read_json, spawn_detached, write_private
-from healthsync.store import MetricsStore
+from healthsync.ml import attacks
+from healthsync.runs import engine, runlog
+from healthsync.runs.store import MetricsStore
 
 FINISHED = ("completed", "cancelled", "failed")
 
@@ -100,7 +101,7 @@ def start_run(
     """Validate, record the run as queued, start it; return the run id at once.
 
     A local run goes to the warm training engine when one is running and free
-    (``healthsync.engine``), else to a process of its own (a cold start).
+    (``healthsync.runs.engine``), else to a process of its own (a cold start).
     ``warm=False`` always starts its own process; ``stock_flower`` runs it on
     Flower's own Ray backend; ``only_warm`` fails the run rather than start it
     cold (all three for the stress test's measurements). ``kind`` and ``name``

@@ -76,11 +76,11 @@ MIGRATIONS = (
     (
         ("runs", "name"),
         """
-        -- A run's optional name, shown in run pickers (healthsync.runlog.create_run).
+        -- A run's optional name, shown in run pickers (healthsync.runs.runlog.create_run).
         ALTER TABLE runs ADD COLUMN name VARCHAR;
         -- Every run had kind 'federated' before stress-test runs were told apart
-        -- (healthsync.runlog.BENCHMARK). Those ran on the sweep's own federations,
-        -- <work dir>/bench/h<hospitals>x<patients>s<seed> (healthsync.bench.dataset),
+        -- (healthsync.runs.runlog.BENCHMARK). Those ran on the sweep's own federations,
+        -- <work dir>/bench/h<hospitals>x<patients>s<seed> (healthsync.bench.sweep.dataset),
         -- which the app lists nowhere else.
         UPDATE runs SET kind = 'benchmark'
         WHERE regexp_matches(data_dir, '(^|/)bench/h[0-9]+x[0-9]+s[0-9]+/?$');

@@ -22,16 +22,16 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
-from healthsync import runlog
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
-from healthsync.features import Scaler, ScalingStats
-from healthsync.metrics import BinaryMetrics, aggregate
-from healthsync.model import initial_model
+from healthsync.ml.features import Scaler, ScalingStats
+from healthsync.ml.metrics import BinaryMetrics, aggregate
+from healthsync.ml.model import initial_model
+from healthsync.ml.training import evaluate_local, hospital_arrays, train_local
 from healthsync.privacy import training
-from healthsync.runs import check_config
-from healthsync.store import MetricsStore
-from healthsync.training import evaluate_local, hospital_arrays, train_local
+from healthsync.runs import runlog
+from healthsync.runs.lifecycle import check_config
+from healthsync.runs.store import MetricsStore
 
 COLUMNS = ("method", "hospital", "n", "loss", "auc", "accuracy", "brier")
 

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from healthsync import runlog
 from healthsync.data import Federation, load_federation
 from healthsync.errors import HealthSyncError
 from healthsync.privacy.training import released_hospital_metrics
-from healthsync.store import MetricsStore
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
 
 #: The comparison methods a finished run is set against (``baselines.compare_table``).
 LOCAL_ONLY = "local only"
