@@ -28,6 +28,7 @@ import streamlit_authenticator as stauth
 from healthsync import auth
 from healthsync.auth.stauth_compat import SKIP_COOKIE, issued_cookie_expiry
 from healthsync.views.settings import AppSettings
+from healthsync.views.theme import theme_memory_html
 from pages._guard import LOGIN_KEY, STATUS_KEY, session_user
 
 ROOT = Path(__file__).resolve().parent
@@ -143,8 +144,13 @@ def login_page() -> None:
 
 
 user = current_user()
+login = st.Page(login_page, title="Log in", icon=":material/login:")
+# The Light/Dark choice of the app menu holds on every page's URL (healthsync/views/theme.py).
+# The paths are read before st.navigation, which gives its default page the path "".
+url_paths = [login.url_path] + [st.Page(e[0]).url_path for es in PAGES.values() for e in es]
+st.html(theme_memory_html(url_paths), unsafe_allow_javascript=True)
 if user is None:
-    page = st.navigation([st.Page(login_page, title="Log in", icon=":material/login:")])
+    page = st.navigation([login])
 else:
     # Every page is registered, so a page the role may not open says so by URL (its guard's
     # "Not available for your role") instead of "Page not found"; the menu lists only the

@@ -20,3 +20,11 @@ def test_the_app_menu_offers_the_theme_choice():
     # "minimal" hides the menu holding System / Light / Dark; "viewer" shows it, without
     # the developer's options.
     assert CONFIG["client"]["toolbarMode"] == "viewer"
+
+
+def test_the_theme_memory_script_knows_every_page_url_and_the_default_one():
+    from healthsync.views.theme import theme_memory_html
+
+    html = theme_memory_html(["runs", "/live/", "runs"])
+    assert '["", "live", "runs"]' in html
+    assert "stActiveTheme-" in html and html.count("<script") == 1
