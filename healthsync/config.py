@@ -180,6 +180,10 @@ class TrainConfig:
                 continue
             label = _LABELS.get(spec.name, spec.name.replace("_", " "))
             _check(math.isfinite(value), f"{label} must be a finite number, got {value}")
+            if spec.type == "int" and not isinstance(value, int):
+                _check(float(value).is_integer(), f"{label} must be a whole number, got {value}")
+                object.__setattr__(self, spec.name, int(value))  # 2.0 from a form or JSON
+                value = int(value)
             if spec.name in LIMITS:
                 low, high = LIMITS[spec.name]
                 _check(
