@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,27 @@ DEFAULT_DB = Path("data/healthsync.duckdb")
 AUTO_BLOCK_THRESHOLD = 32
 MAX_AUTO_BLOCK = 2048
 DEFAULT_DATA = Path("data/demo")
+_LABELS = {"lr": "learning rate", "server_lr": "server learning rate"}
+#: Upper limits of the settings, so that a typo (``--rounds 1000000000``) is refused
+#: before anything starts instead of running for days. ``(min, max)``, both inclusive.
+LIMITS: dict[str, tuple[float, float]] = {
+    "rounds": (1, 10_000),
+    "local_epochs": (1, 1_000),
+    "batch_size": (1, 1_000_000),
+    "seed": (0, 2**32 - 1),  # what numpy's and torch's seeding accept
+    "lr": (0, 10),
+    "server_lr": (0, 10),
+    "proximal_mu": (0, 1_000),
+    "krum_f": (0, 100_000),
+    "min_hospitals": (1, 1_000_000),
+    "block_size": (0, 1_000_000),
+    "dp_noise": (0, 1_000),
+    "dp_clip": (0, 1_000_000),
+    "dp_epsilon_budget": (0, 1_000_000),
+    "straggler_delay": (0, 3_600),
+    "round_timeout": (0, 86_400),
+    "adversarial": (0, 1_000_000),
+}
 
 
 @dataclass(frozen=True)
@@ -148,6 +170,27 @@ class TrainConfig:
         )
         self._check_privacy()
         self._check_faults()
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        """Every number finite, of its type, and within ``LIMITS``; checked before anything starts."""
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            label = _LABELS.get(spec.name, spec.name.replace("_", " "))
+            _check(math.isfinite(value), f"{label} must be a finite number, got {value}")
+            if spec.type == "int" and not isinstance(value, int):
+                _check(float(value).is_integer(), f"{label} must be a whole number, got {value}")
+                object.__setattr__(self, spec.name, int(value))  # 2.0 from a form or JSON
+                value = int(value)
+            if spec.name in LIMITS:
+                low, high = LIMITS[spec.name]
+                _check(
+                    low <= value <= high,
+                    f"{label} must be between {_number(low)} and {_number(high)}, "
+                    f"got {_number(value)}",
+                )
 
     def _check_privacy(self) -> None:
         _check(self.dp_noise >= 0, f"dp noise must be >= 0 (0: no privacy), got {self.dp_noise}")
@@ -312,6 +355,13 @@ def _from_flat(spec: dataclasses.Field, value: Any) -> Any:
     if isinstance(default, float):
         return float(value)
     return value
+
+
+def _number(value: float) -> str:
+    """A limit or setting as people write it: ``10000``, ``0.5``, ``1e+23``."""
+    if isinstance(value, int) or (float(value).is_integer() and abs(value) < 1e15):
+        return str(int(value))
+    return f"{value:g}"
 
 
 def _check(condition: bool, message: str) -> None:

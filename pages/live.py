@@ -69,6 +69,8 @@ def watch() -> None:
     st.progress(progress.fraction, text=progress.text(status))
     if run["reason"]:
         st.warning(f"{run['status'].capitalize()}: {run['reason']}")
+    for warning in runlog.run_warnings(store, run_id):
+        st.warning(warning.capitalize(), icon=":material/report:")
     if rounds.is_empty():
         if run["status"] not in runlog.ACTIVE:
             st.info("The run ended before its first round.")

@@ -26,6 +26,9 @@ st.dataframe(dashboard.runs_table(runs), hide_index=True, height=min(38 + 35 * r
 st.caption(
     "Every run in the metrics store, newest first, with its settings and final global numbers."
 )
+for warned_run, warnings in runlog.warnings_by_run(store, runs["run_id"].to_list()).items():
+    for warning in warnings:
+        st.warning(f"{labels.get(warned_run, warned_run)}: {warning}", icon=":material/report:")
 
 st.subheader("Compare runs")
 metric = (

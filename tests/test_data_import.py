@@ -144,6 +144,22 @@ def test_hospital_ids_are_filesystem_safe():
         hospital_id("***")
 
 
+def test_names_in_any_script_are_welcome_and_stay_distinct(tmp_path):
+    """``病院=b.csv`` was refused ("needs at least one letter or digit")."""
+    paths = []
+    for stem in ("a", "b", "c"):
+        paths.append(tmp_path / f"{stem}.parquet")
+        _hospital(12).write_parquet(paths[-1])
+    names = ["病院", "医院", "Hôpital Saint-Éloi"]
+    files = [HospitalFile(n, p) for n, p in zip(names, paths, strict=True)]
+    federation = import_federation(tmp_path / "out", files, "readmitted")
+    assert [h.name for h in federation.hospitals] == names  # shown as written
+    ids = [h.id for h in federation.hospitals]
+    assert len(set(ids)) == 3 and ids[2] == "hopital-saint-eloi"
+    assert all(i.startswith("site-") for i in ids[:2])
+    assert open_hospital(federation, ids[0]).rows().height == 12
+
+
 def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], tuple[str, ...], str]]:
     """Each bad input: (sources, extra flags, expected message fragment)."""
     good = tmp / "good.csv"

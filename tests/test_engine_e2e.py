@@ -103,6 +103,8 @@ def test_failing_hospital_is_counted_and_runs_are_reproducible(fed, tmp_path, ca
     for code, summary in results:
         assert code == 0 and summary["status"] == "completed", summary
         assert set(summary["final"]) == {"loss", "auc", "accuracy", "brier"}
+        # Completed, but honestly: the hospital that failed every round is a warning.
+        assert len(summary["warnings"]) == 1 and "(h0001) failed 2 of 2" in summary["warnings"][0]
     details = [runlog.run_detail(MetricsStore(db), s["run_id"]) for _, s in results]
     for detail in details:
         assert [(r["hospitals_ok"], r["hospitals_failed"]) for r in detail["rounds"]] == [

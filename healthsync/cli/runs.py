@@ -35,7 +35,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from healthsync.runs import runlog
     from healthsync.runs.store import MetricsStore
 
-    store = MetricsStore(args.db)
+    store = MetricsStore.existing(args.db)
     runlog.reconcile_dead_runs(store)
     frame = runlog.list_runs(store)
     if args.json:
@@ -75,7 +75,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from healthsync.runs import runlog
     from healthsync.runs.store import MetricsStore
 
-    store = MetricsStore(args.db)
+    store = MetricsStore.existing(args.db)
     runlog.reconcile_dead_runs(store)
     detail = runlog.run_detail(store, args.run_id)
     if args.json:
@@ -95,7 +95,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from healthsync.runs.lifecycle import cancel_run
+    from healthsync.runs.store import MetricsStore
 
+    MetricsStore.existing(args.db)
     if cancel_run(args.db, args.run_id):
         print(f"cancel requested for {args.run_id}; it stops after its current round")
         return 0

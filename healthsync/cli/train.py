@@ -25,6 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a name for the run, shown with its id in the app's run pickers and `runs list`",
     )
     train.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    train.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when the run has warnings (a hospital failed in more than half the rounds)",
+    )
     train.set_defaults(func=cmd_train)
 
     predict = subparsers.add_parser(
@@ -232,8 +237,10 @@ def run_and_watch(
 def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     detail = run_and_watch(config, ray_address=args.ray_address, quiet=args.json, name=args.name)
-    summary = {k: detail[k] for k in ("run_id", "status", "reason", "final")}
+    summary = {k: detail[k] for k in ("run_id", "status", "reason", "final", "warnings")}
     summary["rounds_done"] = len(detail["rounds"])
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -246,10 +253,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(
                 f"final  loss {f['loss']:.4f}  AUC {f['auc']:.4f}  accuracy {f['accuracy']:.4f}  Brier {f['brier']:.4f}"
             )
-    return 0 if summary["status"] == "completed" else 1
+    if summary["status"] != "completed":
+        return 1
+    return 1 if args.strict and summary["warnings"] else 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from healthsync.runs.store import MetricsStore
+
+    MetricsStore.existing(args.db)  # before torch is imported: a typo answers at once
     from healthsync.runs.predict import predict_file
 
     risks = predict_file(args.db, args.run, args.input)

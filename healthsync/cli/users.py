@@ -78,6 +78,9 @@ def _password(args: argparse.Namespace) -> str | None:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
+    from healthsync.auth.users import check_role
+
+    check_role(args.role)  # before the credentials file is created: a typo leaves nothing
     store = _store(args)
     password = store.add(args.name, args.role, _password(args))
     shown = "" if args.password_stdin else f", password: {password}"
@@ -94,6 +97,9 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def cmd_role(args: argparse.Namespace) -> int:
+    from healthsync.auth.users import check_role
+
+    check_role(args.role)
     _store(args).set_role(args.name, args.role)
     print(f"{args.name} is now {args.role}")
     return 0

@@ -41,6 +41,7 @@ from healthsync.cohort.service import (
     state_dir_for,
 )
 from healthsync.data import load_federation, open_hospital
+from healthsync.data.accessor import preflight
 from healthsync.errors import HealthSyncError
 from healthsync.privacy.site import SiteRefusal
 from healthsync.runs.store import MetricsStore
@@ -84,7 +85,7 @@ def explore(
     """
     started = time.perf_counter()
     home = auth.resolve_home(home)
-    store = open_store(db)
+    store = open_store(db).check()
     entry = {"user": user, "query": _describe(where, group_by, stats), "data_dir": str(data_dir)}
     try:
         role = _check_user(home, user)
@@ -92,6 +93,7 @@ def explore(
         policy = CohortPolicy.from_home(home)
         federation = load_federation(data_dir)
         entry["federation"] = federation_id(federation)
+        preflight(federation)  # a broken hospital is named here, before any service starts
         plan = plan_query(
             federation, CohortQuery.parse(where, group_by, stats), max_cells=policy.max_cells
         )

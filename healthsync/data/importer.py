@@ -9,6 +9,7 @@ atomically, so a bad file leaves the output directory untouched.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -62,11 +63,23 @@ def parse_source(spec: str) -> HospitalFile:
 
 
 def hospital_id(name: str) -> str:
-    """A filesystem-safe id derived from a hospital's name (``"St. Anne's"`` → ``"st-anne-s"``)."""
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:64].rstrip("-")
-    if not slug:
+    """A filesystem-safe id derived from a hospital's name (``"St. Anne's"`` → ``"st-anne-s"``).
+
+    Names in any script are welcome. Accents fold to ASCII (``"Hôpital"`` →
+    ``"hopital"``); letters with no ASCII form (``"病院"``) cannot shape the id,
+    so a name that has any gets a short digest of the whole name appended
+    (``"病院 A"`` → ``"a-3f9c2e"``, ``"病院"`` → ``"site-9b1d4a"``): ids stay
+    ASCII, filesystem-safe and distinct whenever the names are.
+    """
+    folded = unicodedata.normalize("NFKD", name)
+    ascii_name = folded.encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:56].rstrip("-")
+    dropped = any(ch.isalnum() and not ch.isascii() for ch in folded)
+    if not slug and not dropped:
         raise HealthSyncError(f"hospital name {name!r} needs at least one letter or digit")
+    if dropped:
+        digest = hashlib.sha256(name.strip().encode()).hexdigest()[:6]
+        slug = f"{slug or 'site'}-{digest}"
     return slug
 
 

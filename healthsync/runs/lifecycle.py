@@ -18,6 +18,7 @@ from typing import Any
 from healthsync.background.processes import read_json, spawn_detached, write_private
 from healthsync.config import SECAGG_MAX_HOSPITALS, SECAGG_MIN_HOSPITALS, TrainConfig
 from healthsync.data import Federation, load_federation
+from healthsync.data.accessor import preflight
 from healthsync.errors import HealthSyncError
 from healthsync.ml import attacks
 from healthsync.runs import engine, runlog
@@ -62,8 +63,15 @@ def check_config(config: TrainConfig) -> tuple[TrainConfig, Federation]:
     if unknown:
         raise HealthSyncError(f"unknown hospital id(s) in fail_hospitals: {', '.join(unknown)}")
     attacks.choose_adversaries(federation.hospital_ids, config.adversarial, config.seed)
+    sampled = max(int(n * config.fraction), 1)
+    if config.strategy == "krum" and sampled - config.krum_f - 2 < 1:
+        raise HealthSyncError(
+            f"krum f {config.krum_f} is too large for {sampled} hospital(s) per round: Krum "
+            f"scores each update by its n - f - 2 nearest neighbours, so f must be at most "
+            f"{max(sampled - 3, 0)} (its guarantee needs n > 2f + 2)"
+        )
     if config.secagg:
-        _check_secagg_size(max(int(n * config.fraction), 1))
+        _check_secagg_size(sampled)
     checked = config.replace(
         data_dir=str(Path(config.data_dir).resolve()),
         db=str(Path(config.db).resolve()),
@@ -108,7 +116,8 @@ def start_run(
     are recorded with the run (``runlog.create_run``): the stress test's runs
     are ``runlog.BENCHMARK``, kept out of the training views.
     """
-    config, _ = check_config(config)
+    config, federation = check_config(config)
+    preflight(federation)  # a broken hospital stops the start here, named, before any process
     if ray_address:
         check_ray_address(ray_address)
     store = MetricsStore(config.db)

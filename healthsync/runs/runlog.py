@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -323,6 +324,68 @@ def events_frame(store: MetricsStore, run_id: str) -> pl.DataFrame:
     )
 
 
+#: A hospital that failed in more than this share of a run's rounds earns the run a
+#: warning (``run_warnings``); ``train --strict`` turns warnings into exit status 1.
+WARN_FAILED_SHARE = 0.5
+
+
+def run_warnings(store: MetricsStore, run_id: str) -> list[str]:
+    """One line per hospital that failed in more than ``WARN_FAILED_SHARE`` of the rounds.
+
+    A run completes when enough hospitals answer each round, so a hospital
+    whose partition broke can fail every round of a "completed" run; this is
+    how the CLI, Runs and Live say so. Simulated absences (dropout drills) are
+    not failures and do not count.
+    """
+    return warnings_by_run(store, [run_id]).get(run_id, [])
+
+
+def warnings_by_run(store: MetricsStore, run_ids: Sequence[str]) -> dict[str, list[str]]:
+    """``run_warnings`` for many runs in one query (the Runs page shows them all)."""
+    if not run_ids:
+        return {}
+    marks = ", ".join("?" * len(run_ids))
+    failed = store.frame(
+        f"""
+        WITH done AS (
+            SELECT run_id, count(*) AS rounds FROM rounds WHERE run_id IN ({marks}) GROUP BY run_id
+        ), failed AS (
+            SELECT run_id, hospital, count(DISTINCT round) AS rounds, min(message) AS why
+            FROM events WHERE run_id IN ({marks}) AND kind = 'hospital_failed'
+                AND hospital IS NOT NULL
+            GROUP BY run_id, hospital
+        )
+        SELECT f.run_id, f.hospital, least(f.rounds, d.rounds) AS failed, d.rounds AS done,
+               f.why, r.data_dir
+        FROM failed f JOIN done d USING (run_id) JOIN runs r USING (run_id)
+        WHERE f.rounds > {WARN_FAILED_SHARE} * d.rounds
+        ORDER BY f.run_id, f.hospital
+        """,
+        [*run_ids, *run_ids],
+    )
+    out: dict[str, list[str]] = {}
+    names: dict[str, dict[str, str]] = {}
+    for row in failed.iter_rows(named=True):
+        if row["data_dir"] not in names:
+            names[row["data_dir"]] = _hospital_names(row["data_dir"])
+        name = names[row["data_dir"]].get(row["hospital"], row["hospital"])
+        out.setdefault(row["run_id"], []).append(
+            f"hospital {name!r} ({row['hospital']}) failed {row['failed']} of {row['done']} "
+            f"round(s): {row['why']}"
+        )
+    return out
+
+
+def _hospital_names(data_dir: str | None) -> dict[str, str]:
+    """Hospital id -> name from the run's manifest; ids alone if it is gone or broken."""
+    from healthsync.data import load_federation
+
+    try:
+        return {h.id: h.name for h in load_federation(data_dir).hospitals} if data_dir else {}
+    except HealthSyncError:
+        return {}
+
+
 def load_model_blob(store: MetricsStore, run_id: str) -> bytes:
     get_run(store, run_id)
     blob = store.scalar("SELECT blob FROM models WHERE run_id = ?", [run_id])
@@ -358,6 +421,7 @@ def run_detail(store: MetricsStore, run_id: str) -> dict[str, Any]:
         "final": final,
         "rounds": to_records(rounds_frame(store, run_id).drop("recorded_at")),
         "hospitals": to_records(hospital_rounds_frame(store, run_id)),
+        "warnings": run_warnings(store, run_id),
         "events": to_records(
             events_frame(store, run_id).with_columns(pl.col("recorded_at").cast(pl.String))
         ),

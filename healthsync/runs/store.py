@@ -108,6 +108,25 @@ class MetricsStore:
         self._ready = False
         self._held: duckdb.DuckDBPyConnection | None = None  # set inside batch()
 
+    @classmethod
+    def existing(cls, path: str | Path, *, timeout: float = 30.0) -> MetricsStore:
+        """A store that must already exist: read-only commands never create one."""
+        if str(path) != ":memory:" and not Path(path).is_file():
+            raise HealthSyncError(
+                f"no metrics store at {path}: runs create it (`healthsync train --db {path}`)"
+            )
+        return cls(path, timeout=timeout).check()
+
+    def check(self) -> MetricsStore:
+        """Open the store once, so a file that is not a metrics store fails here, named.
+
+        Commands call this before they start anything (a service, a run), so a
+        wrong ``--db`` leaves no lock, log or half-started process behind.
+        """
+        with self.connect():
+            pass
+        return self
+
     # ------------------------------------------------------------ connections
     @contextmanager
     def connect(self, *, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
