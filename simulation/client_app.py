@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
 
@@ -74,40 +73,10 @@ def _federation(data_dir: str) -> Federation:
     return load_federation(data_dir)
 
 
-# (data dir, hospital index, target) -> that hospital's arrays, read once per process.
-_arrays: dict[tuple[str, int, str], HospitalArrays] = {}
-
-
+@cache
 def _hospital(data_dir: str, index: int, target: str) -> HospitalArrays:
-    key = (data_dir, index, target)
-    if (arrays := _arrays.get(key)) is None:
-        federation = _federation(data_dir)
-        arrays = _arrays[key] = hospital_arrays(federation, federation.hospitals[index].id, target)
-    return arrays
-
-
-#: Threads a node reads its hospitals on: reading, checking and encoding a partition is
-#: mostly Polars, NumPy and file system work, done without holding the GIL.
-READERS = 4
-#: Fewer unread hospitals than this are left to be read one after another.
-READ_IN_PARALLEL = 8
-
-
-def _read_ahead(data_dir: str, indices: list[int], target: str) -> None:
-    """Read the hospitals of ``indices`` that this process has not read yet, on a few threads.
-
-    The first message of a run on a new data set makes every hospital read its
-    rows; one after another, a node spent most of that time in single calls
-    waiting on each other. Each hospital still reads only through its own
-    accessor (``_hospital``), in this process; a failure is not kept, so
-    ``_serve`` meets it again and reports it for that hospital.
-    """
-    unread = [i for i in indices if (data_dir, i, target) not in _arrays]
-    if len(unread) < READ_IN_PARALLEL:
-        return
-    with ThreadPoolExecutor(READERS, thread_name_prefix="hospital-read") as pool:
-        for future in [pool.submit(_hospital, data_dir, i, target) for i in unread]:
-            future.exception()  # wait; errors are reported by _serve
+    federation = _federation(data_dir)
+    return hospital_arrays(federation, federation.hospitals[index].id, target)
 
 
 _cached_federation: list[str] = []
@@ -121,7 +90,7 @@ _scaled_with: list[tuple] = []
 def _keep_only(data_dir: str) -> None:
     """Drop cached rows of other federations: a warm engine's actors serve run after run."""
     if _cached_federation != [data_dir]:
-        _arrays.clear()
+        _hospital.cache_clear()
         _federation.cache_clear()
         _scaled_rows.clear()
         _cached_federation[:] = [data_dir]
@@ -193,7 +162,6 @@ def _serve(
     records: dict = {}
     errors: dict[str, str] = {}
     ready: list[tuple[int, HospitalArrays]] = []
-    _read_ahead(str(config["data-dir"]), wanted, str(config["target"]))
     for index in wanted:
         try:
             if screen:
