@@ -13,6 +13,7 @@ one-round training run). The sidebar's "Log out" is left for last.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -35,27 +36,57 @@ from tests.test_browser import (
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 PASSWORD = "a-long-password"
-#: Menu entries per role, in the order they are visited (admin last: its buttons edit users).
+#: The pages an analyst opens; an admin opens them too, and Users (last: its buttons edit users).
+ANALYST_PAGES = [
+    "Overview",
+    "How it works",
+    "Launch",
+    "Live training",
+    "Runs",
+    "Model",
+    "Cohort explorer",
+    "Stress test",
+]
+#: Menu entries per role, in the order they are visited (each role's whole menu).
 ROLES = {
     "viewer": ["Overview", "How it works", "Live training", "Runs", "Model", "Stress test"],
-    "analyst": [
-        "Overview",
-        "How it works",
-        "Launch",
-        "Live training",
-        "Runs",
-        "Model",
-        "Cohort explorer",
-        "Stress test",
-    ],
-    "admin": ["Users"],
+    "analyst": ANALYST_PAGES,
+    "admin": [*ANALYST_PAGES, "Users"],
 }
 ERRORS = (
     "[data-testid='stException'], [data-testid='stAlertContentError'], "
     "[data-testid='stNotificationContentError']"
 )
-#: Text that shows once a page's slow part has loaded (the first model load imports torch).
-READY = {"Model": "Estimate risk"}
+#: Each menu entry's page title: a page has opened once its title shows (not the last one's).
+TITLES = {
+    "Overview": "Federation overview",
+    "How it works": "How it works",
+    "Launch": "Launch a training run",
+    "Live training": "Live training",
+    "Runs": "Run history",
+    "Model": "Global model",
+    "Cohort explorer": "Cohort explorer",
+    "Stress test": "Stress test",
+    "Users": "Users and roles",
+}
+#: Buttons each role must find and press, per page: a page has loaded once they show (the
+#: first model load imports torch). The world below has a finished run, so Runs offers its
+#: downloads; Live training's Cancel shows only while a run is active, so it is not listed.
+_ANALYST_EXPECTS = {
+    "Launch": ["Start training"],
+    "Runs": ["Train baselines and compare", "Rounds (CSV)"],
+    "Model": ["Estimate risk"],
+    "Cohort explorer": ["Run query"],
+    "Stress test": ["Run sweep"],
+}
+EXPECTED = {
+    "viewer": {"Runs": ["Rounds (CSV)"], "Model": ["Estimate risk"]},
+    "analyst": _ANALYST_EXPECTS,
+    "admin": {
+        **_ANALYST_EXPECTS,
+        "Users": ["Add user", "Change role", "Generate a new password", "Remove user"],
+    },
+}
 #: The app's own buttons (not the hover toolbars Streamlit adds to charts and tables).
 MAIN_BUTTONS = (
     "[data-testid='stMain'] :is([data-testid='stButton'], [data-testid='stFormSubmitButton'], "
@@ -95,18 +126,24 @@ def test_every_button_on_every_page_works(world, browser, role):
     page = new_page(browser)
     name = "admin" if role == "admin" else f"{role}-user"
     sign_in(page, world.url, name)
-    pressed: list[str] = []
+    pressed: dict[str, list[str]] = {}
+    seconds: dict[str, float] = {}
     for title in ROLES[role]:
-        open_page(page, title)
-        for label in press_every_button(page, title):
-            pressed.append(f"{title}: {label}")
-    assert pressed, "no button was pressed"
+        started = time.monotonic()
+        open_page(page, title, EXPECTED[role].get(title, []))
+        pressed[title] = press_every_button(page, title)
+        seconds[title] = time.monotonic() - started
     page.get_by_role("button", name="Log out").click()
     wait_for_text(page, "User name")
     assert_no_error(page, "after Log out")
     page.context.close()
-    _stop_everything_started(world)  # not at module end: they would slow every later test
-    print(f"\n{role} pressed {len(pressed)} buttons: " + "; ".join(pressed))
+    print(
+        f"\n{role}: "
+        + "; ".join(f"{t} ({seconds[t]:.0f} s): {', '.join(pressed[t]) or '-'}" for t in pressed)
+    )
+    for title, labels in EXPECTED[role].items():  # a page that never drew its buttons fails
+        missing = [want for want in labels if not any(want in got for got in pressed[title])]
+        assert not missing, f"{role} found no {missing} to press on {title}"
 
 
 def sign_in(page, url: str, name: str) -> None:
@@ -124,12 +161,23 @@ def sign_in(page, url: str, name: str) -> None:
     raise AssertionError(f"{name} could not log in")
 
 
-def open_page(page, title: str) -> None:
+def open_page(page, title: str, expected: list[str]) -> None:
+    """Open ``title`` from the menu and wait until it, not the page before, is drawn.
+
+    Right after the click the last page is still shown (Streamlit's running
+    indicator can be late): its buttons, all pressed already, would be taken
+    for this page's, and this page's own never pressed. So wait for the page's
+    title, then for the last ``expected`` button (drawn after the page's charts).
+    """
     page.locator("[data-testid='stSidebarNav'] a", has_text=title).first.click()
+    page.wait_for_function(
+        "t => document.querySelector(\"[data-testid='stMain'] h1\")?.innerText.trim() === t",
+        arg=TITLES[title],
+        timeout=60_000,
+    )
     settle(page)
-    if title in READY:  # parts that appear only after a slow first load
-        wait_for_text(page, READY[title], timeout=90)
-        settle(page)
+    if expected:  # the last listed is drawn last (lowest on the page, or the last tab's name)
+        wait_for_text(page, expected[-1], timeout=90)
     assert_no_error(page, f"opening {title}")
 
 
@@ -173,20 +221,36 @@ def press_every_button(page, title: str) -> list[str]:
 
 
 def press_visible_buttons(page, title: str, skip: list[str] = ()) -> list[str]:
-    """Click each visible main-area button once, by position (a click may redraw the page)."""
+    """Click each visible, enabled main-area button once, the next one chosen afresh each time.
+
+    A press reruns the page, which may add, remove or redraw buttons (a run
+    started shows Cancel; a submitted form redraws its tab). Choosing a button
+    and clicking it happen in one step in the page, so no click goes to a
+    button that went away in between (pressing by a position counted earlier
+    did, now and then).
+    """
     done: list[str] = []
-    index = 0
-    while index < page.locator(MAIN_BUTTONS).count():
-        button = page.locator(MAIN_BUTTONS).nth(index)
-        label = (button.inner_text() or button.get_attribute("aria-label") or "").strip()
-        index += 1
-        if not button.is_enabled() or label in done or label in skip:
-            continue
-        button.click()
+    for _ in range(MAX_PRESSES):
+        label = page.locator(MAIN_BUTTONS).evaluate_all(PRESS_NEXT, [*done, *skip])
+        if label is None:
+            return done
         settle(page)
         assert_no_error(page, f"pressing {label!r} on {title}")
-        done.append(label or "(icon)")
-    return done
+        done.append(label)
+    raise AssertionError(f"{title}: over {MAX_PRESSES} buttons; does a press keep adding some?")
+
+
+#: A bound on one tab's presses (every press adds a label that is never pressed again).
+MAX_PRESSES = 30
+#: Click the first enabled button whose label was not pressed yet; return its label (or null).
+PRESS_NEXT = """(buttons, pressed) => {
+    for (const [i, b] of buttons.entries()) {
+        const text = (b.innerText || b.getAttribute('aria-label') || '').replace(/\\s+/g, ' ').trim();
+        const label = text || `(icon ${i})`;
+        if (!b.disabled && !pressed.includes(label)) { b.click(); return label; }
+    }
+    return null;
+}"""
 
 
 def assert_no_error(page, when: str) -> None:

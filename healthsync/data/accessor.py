@@ -74,7 +74,7 @@ class HospitalAccessor:
     def rows(self) -> pl.DataFrame:
         """All of this hospital's patients, both splits, with the ``split`` column."""
         if self._rows is None:
-            self._rows = self._read()
+            self._rows = self._read(self.path)
         return self._rows
 
     def derived(self, key: str, build: Callable[[pl.DataFrame], np.ndarray]) -> np.ndarray:
@@ -89,9 +89,10 @@ class HospitalAccessor:
         cannot be written to just goes without.
         """
         path = self.path
-        if not path.is_file():
+        try:
+            stat = path.stat()
+        except OSError:
             return build(self.rows())  # which names the problem
-        stat = path.stat()
         folder = path.parent / CACHE_DIR
         cached = folder / f"{key}-{stat.st_size}-{stat.st_mtime_ns}.npy"
         if folder.is_symlink() or cached.is_symlink():  # only this hospital's own files
@@ -100,7 +101,9 @@ class HospitalAccessor:
             return np.load(cached, allow_pickle=False)
         except (OSError, ValueError):
             pass
-        matrix = build(self.rows())
+        if self._rows is None:  # the path just checked: not resolved a second time
+            self._rows = self._read(path)
+        matrix = build(self._rows)
         with contextlib.suppress(OSError):
             folder.mkdir(exist_ok=True)
             for stale in folder.glob(f"{key}-*.npy"):
@@ -175,19 +178,20 @@ class HospitalAccessor:
         if missing:
             raise HealthSyncError(f"partition file {path} lacks columns {', '.join(missing)}")
 
-    def _read(self) -> pl.DataFrame:
+    def _read(self, path: Path) -> pl.DataFrame:
+        """The rows of ``path`` (this hospital's partition, as ``self.path`` checked it)."""
         import polars as pl
 
-        path = self.path
         if not path.is_file():
             raise HealthSyncError(f"{path}: partition file is missing")
         try:
-            frame = pl.read_parquet(path)
+            frame = pl.read_parquet(path, glob=False)  # one file: no pattern to expand
         except (OSError, pl.exceptions.PolarsError) as err:
             raise HealthSyncError(f"{path}: unreadable partition ({err})") from None
         fed = self.federation
         wanted = [*fed.feature_names, *fed.outcomes, SPLIT_COLUMN]
-        missing = [c for c in wanted if c not in frame.columns]
+        present = set(frame.columns)
+        missing = [c for c in wanted if c not in present]
         if missing:
             raise HealthSyncError(f"{path}: missing columns {', '.join(missing)}")
         try:
