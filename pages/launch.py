@@ -21,7 +21,11 @@ d = TrainConfig()
 with st.form("launch"):
     left, right = st.columns(2)
     settings = {  # TrainConfig field -> widget value (ints stay ints, floats floats)
-        "target": left.selectbox("Outcome to predict", federation.outcomes),
+        "target": left.selectbox(
+            "Outcome to predict",
+            federation.outcomes,
+            index=federation.outcomes.index(federation.default_target),
+        ),
         "model": left.selectbox(
             "Model", MODELS, help="logreg: logistic regression; mlp: small neural net"
         ),

@@ -275,7 +275,8 @@ def test_launch_starts_a_run_and_opens_it_on_the_live_page(env, monkeypatch):
     next(w for w in at.selectbox if w.label == "Aggregation strategy").set_value("fedprox")
     button(at, "Start training").click().run()
     (config,) = started
-    assert (config.rounds, config.strategy, config.target) == (3, "fedprox", "diabetes")
+    # The outcome starts at the data's default target (new diabetes within 5 years).
+    assert (config.rounds, config.strategy, config.target) == (3, "fedprox", "diabetes_5y")
     assert config.db == str(env.db) and config.data_dir == str(env.fed_dir)
     assert [t.value for t in at.title] == ["Live training"]
     assert at.query_params["run"] in ("run-new", ["run-new"])

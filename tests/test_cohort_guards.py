@@ -77,6 +77,28 @@ def test_hospital_aggregates_match_a_direct_count(data_federation):
     assert got["patients"].sum() == cohort.height
 
 
+def test_incident_outcomes_count_new_cases_and_group_only_patients_at_risk(data_federation):
+    hospital = data_federation.hospitals[0].id
+    rows = open_hospital(data_federation, hospital).rows()
+    assert rows["diabetes_5y"].null_count() == rows["diabetes"].sum() > 0
+    # Prevalence of an incident outcome: new cases per patient; those not at risk are "no".
+    got = hospital_aggregates(
+        rows, plan(data_federation, stats=["prevalence:diabetes_5y"]), hospital
+    )
+    assert got["patients"].tolist() == [rows.height]
+    assert got["cases:diabetes_5y"].tolist() == [rows["diabetes_5y"].sum()]
+    # Grouping or filtering by it leaves the patients not at risk out.
+    by = hospital_aggregates(rows, plan(data_federation, group_by=["diabetes_5y"]), hospital)
+    at_risk = rows.filter(pl.col("diabetes") == 0)
+    assert by["patients"].tolist() == [
+        (at_risk["diabetes_5y"] == 0).sum(), (at_risk["diabetes_5y"] == 1).sum()
+    ]  # fmt: skip
+    where = plan(data_federation, ["diabetes_5y != yes"], stats=["prevalence:diabetes"])
+    assert hospital_aggregates(rows, where, hospital)["patients"].tolist() == [
+        (at_risk["diabetes_5y"] == 0).sum()
+    ]
+
+
 # ---------------------------------------------------------------- small cells
 def test_small_cells_show_as_under_11_per_hospital_and_pooled(data_federation):
     by_hospital = plan(data_federation, group_by=["hospital", "sex"])

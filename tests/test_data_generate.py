@@ -10,9 +10,11 @@ import polars as pl
 import pytest
 
 from healthsync.cli import main
-from healthsync.data import Federation, load_federation, open_hospital
+from healthsync.data import Federation, load_federation, open_hospital, population
 from healthsync.data import output as output_module
 from healthsync.data.synthetic import generate_federation, hospital_sizes
+from healthsync.errors import HealthSyncError
+from healthsync.ml.training import hospital_arrays
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -50,14 +52,15 @@ def test_manifest_describes_schema_and_hospitals(data_federation):
     assert raw["format"] == "healthsync-federation/1"
     assert raw["source"] == "synthetic"
     assert raw["created_with"] == {
-        "generator": "healthsync-synthetic/1",
+        "generator": "healthsync-synthetic/2",
         "hospitals": 6,
         "patients": 80,
         "seed": 3,
         "heterogeneity": 0.6,
     }
-    assert raw["outcomes"] == ["diabetes", "hypertension"]
-    assert raw["default_target"] == "diabetes"
+    assert raw["outcomes"] == ["diabetes", "hypertension", "diabetes_5y", "hypertension_5y"]
+    assert raw["default_target"] == "diabetes_5y"
+    assert raw["incident"] == {"diabetes_5y": "diabetes", "hypertension_5y": "hypertension"}
     features = {f["name"]: f for f in raw["features"]}
     assert list(features) == [
         "age", "sex", "bmi", "systolic_bp", "diastolic_bp", "fasting_glucose", "hba1c",
@@ -91,12 +94,16 @@ def test_manifest_describes_schema_and_hospitals(data_federation):
 
 def test_partitions_are_typed_and_split_about_80_20(data_federation):
     rows = _pooled(data_federation)
-    assert rows.columns == [*data_federation.feature_names, "diabetes", "hypertension", "split"]
+    assert rows.columns == [
+        *data_federation.feature_names, "diabetes", "hypertension", "diabetes_5y",
+        "hypertension_5y", "split",
+    ]  # fmt: skip
     assert rows.schema["age"] == pl.Float64
     assert rows.schema["smoking"] == pl.String
-    assert rows.schema["diabetes"] == pl.Int8
+    assert rows.schema["diabetes"] == pl.Int8 and rows.schema["diabetes_5y"] == pl.Int8
     assert set(rows["split"].unique()) == {"train", "test"}
-    assert rows.null_count().sum_horizontal().item() == 0
+    # Only the incident outcomes have empty values (patients not at risk of them).
+    assert rows.drop("diabetes_5y", "hypertension_5y").null_count().sum_horizontal().item() == 0
     for info in data_federation.hospitals:
         assert info.n_patients >= 20
         assert 0.1 <= info.n_test / info.n_patients <= 0.3
@@ -162,7 +169,7 @@ def _logistic_auc(x_train, y_train, x_test, y_test) -> float:
 def test_both_outcomes_are_learnable(tmp_path):
     federation = generate_federation(tmp_path / "f", hospitals=8, patients=500, heterogeneity=0.5)
     train, test = _pooled(federation, "train"), _pooled(federation, "test")
-    for outcome in federation.outcomes:
+    for outcome in ("diabetes", "hypertension"):
         auc = _logistic_auc(
             _design(federation, train), train[outcome].to_numpy(),
             _design(federation, test), test[outcome].to_numpy(),
@@ -288,3 +295,98 @@ def test_failure_midway_leaves_previous_federation_untouched(tmp_path, monkeypat
         calls.clear()
         generate_federation(tmp_path / "new" / "fed", hospitals=5, patients=20)
     assert not (tmp_path / "new").exists()
+
+
+def test_incident_outcomes_count_only_patients_free_at_baseline(tmp_path):
+    federation = generate_federation(tmp_path / "f", hospitals=4, patients=400, heterogeneity=0.5)
+    rows = _pooled(federation)
+    for incident, baseline in federation.incident.items():
+        prevalent = rows.filter(pl.col(baseline) == 1)
+        at_risk = rows.filter(pl.col(baseline) == 0)
+        assert prevalent.height > 0 and prevalent[incident].null_count() == prevalent.height
+        assert at_risk[incident].null_count() == 0
+        assert set(at_risk[incident].unique()) == {0, 1}
+        # Training on the incident target sees exactly the patients at risk, no prevalent case.
+        arrays = [hospital_arrays(federation, h.id, incident) for h in federation.hospitals]
+        assert sum(len(a.y_train) + len(a.y_test) for a in arrays) == at_risk.height
+        assert sum(int(a.y_train.sum() + a.y_test.sum()) for a in arrays) == at_risk[incident].sum()
+    new_cases = rows.filter(pl.col("diabetes") == 0)["diabetes_5y"].mean()
+    assert 0.05 <= new_cases <= 0.14  # about 9 % of patients free of diabetes within 5 years
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    ranks = np.argsort(np.argsort(score)) + 1
+    n_pos = y.sum()
+    return (ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos))
+
+
+@pytest.mark.parametrize("heterogeneity", [0.0, 0.9])
+def test_best_achievable_auc_of_incident_outcomes_is_about_0_8(heterogeneity):
+    # The generator's own true risk is the Bayes-optimal score: no model can rank better.
+    rng = np.random.default_rng(11)
+    sites = population.draw_site_effects(rng, np.zeros(50, dtype=bool), heterogeneity)
+    incidence = population.draw_incidence_effects(rng, sites, heterogeneity)
+    hospital = np.repeat(np.arange(50), 2000)
+    columns = population.draw_patients(rng, sites, hospital, (np.random.default_rng(12), incidence))
+    for outcome in population.INCIDENT:
+        at_risk = ~np.isnan(columns[outcome])
+        auc = _auc(columns[outcome][at_risk].astype(int), columns[f"risk:{outcome}"][at_risk])
+        assert 0.75 <= auc <= 0.85, (outcome, auc)
+
+
+def test_incident_outcomes_leave_the_other_columns_as_they_were():
+    sites = population.draw_site_effects(np.random.default_rng(1), np.zeros(3, dtype=bool), 0.5)
+    incidence = population.draw_incidence_effects(np.random.default_rng(2), sites, 0.5)
+    hospital = np.repeat(np.arange(3), 100)
+    plain = population.draw_patients(np.random.default_rng(3), sites, hospital)
+    both = population.draw_patients(
+        np.random.default_rng(3), sites, hospital, (np.random.default_rng(4), incidence)
+    )
+    assert set(both) - set(plain) == {
+        "diabetes_5y", "hypertension_5y", "risk:diabetes_5y", "risk:hypertension_5y"
+    }  # fmt: skip
+    for name, values in plain.items():
+        np.testing.assert_array_equal(values, both[name], err_msg=name)
+
+
+def test_incident_outcome_is_learnable_but_far_from_perfect(tmp_path):
+    federation = generate_federation(tmp_path / "f", hospitals=8, patients=500, heterogeneity=0.5)
+    train, test = _pooled(federation, "train"), _pooled(federation, "test")
+    for outcome, baseline in federation.incident.items():
+        tr, te = train.filter(pl.col(baseline) == 0), test.filter(pl.col(baseline) == 0)
+        auc = _logistic_auc(
+            _design(federation, tr), tr[outcome].to_numpy(),
+            _design(federation, te), te[outcome].to_numpy(),
+        )  # fmt: skip
+        assert 0.65 <= auc <= 0.88, (outcome, auc)
+
+
+def test_accessor_refuses_an_incident_value_for_a_prevalent_patient(tmp_path):
+    federation = generate_federation(tmp_path / "f", hospitals=1, patients=200, seed=2)
+    path = open_hospital(federation, "h0000").path
+    rows = pl.read_parquet(path)
+    rows.with_columns(
+        pl.when(pl.col("diabetes") == 1)
+        .then(0)
+        .otherwise(pl.col("diabetes_5y"))
+        .alias("diabetes_5y")
+    ).write_parquet(path)
+    with pytest.raises(HealthSyncError, match="'diabetes_5y' must be empty exactly for patients"):
+        open_hospital(federation, "h0000").rows()
+    rows.with_columns(pl.lit(None, pl.Int8).alias("diabetes")).write_parquet(path)
+    with pytest.raises(HealthSyncError, match="missing values in diabetes"):
+        open_hospital(federation, "h0000").rows()
+
+
+@pytest.mark.parametrize(
+    "incident",
+    [["diabetes"], {"stroke_5y": "diabetes"}, {"diabetes_5y": "diabetes_5y"}],
+)
+def test_manifest_refuses_a_bad_incident_mapping(tmp_path, incident):
+    federation = generate_federation(tmp_path / "f", hospitals=1, patients=40, seed=2)
+    path = federation.data_dir / "federation.json"
+    raw = json.loads(path.read_text())
+    raw["incident"] = incident
+    path.write_text(json.dumps(raw))
+    with pytest.raises(HealthSyncError, match="incident"):
+        load_federation(federation.data_dir)

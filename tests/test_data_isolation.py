@@ -118,6 +118,9 @@ def test_only_partition_files_hold_rows(data_fresh_federation):
         hospital, folder, _ = cache.removeprefix("hospitals/").split("/")
         assert folder == CACHE_DIR
         matrix = np.load(data_dir / cache)
+        assert len(matrix) == fed.hospital(hospital).n_patients  # every row, labelled or not
+        # The default target is incident: patients who had it at baseline have no label.
+        matrix = matrix[~np.isnan(matrix[:, -2])]
         assert len(matrix) == len(own[hospital].y_train) + len(own[hospital].y_test)
         np.testing.assert_array_equal(matrix[matrix[:, -1] == 0, :-2], own[hospital].x_train)
 
@@ -149,14 +152,15 @@ def test_encoded_rows_are_never_written_outside_the_hospitals_folder(
     fed, target = data_fresh_federation, data_fresh_federation.default_target
     hospitals = fed.data_dir / "hospitals"
     (hospitals / "h0001" / CACHE_DIR).symlink_to(hospitals / "h0002", target_is_directory=True)
-    expected = open_hospital(fed, "h0001").rows()
+    at_risk = pl.col(fed.incident[target]) == 0  # the default target is incident
+    expected = open_hospital(fed, "h0001").rows().filter(at_risk)
     arrays = hospital_arrays(fed, "h0001", target)
     assert len(arrays.y_train) + len(arrays.y_test) == expected.height
     assert sorted(p.name for p in (hospitals / "h0002").iterdir()) == ["patients.parquet"]
 
     monkeypatch.setattr(np, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("read-only")))
     arrays = hospital_arrays(fed, "h0000", target)  # an unwritable folder goes without
-    assert len(arrays.y_train) == fed.hospital("h0000").n_train
+    assert len(arrays.y_train) == open_hospital(fed, "h0000").train().filter(at_risk).height
     assert not list((hospitals / "h0000" / CACHE_DIR).glob("*.npy"))
 
 
@@ -165,8 +169,8 @@ def test_manifest_holds_schema_and_counts_only(tmp_path):
     large = generate_federation(tmp_path / "large", 3, patients=3000, seed=9, heterogeneity=0)
     raw = json.loads((large.data_dir / "federation.json").read_text())
     assert set(raw) == {
-        "format", "name", "source", "created_with", "outcomes", "default_target", "features",
-        "hospitals",
+        "format", "name", "source", "created_with", "outcomes", "default_target", "incident",
+        "features", "hospitals",
     }  # fmt: skip
     for hospital in raw["hospitals"]:
         # No outcome figure: prevalences are released by each hospital's own gate instead

@@ -12,7 +12,7 @@ import pytest
 
 from healthsync.cli import main
 from healthsync.config import TrainConfig
-from healthsync.data import open_hospital
+from healthsync.data import load_federation, open_hospital
 from healthsync.runs import lifecycle, runlog
 from healthsync.runs.store import MetricsStore
 from tests.engine_helpers import cli_json, make_federation, polling_like_the_live_page
@@ -69,13 +69,15 @@ def test_live_reading_runs_show_and_predict(fed, tmp_path, capsys):
     code, listing = cli_json(capsys, "runs", "list", "--db", str(db), "--json")
     assert code == 0 and listing[0]["run_id"] == run_id and listing[0]["rounds_done"] == 4
 
-    patients = open_hospital(fed, "h0002").test().drop("diabetes", "hypertension", "split")
+    outcomes = load_federation(fed).outcomes
+    patients = open_hospital(fed, "h0002").test().drop(*outcomes, "split")
     csv = tmp_path / "patients.csv"
     patients.write_csv(csv)
     assert main(["predict", "--run", run_id, "--db", str(db), "--input", str(csv)]) == 0
     risks = pl.read_csv(capsys.readouterr().out.encode())
-    assert risks.columns == ["row", "risk_diabetes"] and risks.height == patients.height
-    assert risks["risk_diabetes"].is_between(0, 1).all()
+    # The run predicts the data's default target, new diabetes within 5 years.
+    assert risks.columns == ["row", "risk_diabetes_5y"] and risks.height == patients.height
+    assert risks["risk_diabetes_5y"].is_between(0, 1).all()
 
     patients.drop("age").write_csv(csv)
     assert main(["predict", "--run", run_id, "--db", str(db), "--input", str(csv)]) == 2

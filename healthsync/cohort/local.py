@@ -84,7 +84,8 @@ def hospital_aggregates(rows: pl.DataFrame, plan: QueryPlan, hospital_id: str) -
 
     out: Aggregates = {"patients": np.bincount(cell, minlength=cells).astype(np.int64)}
     for outcome in plan.outcomes:
-        cases = selected[outcome].to_numpy().astype(np.float64)
+        # An incident outcome is empty for patients who had it at baseline: no new case.
+        cases = selected[outcome].fill_null(0).to_numpy().astype(np.float64)
         out[f"cases:{outcome}"] = np.bincount(cell, cases, minlength=cells).round().astype(np.int64)
     centred = {f: _centred(selected, plan, f) for f in plan.sums}
     for feature in plan.sums:
@@ -227,8 +228,8 @@ def _codes(frame: pl.DataFrame, dimension: Dimension) -> np.ndarray:
     if dimension.kind == "numeric":
         cuts = np.asarray(dimension.scale.band_cuts)
         full = np.searchsorted(cuts, values.to_numpy(), side="right")
-    else:  # outcome: 0 is "no", 1 is "yes"
-        full = values.to_numpy().astype(np.int64)
+    else:  # outcome: 0 is "no", 1 is "yes"; empty (not at risk of an incident outcome) is -1
+        full = values.fill_null(-1).to_numpy().astype(np.int64)
     positions = np.full(max(dimension.codes) + 2, -1, dtype=np.int64)
     positions[list(dimension.codes)] = np.arange(len(dimension.codes))
     return positions[np.minimum(full, len(positions) - 1)]

@@ -209,10 +209,17 @@ class HospitalAccessor:
         """
         fed = self.federation
         categorical = [s for s in fed.features if s.categories is not None]
-        checks = frame.select(_checks(fed.features, fed.outcomes)).row(0, named=True)
-        nulls = [c for c in frame.columns if checks[f"null:{c}"]]
+        incident = tuple(fed.incident.items())
+        checks = frame.select(_checks(fed.features, fed.outcomes, incident)).row(0, named=True)
+        nulls = [c for c in frame.columns if checks[f"null:{c}"] and c not in fed.incident]
         if nulls:
             raise HealthSyncError(f"{path}: missing values in {', '.join(nulls)}")
+        for outcome, baseline in incident:
+            if checks[f"at_risk:{outcome}"]:
+                raise HealthSyncError(
+                    f"{path}: incident outcome {outcome!r} must be empty exactly for "
+                    f"patients with {baseline!r} at baseline"
+                )
         for spec in categorical:
             if checks[f"cat:{spec.name}"]:
                 raise HealthSyncError(
@@ -264,18 +271,32 @@ def _typed_columns(features: tuple[FeatureSpec, ...], outcomes: tuple[str, ...])
 
 
 @lru_cache(maxsize=16)
-def _checks(features: tuple[FeatureSpec, ...], outcomes: tuple[str, ...]) -> list[pl.Expr]:
-    """One row of counts: nulls per column, values outside the schema, rows per split."""
+def _checks(
+    features: tuple[FeatureSpec, ...],
+    outcomes: tuple[str, ...],
+    incident: tuple[tuple[str, str], ...] = (),
+) -> list[pl.Expr]:
+    """One row of counts: nulls per column, values outside the schema, rows per split.
+
+    An incident outcome counts the rows where it is empty but the patient was
+    free of its baseline outcome, or filled although the patient had it.
+    """
     import polars as pl
 
     return [
+        *[
+            (pl.col(o).is_null() != (pl.col(b) == 1)).sum().alias(f"at_risk:{o}")
+            for o, b in incident
+        ],
         pl.all().null_count().name.prefix("null:"),
         *[
             (~pl.col(s.name).is_in(s.categories)).sum().alias(f"cat:{s.name}")
             for s in features
             if s.categories is not None
         ],
-        *[(~pl.col(o).is_in([0, 1])).sum().alias(f"out:{o}") for o in outcomes],
+        *[
+            (~pl.col(o).is_in([0, 1])).sum().alias(f"out:{o}") for o in outcomes
+        ],  # null: not counted
         *[(pl.col(SPLIT_COLUMN) == split).sum().alias(f"split:{split}") for split in SPLITS],
     ]
 

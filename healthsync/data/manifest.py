@@ -92,7 +92,12 @@ class HospitalInfo:
 
 @dataclass(frozen=True)
 class Federation:
-    """A set of hospitals sharing one schema, as described by ``federation.json``."""
+    """A set of hospitals sharing one schema, as described by ``federation.json``.
+
+    ``incident`` maps each incident outcome to the baseline outcome its
+    patients must be free of: the incident column is empty (null) exactly for
+    patients with that baseline outcome, and training on it uses only the others.
+    """
 
     data_dir: Path
     name: str
@@ -102,6 +107,7 @@ class Federation:
     features: tuple[FeatureSpec, ...]
     hospitals: tuple[HospitalInfo, ...]
     created_with: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    incident: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def hospital(self, hospital_id: str) -> HospitalInfo:
         """The hospital with this id; ``HealthSyncError`` if the federation has none."""
@@ -133,7 +139,12 @@ class Federation:
         return sum(info.n_patients for info in self.hospitals)
 
     def to_dict(self) -> dict[str, Any]:
-        """The manifest form of this federation (what ``federation.json`` holds)."""
+        """The manifest form of this federation (what ``federation.json`` holds).
+
+        ``incident`` is written only when there is one, so federations without
+        incident outcomes keep their bytes.
+        """
+        incident = {"incident": dict(self.incident)} if self.incident else {}
         return {
             "format": FORMAT,
             "name": self.name,
@@ -141,6 +152,7 @@ class Federation:
             "created_with": dict(self.created_with),
             "outcomes": list(self.outcomes),
             "default_target": self.default_target,
+            **incident,
             "features": [spec.to_dict() for spec in self.features],
             "hospitals": [info.to_dict() for info in self.hospitals],
         }
@@ -208,6 +220,16 @@ def parse_manifest(raw: Any, *, data_dir: Path, origin: str) -> Federation:
     if default_target not in outcomes:
         raise fail(f"default_target {default_target!r} is not one of the outcomes")
 
+    incident = raw.get("incident", {})
+    if not isinstance(incident, dict):
+        raise fail("incident must be an object mapping an incident outcome to its baseline outcome")
+    for outcome, baseline in incident.items():
+        if outcome not in outcomes or baseline not in outcomes or baseline in incident:
+            raise fail(
+                f"incident: {outcome!r} -> {baseline!r} must map an outcome to another, "
+                "non-incident outcome"
+            )
+
     features = tuple(_parse_feature(item, fail) for item in _require(raw, "features", list, fail))
     columns = [spec.name for spec in features] + list(outcomes)
     duplicates = sorted(c for c, n in Counter(columns).items() if n > 1)
@@ -234,6 +256,7 @@ def parse_manifest(raw: Any, *, data_dir: Path, origin: str) -> Federation:
         features=features,
         hospitals=hospitals,
         created_with=dict(created_with),
+        incident=dict(incident),
     )
 
 

@@ -10,6 +10,16 @@ outcomes learnable from the features, as they are in real records.
 Hospitals differ through :class:`SiteEffects`: case mix (age, sex), outcome
 prevalence, and measurement calibration, each scaled by the federation's
 heterogeneity so that ``heterogeneity=0`` gives identically distributed sites.
+
+The *incident* outcomes (``diabetes_5y``, ``hypertension_5y``) run the other
+way: they are drawn *from* the baseline measurements through risk models shaped
+like published incidence scores (FINDRISC, the Framingham Offspring diabetes
+score, the Framingham hypertension score), so no feature is a consequence of
+them and the best achievable AUC is about 0.8 rather than near 1. They are
+defined only for patients free of the condition at baseline (``NaN`` for the
+others). :class:`IncidenceEffects` lets hospitals differ in incidence and in
+how strongly BMI and blood pressure act, which local-only models can overfit
+and a pooled model averages away.
 """
 
 from __future__ import annotations
@@ -27,6 +37,13 @@ YES_NO = ("no", "yes")
 #: has about 12 % diabetes and 38 % hypertension (see data/README.md).
 DIABETES_INTERCEPT = -3.21
 HYPERTENSION_INTERCEPT = -1.03
+#: Intercepts of the two 5-year incidence models, solved so that about 9 % of
+#: patients free of diabetes develop it and about 21 % of patients free of
+#: hypertension develop it within 5 years (IID population; see data/README.md).
+DIABETES_5Y_INTERCEPT = -3.05
+HYPERTENSION_5Y_INTERCEPT = -0.9
+#: Incident outcome -> the baseline outcome its patients must be free of.
+INCIDENT = {"diabetes_5y": "diabetes", "hypertension_5y": "hypertension"}
 
 _LOG = np.log
 
@@ -43,6 +60,36 @@ class SiteEffects:
     dbp_offset: np.ndarray
     glucose_factor: np.ndarray  # glucose analyser calibration, multiplicative
     hba1c_offset: np.ndarray  # HbA1c assay offset, percentage points
+
+
+@dataclass(frozen=True)
+class IncidenceEffects:
+    """Per-hospital deviations of the 5-year incidence models (one entry per hospital)."""
+
+    diabetes_5y_shift: np.ndarray  # added to the incident-diabetes log-odds
+    hypertension_5y_shift: np.ndarray
+    bmi_slope: np.ndarray  # added to the log odds ratio per 5 kg/m2 of incident diabetes
+    sbp_slope: np.ndarray  # added to the log odds ratio per 10 mmHg of incident hypertension
+
+
+def draw_incidence_effects(
+    rng: np.random.Generator, sites: SiteEffects, heterogeneity: float
+) -> IncidenceEffects:
+    """Each hospital's incidence deviations; all exactly zero when ``heterogeneity`` is 0.
+
+    Sites with more prevalent disease also see more new cases (half of their
+    prevalence shift carries over), and the effect of BMI and of blood pressure
+    varies between sites as it does between populations (for example by
+    ancestry mix), so one pooled model fits no site exactly.
+    """
+    n = len(sites.diabetes_shift)
+    h = float(heterogeneity)
+    return IncidenceEffects(
+        diabetes_5y_shift=0.5 * sites.diabetes_shift + h * 0.4 * rng.standard_normal(n),
+        hypertension_5y_shift=0.5 * sites.hypertension_shift + h * 0.4 * rng.standard_normal(n),
+        bmi_slope=h * 0.25 * rng.standard_normal(n),
+        sbp_slope=h * 0.2 * rng.standard_normal(n),
+    )
 
 
 def draw_site_effects(
@@ -70,13 +117,22 @@ def draw_site_effects(
 
 
 def draw_patients(
-    rng: np.random.Generator, sites: SiteEffects, hospital: np.ndarray
+    rng: np.random.Generator,
+    sites: SiteEffects,
+    hospital: np.ndarray,
+    incidence: tuple[np.random.Generator, IncidenceEffects] | None = None,
 ) -> dict[str, np.ndarray]:
     """Draw one patient per entry of ``hospital`` (an index into ``sites``).
 
     Returns numeric columns as float arrays and categorical columns as integer
     codes into :data:`SEX`, :data:`SMOKING`, :data:`ACTIVITY` and :data:`YES_NO`;
     ``diabetes`` and ``hypertension`` are 0/1 ``int8`` arrays.
+
+    With ``incidence`` (a generator of its own and the sites' incidence
+    effects) it also returns ``diabetes_5y`` and ``hypertension_5y`` (0/1 as
+    floats, ``NaN`` for patients who have the condition at baseline) and their
+    true probabilities ``risk:diabetes_5y`` and ``risk:hypertension_5y``. The
+    separate generator leaves every other column exactly as without it.
     """
     n = len(hospital)
     normal = rng.standard_normal
@@ -146,8 +202,11 @@ def draw_patients(
     hba1c_diabetic = np.where(controlled, 6.0 + 0.5 * normal(n), 6.5 + rng.gamma(2.0, 0.75, n))
     hba1c = np.where(diabetes == 1, hba1c_diabetic, np.minimum(hba1c_healthy, 6.4))
     glucose = 28.7 * hba1c - 46.7 - 8.0 + np.where(diabetes == 1, 20.0, 9.0) * normal(n)
-    glucose = np.clip(glucose, 55.0, 450.0) * sites.glucose_factor[hospital]
-    hba1c = np.clip(hba1c, 4.0, 15.0) + sites.hba1c_offset[hospital]
+    glucose = np.clip(glucose, 55.0, 450.0)
+    hba1c = np.clip(hba1c, 4.0, 15.0)
+    true_glucose, true_hba1c = glucose, hba1c  # before the site's assay calibration
+    glucose = glucose * sites.glucose_factor[hospital]
+    hba1c = hba1c + sites.hba1c_offset[hospital]
 
     # Blood pressure given hypertension; about half are treated to near-normal values.
     treated = rng.random(n) < 0.5
@@ -164,6 +223,7 @@ def draw_patients(
     sbp = np.clip(sbp, 85.0, 230.0)
     dbp = 20.0 + 0.42 * sbp - 1.0 * decades + 2.0 * male + 6.0 * normal(n)
     dbp = np.clip(dbp, 45.0, 130.0)
+    true_sbp, true_dbp = sbp, dbp  # before the site's device calibration
     sbp = sbp + sites.sbp_offset[hospital]
     dbp = dbp + sites.dbp_offset[hospital]
 
@@ -179,7 +239,7 @@ def draw_patients(
         + 13.0 * normal(n)
     )
 
-    return {
+    columns = {
         "age": age,
         "sex": male,
         "bmi": np.round(bmi, 1),
@@ -195,6 +255,50 @@ def draw_patients(
         "diabetes": diabetes,
         "hypertension": hypertension,
     }
+    if incidence is None:
+        return columns
+
+    # Incidence within 5 years, from the true baseline values (see data/README.md):
+    # FINDRISC-like lifestyle terms plus baseline glycaemia for diabetes, and the
+    # Framingham hypertension score's blood pressure, age, BMI, sex and smoking.
+    inc_rng, effects = incidence
+    site = hospital
+    diabetes_5y_logit = (
+        DIABETES_5Y_INTERCEPT
+        + _LOG(1.3) * decades
+        + (_LOG(1.6) + effects.bmi_slope[site]) * bmi_5
+        + _LOG(1.8) * family
+        + _LOG(1.3) * low_active
+        - _LOG(1.2) * high_active
+        + _LOG(1.3) * (smoking == 2)
+        + _LOG(1.15) * male
+        + _LOG(1.5) * hypertension
+        + _LOG(2.2) * (true_hba1c - 5.5) / 0.5
+        + _LOG(1.25) * (true_glucose - 100.0) / 10.0
+        - _LOG(1.15) * (hdl - 50.0) / 10.0
+        + effects.diabetes_5y_shift[site]
+    )
+    hypertension_5y_logit = (
+        HYPERTENSION_5Y_INTERCEPT
+        + _LOG(1.3) * decades
+        + (_LOG(2.1) + effects.sbp_slope[site]) * (true_sbp - 120.0) / 10.0
+        + _LOG(1.3) * (true_dbp - 75.0) / 5.0
+        + _LOG(1.25) * bmi_5
+        + _LOG(1.15) * male
+        + _LOG(1.2) * (smoking == 2)
+        + _LOG(1.15) * low_active
+        + _LOG(1.4) * diabetes
+        + effects.hypertension_5y_shift[site]
+    )
+    for name, logit, baseline in (
+        ("diabetes_5y", diabetes_5y_logit, diabetes),
+        ("hypertension_5y", hypertension_5y_logit, hypertension),
+    ):
+        risk = np.where(baseline == 1, np.nan, _sigmoid(logit))
+        drawn = (inc_rng.random(n) < risk).astype(np.float64)
+        columns[name] = np.where(baseline == 1, np.nan, drawn)
+        columns[f"risk:{name}"] = risk
+    return columns
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

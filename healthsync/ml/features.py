@@ -141,11 +141,17 @@ class Scaler:
         return ((x - self.mean) / self.std).astype(np.float32, copy=False)
 
 
-def labels(frame: pl.DataFrame, target: str) -> np.ndarray:
-    """The 0/1 target column as float32; clear error if it is missing or not binary."""
+def labels(frame: pl.DataFrame, target: str, *, missing: bool = False) -> np.ndarray:
+    """The 0/1 target column as float32; clear error if it is missing or not binary.
+
+    ``missing`` allows empty values (returned as ``NaN``): an incident outcome
+    is empty for patients who had the condition at baseline, and the caller
+    leaves those rows out.
+    """
     if target not in frame.columns:
         raise HealthSyncError(f"target column {target!r} is missing")
     y = frame[target].cast(pl.Float32, strict=False).to_numpy()
-    if np.isnan(y).any() or not np.isin(y, (0.0, 1.0)).all():
+    known = y[~np.isnan(y)] if missing else y
+    if np.isnan(known).any() or not np.isin(known, (0.0, 1.0)).all():
         raise HealthSyncError(f"target column {target!r} must hold only 0 and 1")
     return y.astype(np.float32)

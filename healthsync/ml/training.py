@@ -139,7 +139,8 @@ def hospital_arrays(federation: Federation, hospital_id: str, target: str) -> Ho
 
     def encode(rows) -> np.ndarray:
         test = (rows["split"] == "test").to_numpy().astype(np.float32)
-        return np.column_stack([encoder.encode(rows), labels(rows, target), test])
+        y = labels(rows, target, missing=target in federation.incident)
+        return np.column_stack([encoder.encode(rows), y, test])
 
     matrix = accessor.derived(_encoding_key(encoder, target), encode)
     info = accessor.hospital
@@ -148,10 +149,12 @@ def hospital_arrays(federation: Federation, hospital_id: str, target: str) -> Ho
     ):  # kept from before the manifest changed: read the rows, which checks them against it
         matrix = encode(accessor.rows())
     x, y, test = matrix[:, :-2], matrix[:, -2], matrix[:, -1] == 1
+    at_risk = ~np.isnan(y)  # an incident outcome has no label for patients who had it already
+    train, test = at_risk & ~test, at_risk & test
     return HospitalArrays(
         hospital_id=hospital_id,
-        x_train=x[~test],  # boolean indexing copies: contiguous rows
-        y_train=y[~test],
+        x_train=x[train],  # boolean indexing copies: contiguous rows
+        y_train=y[train],
         x_test=x[test],
         y_test=y[test],
     )
