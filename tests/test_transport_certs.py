@@ -83,7 +83,9 @@ def test_https_command_checks_a_user_supplied_pair(tmp_path, capsys):
 
 
 def test_cluster_certs_writes_what_rays_tls_mode_reads(tmp_path, capsys):
-    assert main(["cluster", "certs", str(tmp_path / "ray"), "--host", "head.example", "--json"]) == 0
+    assert (
+        main(["cluster", "certs", str(tmp_path / "ray"), "--host", "head.example", "--json"]) == 0
+    )
     env = json.loads(capsys.readouterr().out)
     assert env["RAY_USE_TLS"] == "1"
     assert env["RAY_TLS_CA_CERT"] == str(tmp_path / "ray" / "ca.pem")

@@ -13,6 +13,7 @@ Layout of a TLS directory (keys are 0600, the directory 0700)::
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
@@ -112,10 +113,8 @@ def ray_tls_env(files: TlsFiles) -> dict[str, str]:
 def machine_hosts() -> list[str]:
     """This machine's host name and its address, which other nodes may use to reach it."""
     hosts = [socket.gethostname()]
-    try:
+    with contextlib.suppress(OSError):  # a name that does not resolve: the name alone
         hosts.append(socket.gethostbyname(hosts[0]))
-    except OSError:
-        pass
     return hosts
 
 
@@ -218,7 +217,9 @@ def _new_server_cert(
         )
         # Ray's nodes present this certificate as clients too (mutual TLS).
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .add_extension(
