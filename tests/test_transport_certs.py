@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import socket
+import ssl
 import stat
+import threading
 
 import pytest
 from cryptography import x509
@@ -92,3 +96,62 @@ def test_cluster_certs_writes_what_rays_tls_mode_reads(tmp_path, capsys):
     assert "head.example" in _names(tmp_path / "ray" / "server.pem")
     check_pair(env["RAY_TLS_SERVER_CERT"], env["RAY_TLS_SERVER_KEY"])
     assert stat.S_IMODE((tmp_path / "ray" / "server-key.pem").stat().st_mode) == 0o600
+
+
+@contextlib.contextmanager
+def _gcs_like_server(files: TlsFiles | None):
+    """A server on 127.0.0.1 that, like Ray's gRPC: with ``files``, requires a client
+    certificate from their CA and hangs up on others; answers a SETTINGS frame."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    context = None
+    if files is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(files.cert, files.key)
+        context.load_verify_locations(files.ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.set_alpn_protocols(["h2"])
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with contextlib.suppress(OSError), conn:
+                if context is None:
+                    conn.recv(64)  # a plain gRPC server does not answer a TLS hello
+                    continue
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    if tls.recv(24):
+                        tls.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+def test_a_tls_mismatch_with_the_cluster_is_one_clear_error(tmp_path):
+    from healthsync.transport.certs import ray_tls_env
+    from healthsync.transport.ray_tls import check_cluster_tls
+
+    cluster = ensure_certificates(tmp_path / "cluster")
+    mine = ray_tls_env(cluster)
+    stranger = ray_tls_env(ensure_certificates(tmp_path / "other"))
+    with _gcs_like_server(cluster) as port:
+        check_cluster_tls("127.0.0.1", port, env=mine)  # accepted: no error
+        with pytest.raises(HealthSyncError, match="uses TLS: set RAY_USE_TLS=1"):
+            check_cluster_tls("127.0.0.1", port, env={})
+        with pytest.raises(HealthSyncError, match="refused this process's certificate"):
+            check_cluster_tls(
+                "127.0.0.1", port, env={**stranger, "RAY_TLS_CA_CERT": mine["RAY_TLS_CA_CERT"]}
+            )
+        with pytest.raises(HealthSyncError, match="RAY_TLS_CA_CERT did not sign"):
+            check_cluster_tls("127.0.0.1", port, env=stranger)
+        with pytest.raises(HealthSyncError, match="needs RAY_TLS_CA_CERT"):
+            check_cluster_tls("127.0.0.1", port, env={**mine, "RAY_TLS_CA_CERT": ""})
+    with _gcs_like_server(None) as port:
+        check_cluster_tls("127.0.0.1", port, env={}, timeout=2)  # plain cluster, plain client
+        with pytest.raises(HealthSyncError, match="does not speak TLS"):
+            check_cluster_tls("127.0.0.1", port, env=mine, timeout=2)

@@ -111,11 +111,19 @@ def ray_tls_env(files: TlsFiles) -> dict[str, str]:
 
 
 def machine_hosts() -> list[str]:
-    """This machine's host name and its address, which other nodes may use to reach it."""
+    """This machine's host name and addresses, by which Ray's nodes may reach it.
+
+    Ray advertises a node by the address of the interface that routes outwards
+    (it asks the kernel which one a UDP socket to a public address would use;
+    no packet is sent), so that address must be in the certificate too.
+    """
     hosts = [socket.gethostname()]
     with contextlib.suppress(OSError):  # a name that does not resolve: the name alone
         hosts.append(socket.gethostbyname(hosts[0]))
-    return hosts
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.connect(("8.8.8.8", 53))
+        hosts.append(udp.getsockname()[0])
+    return list(dict.fromkeys(hosts))
 
 
 def _reason(err: Exception) -> str:
