@@ -1,6 +1,7 @@
-# HealthSync app image: Streamlit on port 8501, run as a non-root user.
+# HealthSync app image: Streamlit on port 8501, run as a non-root user (uid 1000).
 #   docker build -t healthsync .
 #   docker run -p 8501:8501 -v healthsync-data:/app/data -v healthsync-home:/app/.healthsync healthsync
+# or `docker compose up` (docker-compose.yml: the app and the warm engine side by side).
 # The admin password is printed once in the container log on first start.
 FROM python:3.11-slim
 
@@ -18,6 +19,7 @@ COPY requirements.txt .
 RUN pip install ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} -r requirements.txt
 
 COPY pyproject.toml README.md app.py ./
+COPY scripts ./scripts
 COPY healthsync ./healthsync
 COPY simulation ./simulation
 COPY pages ./pages
@@ -28,10 +30,11 @@ RUN pip install --no-deps -e . \
     && mkdir -p /app/data /app/.healthsync \
     && chown -R healthsync:healthsync /app
 
-USER healthsync
+# Numeric, so that the host (and Kubernetes' runAsNonRoot) can tell it is not root.
+USER 1000:1000
 EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4)"
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health', timeout=4)"]
 
 # Generate the demo federation on first start, then serve the app.
 CMD ["sh", "-c", "[ -f data/demo/federation.json ] || healthsync data generate --out data/demo; healthsync engine start --no-wait; exec streamlit run app.py --server.port 8501 --server.address 0.0.0.0 --server.headless true"]

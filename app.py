@@ -26,7 +26,7 @@ import streamlit as st
 import streamlit_authenticator as stauth
 
 from healthsync import auth
-from healthsync.auth.stauth_compat import SKIP_COOKIE, issued_cookie_expiry
+from healthsync.auth.stauth_compat import SKIP_COOKIE, issued_cookie_expiry, mark_cookie_secure
 from healthsync.views.settings import AppSettings
 from healthsync.views.theme import theme_memory_html
 from pages._guard import LOGIN_KEY, STATUS_KEY, session_user
@@ -82,6 +82,8 @@ authenticator = stauth.Authenticate(
     auto_hash=False,  # the file holds bcrypt hashes only
     login_sleep_time=0,  # it reads its cookie from the request: nothing to wait for
 )
+if st.get_option("server.sslCertFile"):  # served over HTTPS: never send the login over HTTP
+    mark_cookie_secure(authenticator)
 
 
 def current_user() -> auth.User | None:

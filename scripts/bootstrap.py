@@ -1,7 +1,13 @@
 """The README's two commands: set up ``.venv`` in the checkout, then run the app or the tests.
 
     python3 scripts/bootstrap.py app    # install, make demo data, serve on :8501
+    python3 scripts/bootstrap.py app --https [--port N] [--cert FILE --key FILE]
     python3 scripts/bootstrap.py test   # install (plus Chromium), run the suite
+
+``--https`` serves the app over TLS: with a local certificate authority made on
+first use in ``.healthsync/tls/`` (``healthsync https``, inside the venv, as the
+``cryptography`` package is not installed yet when this starts), or with your
+own ``--cert`` and ``--key``.
 
 Only the standard library is used here, because this runs before anything is
 installed. Installing is skipped when ``requirements.txt`` and ``pyproject.toml``
@@ -10,7 +16,9 @@ are unchanged since the last install (a stamp file in ``.venv`` records them).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -72,8 +80,18 @@ def ensure_chromium() -> None:
     _run([*prefix, apt, "install", "-y", "-qq", "chromium"], env=env)
 
 
-def run_app() -> int:
-    """Generate the demo federation if missing, then serve the app on port 8501."""
+def run_app(argv: list[str]) -> int:
+    """Generate the demo federation if missing, then serve the app (HTTP or HTTPS)."""
+    parser = argparse.ArgumentParser(prog="python3 scripts/bootstrap.py app")
+    parser.add_argument("--port", type=int, default=8501, help="port to serve on (8501)")
+    parser.add_argument("--https", action="store_true", help="serve over TLS")
+    parser.add_argument("--cert", help="with --https: your certificate (PEM) instead of ours")
+    parser.add_argument("--key", help="with --https: the private key of --cert (PEM)")
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"port must be 1-65535, got {args.port}")
+    if (args.cert or args.key) and not args.https:
+        parser.error("--cert and --key need --https")
     ensure_venv()
     if not (DEMO_DATA / "federation.json").exists():
         _say("generating the demo federation in data/demo")
@@ -87,13 +105,29 @@ def run_app() -> int:
     if os.environ.get("HEALTHSYNC_ENGINE", "auto").lower() not in {"off", "0", "no", "false"}:
         _say("starting the training engine in the background (Flower and Ray kept warm)")
         _run([str(PYTHON), "-m", "healthsync", "engine", "start", "--no-wait"], cwd=ROOT)
-    _say("starting the app on http://localhost:8501")
+    cmd = [str(PYTHON), "-m", "streamlit", "run", "app.py", "--server.port", str(args.port)]
+    scheme = "http"
+    if args.https:
+        cmd += tls_options(args.cert, args.key, args.port)
+        scheme = "https"
+    _say(f"starting the app on {scheme}://localhost:{args.port}")
     os.chdir(ROOT)
-    os.execv(
-        str(PYTHON),
-        [str(PYTHON), "-m", "streamlit", "run", "app.py", "--server.port", "8501"],
-    )
+    os.execv(str(PYTHON), cmd)
     return 0  # not reached
+
+
+def tls_options(cert: str | None, key: str | None, port: int) -> list[str]:
+    """Streamlit's TLS settings, from ``healthsync https`` (which makes or checks the files)."""
+    cmd = [str(PYTHON), "-m", "healthsync", "https", "--json"]
+    if cert or key:
+        cmd += ["--cert", cert or "", "--key", key or ""]
+    done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(done.returncode)  # healthsync printed the one-line error
+    files = json.loads(done.stdout)
+    if files["ca"]:
+        _say(f"check: curl --cacert {files['ca']} https://localhost:{port}/_stcore/health")
+    return ["--server.sslCertFile", files["cert"], "--server.sslKeyFile", files["key"]]
 
 
 def run_tests(extra: list[str]) -> int:
@@ -106,10 +140,13 @@ def run_tests(extra: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"app", "test"}:
-        print("usage: python3 scripts/bootstrap.py app|test [pytest args...]", file=sys.stderr)
+        print(
+            "usage: python3 scripts/bootstrap.py app [--https] [--port N] | test [pytest args...]",
+            file=sys.stderr,
+        )
         return 2
     if argv[0] == "app":
-        return run_app()
+        return run_app(argv[1:])
     return run_tests(argv[1:])
 
 

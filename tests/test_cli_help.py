@@ -6,7 +6,18 @@ import pytest
 
 from healthsync.cli import build_parser, main
 
-COMMANDS = ["data", "train", "runs", "compare", "predict", "users", "cohort", "bench"]
+COMMANDS = [
+    "data",
+    "train",
+    "runs",
+    "compare",
+    "predict",
+    "users",
+    "cohort",
+    "bench",
+    "cluster",
+    "https",
+]
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

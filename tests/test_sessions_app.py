@@ -255,3 +255,23 @@ def test_a_live_fragment_checks_the_session_on_its_own_reruns(env):
     assert not at.exception
     assert "secret round data" not in [m.value for m in at.markdown]
     assert "Please log in" in [t.value for t in at.title]
+
+
+@pytest.mark.parametrize("https", [False, True])
+def test_stauth_canary_the_login_cookie_is_secure_under_https(https):
+    """stauth_compat.mark_cookie_secure reaches the options stauth's cookie is set with."""
+    import streamlit as st
+    import streamlit_authenticator as stauth
+
+    from healthsync.auth.stauth_compat import mark_cookie_secure
+
+    authenticator = stauth.Authenticate({"usernames": {}}, "c", "k" * 32, 1.0, auto_hash=False)
+    model = authenticator.cookie_controller.cookie_model
+    sent: list[dict] = []
+    model.cookie_manager.cookie_manager = lambda **call: sent.append(call)  # the component
+    if https:
+        mark_cookie_secure(authenticator)
+    st.session_state["username"] = "ana"
+    model.set_cookie()  # what stauth does at a form login
+    assert [call["method"] for call in sent] == ["set"]
+    assert sent[0]["options"].get("secure") is (True if https else None)

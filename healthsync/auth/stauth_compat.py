@@ -1,6 +1,6 @@
 """What HealthSync relies on inside streamlit-authenticator 0.4.2 beyond its public API.
 
-Two things, both read from its source (``models/cookie_model.py``,
+Three things, read from its source (``models/cookie_model.py``,
 ``models/authentication_model.py``) and checked by canary tests in
 ``tests/test_sessions_app.py``, which fail loudly if a new version changes them:
 
@@ -21,6 +21,8 @@ hands it.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 SKIP_COOKIE = "logout"
@@ -34,3 +36,15 @@ def issued_cookie_expiry(authenticator: Any) -> float | None:
     """
     expiry = authenticator.cookie_controller.cookie_model.exp_date
     return float(expiry) if isinstance(expiry, int | float) else None
+
+
+def mark_cookie_secure(authenticator: Any) -> None:
+    """Make the login cookie ``authenticator`` sets carry the ``Secure`` attribute (HTTPS only).
+
+    Raises ``AttributeError`` or ``TypeError`` if stauth or its cookie manager no
+    longer look as in 0.4.2: a cookie must not silently lose ``Secure``.
+    """
+    manager = authenticator.cookie_controller.cookie_model.cookie_manager
+    if "secure" not in inspect.signature(manager.set).parameters:
+        raise TypeError(f"{type(manager).__name__}.set no longer takes secure=")
+    manager.set = functools.partial(manager.set, secure=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from healthsync.config import DEFAULT_DB
@@ -23,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument("--db", default=str(DEFAULT_DB), help="runs go to this metrics store")
     start.add_argument("--idle-minutes", type=float, default=15.0)
     start.add_argument("--no-wait", action="store_true", help="return once it is starting")
+    start.add_argument(
+        "--foreground",
+        action="store_true",
+        help="become the engine instead of starting it in the background (for a container)",
+    )
     start.set_defaults(func=cmd_start)
 
     status = sub.add_parser("status", help="whether an engine is running, and busy")
@@ -43,6 +49,13 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     if args.idle_minutes <= 0:
         raise HealthSyncError(f"idle minutes must be > 0, got {args.idle_minutes:g}")
+    if args.foreground:  # this process becomes the engine: its log is this terminal
+        if engine.status(args.db) is not None:
+            raise HealthSyncError(f"an engine is already running for {args.db}")
+        cmd = engine.serve_command(args.db, idle_timeout=args.idle_minutes * 60)
+        sys.stdout.flush()
+        os.execv(cmd[0], cmd)
+        return 0  # not reached (but where execv is replaced, as in a test)
     pid = engine.start(args.db, idle_timeout=args.idle_minutes * 60)
     if pid is None and (running := engine.status(args.db)):
         print(f"engine already running (pid {running['pid']}, {running['nodes']} nodes)")

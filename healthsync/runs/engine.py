@@ -262,6 +262,24 @@ def stop(db: str | Path, *, timeout: float = 30.0) -> str | None:
     return "stopped"
 
 
+def serve_command(
+    db: str | Path, *, idle_timeout: float = IDLE_SECONDS, nodes: int = ENGINE_NODES
+) -> list[str]:
+    """The engine's own command line (``start`` runs it in the background, a container in front)."""
+    return [
+        sys.executable,
+        "-m",
+        "simulation.warm_engine",
+        "serve",
+        "--state",
+        str(state_path(db)),
+        "--nodes",
+        str(nodes),
+        "--idle-timeout",
+        str(idle_timeout),
+    ]
+
+
 def start(
     db: str | Path, *, idle_timeout: float = IDLE_SECONDS, nodes: int = ENGINE_NODES
 ) -> int | None:
@@ -270,18 +288,7 @@ def start(
     with file_lock(path.with_suffix(".lock")):
         if _connect_ok(path) or _starting(path):
             return None
-        cmd = [
-            sys.executable,
-            "-m",
-            "simulation.warm_engine",
-            "serve",
-            "--state",
-            str(path),
-            "--nodes",
-            str(nodes),
-            "--idle-timeout",
-            str(idle_timeout),
-        ]
+        cmd = serve_command(db, idle_timeout=idle_timeout, nodes=nodes)
         process = spawn_detached(cmd, path.with_suffix(".log"))
         write_private(path.with_suffix(".starting"), {"pid": process.pid})
         return process.pid

@@ -23,6 +23,7 @@ from healthsync.errors import HealthSyncError
 from healthsync.ml import attacks
 from healthsync.runs import engine, runlog
 from healthsync.runs.store import MetricsStore
+from healthsync.transport import ray_tls
 
 FINISHED = ("completed", "cancelled", "failed")
 
@@ -81,7 +82,10 @@ def check_config(config: TrainConfig) -> tuple[TrainConfig, Federation]:
 
 
 def check_ray_address(address: str, timeout: float = 5.0) -> None:
-    """Refuse a Ray cluster address nothing answers on (Ray itself would retry forever)."""
+    """Refuse a Ray cluster address nothing answers on, or whose TLS setting is not ours.
+
+    Ray itself would retry forever in both cases (see ``healthsync.transport.ray_tls``).
+    """
     if address in {"auto", "local"}:
         return
     where = address.removeprefix("ray://")
@@ -94,6 +98,8 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
         raise HealthSyncError(
             f"cannot reach the Ray cluster at {address}: {err.strerror or err}"
         ) from None
+    if not address.startswith("ray://"):  # Ray Client's port is not the GCS: no TLS probe there
+        ray_tls.check_cluster_tls(host, int(port), timeout=timeout)
 
 
 def start_run(
