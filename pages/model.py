@@ -4,6 +4,7 @@ import polars as pl
 import streamlit as st
 
 from healthsync.data import load_federation
+from healthsync.data.labels import column_name
 from healthsync.errors import HealthSyncError
 from healthsync.runs import runlog
 from healthsync.views import charts, dashboard, explainer
@@ -107,7 +108,7 @@ if scored:
     except HealthSyncError as err:
         st.error(str(err))
     else:
-        st.metric(f"Predicted risk of {model.target}", f"{risk:.1%}")
+        st.metric(f"Predicted risk of {column_name(model.target)}", f"{risk:.1%}")
         st.caption(
             "From the run's final global model for one hypothetical patient. A demonstration, not clinical advice."
         )

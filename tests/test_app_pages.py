@@ -348,7 +348,7 @@ def test_model_page_curves_and_risk_calculator(env):
     next(w for w in at.number_input if w.label == "Age (years)").set_value(70.0)
     button(at, "Estimate risk").click().run()
     assert not at.exception
-    assert at.metric[0].label == "Predicted risk of diabetes"
+    assert at.metric[0].label == "Predicted risk of diabetes within 5 years"
     assert at.metric[0].value.endswith("%")
 
 

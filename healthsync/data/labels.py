@@ -15,6 +15,8 @@ NAMES = {
     "ldl_cholesterol": "LDL cholesterol",
     "systolic_bp": "systolic BP",
     "diastolic_bp": "diastolic BP",
+    "diabetes_5y": "diabetes within 5 years",
+    "hypertension_5y": "hypertension within 5 years",
 }
 #: Units written as a reader expects them.
 UNITS = {"kg/m2": "kg/m²", "m2": "m²"}
