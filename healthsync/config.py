@@ -42,6 +42,8 @@ DEFAULT_DB = Path("data/healthsync.duckdb")
 AUTO_BLOCK_THRESHOLD = 32
 MAX_AUTO_BLOCK = 2048
 DEFAULT_DATA = Path("data/demo")
+#: Share of each hospital's training rows held out for model selection (``TrainConfig``).
+DEFAULT_VALIDATION_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,9 @@ class TrainConfig:
     round_timeout : hospitals whose delay exceeds it are dropped from the round; 0: none.
     adversarial, attack : that many hospitals, chosen from the seed, attack every
         round with ``attack`` (one of ``ATTACKS``).
+    validation_share : share of each hospital's training rows held out, stratified
+        and seeded, to choose the model (round, epoch) by; never the test split.
+        0 holds none out (and automatic rounds then cannot stop early).
     """
 
     data_dir: str = str(DEFAULT_DATA)
@@ -113,6 +118,7 @@ class TrainConfig:
     round_timeout: float = 0.0
     adversarial: int = 0
     attack: str | None = None
+    validation_share: float = DEFAULT_VALIDATION_SHARE
 
     @property
     def dp(self) -> bool:
@@ -143,6 +149,10 @@ class TrainConfig:
         _check(self.krum_f >= 0, f"krum f must be >= 0, got {self.krum_f}")
         _check(self.min_hospitals >= 1, f"min hospitals must be >= 1, got {self.min_hospitals}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(
+            0 <= self.validation_share <= 0.5,
+            f"validation share must be in [0, 0.5], got {self.validation_share}",
+        )
         _check(
             self.block_size >= 0, f"block size must be >= 0 (0: automatic), got {self.block_size}"
         )

@@ -26,7 +26,7 @@ from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
 from healthsync.ml import attacks
 from healthsync.ml.features import Encoder, Scaler, ScalingStats
-from healthsync.ml.metrics import BinaryMetrics, aggregate
+from healthsync.ml.metrics import BinaryMetrics, aggregate, weighted_mean
 from healthsync.ml.model import SavedModel, get_arrays, initial_model
 from healthsync.runs import lifecycle, runlog
 from healthsync.runs.store import MetricsStore
@@ -166,6 +166,7 @@ class FederatedRun:
             "local-epochs": self.config.local_epochs,
             "batch-size": self.config.batch_size,
             "seed": self.config.seed,
+            "validation-share": self.config.validation_share,
             **safeguards.client_settings(self.config, self.adversaries),
         }
         for kind, message, hospital in safeguards.setup_events(self.config, self.adversaries):
@@ -201,11 +202,12 @@ class FederatedRun:
                 arrays, sampled, ok, failed = self._train_securely(secure, rnd, arrays, settings)
             else:
                 arrays, sampled, ok, failed = self._train(strategy, rnd, arrays, settings)
-            metrics, histogram, per_hospital = self.evaluate(rnd, arrays, settings)
+            metrics, histogram, per_hospital, val_loss = self.evaluate(rnd, arrays, settings)
             spent = privacy_spent(strategy)
             row = {
                 "round": rnd,
                 **metrics.to_dict(),
+                "val_loss": val_loss,
                 "hospitals_sampled": sampled,
                 "hospitals_ok": ok,
                 "hospitals_failed": failed,
@@ -282,7 +284,14 @@ class FederatedRun:
             )
 
     def evaluate(self, rnd: int, arrays: ArrayRecord, settings: dict):
-        """Global model on every hospital's test split, weighted by test examples."""
+        """Global model on every hospital's test split, weighted by test examples.
+
+        Returns the federation's test metrics, the summed score histogram, the
+        per-hospital test rows and the federated validation loss: the hospitals'
+        validation losses weighted by their validation rows (NaN when none held
+        any). Only that aggregate leaves this method; per-hospital validation
+        losses are not recorded.
+        """
         answers = self._ask_all(
             MessageType.EVALUATE,
             {"arrays": arrays, "config": ConfigRecord({**settings, "server-round": rnd})},
@@ -312,7 +321,9 @@ class FederatedRun:
                 }
             )
         histogram = np.sum([a["histogram"] for _, _, a in answers], axis=0)
-        return aggregate(results), histogram, rows
+        val_n = [int(m.get("val-n", 0)) for _, m, _ in answers]
+        val_loss = weighted_mean([float(m.get("val-loss", np.nan)) for _, m, _ in answers], val_n)
+        return aggregate(results), histogram, rows, val_loss
 
     def save(self, encoder: Encoder, scaler: Scaler, arrays: ArrayRecord, histogram) -> None:
         saved = SavedModel(

@@ -77,7 +77,12 @@ def baseline_rows(
     target = str(config.target)
     hospitals = [hospital_arrays(federation, h.id, target) for h in federation.hospitals]
     scaler = Scaler.from_stats(ScalingStats.combine(ScalingStats.of(h.x_train) for h in hospitals))
-    data = {h.hospital_id: h.scaled(scaler) for h in hospitals}
+    # The same validation rows the run's hospitals held out (the same seeded split):
+    # no method fits them, so all three are trained on the same rows.
+    data = {
+        h.hospital_id: h.scaled(scaler, validation_share=config.validation_share, seed=config.seed)
+        for h in hospitals
+    }
     epochs = config.rounds * config.local_epochs
     width = next(iter(data.values())).x_train.shape[1]
 

@@ -34,6 +34,7 @@ ROUND_KEYS = (
     "hospitals_ok",
     "hospitals_failed",
     "epsilon",
+    "val_loss",
 )
 HOSPITAL_KEYS = ("hospital", "round", "n", "loss", "auc", "accuracy")
 ACTIVE = ("queued", "running")
