@@ -44,6 +44,11 @@ MAX_AUTO_BLOCK = 2048
 DEFAULT_DATA = Path("data/demo")
 #: Share of each hospital's training rows held out for model selection (``TrainConfig``).
 DEFAULT_VALIDATION_SHARE = 0.2
+#: ``rounds="auto"``: stop when the federated validation loss has not improved for
+#: ``PATIENCE`` rounds, or after ``MAX_ROUNDS``; the best round's model is kept.
+AUTO_ROUNDS = "auto"
+DEFAULT_MAX_ROUNDS = 50
+DEFAULT_PATIENCE = 5
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,12 @@ class TrainConfig:
     target : binary outcome column to predict (``None``: the federation's default).
     model : ``logreg`` or ``mlp``.
     strategy : one of ``STRATEGIES``; Flower's own implementation is used.
-    rounds, fraction, local_epochs, batch_size, lr, seed : the usual FL knobs;
+    rounds : how many rounds to train, or ``"auto"`` (the default): stop when the
+        federated validation loss has not improved for ``patience`` rounds, at most
+        ``max_rounds``, and keep the model of the round with the lowest validation loss.
+        A number N trains exactly N rounds and keeps the last round's model.
+    max_rounds, patience : the limits of ``rounds="auto"``.
+    fraction, local_epochs, batch_size, lr, seed : the usual FL knobs;
         ``fraction`` is the share of hospitals sampled for training each round.
     proximal_mu : FedProx's proximal term.
     server_lr : server learning rate of FedAdam / FedYogi / FedAdagrad.
@@ -94,7 +104,7 @@ class TrainConfig:
     target: str | None = None
     model: str = "logreg"
     strategy: str = "fedavg"
-    rounds: int = 10
+    rounds: int | str = AUTO_ROUNDS
     fraction: float = 1.0
     local_epochs: int = 1
     batch_size: int = 32
@@ -119,14 +129,27 @@ class TrainConfig:
     adversarial: int = 0
     attack: str | None = None
     validation_share: float = DEFAULT_VALIDATION_SHARE
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    patience: int = DEFAULT_PATIENCE
 
     @property
     def dp(self) -> bool:
         """Whether the run is differentially private (noise and clipping both set)."""
         return self.dp_noise > 0 and self.dp_clip > 0
 
+    @property
+    def auto_rounds(self) -> bool:
+        """Whether the run chooses its number of rounds (``rounds="auto"``)."""
+        return self.rounds == AUTO_ROUNDS
+
+    @property
+    def round_limit(self) -> int:
+        """The most rounds the run may train: ``rounds``, or ``max_rounds`` under auto."""
+        return self.max_rounds if self.auto_rounds else int(self.rounds)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "fail_hospitals", tuple(self.fail_hospitals))
+        object.__setattr__(self, "rounds", parse_rounds(self.rounds))
         if self.strategy not in STRATEGIES:
             raise HealthSyncError(
                 f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}"
@@ -136,8 +159,16 @@ class TrainConfig:
                 f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}"
             )
         _check(
-            isinstance(self.rounds, int) and self.rounds >= 1,
+            self.auto_rounds or (isinstance(self.rounds, int) and self.rounds >= 1),
             f"rounds must be >= 1, got {self.rounds}",
+        )
+        _check(
+            isinstance(self.max_rounds, int) and self.max_rounds >= 1,
+            f"max rounds must be >= 1, got {self.max_rounds}",
+        )
+        _check(
+            isinstance(self.patience, int) and self.patience >= 1,
+            f"patience must be >= 1 round, got {self.patience}",
         )
         _check(0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction}")
         _check(self.local_epochs >= 1, f"local epochs must be >= 1, got {self.local_epochs}")
@@ -309,6 +340,24 @@ class TrainConfig:
             if name in fields:
                 data[name] = _from_flat(fields[name], value)
         return cls(**data)
+
+
+def parse_rounds(value: Any) -> int | str:
+    """``"auto"`` or a whole number of rounds (``"10"`` from a flat config becomes 10).
+
+    Anything else is kept as given, for the check to refuse with its message.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO_ROUNDS:
+            return AUTO_ROUNDS
+        try:
+            return int(text)
+        except ValueError:
+            raise HealthSyncError(
+                f"rounds must be a whole number >= 1 or 'auto', got {value!r}"
+            ) from None
+    return value
 
 
 def _from_flat(spec: dataclasses.Field, value: Any) -> Any:

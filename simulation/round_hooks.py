@@ -176,6 +176,37 @@ class PrivacyBudgetStop(RoundCallback):
         return reason
 
 
+class EarlyStopping(RoundCallback):
+    """``rounds="auto"``: keep the round of lowest federated validation loss, stop after patience.
+
+    A round is kept (``keep_model``) when its validation loss is the lowest so
+    far; the run stops once ``patience`` rounds in a row did not improve on it.
+    Without validation rows (a NaN loss) every round is kept, as with a fixed
+    number of rounds, and only the maximum stops the run.
+    """
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best_loss = math.inf
+        self.best_round = 0
+
+    def on_round_end(self, result: RoundResult) -> str | None:
+        loss = result.row.get("val_loss")
+        if loss is None or math.isnan(loss):
+            self.best_round = result.round
+            return None
+        result.keep_model = loss < self.best_loss
+        if result.keep_model:
+            self.best_loss, self.best_round = loss, result.round
+            return None
+        if result.round - self.best_round >= self.patience:
+            return (
+                f"validation loss has not improved for {self.patience} rounds; "
+                f"kept round {self.best_round} (validation loss {self.best_loss:.4f})"
+            )
+        return None
+
+
 class RoundRecorder(RoundCallback):
     """Write each round to the metrics store, and the kept model with its score bins.
 
@@ -192,6 +223,7 @@ class RoundRecorder(RoundCallback):
         result.metrics = released(result.metrics, result.row)
         if result.keep_model:
             self.save_model(result.arrays, result.histogram)
+            runlog.set_best_round(self.store, self.run_id, result.round)
             self.final = result.metrics
         return None
 

@@ -35,6 +35,7 @@ from simulation.hospital_grid import BlockReply, HospitalGrid
 from simulation.round_hooks import (
     Callbacks,
     CancelCheck,
+    EarlyStopping,
     PrivacyBudgetStop,
     RoundCallback,
     RoundRecorder,
@@ -186,13 +187,14 @@ class FederatedRun:
                     self.store,
                     self.run_id,
                 ),
+                *([EarlyStopping(self.config.patience)] if self.config.auto_rounds else []),
                 *(callbacks or []),
                 recorder,  # last: earlier callbacks decide what it keeps
             ]
         )
         hooks.on_run_start()
         done = 0
-        for rnd in range(1, self.config.rounds + 1):
+        for rnd in range(1, self.config.round_limit + 1):
             self.stop_reason = hooks.on_round_start(rnd)
             if self.stop_reason:
                 break
@@ -367,7 +369,7 @@ def _execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
     except RunCancelled:
         runlog.request_cancel(store, run_id)  # for the record, if only the flag file said so
         last = runlog.rounds_frame(store, run_id)
-        final = _last_metrics(last)
+        final = _kept_metrics(last, runlog.get_run(store, run_id).get("best_round"))
         runlog.finish_run(store, run_id, "cancelled", reason="cancelled by request", final=final)
         runlog.record_event(store, run_id, "cancelled", f"stopped after {last.height} round(s)")
         return "cancelled"
@@ -379,7 +381,9 @@ def _execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
             run_id,
             "failed",
             reason=reason,
-            final=_last_metrics(runlog.rounds_frame(store, run_id)),
+            final=_kept_metrics(
+                runlog.rounds_frame(store, run_id), runlog.get_run(store, run_id).get("best_round")
+            ),
         )
         runlog.record_event(store, run_id, "failed", reason)
         return "failed"
@@ -389,10 +393,12 @@ def _execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
     return "completed"
 
 
-def _last_metrics(rounds) -> BinaryMetrics | None:
+def _kept_metrics(rounds, kept: int | None) -> BinaryMetrics | None:
+    """The figures of the round whose model the run kept (the last one if unknown)."""
     if rounds.is_empty():
         return None
-    r = rounds.row(-1, named=True)
+    chosen = rounds.filter(rounds["round"] == kept) if kept else rounds.clear()
+    r = (chosen if chosen.height else rounds).row(-1, named=True)
     return BinaryMetrics(0, r["loss"], r["auc"], r["accuracy"], r["brier"])
 
 

@@ -8,7 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from healthsync.config import ATTACKS, DEFAULT_DATA, DEFAULT_DB, DP_SIDES, MODELS, TrainConfig
+from healthsync.config import (
+    ATTACKS,
+    DEFAULT_DATA,
+    DEFAULT_DB,
+    DP_SIDES,
+    MODELS,
+    TrainConfig,
+    parse_rounds,
+)
+from healthsync.errors import HealthSyncError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,7 +64,38 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="federation directory")
     parser.add_argument("--db", default=str(DEFAULT_DB), help="DuckDB metrics store")
-    parser.add_argument("--rounds", type=int, default=d.rounds)
+    parser.add_argument(
+        "--rounds",
+        type=_rounds,
+        default=d.rounds,
+        metavar="N|auto",
+        help=f"rounds to train (default: {d.rounds}). auto stops when the federated "
+        f"validation loss has not improved for --patience rounds (default {d.patience}), "
+        f"at most --max-rounds (default {d.max_rounds}), and keeps the best round's model; "
+        "N trains exactly N rounds and keeps the last",
+    )
+    parser.add_argument(
+        "--max-rounds",
+        type=int,
+        default=d.max_rounds,
+        help=f"the most rounds --rounds auto may train (default: {d.max_rounds})",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="--rounds auto stops after this many rounds without a lower validation loss "
+        f"(default: {d.patience})",
+    )
+    parser.add_argument(
+        "--validation-share",
+        type=float,
+        default=d.validation_share,
+        metavar="SHARE",
+        help="share of each hospital's training rows held out, stratified and seeded, to "
+        "choose the round (and the baselines' epoch) by; never test rows "
+        f"(default: {d.validation_share})",
+    )
     parser.add_argument("--strategy", default=d.strategy)
     parser.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)}")
     parser.add_argument(
@@ -158,6 +198,14 @@ def add_privacy_arguments(parser: argparse.ArgumentParser, d: TrainConfig) -> No
     drills.add_argument("--attack", default=d.attack, help=f"one of {', '.join(ATTACKS)}")
 
 
+def _rounds(text: str) -> int | str:
+    """``--rounds``: a whole number or ``auto``."""
+    try:
+        return parse_rounds(text)
+    except HealthSyncError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         data_dir=args.data,
@@ -166,6 +214,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model=args.model,
         strategy=args.strategy,
         rounds=args.rounds,
+        max_rounds=args.max_rounds,
+        patience=args.patience,
+        validation_share=args.validation_share,
         fraction=args.fraction,
         local_epochs=args.local_epochs,
         batch_size=args.batch_size,
@@ -208,7 +259,7 @@ def run_and_watch(
     log_file = Path(config.db).resolve().parent / "logs" / f"{run_id}.log"
     print(f"run {run_id} started (log: {log_file})", file=sys.stderr)
     bar = tqdm(
-        total=config.rounds,
+        total=config.round_limit,
         desc=run_id,
         unit="round",
         file=sys.stderr,

@@ -97,7 +97,7 @@ def create_run(
             config.target,
             config.model,
             config.strategy,
-            config.rounds,
+            config.round_limit,
             now(),
             pid,
         ],
@@ -192,6 +192,11 @@ def finish_run(
             run_id,
         ],
     )
+
+
+def set_best_round(store: MetricsStore, run_id: str, rnd: int) -> None:
+    """The round whose global model the run keeps (saved model, final figures)."""
+    store.execute("UPDATE runs SET best_round = ? WHERE run_id = ?", [rnd, run_id])
 
 
 def request_cancel(store: MetricsStore, run_id: str) -> bool:
@@ -344,7 +349,11 @@ def score_bins_frame(store: MetricsStore, run_id: str) -> pl.DataFrame:
 
 
 def run_detail(store: MetricsStore, run_id: str) -> dict[str, Any]:
-    """The ``runs show --json`` document: run, config, rounds and per-hospital rounds."""
+    """The ``runs show --json`` document: run, config, rounds and per-hospital rounds.
+
+    ``best_round`` is the round whose model the run kept: under ``--rounds auto``
+    the one with the lowest federated validation loss, else the last round.
+    """
     run = get_run(store, run_id)
     final = {k: _clean(run[f"final_{k}"]) for k in ("loss", "auc", "accuracy", "brier")}
     return {
@@ -356,6 +365,7 @@ def run_detail(store: MetricsStore, run_id: str) -> dict[str, Any]:
         "created_at": str(run["created_at"]),
         "finished_at": None if run["finished_at"] is None else str(run["finished_at"]),
         "config": run["config"],
+        "best_round": run.get("best_round"),
         "final": final,
         "rounds": to_records(rounds_frame(store, run_id).drop("recorded_at")),
         "hospitals": to_records(hospital_rounds_frame(store, run_id)),

@@ -24,6 +24,8 @@ from healthsync.runs import runlog
 from healthsync.runs.store import MetricsStore
 
 METRICS = {"auc": "AUC", "accuracy": "accuracy", "loss": "log loss"}
+#: The federated validation loss: what chooses the round a run keeps (``--rounds auto``).
+VALIDATION = {"val_loss": "validation loss"}
 #: What the CSV exports hold: table -> columns in order, aggregates only.
 EXPORTS = {
     "rounds": ("run_id", *runlog.ROUND_KEYS),
@@ -161,7 +163,10 @@ def metrics_long(rounds: pl.DataFrame, metrics: Sequence[str] = tuple(METRICS)) 
     return (
         rounds.select(pl.col("round").cast(pl.Int64), *metrics)
         .unpivot(index="round", variable_name="metric", value_name="value")
-        .with_columns(pl.col("metric").replace_strict(METRICS), pl.col("value").fill_nan(None))
+        .with_columns(
+            pl.col("metric").replace_strict({**METRICS, **VALIDATION}),
+            pl.col("value").fill_nan(None),
+        )
     )
 
 
