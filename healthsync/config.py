@@ -49,6 +49,9 @@ DEFAULT_VALIDATION_SHARE = 0.2
 AUTO_ROUNDS = "auto"
 DEFAULT_MAX_ROUNDS = 50
 DEFAULT_PATIENCE = 5
+#: ``local_epochs="auto"``: each hospital trains enough epochs per round for about this
+#: many optimiser steps (``healthsync.ml.training.local_epochs_for``).
+DEFAULT_LOCAL_STEPS = 10
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,12 @@ class TrainConfig:
         ``max_rounds``, and keep the model of the round with the lowest validation loss.
         A number N trains exactly N rounds and keeps the last round's model.
     max_rounds, patience : the limits of ``rounds="auto"``.
-    fraction, local_epochs, batch_size, lr, seed : the usual FL knobs;
+    local_epochs : epochs each hospital trains per round, or ``"auto"`` (the
+        default): each hospital picks ``ceil(local_steps / batches per epoch)``
+        epochs from its own training rows, so a 50-row site takes about as many
+        optimiser steps per round as a 5,000-row one (at least one epoch each).
+    local_steps : the target of ``local_epochs="auto"``.
+    fraction, batch_size, lr, seed : the usual FL knobs;
         ``fraction`` is the share of hospitals sampled for training each round.
     proximal_mu : FedProx's proximal term.
     server_lr : server learning rate of FedAdam / FedYogi / FedAdagrad.
@@ -106,7 +114,7 @@ class TrainConfig:
     strategy: str = "fedavg"
     rounds: int | str = AUTO_ROUNDS
     fraction: float = 1.0
-    local_epochs: int = 1
+    local_epochs: int | str = AUTO_ROUNDS
     batch_size: int = 32
     lr: float = 0.05
     seed: int = 0
@@ -131,6 +139,7 @@ class TrainConfig:
     validation_share: float = DEFAULT_VALIDATION_SHARE
     max_rounds: int = DEFAULT_MAX_ROUNDS
     patience: int = DEFAULT_PATIENCE
+    local_steps: int = DEFAULT_LOCAL_STEPS
 
     @property
     def dp(self) -> bool:
@@ -150,6 +159,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "fail_hospitals", tuple(self.fail_hospitals))
         object.__setattr__(self, "rounds", parse_rounds(self.rounds))
+        object.__setattr__(self, "local_epochs", parse_rounds(self.local_epochs, "local epochs"))
         if self.strategy not in STRATEGIES:
             raise HealthSyncError(
                 f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}"
@@ -171,7 +181,15 @@ class TrainConfig:
             f"patience must be >= 1 round, got {self.patience}",
         )
         _check(0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction}")
-        _check(self.local_epochs >= 1, f"local epochs must be >= 1, got {self.local_epochs}")
+        _check(
+            self.local_epochs == AUTO_ROUNDS
+            or (isinstance(self.local_epochs, int) and self.local_epochs >= 1),
+            f"local epochs must be >= 1, got {self.local_epochs}",
+        )
+        _check(
+            isinstance(self.local_steps, int) and self.local_steps >= 1,
+            f"local steps must be >= 1, got {self.local_steps}",
+        )
         _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, f"learning rate must be > 0, got {self.lr}")
         _check(self.proximal_mu >= 0, f"proximal mu must be >= 0, got {self.proximal_mu}")
@@ -342,10 +360,11 @@ class TrainConfig:
         return cls(**data)
 
 
-def parse_rounds(value: Any) -> int | str:
-    """``"auto"`` or a whole number of rounds (``"10"`` from a flat config becomes 10).
+def parse_rounds(value: Any, what: str = "rounds") -> int | str:
+    """``"auto"`` or a whole number (``"10"`` from a flat config becomes 10).
 
-    Anything else is kept as given, for the check to refuse with its message.
+    For ``rounds`` and ``local_epochs``; anything else is kept as given, for the
+    check to refuse with its message.
     """
     if isinstance(value, str):
         text = value.strip().lower()
@@ -355,7 +374,7 @@ def parse_rounds(value: Any) -> int | str:
             return int(text)
         except ValueError:
             raise HealthSyncError(
-                f"rounds must be a whole number >= 1 or 'auto', got {value!r}"
+                f"{what} must be a whole number >= 1 or 'auto', got {value!r}"
             ) from None
     return value
 

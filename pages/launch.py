@@ -34,7 +34,14 @@ with st.form("launch"):
             "this many, keeping the last round's model.",
         ),
         "fraction": left.number_input("Share of hospitals per round", value=d.fraction, step=0.1),
-        "local_epochs": right.number_input("Local epochs per round", value=d.local_epochs, step=1),
+        "local_epochs": right.number_input(
+            "Local epochs per round (0: automatic)",
+            value=0,
+            min_value=0,
+            step=1,
+            help=f"0: each hospital trains about {d.local_steps} optimiser steps a round, "
+            "ceil(steps / its batches per epoch) epochs, chosen from its own size.",
+        ),
         "batch_size": right.number_input("Batch size (patients)", value=d.batch_size, step=8),
         "lr": right.number_input("Learning rate", value=d.lr, step=0.01, format="%.4f"),
         "seed": right.number_input("Seed", value=d.seed, step=1),
@@ -141,6 +148,8 @@ with st.form("launch"):
 
 if submitted:
     try:
+        if not settings["local_epochs"]:
+            settings["local_epochs"] = "auto"
         if auto:  # the number is the most rounds the run may take
             settings |= {"rounds": "auto", "max_rounds": settings["rounds"]}
         config = TrainConfig(

@@ -52,6 +52,7 @@ from healthsync.ml.training import (
     evaluate_local,
     fit_from,
     hospital_arrays,
+    local_epochs_for,
 )
 from simulation.hospital_grid import block_reply
 from simulation.secagg_mod import secure_aggregation
@@ -255,6 +256,14 @@ def _wait_like_stragglers(ready: list[tuple[int, HospitalArrays]], config: Confi
     time.sleep(max(delays, default=0.0))
 
 
+def _epochs(rows: int, config: Config) -> int:
+    """This hospital's local epochs: the run's number, or chosen from its own size (``auto``)."""
+    epochs = config["local-epochs"]
+    if str(epochs) != "auto":
+        return int(epochs)
+    return local_epochs_for(rows, int(config["batch-size"]), int(config["local-steps"]))
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local epochs of SGD from the global model; one new set of weights per hospital."""
@@ -263,8 +272,8 @@ def train(msg: Message, context: Context) -> Message:
     def work(ready, config):
         _wait_like_stragglers(ready, config)
         data = [_local_data(index, hospital, config) for index, hospital in ready]
+        epochs = [_epochs(len(d.y_train), config) for d in data]
         settings = {
-            "epochs": int(config["local-epochs"]),
             "batch_size": int(config["batch-size"]),
             "lr": float(config["lr"]),
             "proximal_mu": float(config.get("proximal-mu", 0.0)),
@@ -272,13 +281,18 @@ def train(msg: Message, context: Context) -> Message:
         if len(ready) == 1:  # the classic path: one hospital, an ordinary PyTorch loop
             model = build_model(str(config["model"]), data[0].x_train.shape[1])
             new, loss = fit_from(
-                model, arrays, data[0], seed=_seed(config, ready[0][0]), **settings
+                model,
+                arrays,
+                data[0],
+                seed=_seed(config, ready[0][0]),
+                epochs=epochs[0],
+                **settings,
             )
             results = [(new, loss)]
         else:
             seeds = [_seed(config, index) for index, _ in ready]
             new_arrays, losses = train_block(
-                str(config["model"]), arrays, data, seeds=seeds, **settings
+                str(config["model"]), arrays, data, epochs=epochs, seeds=seeds, **settings
             )
             results = list(zip(new_arrays, losses, strict=True))
         updates = [

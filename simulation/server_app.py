@@ -165,6 +165,7 @@ class FederatedRun:
             "scale-std": scaler.std.tolist(),
             "lr": self.config.lr,
             "local-epochs": self.config.local_epochs,
+            "local-steps": self.config.local_steps,
             "batch-size": self.config.batch_size,
             "seed": self.config.seed,
             "validation-share": self.config.validation_share,

@@ -296,6 +296,7 @@ def test_launch_offers_automatic_rounds_by_default_with_rounds_as_the_most(env, 
     button(at, "Start training").click().run()
     (config,) = started
     assert (config.rounds, config.max_rounds, config.round_limit) == ("auto", 7, 7)
+    assert config.local_epochs == "auto"  # 0 on the form: chosen from each hospital's size
 
 
 # ---------------------------------------------------------------- live

@@ -102,7 +102,22 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--target", default=None, help="binary outcome column (default: the data's)"
     )
     parser.add_argument("--fraction", type=float, default=d.fraction)
-    parser.add_argument("--local-epochs", type=int, default=d.local_epochs)
+    parser.add_argument(
+        "--local-epochs",
+        type=_local_epochs,
+        default=d.local_epochs,
+        metavar="N|auto",
+        help=f"epochs each hospital trains per round (default: {d.local_epochs}). auto: each "
+        "hospital picks ceil(--local-steps / its batches per epoch) epochs from its own "
+        "training rows, at least 1, so small and large sites both take about --local-steps "
+        "optimiser steps a round; N: every hospital trains N epochs",
+    )
+    parser.add_argument(
+        "--local-steps",
+        type=int,
+        default=d.local_steps,
+        help=f"--local-epochs auto's target optimiser steps per round (default: {d.local_steps})",
+    )
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -206,6 +221,14 @@ def _rounds(text: str) -> int | str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _local_epochs(text: str) -> int | str:
+    """``--local-epochs``: a whole number or ``auto``."""
+    try:
+        return parse_rounds(text, "local epochs")
+    except HealthSyncError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         data_dir=args.data,
@@ -219,6 +242,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         validation_share=args.validation_share,
         fraction=args.fraction,
         local_epochs=args.local_epochs,
+        local_steps=args.local_steps,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,

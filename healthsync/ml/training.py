@@ -123,6 +123,18 @@ def train_local(
     return last
 
 
+def local_epochs_for(rows: int, batch_size: int, target_steps: int) -> int:
+    """Epochs a hospital of ``rows`` training rows trains per round under automatic local work.
+
+    ``ceil(target_steps / batches per epoch)``, at least 1: a small site repeats
+    its few batches until it has taken about ``target_steps`` optimiser steps,
+    a large one trains one epoch (more steps than the target, never fewer).
+    At most ``target_steps`` epochs (a site of one batch).
+    """
+    batches = max(-(-rows // batch_size), 1)
+    return max(-(-target_steps // batches), 1)
+
+
 def evaluate_local(
     model: nn.Module, x: np.ndarray, y: np.ndarray
 ) -> tuple[BinaryMetrics, np.ndarray]:
