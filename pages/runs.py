@@ -93,7 +93,9 @@ else:
             "Each method on every hospital's test patients. Pooled is a simulation-only "
             "reference (all data in one place); local-only trains each hospital alone. "
             "A hospital with fewer than 11 test patients with or without the outcome has its "
-            "figures withheld (–); a federated run records no per-hospital Brier score (–)."
+            "figures withheld (–). Every method fits the same rows and is chosen on the same "
+            "validation rows by the same rule; “chosen” says which round (federated) or epoch "
+            "(baselines) it kept."
         )
 
 st.subheader("Download metrics")

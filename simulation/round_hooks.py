@@ -26,6 +26,7 @@ from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
 
 from healthsync.config import TrainConfig
 from healthsync.ml.metrics import BinaryMetrics
+from healthsync.ml.selection import Patience
 from healthsync.runs import lifecycle, runlog
 from healthsync.runs.store import MetricsStore
 from simulation import safeguards
@@ -179,32 +180,26 @@ class PrivacyBudgetStop(RoundCallback):
 class EarlyStopping(RoundCallback):
     """``rounds="auto"``: keep the round of lowest federated validation loss, stop after patience.
 
+    The rule is ``healthsync.ml.selection.Patience``, the one the baselines use.
     A round is kept (``keep_model``) when its validation loss is the lowest so
-    far; the run stops once ``patience`` rounds in a row did not improve on it.
-    Without validation rows (a NaN loss) every round is kept, as with a fixed
-    number of rounds, and only the maximum stops the run.
+    far. Without validation rows (a NaN loss) every round is kept, as with a
+    fixed number of rounds, and only the maximum stops the run.
     """
 
     def __init__(self, patience: int) -> None:
-        self.patience = patience
-        self.best_loss = math.inf
-        self.best_round = 0
+        self.rule = Patience(patience)
 
     def on_round_end(self, result: RoundResult) -> str | None:
         loss = result.row.get("val_loss")
         if loss is None or math.isnan(loss):
-            self.best_round = result.round
+            return None  # keep_model stays True: the last round is kept
+        result.keep_model = self.rule.update(result.round, loss)
+        if not self.rule.stop:
             return None
-        result.keep_model = loss < self.best_loss
-        if result.keep_model:
-            self.best_loss, self.best_round = loss, result.round
-            return None
-        if result.round - self.best_round >= self.patience:
-            return (
-                f"validation loss has not improved for {self.patience} rounds; "
-                f"kept round {self.best_round} (validation loss {self.best_loss:.4f})"
-            )
-        return None
+        return (
+            f"validation loss has not improved for {self.rule.patience} rounds; "
+            f"kept round {self.rule.best_round} (validation loss {self.rule.best_loss:.4f})"
+        )
 
 
 class RoundRecorder(RoundCallback):

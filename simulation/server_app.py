@@ -318,6 +318,7 @@ class FederatedRun:
                     "loss": result.loss,
                     "auc": result.auc,
                     "accuracy": result.accuracy,
+                    "brier": result.brier,
                     # the test split's class counts: what the release policy decides on
                     "positives": int(positives),
                     "negatives": int(negatives),

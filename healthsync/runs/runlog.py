@@ -36,7 +36,7 @@ ROUND_KEYS = (
     "epsilon",
     "val_loss",
 )
-HOSPITAL_KEYS = ("hospital", "round", "n", "loss", "auc", "accuracy")
+HOSPITAL_KEYS = ("hospital", "round", "n", "loss", "auc", "accuracy", "brier")
 ACTIVE = ("queued", "running")
 #: What a run is for (``runs.kind``). A training run is ``"federated"``, the kind every run
 #: had before stress-test runs were told apart (``runs show --json`` printed it, so it
@@ -141,6 +141,7 @@ def record_round(
                     "loss": pl.Float64,
                     "auc": pl.Float64,
                     "accuracy": pl.Float64,
+                    "brier": pl.Float64,
                 },
             ).to_arrow()
             con.register("hospital_batch", batch)

@@ -72,7 +72,9 @@ ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS released BOOLEAN;
 -- round or epoch each method of a comparison chose.
 ALTER TABLE rounds ADD COLUMN IF NOT EXISTS val_loss DOUBLE;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS best_round INTEGER;
-ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS chosen INTEGER;
+ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS chosen VARCHAR;
+-- Each hospital's Brier score of the round's global model (released like its other figures).
+ALTER TABLE hospital_rounds ADD COLUMN IF NOT EXISTS brier DOUBLE;
 CREATE INDEX IF NOT EXISTS rounds_run ON rounds(run_id);
 CREATE INDEX IF NOT EXISTS hospital_rounds_run ON hospital_rounds(run_id);
 """
