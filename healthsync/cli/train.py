@@ -49,10 +49,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     compare = subparsers.add_parser(
         "compare",
-        help="pooled vs local-only vs federated, per hospital and overall",
+        help="pooled vs local-only vs federated vs personalised, per hospital and overall",
         description="Train the reference baselines (pooled: a simulation-only yardstick; "
         "local-only: each hospital alone) and compare them with a federated run "
-        "(--run, or a new one with the same settings).",
+        "(--run, or a new one with the same settings) and its personalised models (each "
+        "hospital fine-tunes the run's global model on its own rows). Every method fits the "
+        "same rows and is chosen on the same validation rows by the same rule (--rounds "
+        "auto: lowest validation loss, --patience); the chosen column says which round or "
+        "epoch each kept.",
     )
     add_training_arguments(compare)
     compare.add_argument("--run", metavar="RUN_ID", help="compare against this finished run")

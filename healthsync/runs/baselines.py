@@ -4,6 +4,8 @@
   yardstick for what federated training could reach; never a deployment mode.
 - **local**: each hospital trains alone on its own rows.
 - **federated**: the recorded run (its kept round).
+- **personalised (fine-tuned)**: each hospital fine-tunes the run's global
+  model on its own training rows, stopping on its own validation rows.
 
 Like with like: every method fits the same rows (each hospital's training
 rows minus its validation rows, the run's seeded split) and is chosen by the
@@ -37,7 +39,7 @@ from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
 from healthsync.ml.features import Scaler, ScalingStats
 from healthsync.ml.metrics import BinaryMetrics, aggregate, binary_metrics
-from healthsync.ml.model import initial_model, predict_proba
+from healthsync.ml.model import SavedModel, initial_model, predict_proba, set_arrays
 from healthsync.ml.selection import Patience
 from healthsync.ml.training import (
     LocalData,
@@ -97,15 +99,24 @@ def released_rows(rows: list[dict], counts: dict[str, tuple[int, int]]) -> list[
 
 
 def fit_with_stopping(
-    config: TrainConfig, width: int, data: LocalData, *, seed: int
+    config: TrainConfig,
+    width: int,
+    data: LocalData,
+    *,
+    seed: int,
+    start: list[np.ndarray] | None = None,
 ) -> tuple[torch.nn.Module, int]:
     """A baseline model trained and chosen as a federated run is: the model and its epochs.
 
     One "round" is ``local_epochs`` (or, under ``auto``, ``local_epochs_for``
     these rows) epochs; under ``rounds="auto"`` the round of lowest validation
     loss is kept, stopping after ``patience`` rounds without a better one.
+    From ``start`` (fine-tuning a global model) that model itself is round 0:
+    if no epoch improves on it, it is kept (0 epochs).
     """
     model = initial_model(config.model, width, config.seed)
+    if start is not None:
+        set_arrays(model, start)
     unit = (
         local_epochs_for(len(data.y_train), config.batch_size, config.local_steps)
         if config.local_epochs == "auto"
@@ -113,11 +124,15 @@ def fit_with_stopping(
     )
     settings = {"batch_size": config.batch_size, "lr": config.lr}
     has_validation = data.y_val is not None and len(data.y_val) > 0
+    if start is not None and not has_validation:  # nothing to choose by: keep the start
+        return model, 0
     if not config.auto_rounds or not has_validation:  # fixed: all rounds, keep the last
         epochs = config.round_limit * unit
         train_local(model, data.x_train, data.y_train, epochs=epochs, seed=seed, **settings)
         return model, epochs
     rule, best_state = Patience(config.patience), copy.deepcopy(model.state_dict())
+    if start is not None:
+        rule.update(0, binary_metrics(data.y_val, predict_proba(model, data.x_val)).loss)
     for rnd in range(1, config.round_limit + 1):
         train_local(
             model, data.x_train, data.y_train, epochs=unit, seed=seed * 1_009 + rnd, **settings
@@ -213,13 +228,49 @@ def federated_rows(store: MetricsStore, run_id: str) -> list[dict]:
     )
 
 
+PERSONALISED = "personalised (fine-tuned)"
+
+
+def personalised_rows(
+    config: TrainConfig,
+    store: MetricsStore,
+    run_id: str,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Each hospital fine-tunes the run's kept global model on its own training rows.
+
+    It stops on its own validation rows by the shared rule (``rounds="auto"``
+    whatever the run used: fine-tuning has no fixed length) and keeps the
+    global model itself when no epoch improves on it ("epoch 0"). Rows are
+    scaled with the run's own federated scaler, as the global model expects.
+    """
+    saved = SavedModel.from_bytes(runlog.load_model_blob(store, run_id))
+    config, federation = check_config(config)
+    tune = config.replace(rounds="auto")
+    metrics: dict[str, BinaryMetrics] = {}
+    chosen: dict[str, str] = {}
+    for i, info in enumerate(federation.hospitals):
+        if progress:
+            progress(f"fine-tuning {i + 1}/{len(federation.hospitals)}")
+        d = hospital_arrays(federation, info.id, str(config.target)).scaled(
+            saved.scaler, validation_share=config.validation_share, seed=config.seed
+        )
+        model, epochs = fit_with_stopping(
+            tune, d.x_train.shape[1], d, seed=config.seed + 7_919 + i, start=saved.arrays
+        )
+        metrics[info.id] = evaluate_local(model, d.x_test, d.y_test)[0]
+        chosen[info.id] = f"epoch {epochs}"
+    return _rows(PERSONALISED, metrics, chosen=chosen, chosen_overall="each its own")
+
+
 def compare_table(config: TrainConfig, run_id: str, *, progress: bool = False) -> pl.DataFrame:
     """The comparison table, also stored in the metrics store for the Runs page."""
     store = MetricsStore(config.db)
     run_config = TrainConfig.from_dict(runlog.get_run(store, run_id)["config"])
     say = (lambda step: print(f"baseline: {step}", flush=True)) if progress else None
     baselines, counts = baseline_rows(run_config, progress=say)
-    rows = released_rows(baselines + federated_rows(store, run_id), counts)
+    personalised = personalised_rows(run_config, store, run_id, progress=say)
+    rows = released_rows(baselines + federated_rows(store, run_id) + personalised, counts)
     table = pl.DataFrame(rows).select(COLUMNS)
     comparison_id = f"cmp-{secrets.token_hex(4)}"
     store.executemany(
