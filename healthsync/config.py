@@ -43,11 +43,24 @@ DEFAULT_DB = Path("data/healthsync.duckdb")
 AUTO_BLOCK_THRESHOLD = 32
 MAX_AUTO_BLOCK = 2048
 DEFAULT_DATA = Path("data/demo")
+#: Share of each hospital's training rows held out for model selection (``TrainConfig``).
+DEFAULT_VALIDATION_SHARE = 0.2
+#: ``rounds="auto"``: stop when the federated validation loss has not improved for
+#: ``PATIENCE`` rounds, or after ``MAX_ROUNDS``; the best round's model is kept.
+AUTO_ROUNDS = "auto"
+DEFAULT_MAX_ROUNDS = 50
+DEFAULT_PATIENCE = 5
+#: ``local_epochs="auto"``: each hospital trains enough epochs per round for about this
+#: many optimiser steps (``healthsync.ml.training.local_epochs_for``).
+DEFAULT_LOCAL_STEPS = 10
 _LABELS = {"lr": "learning rate", "server_lr": "server learning rate"}
 #: Upper limits of the settings, so that a typo (``--rounds 1000000000``) is refused
 #: before anything starts instead of running for days. ``(min, max)``, both inclusive.
 LIMITS: dict[str, tuple[float, float]] = {
     "rounds": (1, 10_000),
+    "max_rounds": (1, 10_000),
+    "patience": (1, 1_000),
+    "local_steps": (1, 100_000),
     "local_epochs": (1, 1_000),
     "batch_size": (1, 1_000_000),
     "seed": (0, 2**32 - 1),  # what numpy's and torch's seeding accept
@@ -77,7 +90,17 @@ class TrainConfig:
     target : binary outcome column to predict (``None``: the federation's default).
     model : ``logreg`` or ``mlp``.
     strategy : one of ``STRATEGIES``; Flower's own implementation is used.
-    rounds, fraction, local_epochs, batch_size, lr, seed : the usual FL knobs;
+    rounds : how many rounds to train, or ``"auto"`` (the default): stop when the
+        federated validation loss has not improved for ``patience`` rounds, at most
+        ``max_rounds``, and keep the model of the round with the lowest validation loss.
+        A number N trains exactly N rounds and keeps the last round's model.
+    max_rounds, patience : the limits of ``rounds="auto"``.
+    local_epochs : epochs each hospital trains per round, or ``"auto"`` (the
+        default): each hospital picks ``ceil(local_steps / batches per epoch)``
+        epochs from its own training rows, so a 50-row site takes about as many
+        optimiser steps per round as a 5,000-row one (at least one epoch each).
+    local_steps : the target of ``local_epochs="auto"``.
+    fraction, batch_size, lr, seed : the usual FL knobs;
         ``fraction`` is the share of hospitals sampled for training each round.
     proximal_mu : FedProx's proximal term.
     server_lr : server learning rate of FedAdam / FedYogi / FedAdagrad.
@@ -104,6 +127,9 @@ class TrainConfig:
     round_timeout : hospitals whose delay exceeds it are dropped from the round; 0: none.
     adversarial, attack : that many hospitals, chosen from the seed, attack every
         round with ``attack`` (one of ``ATTACKS``).
+    validation_share : share of each hospital's training rows held out, stratified
+        and seeded, to choose the model (round, epoch) by; never the test split.
+        0 holds none out (and automatic rounds then cannot stop early).
     """
 
     data_dir: str = str(DEFAULT_DATA)
@@ -111,9 +137,9 @@ class TrainConfig:
     target: str | None = None
     model: str = "logreg"
     strategy: str = "fedavg"
-    rounds: int = 10
+    rounds: int | str = AUTO_ROUNDS
     fraction: float = 1.0
-    local_epochs: int = 1
+    local_epochs: int | str = AUTO_ROUNDS
     batch_size: int = 32
     lr: float = 0.05
     seed: int = 0
@@ -135,14 +161,30 @@ class TrainConfig:
     round_timeout: float = 0.0
     adversarial: int = 0
     attack: str | None = None
+    validation_share: float = DEFAULT_VALIDATION_SHARE
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    patience: int = DEFAULT_PATIENCE
+    local_steps: int = DEFAULT_LOCAL_STEPS
 
     @property
     def dp(self) -> bool:
         """Whether the run is differentially private (noise and clipping both set)."""
         return self.dp_noise > 0 and self.dp_clip > 0
 
+    @property
+    def auto_rounds(self) -> bool:
+        """Whether the run chooses its number of rounds (``rounds="auto"``)."""
+        return self.rounds == AUTO_ROUNDS
+
+    @property
+    def round_limit(self) -> int:
+        """The most rounds the run may train: ``rounds``, or ``max_rounds`` under auto."""
+        return self.max_rounds if self.auto_rounds else int(self.rounds)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "fail_hospitals", tuple(self.fail_hospitals))
+        object.__setattr__(self, "rounds", parse_rounds(self.rounds))
+        object.__setattr__(self, "local_epochs", parse_rounds(self.local_epochs, "local epochs"))
         if self.strategy not in STRATEGIES:
             raise HealthSyncError(
                 f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}"
@@ -152,11 +194,27 @@ class TrainConfig:
                 f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}"
             )
         _check(
-            isinstance(self.rounds, int) and self.rounds >= 1,
+            self.auto_rounds or (isinstance(self.rounds, int) and self.rounds >= 1),
             f"rounds must be >= 1, got {self.rounds}",
         )
+        _check(
+            isinstance(self.max_rounds, int) and self.max_rounds >= 1,
+            f"max rounds must be >= 1, got {self.max_rounds}",
+        )
+        _check(
+            isinstance(self.patience, int) and self.patience >= 1,
+            f"patience must be >= 1 round, got {self.patience}",
+        )
         _check(0 < self.fraction <= 1, f"fraction must be in (0, 1], got {self.fraction}")
-        _check(self.local_epochs >= 1, f"local epochs must be >= 1, got {self.local_epochs}")
+        _check(
+            self.local_epochs == AUTO_ROUNDS
+            or (isinstance(self.local_epochs, int) and self.local_epochs >= 1),
+            f"local epochs must be >= 1, got {self.local_epochs}",
+        )
+        _check(
+            isinstance(self.local_steps, int) and self.local_steps >= 1,
+            f"local steps must be >= 1, got {self.local_steps}",
+        )
         _check(self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, f"learning rate must be > 0, got {self.lr}")
         _check(self.proximal_mu >= 0, f"proximal mu must be >= 0, got {self.proximal_mu}")
@@ -165,6 +223,10 @@ class TrainConfig:
         _check(self.krum_f >= 0, f"krum f must be >= 0, got {self.krum_f}")
         _check(self.min_hospitals >= 1, f"min hospitals must be >= 1, got {self.min_hospitals}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(
+            0 <= self.validation_share <= 0.5,
+            f"validation share must be in [0, 0.5], got {self.validation_share}",
+        )
         _check(
             self.block_size >= 0, f"block size must be >= 0 (0: automatic), got {self.block_size}"
         )
@@ -342,6 +404,25 @@ class TrainConfig:
             if name in fields:
                 data[name] = _from_flat(fields[name], value)
         return cls(**data)
+
+
+def parse_rounds(value: Any, what: str = "rounds") -> int | str:
+    """``"auto"`` or a whole number (``"10"`` from a flat config becomes 10).
+
+    For ``rounds`` and ``local_epochs``; anything else is kept as given, for the
+    check to refuse with its message.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO_ROUNDS:
+            return AUTO_ROUNDS
+        try:
+            return int(text)
+        except ValueError:
+            raise HealthSyncError(
+                f"{what} must be a whole number >= 1 or 'auto', got {value!r}"
+            ) from None
+    return value
 
 
 def _from_flat(spec: dataclasses.Field, value: Any) -> Any:

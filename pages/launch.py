@@ -30,13 +30,33 @@ with st.form("launch"):
             "Model", MODELS, help="logreg: logistic regression; mlp: small neural net"
         ),
         "strategy": left.selectbox("Aggregation strategy", STRATEGIES),
-        "rounds": left.number_input("Rounds", value=d.rounds, step=1),
+        "rounds": left.number_input(
+            "Rounds",
+            value=d.max_rounds,
+            step=1,
+            help="With automatic rounds: the most the run may train. Otherwise: exactly "
+            "this many, keeping the last round's model.",
+        ),
         "fraction": left.number_input("Share of hospitals per round", value=d.fraction, step=0.1),
-        "local_epochs": right.number_input("Local epochs per round", value=d.local_epochs, step=1),
+        "local_epochs": right.number_input(
+            "Local epochs per round (0: automatic)",
+            value=0,
+            min_value=0,
+            step=1,
+            help=f"0: each hospital trains about {d.local_steps} optimiser steps a round, "
+            "ceil(steps / its batches per epoch) epochs, chosen from its own size.",
+        ),
         "batch_size": right.number_input("Batch size (patients)", value=d.batch_size, step=8),
         "lr": right.number_input("Learning rate", value=d.lr, step=0.01, format="%.4f"),
         "seed": right.number_input("Seed", value=d.seed, step=1),
     }
+    auto = left.toggle(
+        "Choose rounds automatically",
+        value=d.auto_rounds,
+        help=f"Stop when the federated validation loss has not improved for {d.patience} "
+        "rounds and keep the best round's model; validation rows are "
+        f"{d.validation_share:.0%} of each hospital's training rows, never test patients.",
+    )
     with st.expander("Strategy options, scaling and fault drill"):
         a, b = st.columns(2)
         settings |= {
@@ -132,6 +152,10 @@ with st.form("launch"):
 
 if submitted:
     try:
+        if not settings["local_epochs"]:
+            settings["local_epochs"] = "auto"
+        if auto:  # the number is the most rounds the run may take
+            settings |= {"rounds": "auto", "max_rounds": settings["rounds"]}
         config = TrainConfig(
             data_dir=str(federation.data_dir), db=str(page.settings.db), **settings
         )

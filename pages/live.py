@@ -90,10 +90,25 @@ def watch() -> None:
             + explainer.what_is("auc")
         )
     with right:
-        loss = dashboard.metrics_long(rounds, ("loss",))
-        st.altair_chart(charts.metric_lines(loss, title="Global loss", y_title="Log loss (nats)"))
+        loss = dashboard.metrics_long(rounds, ("loss", "val_loss")).drop_nulls("value")
+        st.altair_chart(
+            charts.loss_with_choice(
+                loss,
+                best_round=run.get("best_round"),
+                title="Global and validation loss",
+                y_title="Log loss (nats)",
+            )
+        )
         st.caption(
-            "Lower is better; a rising loss means the federation is drifting apart. "
+            "Lower is better. Log loss is on the hospitals' test patients; validation loss "
+            "on the share of their training rows held out to choose the model, never test "
+            "patients. The dashed rule marks the round whose model the run keeps: "
+            + (
+                "the lowest validation loss so far (automatic rounds)."
+                if run["config"].get("rounds") == "auto"
+                else "the last round (a fixed number of rounds)."
+            )
+            + " "
             + explainer.what_is("log-loss")
         )
     heat = dashboard.heatmap_frame(runlog.hospital_rounds_frame(store, run_id))

@@ -94,9 +94,12 @@ else:
         st.dataframe(dashboard.comparison_view(table, names), hide_index=True)
         st.caption(
             "Each method on every hospital's test patients. Pooled is a simulation-only "
-            "reference (all data in one place); local-only trains each hospital alone. "
+            "reference (all data in one place); local-only trains each hospital alone; "
+            "personalised fine-tunes the federated model at each hospital on its own rows. "
             "A hospital with fewer than 11 test patients with or without the outcome has its "
-            "figures withheld (–); a federated run records no per-hospital Brier score (–)."
+            "figures withheld (–). Every method fits the same rows and is chosen on the same "
+            "validation rows by the same rule; “chosen” says which round (federated) or epoch "
+            "(baselines) it kept."
         )
 
 st.subheader("Download metrics")

@@ -52,6 +52,7 @@ from healthsync.ml.training import (
     evaluate_local,
     fit_from,
     hospital_arrays,
+    local_epochs_for,
 )
 from simulation.hospital_grid import block_reply
 from simulation.secagg_mod import secure_aggregation
@@ -97,13 +98,28 @@ def _keep_only(data_dir: str) -> None:
 
 
 def _standardised(index: int, hospital: HospitalArrays, config: Config) -> LocalData:
-    """``hospital``'s rows scaled with the run's federated scaler, kept for later rounds."""
-    key = (str(config["target"]), tuple(config["scale-mean"]), tuple(config["scale-std"]))
+    """``hospital``'s rows scaled with the run's federated scaler, kept for later rounds.
+
+    The run's ``validation-share`` of its training rows is held out here, inside
+    the hospital, by the seeded split of ``training.validation_mask``: training
+    fits only the rest, and ``evaluate`` scores the held-out rows apart from the
+    test rows, for both the one-hospital and the block path alike.
+    """
+    share, seed = float(config.get("validation-share", 0.0)), int(config["seed"])
+    key = (
+        str(config["target"]),
+        tuple(config["scale-mean"]),
+        tuple(config["scale-std"]),
+        share,
+        seed,
+    )
     if _scaled_with != [key]:
         _scaled_rows.clear()
         _scaled_with[:] = [key]
     if (data := _scaled_rows.get(index)) is None:
-        data = _scaled_rows[index] = hospital.scaled(_scaler(config))
+        data = _scaled_rows[index] = hospital.scaled(
+            _scaler(config), validation_share=share, seed=seed
+        )
     return data
 
 
@@ -240,6 +256,14 @@ def _wait_like_stragglers(ready: list[tuple[int, HospitalArrays]], config: Confi
     time.sleep(max(delays, default=0.0))
 
 
+def _epochs(rows: int, config: Config) -> int:
+    """This hospital's local epochs: the run's number, or chosen from its own size (``auto``)."""
+    epochs = config["local-epochs"]
+    if str(epochs) != "auto":
+        return int(epochs)
+    return local_epochs_for(rows, int(config["batch-size"]), int(config["local-steps"]))
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local epochs of SGD from the global model; one new set of weights per hospital."""
@@ -248,8 +272,8 @@ def train(msg: Message, context: Context) -> Message:
     def work(ready, config):
         _wait_like_stragglers(ready, config)
         data = [_local_data(index, hospital, config) for index, hospital in ready]
+        epochs = [_epochs(len(d.y_train), config) for d in data]
         settings = {
-            "epochs": int(config["local-epochs"]),
             "batch_size": int(config["batch-size"]),
             "lr": float(config["lr"]),
             "proximal_mu": float(config.get("proximal-mu", 0.0)),
@@ -257,13 +281,18 @@ def train(msg: Message, context: Context) -> Message:
         if len(ready) == 1:  # the classic path: one hospital, an ordinary PyTorch loop
             model = build_model(str(config["model"]), data[0].x_train.shape[1])
             new, loss = fit_from(
-                model, arrays, data[0], seed=_seed(config, ready[0][0]), **settings
+                model,
+                arrays,
+                data[0],
+                seed=_seed(config, ready[0][0]),
+                epochs=epochs[0],
+                **settings,
             )
             results = [(new, loss)]
         else:
             seeds = [_seed(config, index) for index, _ in ready]
             new_arrays, losses = train_block(
-                str(config["model"]), arrays, data, seeds=seeds, **settings
+                str(config["model"]), arrays, data, epochs=epochs, seeds=seeds, **settings
             )
             results = list(zip(new_arrays, losses, strict=True))
         updates = [
@@ -280,20 +309,30 @@ def train(msg: Message, context: Context) -> Message:
     return _serve(msg, context, work, screen=_absent)
 
 
+def _evaluated(kind: str, arrays: list[np.ndarray], data: list[LocalData]):
+    """``(metrics, histogram)`` of the global model on each hospital's test slot."""
+    if len(data) == 1:  # the classic path: one hospital, an ordinary PyTorch model
+        model = build_model(kind, data[0].x_test.shape[1])
+        set_arrays(model, arrays)
+        return [evaluate_local(model, data[0].x_test, data[0].y_test)]
+    return evaluate_block(kind, arrays, data)
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Metrics of the global model on each hospital's test rows, plus a score histogram."""
+    """Metrics of the global model on each hospital's test rows, plus a score histogram.
+
+    Also the log loss on each hospital's validation rows (``val-loss`` over
+    ``val-n`` rows), which the server sums into the federated validation loss
+    that chooses the round to keep.
+    """
     arrays = msg.content["arrays"].to_numpy_ndarrays()
 
     def work(ready, config):
         data = [_standardised(index, hospital, config) for index, hospital in ready]
         kind = str(config["model"])
-        if len(ready) == 1:
-            model = build_model(kind, data[0].x_test.shape[1])
-            set_arrays(model, arrays)
-            results = [evaluate_local(model, data[0].x_test, data[0].y_test)]
-        else:
-            results = evaluate_block(kind, arrays, data)
+        results = _evaluated(kind, arrays, data)
+        validation = [m for m, _ in _evaluated(kind, arrays, [d.validation() for d in data])]
         metrics = [result for result, _ in results]
         columns = {
             "num-examples": [m.n for m in metrics],
@@ -301,6 +340,8 @@ def evaluate(msg: Message, context: Context) -> Message:
             "auc": [float(m.auc) for m in metrics],
             "accuracy": [float(m.accuracy) for m in metrics],
             "brier": [float(m.brier) for m in metrics],
+            "val-n": [m.n for m in validation],
+            "val-loss": [float(m.loss) for m in validation],
         }
         histograms = np.stack([np.asarray(h, dtype=np.float64) for _, h in results])
         return columns, {"histogram": histograms}

@@ -86,7 +86,7 @@ def missing_event(config: TrainConfig, rnd: int, hospital: int, error: str) -> t
 def budget_reason(config: TrainConfig, rounds_done: int, epsilon: float) -> str:
     return (
         f"privacy budget reached: epsilon {epsilon:.4g} of {config.dp_epsilon_budget:g} spent "
-        f"after {rounds_done} of {config.rounds} rounds; another round would exceed it"
+        f"after {rounds_done} of {config.round_limit} rounds; another round would exceed it"
     )
 
 

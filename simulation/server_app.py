@@ -2,9 +2,10 @@
 
 The round loop calls the Flower strategy's own hooks (``configure_train``,
 ``aggregate_train``, ``configure_evaluate``) rather than ``Strategy.start`` so
-that between rounds it can write each round to the metrics store, honour a
-cancel request, count hospitals that failed or dropped out, record the epsilon
-a DP run has spent and stop when its budget is reached (``simulation.safeguards``).
+that between rounds it can count hospitals that failed or dropped out and
+record the epsilon a DP run has spent. What else happens around a round
+(timing, cancel, the DP budget stop, writing it to the metrics store) is a
+callback (``simulation.round_hooks``), so the loop reads as train, evaluate, report.
 Everything recorded is an aggregate: per-round and per-hospital metrics,
 events, the global model.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -26,23 +26,30 @@ from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
 from healthsync.ml import attacks
 from healthsync.ml.features import Encoder, Scaler, ScalingStats
-from healthsync.ml.metrics import BinaryMetrics, aggregate
+from healthsync.ml.metrics import BinaryMetrics, aggregate, weighted_mean
 from healthsync.ml.model import SavedModel, get_arrays, initial_model
 from healthsync.runs import lifecycle, runlog
 from healthsync.runs.store import MetricsStore
 from simulation import safeguards
 from simulation.hospital_grid import BlockReply, HospitalGrid
+from simulation.round_hooks import (
+    Callbacks,
+    CancelCheck,
+    EarlyStopping,
+    PrivacyBudgetStop,
+    RoundCallback,
+    RoundRecorder,
+    RoundResult,
+    RoundTimer,
+    RunCancelled,
+)
 from simulation.secagg import SecureAggregation
-from simulation.strategies import build_strategy, privacy_spent
+from simulation.strategies import build_strategy, privacy_spent, sampled_hospitals
 
 log = logging.getLogger("healthsync.simulation")
 NODE_WAIT_SECONDS = 60.0
 ROUND_TIMEOUT_SECONDS = 3600.0
 SCALING_CHUNK = 64  # fewest hospitals per message of the scaling query (see federated_scaler)
-
-
-class RunCancelled(Exception):
-    """Raised between rounds when the run's cancel flag is set."""
 
 
 class FederatedRun:
@@ -138,7 +145,13 @@ class FederatedRun:
         return Scaler.from_stats(ScalingStats.combine(parts))
 
     # ------------------------------------------------------------ the loop
-    def run(self, on_round: Callable[[int], None] | None = None) -> BinaryMetrics | None:
+    def run(self, callbacks: list[RoundCallback] | None = None) -> BinaryMetrics | None:
+        """Train round after round until a callback stops the run or the rounds run out.
+
+        The loop itself only trains and evaluates; timing, cancel, the DP budget
+        and recording are callbacks (``simulation.round_hooks``), ``callbacks``
+        run after those. Returns the saved model's figures, as released.
+        """
         random.seed(self.config.seed)
         np.random.seed(self.config.seed)  # Flower's DP noise draws from NumPy's global generator
         scaler = self.federated_scaler()
@@ -152,66 +165,76 @@ class FederatedRun:
             "scale-std": scaler.std.tolist(),
             "lr": self.config.lr,
             "local-epochs": self.config.local_epochs,
+            "local-steps": self.config.local_steps,
             "batch-size": self.config.batch_size,
             "seed": self.config.seed,
+            "validation-share": self.config.validation_share,
             **safeguards.client_settings(self.config, self.adversaries),
         }
         for kind, message, hospital in safeguards.setup_events(self.config, self.adversaries):
             runlog.record_event(self.store, self.run_id, kind, message, hospital=hospital)
         secure = self._secure_aggregation() if self.config.secagg else None
-        final = None
-        cancelled = runlog.cancel_requested(self.store, self.run_id)
-        for rnd in range(1, self.config.rounds + 1):
-            # Right before the round starts: a cancel flag raised while the last round
-            # trained or was recorded stops the run here, one round after the click.
-            if cancelled or lifecycle.cancel_signalled(self.config.db, self.run_id):
-                raise RunCancelled
+        recorder = RoundRecorder(
+            self.store, self.run_id, lambda a, h: self.save(encoder, scaler, a, h)
+        )
+        hooks = Callbacks(
+            [
+                RoundTimer(),
+                CancelCheck(self.store, self.config.db, self.run_id),
+                PrivacyBudgetStop(
+                    strategy,
+                    self.config,
+                    sampled_hospitals(self.config, len(self.hospital_of)),
+                    self.store,
+                    self.run_id,
+                ),
+                *([EarlyStopping(self.config.patience)] if self.config.auto_rounds else []),
+                *(callbacks or []),
+                recorder,  # last: earlier callbacks decide what it keeps
+            ]
+        )
+        hooks.on_run_start()
+        done = 0
+        for rnd in range(1, self.config.round_limit + 1):
+            self.stop_reason = hooks.on_round_start(rnd)
+            if self.stop_reason:
+                break
             if rnd == 1:
                 self.phase("training round 1")
-            started = time.perf_counter()
             if secure:
                 arrays, sampled, ok, failed = self._train_securely(secure, rnd, arrays, settings)
             else:
-                step = self._train(strategy, rnd, arrays, settings)
-                if step is None:
-                    break
-                arrays, sampled, ok, failed = step
-            final, histogram, per_hospital = self.evaluate(rnd, arrays, settings)
+                arrays, sampled, ok, failed = self._train(strategy, rnd, arrays, settings)
+            metrics, histogram, per_hospital, val_loss = self.evaluate(rnd, arrays, settings)
             spent = privacy_spent(strategy)
             row = {
                 "round": rnd,
-                **final.to_dict(),
-                "seconds": time.perf_counter() - started,  # train + evaluate, not the writes
+                **metrics.to_dict(),
+                "val_loss": val_loss,
                 "hospitals_sampled": sampled,
                 "hospitals_ok": ok,
                 "hospitals_failed": failed,
                 "epsilon": spent.epsilon if spent else None,
             }
+            result = RoundResult(rnd, row, metrics, per_hospital, arrays, histogram)
             # One open of the store per round: the round, its model and score bins,
             # and whether someone asked to cancel meanwhile.
             with self.store.batch():
-                row = runlog.record_round(self.store, self.run_id, row, per_hospital)
-                final = _released(final, row)
-                self.save(encoder, scaler, arrays, histogram)
-                cancelled = runlog.cancel_requested(self.store, self.run_id)
-            if on_round:
-                on_round(rnd)
-        return final
+                self.stop_reason = hooks.on_round_end(result)
+            done = rnd
+            if self.stop_reason:
+                break
+        hooks.on_run_end(done, self.stop_reason)
+        return recorder.final
 
     def _train(self, strategy, rnd: int, arrays: ArrayRecord, settings: dict):
-        """One round's training through the strategy; ``None`` when the DP budget stops the run."""
+        """One round's training through the strategy."""
         try:
             train_messages = list(
                 strategy.configure_train(rnd, arrays, ConfigRecord(settings), self.grid)
             )
-        except PrivacyBudgetExhausted:
-            self.stop_reason = safeguards.budget_reason(
-                self.config, rnd - 1, privacy_spent(strategy).epsilon
-            )
-            runlog.record_event(
-                self.store, self.run_id, "budget_reached", self.stop_reason, round=rnd - 1
-            )
-            return None
+        except PrivacyBudgetExhausted as err:  # PrivacyBudgetStop asks the same accountant first
+            raise HealthSyncError(f"round {rnd}: Flower's DP wrapper refused it: {err}") from err
         replies = list(
             self.grid.send_and_receive(
                 train_messages,
@@ -264,7 +287,14 @@ class FederatedRun:
             )
 
     def evaluate(self, rnd: int, arrays: ArrayRecord, settings: dict):
-        """Global model on every hospital's test split, weighted by test examples."""
+        """Global model on every hospital's test split, weighted by test examples.
+
+        Returns the federation's test metrics, the summed score histogram, the
+        per-hospital test rows and the federated validation loss: the hospitals'
+        validation losses weighted by their validation rows (NaN when none held
+        any). Only that aggregate leaves this method; per-hospital validation
+        losses are not recorded.
+        """
         answers = self._ask_all(
             MessageType.EVALUATE,
             {"arrays": arrays, "config": ConfigRecord({**settings, "server-round": rnd})},
@@ -288,13 +318,16 @@ class FederatedRun:
                     "loss": result.loss,
                     "auc": result.auc,
                     "accuracy": result.accuracy,
+                    "brier": result.brier,
                     # the test split's class counts: what the release policy decides on
                     "positives": int(positives),
                     "negatives": int(negatives),
                 }
             )
         histogram = np.sum([a["histogram"] for _, _, a in answers], axis=0)
-        return aggregate(results), histogram, rows
+        val_n = [int(m.get("val-n", 0)) for _, m, _ in answers]
+        val_loss = weighted_mean([float(m.get("val-loss", np.nan)) for _, m, _ in answers], val_n)
+        return aggregate(results), histogram, rows, val_loss
 
     def save(self, encoder: Encoder, scaler: Scaler, arrays: ArrayRecord, histogram) -> None:
         saved = SavedModel(
@@ -338,7 +371,7 @@ def _execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
     except RunCancelled:
         runlog.request_cancel(store, run_id)  # for the record, if only the flag file said so
         last = runlog.rounds_frame(store, run_id)
-        final = _last_metrics(last)
+        final = _kept_metrics(last, runlog.get_run(store, run_id).get("best_round"))
         runlog.finish_run(store, run_id, "cancelled", reason="cancelled by request", final=final)
         runlog.record_event(store, run_id, "cancelled", f"stopped after {last.height} round(s)")
         return "cancelled"
@@ -350,7 +383,9 @@ def _execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
             run_id,
             "failed",
             reason=reason,
-            final=_last_metrics(runlog.rounds_frame(store, run_id)),
+            final=_kept_metrics(
+                runlog.rounds_frame(store, run_id), runlog.get_run(store, run_id).get("best_round")
+            ),
         )
         runlog.record_event(store, run_id, "failed", reason)
         return "failed"
@@ -360,16 +395,12 @@ def _execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
     return "completed"
 
 
-def _released(computed: BinaryMetrics, stored: dict) -> BinaryMetrics:
-    """The round's figures as the release policy stored them (a withheld one becomes NaN)."""
-    figures = (stored.get(k) for k in ("loss", "auc", "accuracy", "brier"))
-    return BinaryMetrics(computed.n, *(float("nan") if v is None else v for v in figures))
-
-
-def _last_metrics(rounds) -> BinaryMetrics | None:
+def _kept_metrics(rounds, kept: int | None) -> BinaryMetrics | None:
+    """The figures of the round whose model the run kept (the last one if unknown)."""
     if rounds.is_empty():
         return None
-    r = rounds.row(-1, named=True)
+    chosen = rounds.filter(rounds["round"] == kept) if kept else rounds.clear()
+    r = (chosen if chosen.height else rounds).row(-1, named=True)
     return BinaryMetrics(0, r["loss"], r["auc"], r["accuracy"], r["brier"])
 
 

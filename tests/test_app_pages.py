@@ -214,7 +214,7 @@ def test_overview_shows_only_what_hospitals_released(env):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("Rounds", 0, "rounds must be >= 1, got 0"),
+        ("Rounds", 0, "max rounds must be >= 1, got 0"),  # automatic rounds: the most
         ("Share of hospitals per round", 0.0, "fraction must be in (0, 1], got 0.0"),
         ("Learning rate", 0.0, "learning rate must be > 0, got 0.0"),
         ("Minimum hospitals per round", 10, "10 hospitals required but the data has only 3"),
@@ -271,6 +271,7 @@ def test_launch_starts_a_run_and_opens_it_on_the_live_page(env, monkeypatch):
 
     monkeypatch.setattr("healthsync.runs.lifecycle.start_run", start_run)
     at = env.app("admin", "pages/launch.py")
+    next(w for w in at.toggle if w.label == "Choose rounds automatically").set_value(False)
     next(w for w in at.number_input if w.label == "Rounds").set_value(3)
     next(w for w in at.selectbox if w.label == "Aggregation strategy").set_value("fedprox")
     button(at, "Start training").click().run()
@@ -282,6 +283,21 @@ def test_launch_starts_a_run_and_opens_it_on_the_live_page(env, monkeypatch):
     assert at.query_params["run"] in ("run-new", ["run-new"])
     assert at.progress[0].proto.text.startswith("Round 0 of 3")
     assert "Waiting for the first round" in texts(at)
+
+
+def test_launch_offers_automatic_rounds_by_default_with_rounds_as_the_most(env, monkeypatch):
+    started = []
+    monkeypatch.setattr(
+        "healthsync.runs.lifecycle.start_run", lambda config, **_: started.append(config) or "x"
+    )
+    monkeypatch.setattr("streamlit.switch_page", lambda *a, **k: None)
+    at = env.app("admin", "pages/launch.py")
+    assert next(w for w in at.toggle if w.label == "Choose rounds automatically").value
+    next(w for w in at.number_input if w.label == "Rounds").set_value(7)
+    button(at, "Start training").click().run()
+    (config,) = started
+    assert (config.rounds, config.max_rounds, config.round_limit) == ("auto", 7, 7)
+    assert config.local_epochs == "auto"  # 0 on the form: chosen from each hospital's size
 
 
 # ---------------------------------------------------------------- live

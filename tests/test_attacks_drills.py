@@ -90,6 +90,7 @@ def test_dropouts_and_stragglers_are_recorded_and_the_run_goes_on(fed, tmp_path)
             data_dir=str(fed),
             db=str(tmp_path / "m.duckdb"),
             rounds=3,
+            local_epochs=1,  # the work the time bound below was set for (not chosen by size)
             block_size=4,
             fail_hospitals=("h0001",),
             **drill,

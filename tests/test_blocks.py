@@ -369,3 +369,31 @@ def test_a_broadcast_in_chunks_gives_the_same_answers_and_reports_each_chunk(tmp
         return np.stack([rows[i] for i in range(7)])
 
     np.testing.assert_array_equal(sums(whole), sums(chunked))
+
+
+def test_automatic_local_work_gives_small_sites_more_epochs_and_every_site_its_steps():
+    from healthsync.ml.training import local_epochs_for
+
+    assert local_epochs_for(48, 32, 10) == 5  # 2 batches an epoch: 5 epochs, 10 steps
+    assert local_epochs_for(10, 32, 10) == 10  # one batch: at most the target in epochs
+    assert local_epochs_for(320, 32, 10) == 1  # 10 batches: one epoch
+    assert local_epochs_for(5000, 32, 10) == 1  # never fewer than one epoch
+
+
+def test_a_block_with_different_epochs_per_hospital_matches_one_hospital_at_a_time(hospitals):
+    data = hospitals[:12]
+    start = get_arrays(initial_model("mlp", data[0].x_train.shape[1], seed=0))
+    seeds = [50 + i for i in range(len(data))]
+    epochs = [1 + i % 3 for i in range(len(data))]
+    block, losses = train_block(
+        "mlp", start, data, epochs=epochs, seeds=seeds, batch_size=16, lr=0.1
+    )
+    for i, d in enumerate(data):
+        model = build_model("mlp", d.x_train.shape[1])
+        set_arrays(model, start)
+        loss = train_local(
+            model, d.x_train, d.y_train, epochs=epochs[i], batch_size=16, lr=0.1, seed=seeds[i]
+        )
+        for ours, theirs in zip(block[i], get_arrays(model), strict=True):
+            np.testing.assert_allclose(ours, theirs, atol=1e-5)
+        assert losses[i] == pytest.approx(loss, abs=1e-5)

@@ -199,3 +199,15 @@ def test_metric_axes_have_a_number_format(rounds):
     curves = long.with_columns(pl.lit("run-a").alias("run_id"))
     y = spec(charts.run_curves(curves, metric_title="Log loss (nats)"))
     assert y["encoding"]["y"]["axis"]["format"] == ".2f"
+
+
+def test_the_loss_chart_draws_validation_loss_and_marks_the_kept_round(rounds):
+    frame = dashboard.metrics_long(rounds.with_columns(val_loss=pl.lit(0.4)), ("loss", "val_loss"))
+    assert set(frame["metric"]) == {"log loss", "validation loss"}
+    plain = spec(charts.loss_with_choice(frame, best_round=None, title="Loss", y_title="nats"))
+    assert "layer" not in plain and axis_titles(plain) == ["Round (number)", "nats"]
+    marked = spec(charts.loss_with_choice(frame, best_round=2, title="Loss", y_title="nats"))
+    marks = [layer["mark"]["type"] for layer in marked["layer"]]
+    assert marks == ["line", "rule", "text"]
+    rule_data = marked["datasets"][marked["layer"][1]["data"]["name"]]
+    assert rule_data == [{"round": 2, "label": "kept: round 2"}]

@@ -36,7 +36,7 @@ def test_json_and_flower_run_config_round_trip():
     )
     assert TrainConfig.from_json(config.to_json()) == config
     flat = config.to_run_config()
-    assert flat["local-epochs"] == 1 and flat["fail-hospitals"] == "h0001,h0002"
+    assert flat["local-epochs"] == "auto" and flat["fail-hospitals"] == "h0001,h0002"
     assert TrainConfig.from_run_config(flat) == config
 
 

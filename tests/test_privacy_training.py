@@ -309,7 +309,7 @@ def test_the_comparison_table_is_stored_and_read_as_released(tmp_path, monkeypat
     fake_run(env.store, "run-a", data_dir=env.fed_dir, model=True)
     table = compare_table(TrainConfig(db=str(env.db)), "run-a")
     hospitals = table.filter(pl.col("hospital") != "overall")
-    assert hospitals.height == 9 and hospitals["auc"].is_null().all()
+    assert hospitals.height == 12 and hospitals["auc"].is_null().all()  # 4 methods x 3
     stored = env.store.frame("SELECT * FROM comparisons WHERE hospital <> 'overall'")
     assert stored["auc"].is_null().all() and stored["loss"].is_null().all()
     federated = dashboard.latest_comparison(env.store, "run-a").filter(
@@ -322,4 +322,4 @@ def test_the_comparison_table_is_stored_and_read_as_released(tmp_path, monkeypat
     env.store.execute("UPDATE comparisons SET auc = 0.7")
     old = dashboard.latest_comparison(env.store, "run-a")
     assert old.filter(pl.col("hospital") != "overall")["auc"].is_null().all()
-    assert old.filter(pl.col("hospital") == "overall")["auc"].to_list() == [0.7] * 3
+    assert old.filter(pl.col("hospital") == "overall")["auc"].to_list() == [0.7] * 4

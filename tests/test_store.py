@@ -77,6 +77,7 @@ def test_run_round_trip_and_detail_json(store):
         "loss": 0.4,
         "auc": None,
         "accuracy": 0.9,
+        "brier": None,  # not recorded by this round
     }
     assert detail["config"]["rounds"] == 2
     assert detail["final"]["auc"] == pytest.approx(0.72)

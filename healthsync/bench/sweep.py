@@ -267,6 +267,11 @@ def run_name(way: str, data: Path, model: str) -> str:
     return f"stress test · {way} · {len(load_federation(data).hospitals):,} hospitals · {model}"
 
 
+#: The work of one measured round, fixed so measurements compare across versions: one
+#: local epoch per hospital (not chosen from its size) and no validation rows held out.
+BENCH_WORK = {"local_epochs": 1, "validation_share": 0.0}
+
+
 def measure_flower(
     data: Path, db: str, model: str, rounds: int, seed: int, block_size: int, timeout: float
 ) -> Measurement:
@@ -275,7 +280,7 @@ def measure_flower(
     started = time.time()
     config = TrainConfig(
         data_dir=str(data), db=db, model=model, rounds=rounds, seed=seed, block_size=block_size
-    )
+    ).replace(**BENCH_WORK)
     # Always a cold run process of its own (never the warm engine), so each
     # measurement includes its start-up and its whole process tree's memory.
     run_id = lifecycle.start_run(
@@ -290,7 +295,9 @@ def measure_flower(
 
 def measure_warm(data: Path, db: str, model: str, rounds: int, seed: int, timeout: float):
     """The same run as ``healthsync``, handed to the running warm engine (see the module doc)."""
-    config = TrainConfig(data_dir=str(data), db=db, model=model, rounds=rounds, seed=seed)
+    config = TrainConfig(data_dir=str(data), db=db, model=model, rounds=rounds, seed=seed).replace(
+        **BENCH_WORK
+    )
     started = time.time()
     try:
         run_id = lifecycle.start_run(

@@ -95,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     run(
-        TrainConfig(data_dir=args.data, rounds=args.rounds, model=args.model, seed=args.seed),
+        TrainConfig(
+            data_dir=args.data,
+            rounds=args.rounds,
+            model=args.model,
+            seed=args.seed,
+            local_epochs=1,  # the measured work, as the sweep's runs (sweep.BENCH_WORK)
+        ),
         emit=lambda line: print(line, flush=True),
     )
     return 0

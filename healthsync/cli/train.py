@@ -8,7 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from healthsync.config import ATTACKS, DEFAULT_DATA, DEFAULT_DB, DP_SIDES, MODELS, TrainConfig
+from healthsync.config import (
+    ATTACKS,
+    DEFAULT_DATA,
+    DEFAULT_DB,
+    DP_SIDES,
+    MODELS,
+    TrainConfig,
+    parse_rounds,
+)
+from healthsync.errors import HealthSyncError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,10 +54,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     compare = subparsers.add_parser(
         "compare",
-        help="pooled vs local-only vs federated, per hospital and overall",
+        help="pooled vs local-only vs federated vs personalised, per hospital and overall",
         description="Train the reference baselines (pooled: a simulation-only yardstick; "
         "local-only: each hospital alone) and compare them with a federated run "
-        "(--run, or a new one with the same settings).",
+        "(--run, or a new one with the same settings) and its personalised models (each "
+        "hospital fine-tunes the run's global model on its own rows). Every method fits the "
+        "same rows and is chosen on the same validation rows by the same rule (--rounds "
+        "auto: lowest validation loss, --patience); the chosen column says which round or "
+        "epoch each kept.",
     )
     add_training_arguments(compare)
     compare.add_argument("--run", metavar="RUN_ID", help="compare against this finished run")
@@ -60,14 +73,60 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="federation directory")
     parser.add_argument("--db", default=str(DEFAULT_DB), help="DuckDB metrics store")
-    parser.add_argument("--rounds", type=int, default=d.rounds)
+    parser.add_argument(
+        "--rounds",
+        type=_rounds,
+        default=d.rounds,
+        metavar="N|auto",
+        help=f"rounds to train (default: {d.rounds}). auto stops when the federated "
+        f"validation loss has not improved for --patience rounds (default {d.patience}), "
+        f"at most --max-rounds (default {d.max_rounds}), and keeps the best round's model; "
+        "N trains exactly N rounds and keeps the last",
+    )
+    parser.add_argument(
+        "--max-rounds",
+        type=int,
+        default=d.max_rounds,
+        help=f"the most rounds --rounds auto may train (default: {d.max_rounds})",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="--rounds auto stops after this many rounds without a lower validation loss "
+        f"(default: {d.patience})",
+    )
+    parser.add_argument(
+        "--validation-share",
+        type=float,
+        default=d.validation_share,
+        metavar="SHARE",
+        help="share of each hospital's training rows held out, stratified and seeded, to "
+        "choose the round (and the baselines' epoch) by; never test rows "
+        f"(default: {d.validation_share})",
+    )
     parser.add_argument("--strategy", default=d.strategy)
     parser.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)}")
     parser.add_argument(
         "--target", default=None, help="binary outcome column (default: the data's)"
     )
     parser.add_argument("--fraction", type=float, default=d.fraction)
-    parser.add_argument("--local-epochs", type=int, default=d.local_epochs)
+    parser.add_argument(
+        "--local-epochs",
+        type=_local_epochs,
+        default=d.local_epochs,
+        metavar="N|auto",
+        help=f"epochs each hospital trains per round (default: {d.local_epochs}). auto: each "
+        "hospital picks ceil(--local-steps / its batches per epoch) epochs from its own "
+        "training rows, at least 1, so small and large sites both take about --local-steps "
+        "optimiser steps a round; N: every hospital trains N epochs",
+    )
+    parser.add_argument(
+        "--local-steps",
+        type=int,
+        default=d.local_steps,
+        help=f"--local-epochs auto's target optimiser steps per round (default: {d.local_steps})",
+    )
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -163,6 +222,22 @@ def add_privacy_arguments(parser: argparse.ArgumentParser, d: TrainConfig) -> No
     drills.add_argument("--attack", default=d.attack, help=f"one of {', '.join(ATTACKS)}")
 
 
+def _rounds(text: str) -> int | str:
+    """``--rounds``: a whole number or ``auto``."""
+    try:
+        return parse_rounds(text)
+    except HealthSyncError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _local_epochs(text: str) -> int | str:
+    """``--local-epochs``: a whole number or ``auto``."""
+    try:
+        return parse_rounds(text, "local epochs")
+    except HealthSyncError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         data_dir=args.data,
@@ -171,8 +246,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model=args.model,
         strategy=args.strategy,
         rounds=args.rounds,
+        max_rounds=args.max_rounds,
+        patience=args.patience,
+        validation_share=args.validation_share,
         fraction=args.fraction,
         local_epochs=args.local_epochs,
+        local_steps=args.local_steps,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
@@ -213,7 +292,7 @@ def run_and_watch(
     log_file = Path(config.db).resolve().parent / "logs" / f"{run_id}.log"
     print(f"run {run_id} started (log: {log_file})", file=sys.stderr)
     bar = tqdm(
-        total=config.rounds,
+        total=config.round_limit,
         desc=run_id,
         unit="round",
         file=sys.stderr,

@@ -188,14 +188,39 @@ def train_stacked(
 
 
 def train_block(
-    kind: str, arrays: list[np.ndarray], data: list[LocalData], **settings: Any
+    kind: str,
+    arrays: list[np.ndarray],
+    data: list[LocalData],
+    *,
+    epochs: int | list[int],
+    seeds: list[int],
+    **settings: Any,
 ) -> tuple[list[list[np.ndarray]], list[float]]:
     """``train_stacked`` (same keyword settings), as each hospital's own list of arrays.
 
-    The arrays are views of the stacked result: one row each, no copies.
+    ``epochs`` may differ per hospital (automatic local work,
+    ``training.local_epochs_for``): hospitals with the same number of epochs
+    train in one vectorised call each, so every hospital still gets exactly
+    the update ``training.train_local`` would give it alone. The arrays are
+    views of the stacked results: one row each, no copies.
     """
-    stacked, losses = train_stacked(kind, arrays, data, **settings)
-    return [[a[i] for a in stacked] for i in range(len(data))], losses.tolist()
+    per_hospital = [epochs] * len(data) if isinstance(epochs, int) else list(epochs)
+    out: list[list[np.ndarray]] = [[] for _ in data]
+    losses = [0.0] * len(data)
+    for count in sorted(set(per_hospital)):
+        group = [i for i, e in enumerate(per_hospital) if e == count]
+        stacked, group_losses = train_stacked(
+            kind,
+            arrays,
+            [data[i] for i in group],
+            epochs=count,
+            seeds=[seeds[i] for i in group],
+            **settings,
+        )
+        for row, i in enumerate(group):
+            out[i] = [a[row] for a in stacked]
+            losses[i] = float(group_losses[row])
+    return out, losses
 
 
 def _predict_all(kind: str, arrays: list[np.ndarray], x: np.ndarray) -> np.ndarray:

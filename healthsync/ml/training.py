@@ -22,12 +22,60 @@ from healthsync.ml.model import get_arrays, predict_proba, set_arrays
 
 @dataclass(frozen=True)
 class LocalData:
-    """One hospital's encoded, standardised train and test arrays."""
+    """One hospital's encoded, standardised train, test and validation arrays.
+
+    ``x_train`` holds only the rows training may fit; the validation rows
+    (``x_val``, a held-out share of the hospital's training rows, see
+    :func:`validation_mask`) choose the round or epoch to keep; the test rows
+    only ever score the chosen model. ``None`` validation: none held out.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+
+    def validation(self) -> LocalData:
+        """The same hospital with its validation rows in the test slot, for the evaluators.
+
+        Both evaluation paths (one hospital, ``blocks.evaluate_block``) then score
+        validation rows exactly as they score test rows.
+        """
+        width = self.x_train.shape[1]
+        x = self.x_val if self.x_val is not None else np.zeros((0, width), np.float32)
+        y = self.y_val if self.y_val is not None else np.zeros(0, np.float32)
+        return LocalData(self.x_train, self.y_train, x, y)
+
+
+def validation_mask(y: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Which of a hospital's training rows are held out for validation (``True``).
+
+    Stratified: ``round(share * count)`` rows of each class, drawn by a seeded
+    shuffle, so the held-out rows keep the hospital's prevalence and the same
+    seed always holds out the same rows. A class keeps at least one row for
+    training. Only training rows are ever passed in: test rows never choose a model.
+    """
+    mask = np.zeros(len(y), dtype=bool)
+    if share <= 0:
+        return mask
+    rng = np.random.default_rng(seed)
+    for label in (0.0, 1.0):
+        rows = np.flatnonzero(y == label)
+        take = min(round(share * len(rows)), max(len(rows) - 1, 0))
+        mask[rng.permutation(rows)[:take]] = True
+    return mask
+
+
+def split_seed(seed: int, hospital_id: str) -> int:
+    """The validation split's seed for one hospital: the run's seed and the hospital's id.
+
+    Hashed rather than Python's ``hash`` so every process, and the baselines,
+    draw the same rows.
+    """
+    digest = hashlib.sha256(f"{seed}:{hospital_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def train_local(
@@ -75,6 +123,18 @@ def train_local(
     return last
 
 
+def local_epochs_for(rows: int, batch_size: int, target_steps: int) -> int:
+    """Epochs a hospital of ``rows`` training rows trains per round under automatic local work.
+
+    ``ceil(target_steps / batches per epoch)``, at least 1: a small site repeats
+    its few batches until it has taken about ``target_steps`` optimiser steps,
+    a large one trains one epoch (more steps than the target, never fewer).
+    At most ``target_steps`` epochs (a site of one batch).
+    """
+    batches = max(-(-rows // batch_size), 1)
+    return max(-(-target_steps // batches), 1)
+
+
 def evaluate_local(
     model: nn.Module, x: np.ndarray, y: np.ndarray
 ) -> tuple[BinaryMetrics, np.ndarray]:
@@ -119,9 +179,17 @@ class HospitalArrays:
     x_test: np.ndarray
     y_test: np.ndarray
 
-    def scaled(self, scaler: Scaler) -> LocalData:
+    def scaled(self, scaler: Scaler, *, validation_share: float = 0.0, seed: int = 0) -> LocalData:
+        """Standardised rows; ``validation_share`` of the training rows held out (seeded)."""
+        held = validation_mask(self.y_train, validation_share, split_seed(seed, self.hospital_id))
+        x_train = scaler.transform(self.x_train)
         return LocalData(
-            scaler.transform(self.x_train), self.y_train, scaler.transform(self.x_test), self.y_test
+            x_train[~held],
+            self.y_train[~held],
+            scaler.transform(self.x_test),
+            self.y_test,
+            x_train[held],
+            self.y_train[held],
         )
 
 

@@ -35,8 +35,9 @@ ROUND_KEYS = (
     "hospitals_ok",
     "hospitals_failed",
     "epsilon",
+    "val_loss",
 )
-HOSPITAL_KEYS = ("hospital", "round", "n", "loss", "auc", "accuracy")
+HOSPITAL_KEYS = ("hospital", "round", "n", "loss", "auc", "accuracy", "brier")
 ACTIVE = ("queued", "running")
 #: What a run is for (``runs.kind``). A training run is ``"federated"``, the kind every run
 #: had before stress-test runs were told apart (``runs show --json`` printed it, so it
@@ -97,7 +98,7 @@ def create_run(
             config.target,
             config.model,
             config.strategy,
-            config.rounds,
+            config.round_limit,
             now(),
             pid,
         ],
@@ -141,6 +142,7 @@ def record_round(
                     "loss": pl.Float64,
                     "auc": pl.Float64,
                     "accuracy": pl.Float64,
+                    "brier": pl.Float64,
                 },
             ).to_arrow()
             con.register("hospital_batch", batch)
@@ -192,6 +194,11 @@ def finish_run(
             run_id,
         ],
     )
+
+
+def set_best_round(store: MetricsStore, run_id: str, rnd: int) -> None:
+    """The round whose global model the run keeps (saved model, final figures)."""
+    store.execute("UPDATE runs SET best_round = ? WHERE run_id = ?", [rnd, run_id])
 
 
 def request_cancel(store: MetricsStore, run_id: str) -> bool:
@@ -406,7 +413,11 @@ def score_bins_frame(store: MetricsStore, run_id: str) -> pl.DataFrame:
 
 
 def run_detail(store: MetricsStore, run_id: str) -> dict[str, Any]:
-    """The ``runs show --json`` document: run, config, rounds and per-hospital rounds."""
+    """The ``runs show --json`` document: run, config, rounds and per-hospital rounds.
+
+    ``best_round`` is the round whose model the run kept: under ``--rounds auto``
+    the one with the lowest federated validation loss, else the last round.
+    """
     run = get_run(store, run_id)
     final = {k: _clean(run[f"final_{k}"]) for k in ("loss", "auc", "accuracy", "brier")}
     return {
@@ -418,6 +429,7 @@ def run_detail(store: MetricsStore, run_id: str) -> dict[str, Any]:
         "created_at": str(run["created_at"]),
         "finished_at": None if run["finished_at"] is None else str(run["finished_at"]),
         "config": run["config"],
+        "best_round": run.get("best_round"),
         "final": final,
         "rounds": to_records(rounds_frame(store, run_id).drop("recorded_at")),
         "hospitals": to_records(hospital_rounds_frame(store, run_id)),

@@ -67,6 +67,14 @@ CREATE TABLE IF NOT EXISTS comparisons (
 -- null in stores written before it, whose per-hospital figures readers then withhold.
 ALTER TABLE hospital_rounds ADD COLUMN IF NOT EXISTS released BOOLEAN;
 ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS released BOOLEAN;
+-- The federated validation loss of each round (healthsync.ml.training.validation_mask), the
+-- round whose model a run kept (its lowest validation loss under --rounds auto), and the
+-- round or epoch each method of a comparison chose.
+ALTER TABLE rounds ADD COLUMN IF NOT EXISTS val_loss DOUBLE;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS best_round INTEGER;
+ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS chosen VARCHAR;
+-- Each hospital's Brier score of the round's global model (released like its other figures).
+ALTER TABLE hospital_rounds ADD COLUMN IF NOT EXISTS brier DOUBLE;
 CREATE INDEX IF NOT EXISTS rounds_run ON rounds(run_id);
 CREATE INDEX IF NOT EXISTS hospital_rounds_run ON hospital_rounds(run_id);
 """

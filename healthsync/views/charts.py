@@ -11,7 +11,13 @@ from __future__ import annotations
 import altair as alt
 import polars as pl
 
-METRIC_COLORS = {"AUC": "#0f766e", "accuracy": "#4f46e5", "log loss": "#ea580c"}
+METRIC_COLORS = {
+    "AUC": "#0f766e",
+    "accuracy": "#4f46e5",
+    "log loss": "#ea580c",
+    "validation loss": "#7c3aed",
+}
+CHOSEN_COLOR = "#374151"
 STATUS_COLORS = {"ok": "#0f766e", "failed": "#dc2626"}
 OUTCOME_COLORS = ["#0f766e", "#4f46e5", "#ea580c", "#0891b2"]
 PERCENT = ".0%"
@@ -70,6 +76,34 @@ def metric_lines(frame: pl.DataFrame, *, title: str, y_title: str) -> alt.Chart:
         )
         .properties(height=260)
     )
+
+
+def loss_with_choice(
+    frame: pl.DataFrame, *, best_round: int | None, title: str, y_title: str
+) -> alt.Chart | alt.LayerChart:
+    """Test and validation loss by round, with a rule at the round whose model was kept.
+
+    ``frame`` as for :func:`metric_lines`; ``best_round`` ``None`` draws no rule
+    (nothing kept yet).
+    """
+    lines = metric_lines(frame, title=title, y_title=y_title)
+    if best_round is None:
+        return lines
+    chosen = pl.DataFrame({"round": [best_round], "label": [f"kept: round {best_round}"]})
+    rule = (
+        alt.Chart(chosen)
+        .mark_rule(color=CHOSEN_COLOR, strokeDash=[4, 3])
+        .encode(
+            x="round:Q",
+            tooltip=[alt.Tooltip("label:N", title="Chosen model")],
+        )
+    )
+    text = (
+        alt.Chart(chosen)
+        .mark_text(align="left", dx=4, dy=-110, color=CHOSEN_COLOR)
+        .encode(x="round:Q", text="label:N")
+    )
+    return alt.layer(lines, rule, text)
 
 
 def hospital_heatmap(frame: pl.DataFrame, *, metric_title: str = "AUC") -> alt.Chart:

@@ -24,6 +24,8 @@ from healthsync.runs import runlog
 from healthsync.runs.store import MetricsStore
 
 METRICS = {"auc": "AUC", "accuracy": "accuracy", "loss": "log loss"}
+#: The federated validation loss: what chooses the round a run keeps (``--rounds auto``).
+VALIDATION = {"val_loss": "validation loss"}
 #: What the CSV exports hold: table -> columns in order, aggregates only.
 EXPORTS = {
     "rounds": ("run_id", *runlog.ROUND_KEYS),
@@ -161,7 +163,10 @@ def metrics_long(rounds: pl.DataFrame, metrics: Sequence[str] = tuple(METRICS)) 
     return (
         rounds.select(pl.col("round").cast(pl.Int64), *metrics)
         .unpivot(index="round", variable_name="metric", value_name="value")
-        .with_columns(pl.col("metric").replace_strict(METRICS), pl.col("value").fill_nan(None))
+        .with_columns(
+            pl.col("metric").replace_strict({**METRICS, **VALIDATION}),
+            pl.col("value").fill_nan(None),
+        )
     )
 
 
@@ -229,7 +234,7 @@ def latest_comparison(store: MetricsStore, run_id: str) -> pl.DataFrame:
     """
     return training.released_hospital_metrics(
         store.frame(
-            "SELECT method, hospital, n, auc, accuracy, loss, brier,"
+            "SELECT method, hospital, n, auc, accuracy, loss, brier, chosen,"
             " coalesce(released, hospital = 'overall') AS released FROM comparisons"
             " WHERE comparison_id = (SELECT comparison_id FROM comparisons WHERE run_id = ?"
             " ORDER BY created_at DESC LIMIT 1)"
@@ -242,9 +247,9 @@ def latest_comparison(store: MetricsStore, run_id: str) -> pl.DataFrame:
 def comparison_view(table: pl.DataFrame, names: Mapping[str, str]) -> pl.DataFrame:
     """The comparison table as shown: hospitals by name, figures as text, "–" where missing.
 
-    A missing figure is withheld (release policy) or never recorded (a
-    federated run records no per-hospital Brier score); Streamlit would print
-    either as "None".
+    A missing figure is withheld (release policy) or never recorded (runs
+    recorded before per-hospital Brier scores were); Streamlit would print
+    either as "None". ``chosen`` says which round or epoch each method kept.
     """
     figures = [c for c in ("loss", "auc", "accuracy", "brier") if c in table.columns]
     return table.with_columns(
@@ -253,6 +258,7 @@ def comparison_view(table: pl.DataFrame, names: Mapping[str, str]) -> pl.DataFra
             pl.col(c).map_elements(format_metric, return_dtype=pl.String).fill_null("–")
             for c in figures
         ),
+        *([pl.col("chosen").fill_null("–")] if "chosen" in table.columns else []),
     )
 
 
