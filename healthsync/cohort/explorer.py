@@ -42,6 +42,7 @@ from healthsync.cohort.service import (
 )
 from healthsync.data import load_federation, open_hospital
 from healthsync.errors import HealthSyncError
+from healthsync.privacy.consent import withdrawn_hospitals
 from healthsync.privacy.site import SiteRefusal
 from healthsync.runs.store import MetricsStore
 
@@ -92,8 +93,12 @@ def explore(
         policy = CohortPolicy.from_home(home)
         federation = load_federation(data_dir)
         entry["federation"] = federation_id(federation)
+        withdrawn = withdrawn_hospitals(federation.data_dir, federation.hospital_ids)
         plan = plan_query(
-            federation, CohortQuery.parse(where, group_by, stats), max_cells=policy.max_cells
+            federation,
+            CohortQuery.parse(where, group_by, stats),
+            max_cells=policy.max_cells,
+            withdrawn=withdrawn,
         )
         entry["query"] = plan.query.describe()
     except HealthSyncError as err:
@@ -130,7 +135,14 @@ def explore(
             ),
         )
     return CohortResult(
-        federation.name, user, plan.query.to_dict(), release, repeated, release.epsilon, budget
+        federation.name,
+        user,
+        plan.query.to_dict(),
+        release,
+        repeated,
+        release.epsilon,
+        budget,
+        withdrawn=tuple(withdrawn),
     )
 
 
