@@ -6,6 +6,7 @@ import streamlit as st
 
 from healthsync import auth
 from healthsync.errors import HealthSyncError
+from healthsync.views.settings import find_federations
 from pages._guard import require
 from pages.audit import audit_section
 
@@ -23,10 +24,16 @@ if flash := st.session_state.pop("admin_flash", None):
         )
 
 listed = users.users()
-st.dataframe([{"user": u.name, "role": u.role} for u in listed], hide_index=True, width=480)
+st.dataframe(
+    [{"user": u.name, "role": u.role, "hospital": u.hospital or ""} for u in listed],
+    hide_index=True,
+    width=640,
+)
 st.caption(
     "Admin: everything, including this page. Analyst: launches and cancels runs, computes "
-    "comparisons. Viewer: dashboards, run history and models, read-only."
+    "comparisons. Viewer: dashboards, run history and models, read-only. Steward: a "
+    "hospital's data steward, who sees what a viewer sees but only their own hospital's "
+    "per-hospital figures, plus My hospital (consent, policy, privacy spent)."
 )
 
 
@@ -46,13 +53,27 @@ add, change, reset, remove = st.tabs(["Add user", "Change role", "Reset password
 with add, st.form("add_user"):
     name = st.text_input("User name").strip()
     role = st.selectbox("Role", auth.ROLES, index=auth.ROLES.index("viewer"))
+    folders = find_federations(page.settings.data_root)
+    left, right = st.columns(2)
+    folder = left.selectbox(
+        "Steward's data set", folders, format_func=lambda p: p.name, key="steward_data"
+    )
+    hospital = right.text_input("Steward's hospital id (e.g. h0001)").strip()
     password = st.text_input("Password (leave empty to generate one)", type="password")
     if st.form_submit_button("Add user", type="primary"):
+        steward = role == "steward"
         act(
-            lambda: users.add(name, role, password or None),
-            f"Added {name} as {role}.",
+            lambda: users.add(
+                name,
+                role,
+                password or None,
+                federation=folder if steward else None,
+                hospital=(hospital or None) if steward else None,
+            ),
+            f"Added {name} as {role}" + (f" of hospital {hospital}." if steward else "."),
             show=not password,
         )
+    st.caption("The data set and hospital are used only for a steward.")
 with change, st.form("change_role"):
     name = st.selectbox("User", names, key="role_user")
     role = st.selectbox("New role", auth.ROLES, key="role_new")

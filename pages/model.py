@@ -6,7 +6,7 @@ import streamlit as st
 from healthsync.data import load_federation
 from healthsync.errors import HealthSyncError
 from healthsync.runs import runlog
-from healthsync.views import charts, dashboard, explainer
+from healthsync.views import charts, dashboard, explainer, tenancy
 from pages._guard import require
 
 page = require("view")
@@ -50,7 +50,9 @@ else:
         "the outcome. " + explainer.what_is("brier")
     )
 
-sites = dashboard.last_round_hospitals(store, run_id)
+sites = tenancy.own_hospital_only(
+    dashboard.last_round_hospitals(store, run_id), page.user, run["data_dir"]
+)
 sites = dashboard.with_names(sites, dashboard.hospital_names(run["data_dir"]))
 withheld = sites.filter(pl.col("auc").is_null()).height
 if withheld < sites.height:

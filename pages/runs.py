@@ -8,7 +8,7 @@ from healthsync import privacy
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
 from healthsync.runs import runlog
-from healthsync.views import charts, dashboard, explainer, privacy_charts
+from healthsync.views import charts, dashboard, explainer, privacy_charts, tenancy
 from healthsync.views import privacy_dashboard as safety
 from pages._guard import require
 
@@ -88,6 +88,8 @@ else:
         st.info(f"No comparison stored for this run yet. {hint}")
     else:
         names = dashboard.hospital_names(runlog.get_run(store, run_id)["data_dir"])
+        data_dir = runlog.get_run(store, run_id)["data_dir"]
+        table = tenancy.own_hospital_only(table, page.user, data_dir)
         st.dataframe(dashboard.comparison_view(table, names), hide_index=True)
         st.caption(
             "Each method on every hospital's test patients. Pooled is a simulation-only "
@@ -102,7 +104,7 @@ with st.container(horizontal=True):
     for label, table in (("Rounds", "rounds"), ("Per-hospital rounds", "hospital_rounds")):
         st.download_button(
             f"{label} (CSV)",
-            partial(dashboard.metrics_csv, store, export, table),
+            partial(dashboard.metrics_csv, store, export, table, page.user),
             file_name=f"healthsync-{table.replace('_', '-')}.csv",
             mime="text/csv",
             disabled=not export,
