@@ -1,6 +1,7 @@
 """Users: who may log in, and with which role (admins only)."""
 
 from collections.abc import Callable
+from pathlib import Path
 
 import streamlit as st
 
@@ -49,7 +50,9 @@ def act(change: Callable[[], str | None], message: str, *, show: bool = False) -
 
 
 names = [u.name for u in listed]
-add, change, reset, remove = st.tabs(["Add user", "Change role", "Reset password", "Remove user"])
+add, change, reset, remove, grants = st.tabs(
+    ["Add user", "Change role", "Reset password", "Remove user", "Data set access"]
+)
 with add, st.form("add_user"):
     name = st.text_input("User name").strip()
     role = st.selectbox("Role", auth.ROLES, index=auth.ROLES.index("viewer"))
@@ -96,6 +99,37 @@ with remove, st.form("remove_user"):
             act(lambda: users.remove(name), f"Removed {name}.")
         else:
             st.warning("Choose a user and tick the box to confirm.")
+
+with grants, st.form("grants"):
+    access = auth.AccessLists(page.settings.home)
+    listed_users = [u.name for u in listed if u.role in ("analyst", "viewer")]
+    left, right = st.columns(2)
+    who = left.selectbox("Analyst or viewer", listed_users, key="grant_user")
+    data_set = right.selectbox(
+        "Data set",
+        find_federations(page.settings.data_root),
+        format_func=lambda p: p.name,
+        key="grant_data",
+    )
+    grant_clicked = left.form_submit_button("Grant access")
+    revoke_clicked = right.form_submit_button("Revoke access")
+    if (grant_clicked or revoke_clicked) and who and data_set:
+        change_access = access.grant if grant_clicked else access.revoke
+        act(
+            lambda: change_access(data_set, who, users),
+            f"{who} {'may' if grant_clicked else 'may no longer'} see {data_set.name}.",
+        )
+    lists = access.lists()
+    st.caption(
+        "Admins see every data set and a steward their own hospital's. A data set without a "
+        "list is open to every analyst and viewer; the first grant or revoke starts its list "
+        "from everyone who could see it. "
+        + (
+            " ".join(f"{Path(k).name}: {', '.join(v) or 'nobody'}." for k, v in lists.items())
+            if lists
+            else "No data set is restricted yet."
+        )
+    )
 
 
 audit_section(page)

@@ -14,7 +14,9 @@ st.title("Live training")
 
 store = page.store
 runlog.reconcile_dead_runs(store)
-all_runs = runlog.list_runs(store, kind=runlog.TRAINING)  # stress-test runs: their own page
+all_runs = tenancy.visible_runs(  # stress-test runs: their own page
+    runlog.list_runs(store, kind=runlog.TRAINING), page.user, page.access
+)
 if all_runs.is_empty():
     st.info("No run to watch yet. Start one on the Launch page; it shows up here as it trains.")
     st.stop()

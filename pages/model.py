@@ -13,7 +13,9 @@ page = require("view")
 st.title("Global model")
 
 store = page.store
-runs = dashboard.finished_runs(runlog.list_runs(store, kind=runlog.TRAINING))
+runs = dashboard.finished_runs(
+    tenancy.visible_runs(runlog.list_runs(store, kind=runlog.TRAINING), page.user, page.access)
+)
 if runs.is_empty():
     st.info("No finished run yet. Launch one, and its model appears here when it ends.")
     st.stop()

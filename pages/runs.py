@@ -17,7 +17,9 @@ st.title("Run history")
 
 store = page.store
 runlog.reconcile_dead_runs(store)
-runs = runlog.list_runs(store, kind=runlog.TRAINING)  # stress-test runs: their own page
+runs = tenancy.visible_runs(  # stress-test runs: their own page
+    runlog.list_runs(store, kind=runlog.TRAINING), page.user, page.access
+)
 if runs.is_empty():
     st.info("No runs recorded yet. Start one on the Launch page (or with `healthsync train`).")
     st.stop()

@@ -88,7 +88,7 @@ def explore(
     store = open_store(db)
     entry = {"user": user, "query": _describe(where, group_by, stats), "data_dir": str(data_dir)}
     try:
-        role = _check_user(home, user)
+        role = _check_user(home, user, data_dir)
         entry["role"] = role
         policy = CohortPolicy.from_home(home)
         federation = load_federation(data_dir)
@@ -184,7 +184,8 @@ def _store(path: str) -> MetricsStore:
     return MetricsStore(path)
 
 
-def _check_user(home: Path, name: str) -> str:
+def _check_user(home: Path, name: str, data_dir: str | Path) -> str:
+    """The user's role, if they may explore cohorts on the federation at ``data_dir``."""
     found = auth.UserStore(home).get(name)
     if found is None:
         raise HealthSyncError(f"unknown user {name!r}; an admin adds users with `healthsync users`")
@@ -193,6 +194,7 @@ def _check_user(home: Path, name: str) -> str:
             f"user {name!r} is a {found.role}, who may not explore cohorts "
             "(analysts and admins may)"
         )
+    auth.AccessLists(home).check(found, data_dir)
     return found.role
 
 

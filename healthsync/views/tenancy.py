@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from healthsync.auth import User
+from healthsync.auth import AccessLists, User
 from healthsync.data import Federation
 from healthsync.privacy.consent import withdrawn_hospitals
 
@@ -49,6 +49,14 @@ def run_consent_line(events: pl.DataFrame, names: Mapping[str, str] | None = Non
             named.get(h, h) for h in back.unique(maintain_order=True).to_list()
         )
     return text + ". Their rounds from then on have no row for them; they are not failures."
+
+
+def visible_runs(runs: pl.DataFrame, user: User, access: AccessLists) -> pl.DataFrame:
+    """The runs (a ``runlog.list_runs`` frame) on federations ``user`` may see."""
+    if user.role == "admin" or runs.is_empty():
+        return runs
+    allowed = {d: access.allowed(user, d) for d in runs["data_dir"].unique().to_list()}
+    return runs.filter(pl.col("data_dir").replace_strict(allowed, return_dtype=pl.Boolean))
 
 
 #: Per-hospital rows everyone may see whatever their hospital: the consortium's own figures.
