@@ -1,8 +1,9 @@
 """The coordinating side's view of the hospitals' consent, for one run.
 
 Consent is decided and enforced by each hospital (``healthsync.privacy.consent``:
-its node refuses work when withdrawn). The server reads the same records only so
-that it does not ask a withdrawn hospital at all: the hospital grid
+its node refuses work when withdrawn). The server reads the same records
+(``withdrawn_hospitals``: one ``stat`` per hospital, at most every 0.5 s) only
+so that it does not ask a withdrawn hospital at all: the hospital grid
 (``simulation.hospital_grid``) leaves it out of sampling, evaluation and the
 scaling query, and a withdrawal or rejoin noticed while a run trains is
 recorded once, as a ``hospital_withdrawn`` or ``hospital_rejoined`` event (not
