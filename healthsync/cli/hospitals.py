@@ -70,12 +70,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _folder(data: Path, hospital: str) -> Path:
     """The hospital's own folder, refusing an id the manifest does not list."""
     from healthsync.data import load_federation
-    from healthsync.data.manifest import HOSPITALS_DIR
+    from healthsync.data.accessor import hospital_folder
 
     federation = load_federation(data)
     if hospital not in federation.hospital_ids:
         raise HealthSyncError(f"{data}: no hospital {hospital!r} in this federation")
-    return Path(data) / HOSPITALS_DIR / hospital
+    return hospital_folder(data, hospital)
 
 
 def _governor(args: argparse.Namespace):

@@ -22,8 +22,8 @@ from typing import Any
 
 import polars as pl
 
-from healthsync.data.accessor import HospitalAccessor, open_hospital
-from healthsync.data.manifest import HOSPITALS_DIR, SPLIT_COLUMN, Federation
+from healthsync.data.accessor import HospitalAccessor, hospital_folder, open_hospital
+from healthsync.data.manifest import SPLIT_COLUMN, Federation
 
 OWN_STATISTICS = "own-statistics.json"
 
@@ -100,7 +100,7 @@ def read(data_dir: str | Path, hospital: str) -> dict[str, Any] | None:
     """What ``publish`` wrote for ``hospital``, or ``None`` (never computed, or unreadable)."""
     from healthsync.privacy.site import SITE_DIR
 
-    path = Path(data_dir) / HOSPITALS_DIR / hospital / SITE_DIR / OWN_STATISTICS
+    path = hospital_folder(data_dir, hospital) / SITE_DIR / OWN_STATISTICS
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

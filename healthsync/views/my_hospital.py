@@ -17,7 +17,7 @@ import polars as pl
 
 from healthsync.auth import User
 from healthsync.data import Federation, load_federation, own_statistics
-from healthsync.data.manifest import HOSPITALS_DIR
+from healthsync.data.accessor import hospital_folder
 from healthsync.errors import HealthSyncError
 from healthsync.privacy import consent
 from healthsync.privacy.site import SITE_DIR, Site, policy_history
@@ -39,7 +39,7 @@ class MySite:
 
     @property
     def folder(self) -> Path:
-        return self.federation.data_dir / HOSPITALS_DIR / self.hospital
+        return hospital_folder(self.federation.data_dir, self.hospital)
 
     @property
     def site_dir(self) -> Path:
