@@ -43,6 +43,7 @@ PAGES = {
     "Federation": [
         ("pages/overview.py", "Overview", ":material/hub:", "view"),
         ("pages/how_it_works.py", "How it works", ":material/school:", "view"),
+        ("pages/my_hospital.py", "My hospital", ":material/local_hospital:", "govern_hospital"),
     ],
     "Training": [
         ("pages/launch.py", "Launch", ":material/rocket_launch:", "launch"),

@@ -50,6 +50,11 @@ class PageContext:
     def store(self) -> MetricsStore:
         return MetricsStore(self.settings.db)
 
+    @property
+    def access(self) -> auth.AccessLists:
+        """Which data sets this user may see (``healthsync.auth.access``)."""
+        return auth.AccessLists(self.settings.home)
+
     def can(self, permission: str) -> bool:
         return self.user.can(permission)
 
@@ -111,12 +116,16 @@ def choose_data_set(page: PageContext) -> Path:
     It starts on the data set chosen last in this session, else ``demo``
     (``dashboard.default_data_set``), so adding a data set changes no page's default.
     """
-    folders = find_federations(page.settings.data_root)
-    if not folders:
+    found = find_federations(page.settings.data_root)
+    folders = page.access.visible(page.user, found)
+    if not found:
         st.info(
             f"No federation found in `{page.settings.data_root}`. Create one with "
             "`healthsync data generate --out data/demo` (or `healthsync data import`), then reload."
         )
+        st.stop()
+    if not folders:
+        st.info("No data set is shared with you yet. Ask an admin to grant you one.")
         st.stop()
     default = default_data_set(folders, st.session_state.get(DATA_SET_KEY))
     folder = st.selectbox(

@@ -6,6 +6,7 @@ from healthsync.cohort.facts import published_patients
 from healthsync.config import ATTACKS, DP_SIDES, DP_STRATEGIES, MODELS, STRATEGIES, TrainConfig
 from healthsync.errors import HealthSyncError
 from healthsync.runs import engine, lifecycle, runlog
+from healthsync.views import dashboard, tenancy
 from pages._guard import choose_federation, require
 
 page = require("launch")
@@ -16,6 +17,9 @@ st.caption(
     f"{federation.name}: {len(federation.hospitals)} hospitals, {published_patients(federation)}. "
     + engine.launch_note(page.settings.db)
 )
+notice = tenancy.withdrawn_notice(federation, dashboard.hospital_names(federation.data_dir))
+if notice:
+    st.warning(notice, icon=":material/block:")
 
 d = TrainConfig()
 with st.form("launch"):

@@ -5,7 +5,7 @@ import streamlit as st
 
 from healthsync.runs import runlog
 from healthsync.runs.lifecycle import cancel_run, cancel_signalled, run_phase, signal_cancel
-from healthsync.views import charts, dashboard, drilldown, explainer, privacy_charts
+from healthsync.views import charts, dashboard, drilldown, explainer, privacy_charts, tenancy
 from healthsync.views import privacy_dashboard as safety
 from pages._guard import live_fragment, require
 
@@ -14,7 +14,9 @@ st.title("Live training")
 
 store = page.store
 runlog.reconcile_dead_runs(store)
-all_runs = runlog.list_runs(store, kind=runlog.TRAINING)  # stress-test runs: their own page
+all_runs = tenancy.visible_runs(  # stress-test runs: their own page
+    runlog.list_runs(store, kind=runlog.TRAINING), page.user, page.access
+)
 if all_runs.is_empty():
     st.info("No run to watch yet. Start one on the Launch page; it shows up here as it trains.")
     st.stop()
@@ -111,7 +113,11 @@ def watch() -> None:
             + " "
             + explainer.what_is("log-loss")
         )
-    heat = dashboard.heatmap_frame(runlog.hospital_rounds_frame(store, run_id))
+    heat = dashboard.heatmap_frame(
+        tenancy.own_hospital_only(
+            runlog.hospital_rounds_frame(store, run_id), page.user, run["data_dir"]
+        )
+    )
     heat = dashboard.with_names(heat, dashboard.hospital_names(run["data_dir"]))
     st.altair_chart(charts.hospital_heatmap(heat))
     st.caption(
@@ -133,7 +139,9 @@ def hospital_drill_down(run: dict) -> None:
     """One hospital, picked by name: its rows, weight, released AUC by round and events."""
     st.subheader("One hospital")
     federation = drilldown.federation_of(run["data_dir"])
-    names = drilldown.run_hospitals(store, run_id, federation)
+    names = tenancy.own_hospital_names(
+        drilldown.run_hospitals(store, run_id, federation), page.user, run["data_dir"]
+    )
     if not names:
         st.info("No hospital has answered a round yet.")
         return
@@ -208,6 +216,10 @@ def safeguards(run: dict, rounds: pl.DataFrame) -> None:
             f"{secure[0].upper()}{secure[1:]}. The server received only masked models; each "
             "round's global model is their unmasked sum, never one hospital's model."
         )
+    withdrawn = tenancy.run_consent_line(events, dashboard.hospital_names(config.get("data_dir")))
+    if withdrawn:
+        st.subheader("Consent")
+        st.caption(withdrawn)
     adversaries = safety.adversaries_line(events, config.get("attack"))
     dropped = safety.dropped_frame(events)
     if adversaries or not dropped.is_empty():

@@ -7,14 +7,16 @@ from healthsync.data import load_federation
 from healthsync.data.labels import column_name
 from healthsync.errors import HealthSyncError
 from healthsync.runs import runlog
-from healthsync.views import charts, dashboard, explainer
+from healthsync.views import charts, dashboard, explainer, tenancy
 from pages._guard import require
 
 page = require("view")
 st.title("Global model")
 
 store = page.store
-runs = dashboard.finished_runs(runlog.list_runs(store, kind=runlog.TRAINING))
+runs = dashboard.finished_runs(
+    tenancy.visible_runs(runlog.list_runs(store, kind=runlog.TRAINING), page.user, page.access)
+)
 if runs.is_empty():
     st.info("No finished run yet. Launch one, and its model appears here when it ends.")
     st.stop()
@@ -51,7 +53,9 @@ else:
         "the outcome. " + explainer.what_is("brier")
     )
 
-sites = dashboard.last_round_hospitals(store, run_id)
+sites = tenancy.own_hospital_only(
+    dashboard.last_round_hospitals(store, run_id), page.user, run["data_dir"]
+)
 sites = dashboard.with_names(sites, dashboard.hospital_names(run["data_dir"]))
 withheld = sites.filter(pl.col("auc").is_null()).height
 if withheld < sites.height:

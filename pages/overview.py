@@ -4,7 +4,7 @@ import streamlit as st
 
 from healthsync.cohort.facts import facts_frames, facts_noise_sd, published_facts
 from healthsync.runs import runlog
-from healthsync.views import charts, dashboard, explainer
+from healthsync.views import charts, dashboard, explainer, tenancy
 from pages._guard import choose_federation, require
 
 page = require("view")
@@ -17,6 +17,8 @@ cols = st.columns(4)
 cols[0].metric("Hospitals", f"{len(federation.hospitals):,}")
 if released is not None:
     sizes, prevalence = facts_frames(federation, released)
+    sizes = tenancy.own_hospital_only(sizes, page.user, federation.data_dir)
+    prevalence = tenancy.own_hospital_only(prevalence, page.user, federation.data_dir)
     shown = sizes["n_patients"].drop_nulls()
     total = released.total.get("patient_count")
     cols[1].metric("Patients (noisy)", f"≈ {total:,}" if isinstance(total, int) else "withheld")
@@ -28,6 +30,10 @@ cols[3].metric("Heterogeneity", dashboard.heterogeneity_label(federation))
 st.caption(
     f"{federation.name} · source: {federation.source} · outcomes: {', '.join(federation.outcomes)}"
 )
+
+notice = tenancy.withdrawn_notice(federation, dashboard.hospital_names(federation.data_dir))
+if notice:
+    st.warning(notice, icon=":material/block:")
 
 if released is None:
     st.info(

@@ -8,7 +8,7 @@ from healthsync import privacy
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
 from healthsync.runs import runlog
-from healthsync.views import charts, dashboard, explainer, privacy_charts
+from healthsync.views import charts, dashboard, explainer, privacy_charts, tenancy
 from healthsync.views import privacy_dashboard as safety
 from pages._guard import require
 
@@ -17,7 +17,9 @@ st.title("Run history")
 
 store = page.store
 runlog.reconcile_dead_runs(store)
-runs = runlog.list_runs(store, kind=runlog.TRAINING)  # stress-test runs: their own page
+runs = tenancy.visible_runs(  # stress-test runs: their own page
+    runlog.list_runs(store, kind=runlog.TRAINING), page.user, page.access
+)
 if runs.is_empty():
     st.info("No runs recorded yet. Start one on the Launch page (or with `healthsync train`).")
     st.stop()
@@ -91,6 +93,8 @@ else:
         st.info(f"No comparison stored for this run yet. {hint}")
     else:
         names = dashboard.hospital_names(runlog.get_run(store, run_id)["data_dir"])
+        data_dir = runlog.get_run(store, run_id)["data_dir"]
+        table = tenancy.own_hospital_only(table, page.user, data_dir)
         st.dataframe(dashboard.comparison_view(table, names), hide_index=True)
         st.caption(
             "Each method on every hospital's test patients. Pooled is a simulation-only "
@@ -108,7 +112,7 @@ with st.container(horizontal=True):
     for label, table in (("Rounds", "rounds"), ("Per-hospital rounds", "hospital_rounds")):
         st.download_button(
             f"{label} (CSV)",
-            partial(dashboard.metrics_csv, store, export, table),
+            partial(dashboard.metrics_csv, store, export, table, page.user),
             file_name=f"healthsync-{table.replace('_', '-')}.csv",
             mime="text/csv",
             disabled=not export,

@@ -40,6 +40,7 @@ from healthsync.cohort.query import CohortQuery
 from healthsync.cohort.service import IDLE_SECONDS, federation_id, serve
 from healthsync.data import Federation, load_federation
 from healthsync.errors import HealthSyncError
+from healthsync.privacy.consent import withdrawn_hospitals
 from healthsync.privacy.site import PUBLIC, SiteRefusal
 from simulation.analytics_client import ACCOUNTING_PREFIX, RECORD_PREFIX, REFUSAL_PREFIX
 
@@ -119,7 +120,8 @@ class CohortServer:
         user = request.get("user")
         if not isinstance(user, str) or not user:
             raise HealthSyncError("a cohort request must name its user")
-        plan = plan_query(self.federation, query, max_cells=policy.max_cells)
+        withdrawn = withdrawn_hospitals(self.federation.data_dir, self.federation.hospital_ids)
+        plan = plan_query(self.federation, query, max_cells=policy.max_cells, withdrawn=withdrawn)
         started = time.perf_counter()
         try:
             guarded, budget = answer(self.replies(plan, policy, user), plan, policy)

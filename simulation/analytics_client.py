@@ -26,6 +26,7 @@ from healthsync.cohort.local import hospital_release, to_record
 from healthsync.cohort.plan import QueryPlan, plan_query
 from healthsync.cohort.query import CohortQuery
 from healthsync.data import Federation, HospitalAccessor, load_federation, open_hospital
+from healthsync.privacy.consent import site_dir_of, withdrawal
 from healthsync.privacy.site import PUBLIC
 
 RECORD_PREFIX = "hospital:"
@@ -70,8 +71,8 @@ def answer_cohort(msg: Message, context: Context) -> Message:
     records: dict[str, MetricRecord | ConfigRecord] = {}
     for index in mine:
         hospital = federation.hospitals[index].id
-        if hospital not in plan.hospitals:
-            continue
+        if hospital not in plan.hospitals or withdrawal(site_dir_of(data_dir, hospital)):
+            continue  # a withdrawn hospital answers nothing, whatever the server asks
         reply = hospital_release(
             _accessor(data_dir, hospital),
             plan,

@@ -54,6 +54,7 @@ from healthsync.ml.training import (
     hospital_arrays,
     local_epochs_for,
 )
+from healthsync.privacy.consent import refuse_if_withdrawn, site_dir_of
 from simulation.hospital_grid import block_reply
 from simulation.secagg_mod import secure_aggregation
 from simulation.strategies import HOSPITAL_WEIGHT
@@ -139,6 +140,16 @@ def _requested(msg: Message, context: Context) -> tuple[list[int], Config]:
     return wanted, config
 
 
+def _consent(data_dir: str, index: int) -> None:
+    """Refuse any work for a hospital that withdrew, even when the server asks for it.
+
+    Read from the hospital's own site folder on every message, so a withdrawal
+    applies from the next round of a run that is already training.
+    """
+    hospital = _federation(data_dir).hospitals[index].id
+    refuse_if_withdrawn(site_dir_of(data_dir, hospital), hospital)
+
+
 def _fault_drill(hospital: HospitalArrays, config: Config) -> None:
     """Fail on purpose when the run lists this hospital in ``fail-hospitals``."""
     if hospital.hospital_id in str(config.get("fail-hospitals", "")).split(","):
@@ -180,6 +191,7 @@ def _serve(
     ready: list[tuple[int, HospitalArrays]] = []
     for index in wanted:
         try:
+            _consent(str(config["data-dir"]), index)
             if screen:
                 screen(index, config)
             hospital = _hospital(str(config["data-dir"]), index, str(config["target"]))

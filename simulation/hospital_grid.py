@@ -26,7 +26,7 @@ import io
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -48,6 +48,7 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from healthsync.errors import HealthSyncError
+from healthsync.privacy.consent import WITHDRAWN_MARK
 
 BLOCK_FAILED = 1  # error code for a hospital whose whole block failed
 HOSPITAL_COLUMN = "hospital"  # a block reply's column of hospital indices
@@ -68,9 +69,23 @@ class HospitalGrid(Grid):
     """One virtual node per hospital over ``grid``, whose nodes serve ``block_size`` hospitals each."""
 
     def __init__(
-        self, grid: Grid, hospitals: int, block_size: int, *, wait_seconds: float = 60.0
+        self,
+        grid: Grid,
+        hospitals: int,
+        block_size: int,
+        *,
+        wait_seconds: float = 60.0,
+        withdrawn: Callable[[], Mapping[int, str]] | None = None,
+        sample_withdrawn: bool = False,
     ) -> None:
+        """``withdrawn()`` names the hospitals that withdrew consent (``simulation.consent``):
+        they are never asked. They are left out of sampling too, unless ``sample_withdrawn``
+        (DP runs: the accountant assumed every hospital could be sampled, so a sampled
+        withdrawn hospital counts as one that sent nothing, which keeps the guarantee).
+        """
         self.inner = grid
+        self.withdrawn = withdrawn or dict
+        self.sample_withdrawn = sample_withdrawn
         if hasattr(grid, "pull_interval"):
             # Flower's in-memory simulation grid polls for replies every 0.1 s by default,
             # which adds up to ~0.2 s to every round (train and evaluate); poll faster.
@@ -106,15 +121,23 @@ class HospitalGrid(Grid):
 
     # ------------------------------------------------------------ the Grid API
     def get_node_ids(self) -> Iterable[int]:
-        return range(1, self.hospitals + 1)
+        if self.sample_withdrawn:
+            return range(1, self.hospitals + 1)
+        gone = self.withdrawn()
+        return [i + 1 for i in range(self.hospitals) if i not in gone]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         """One message per hospital in, one reply per hospital out (in the same order)."""
         messages = list(messages)
+        gone = self.withdrawn()
+        replies: dict[int, Message] = {}
         by_block: dict[int, list[Message]] = defaultdict(list)
         for msg in messages:
+            if (why := gone.get(msg.metadata.dst_node_id - 1)) is not None:
+                replies[msg.metadata.dst_node_id - 1] = _failed(msg, f"{WITHDRAWN_MARK} {why}")
+                continue
             by_block[(msg.metadata.dst_node_id - 1) // self.block_size].append(msg)
         groups = {}
         for block, group in by_block.items():
@@ -124,7 +147,6 @@ class HospitalGrid(Grid):
                     "per-hospital message contents are not supported with block execution"
                 )
             groups[block] = (first, [m.metadata.dst_node_id - 1 for m in group])
-        replies: dict[int, Message] = {}
         for block, answer in self._exchange(groups, timeout):
             replies.update(_split(answer, by_block[block]))
         return [replies[m.metadata.dst_node_id - 1] for m in messages]
@@ -138,7 +160,7 @@ class HospitalGrid(Grid):
         on_block: Callable[[BlockReply], None] | None = None,
         chunk: int | None = None,
     ) -> list[BlockReply]:
-        """Send ``records`` to every hospital; each block's answer, read in columns.
+        """Send ``records`` to every hospital that takes part; each block's answer, in columns.
 
         For the round loop's own queries and evaluation, whose answers no
         strategy sees: no Message per hospital on either side. ``on_block``
@@ -148,9 +170,16 @@ class HospitalGrid(Grid):
         often than once per block.
         """
         template = Message(content=RecordDict(records), message_type=message_type, dst_node_id=1)
+        gone = self.withdrawn()
         groups = {}
         for first in range(0, self.hospitals, self.block_size):
-            members = list(range(first, min(first + self.block_size, self.hospitals)))
+            members = [
+                i
+                for i in range(first, min(first + self.block_size, self.hospitals))
+                if i not in gone
+            ]
+            if not members:
+                continue
             step = chunk or len(members)
             for start in range(0, len(members), step):
                 groups[len(groups)] = (template, members[start : start + step])

@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from healthsync.config import TrainConfig
 from healthsync.ml import attacks
+from healthsync.privacy.consent import WITHDRAWN_MARK
 from simulation.strategies import HOSPITAL_WEIGHT
 
 GRACE_SECONDS = 30.0
@@ -70,7 +71,8 @@ def missing_event(config: TrainConfig, rnd: int, hospital: int, error: str) -> t
     """``(kind, message)`` for hospital number ``hospital`` missing from ``rnd``'s training.
 
     The same seeded decision the client acted on tells a simulated absence
-    (``hospital_dropped``) from a real failure (``hospital_failed``).
+    (``hospital_dropped``) from a real failure (``hospital_failed``); a hospital that
+    withdrew its consent is ``hospital_withdrawn``.
     """
     why = attacks.absence(
         config.seed,
@@ -80,6 +82,8 @@ def missing_event(config: TrainConfig, rnd: int, hospital: int, error: str) -> t
         max_delay=config.straggler_delay,
         timeout=config.round_timeout,
     )
+    if WITHDRAWN_MARK in error:
+        return "hospital_withdrawn", error  # its node refused: consent, not a failure
     return ("hospital_dropped", why) if why else ("hospital_failed", error)
 
 

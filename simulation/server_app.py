@@ -31,6 +31,7 @@ from healthsync.ml.model import SavedModel, get_arrays, initial_model
 from healthsync.runs import lifecycle, runlog
 from healthsync.runs.store import MetricsStore
 from simulation import safeguards
+from simulation.consent import ConsentWatch
 from simulation.hospital_grid import BlockReply, HospitalGrid
 from simulation.round_hooks import (
     Callbacks,
@@ -64,9 +65,19 @@ class FederatedRun:
         self.block_size = self.config.block_size_for(hospitals)
         blocks = -(-hospitals // self.block_size)
         self.phase(f"connecting to {blocks:,} Flower node(s)")
-        self.grid = HospitalGrid(grid, hospitals, self.block_size, wait_seconds=NODE_WAIT_SECONDS)
         # The grid's virtual node ids are hospital index + 1.
         self.hospital_of = {i + 1: h.id for i, h in enumerate(self.federation.hospitals)}
+        consent = ConsentWatch(
+            self.federation, lambda kind, why, i: self._event(kind, why, None, i)
+        )
+        self.grid = HospitalGrid(
+            grid,
+            hospitals,
+            self.block_size,
+            wait_seconds=NODE_WAIT_SECONDS,
+            withdrawn=consent.withdrawn,
+            sample_withdrawn=self.config.dp,
+        )
         self.adversaries = attacks.choose_adversaries(
             list(self.hospital_of.values()), self.config.adversarial, self.config.seed
         )

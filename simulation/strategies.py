@@ -47,7 +47,9 @@ def build_strategy(config: TrainConfig, hospitals: int) -> Strategy:
         "fraction_evaluate": 1.0,
         "min_train_nodes": 1,
         "min_evaluate_nodes": hospitals,
-        "min_available_nodes": hospitals,
+        # HospitalGrid waits for every node before the first round; it then lists only the
+        # hospitals that take part (a withdrawn one is never sampled), so no waiting here.
+        "min_available_nodes": 1,
     }
     if config.dp:
         common["weighted_by_key"] = HOSPITAL_WEIGHT

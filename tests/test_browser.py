@@ -381,6 +381,32 @@ def test_cancel_on_live_stops_the_run_within_a_round_and_says_so_at_once(server,
     page.context.close()
 
 
+def test_a_steward_logs_in_and_sees_only_their_own_hospital(server, browser):
+    """Issue 15: through the real login, My hospital and Live show the steward's hospital only."""
+    demo = server.root / "data" / "demo"
+    users = auth.UserStore(server.home, rounds=4)
+    users.ensure()
+    users.add("stew", "steward", "a-long-password", federation=demo, hospital="h0001")
+    fake_run(MetricsStore(server.db), "run-steward", data_dir=demo)
+    names = {h.id: h.name for h in load_federation(demo).hospitals}
+    page = new_page(browser)
+    log_in(page, server.url, "stew", "a-long-password")
+    settle(page)  # the session cookie is written after the first rerun
+    page.get_by_role("link", name="My hospital").click()
+    text = wait_for_text(page, "Withdraw my hospital")
+    assert f"My hospital: {names['h0001']}" in text
+    page.goto(f"{server.url}/live?run=run-steward")
+    text = wait_for_text(page, "One hospital")
+    settle(page)
+    text = page.inner_text("body")
+    assert names["h0001"] in text
+    others = [names[h] for h in ("h0000", "h0002")]
+    assert not any(name in text for name in others), text[:2000]
+    # The charts as drawn (Vega's SVG): the heatmap's rows name the steward's hospital only.
+    labels = set(page.locator("svg.marks text").all_text_contents())
+    assert names["h0001"] in labels and not labels & set(others)
+
+
 # ---------------------------------------------------------------- theme
 # Streamlit files the Light/Dark choice under the URL the tab was loaded from, so Dark
 # picked on a page reached from the sidebar used to be lost on reloading that page

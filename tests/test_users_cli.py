@@ -66,7 +66,15 @@ def test_passwd_role_and_remove(home, capsys):
     [
         (
             ["add", "x", "--role", "boss"],
-            "error: unknown role 'boss'; choose one of admin, analyst, viewer",
+            "error: unknown role 'boss'; choose one of admin, analyst, viewer, steward",
+        ),
+        (
+            ["add", "s", "--role", "steward"],
+            "error: a steward needs --federation DIR and --hospital HOSPITAL_ID",
+        ),
+        (
+            ["add", "v", "--role", "viewer", "--hospital", "h0000"],
+            "error: only a steward is bound to a federation and a hospital",
         ),
         (["add", "admin", "--role", "viewer"], "error: user 'admin' already exists"),
         (
@@ -109,5 +117,5 @@ def test_as_a_process(home):
     )
     assert done.returncode == 2
     assert done.stderr.strip().endswith(
-        "error: unknown role 'boss'; choose one of admin, analyst, viewer"
+        "error: unknown role 'boss'; choose one of admin, analyst, viewer, steward"
     )

@@ -8,6 +8,7 @@ still counts. The app and ``healthsync users``
 share it; it never imports Streamlit.
 """
 
+from healthsync.auth.access import AccessLists
 from healthsync.auth.sessions import LOCK_SECONDS, MAX_FAILURES, Login, Sessions
 from healthsync.auth.users import (
     DEFAULT_HOME,
@@ -32,6 +33,7 @@ __all__ = [
     "PERMISSIONS",
     "ROLES",
     "SESSION_SECONDS",
+    "AccessLists",
     "Account",
     "CookieSettings",
     "Login",

@@ -28,12 +28,15 @@ import yaml
 
 from healthsync.errors import HealthSyncError
 
-ROLES: tuple[str, ...] = ("admin", "analyst", "viewer")
+ROLES: tuple[str, ...] = ("admin", "analyst", "viewer", "steward")
 #: What each role may do; pages and buttons ask ``can(role, permission)``.
 PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": frozenset({"view", "launch", "cancel", "explore", "compare", "manage_users"}),
     "analyst": frozenset({"view", "launch", "cancel", "explore", "compare"}),
     "viewer": frozenset({"view"}),
+    # A hospital's data steward: sees what a viewer sees, and governs their own hospital
+    # (consent, site policy); bound to one hospital of one federation (``User.hospital``).
+    "steward": frozenset({"view", "govern_hospital"}),
 }
 CHECKOUT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_HOME = ".healthsync"
@@ -48,10 +51,24 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 @dataclass(frozen=True)
 class User:
-    """A user as the app sees them: a name and one role."""
+    """A user as the app sees them: a name and one role.
+
+    A steward is bound to one hospital (``hospital``) of one federation
+    (``federation``: the data set's directory, resolved); other roles have neither.
+    """
 
     name: str
     role: str
+    federation: str | None = None
+    hospital: str | None = None
+
+    def stewards(self, data_dir: str | os.PathLike[str], hospital: str) -> bool:
+        """Whether this user is the steward of ``hospital`` in the federation at ``data_dir``."""
+        return (
+            self.role == "steward"
+            and self.hospital == hospital
+            and self.federation == str(Path(data_dir).resolve())
+        )
 
     def can(self, permission: str) -> bool:
         return can(self.role, permission)
@@ -235,13 +252,26 @@ class UserStore:
         return account.user if bcrypt.checkpw(candidate, account.password_hash.encode()) else None
 
     # ------------------------------------------------------------ changes
-    def add(self, name: str, role: str, password: str | None = None) -> str:
-        """Add a user; return the password (generated unless given)."""
+    def add(
+        self,
+        name: str,
+        role: str,
+        password: str | None = None,
+        *,
+        federation: str | os.PathLike[str] | None = None,
+        hospital: str | None = None,
+    ) -> str:
+        """Add a user; return the password (generated unless given).
+
+        A steward needs ``federation`` (a data set's directory) and ``hospital`` (one of
+        its hospitals); no other role may have them.
+        """
         if not NAME_PATTERN.match(name):
             raise HealthSyncError(
                 f"invalid user name {name!r}: use letters, digits, '.', '_', '-' or '@'"
             )
         check_role(role)
+        binding = _binding(role, federation, hospital)
         password = generate_password() if password is None else check_new_password(password)
         self.ensure()
         with self._editing() as data:
@@ -252,7 +282,7 @@ class UserStore:
                 raise HealthSyncError(
                     f"user {same[0]!r} already exists (user names ignore case at login)"
                 )
-            data["users"][name] = self._new_entry(role, password)
+            data["users"][name] = {**self._new_entry(role, password), **binding}
         return password
 
     def set_password(self, name: str, password: str | None = None) -> str:
@@ -273,6 +303,12 @@ class UserStore:
         check_role(role)
         with self._editing() as data:
             entry = self._entry(data, name)
+            if (role == "steward") != (entry["role"] == "steward"):
+                raise HealthSyncError(
+                    f"cannot make {name!r} a {role}: a steward is bound to one hospital; remove "
+                    "the user and add them again (`users add NAME --role steward --federation "
+                    "DIR --hospital ID`)"
+                )
             if entry["role"] == "admin" and role != "admin":
                 self._keep_an_admin(data, name, f"cannot make {name!r} a {role}")
             entry["role"] = role
@@ -296,6 +332,23 @@ class UserStore:
 
 
 def _account(name: str, entry: dict[str, Any]) -> Account:
-    return Account(
-        User(name, entry["role"]), str(entry["password"]), float(entry.get("sessions_after", 0.0))
-    )
+    user = User(name, entry["role"], entry.get("federation"), entry.get("hospital"))
+    return Account(user, str(entry["password"]), float(entry.get("sessions_after", 0.0)))
+
+
+def _binding(
+    role: str, federation: str | os.PathLike[str] | None, hospital: str | None
+) -> dict[str, str]:
+    """A steward's hospital, checked against the federation's manifest; nothing for others."""
+    if role != "steward":
+        if federation is not None or hospital is not None:
+            raise HealthSyncError("only a steward is bound to a federation and a hospital")
+        return {}
+    if federation is None or not hospital:
+        raise HealthSyncError("a steward needs --federation DIR and --hospital HOSPITAL_ID")
+    from healthsync.data import load_federation
+
+    loaded = load_federation(federation)
+    if hospital not in loaded.hospital_ids:
+        raise HealthSyncError(f"{federation}: no hospital {hospital!r} in this federation")
+    return {"federation": str(Path(federation).resolve()), "hospital": hospital}

@@ -10,7 +10,11 @@ import argparse
 import json
 import sys
 
-ROLE_HELP = "admin (everything), analyst (launch, cancel, compare) or viewer (read-only)"
+ROLE_HELP = (
+    "admin (everything), analyst (launch, cancel, compare), viewer (read-only) or steward "
+    "(a hospital's data steward: read-only, plus their own hospital; needs --federation and "
+    "--hospital)"
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add = sub.add_parser("add", help="add a user; prints the generated password once")
     add.add_argument("name", metavar="NAME")
     add.add_argument("--role", required=True, help=ROLE_HELP)
+    add.add_argument("--federation", metavar="DIR", help="a steward's data set directory")
+    add.add_argument("--hospital", metavar="HOSPITAL_ID", help="a steward's hospital")
     _password_stdin(add)
     add.set_defaults(func=cmd_add)
 
@@ -82,9 +88,16 @@ def cmd_add(args: argparse.Namespace) -> int:
 
     check_role(args.role)  # before the credentials file is created: a typo leaves nothing
     store = _store(args)
-    password = store.add(args.name, args.role, _password(args))
+    password = store.add(
+        args.name,
+        args.role,
+        _password(args),
+        federation=args.federation,
+        hospital=args.hospital,
+    )
     shown = "" if args.password_stdin else f", password: {password}"
-    print(f"added {args.name} ({args.role}){shown}")
+    bound = f" of hospital {args.hospital}" if args.hospital else ""
+    print(f"added {args.name} ({args.role}{bound}){shown}")
     return 0
 
 
@@ -114,9 +127,17 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     users = _store(args).users()
     if args.json:
-        print(json.dumps([{"name": u.name, "role": u.role} for u in users]))
+        print(json.dumps([_listed(u) for u in users]))
         return 0
     width = max(len(u.name) for u in users)
     for user in users:
-        print(f"{user.name:<{width}}  {user.role}")
+        bound = f"  {user.hospital} of {user.federation}" if user.hospital else ""
+        print(f"{user.name:<{width}}  {user.role}{bound}")
     return 0
+
+
+def _listed(user) -> dict:
+    entry = {"name": user.name, "role": user.role}
+    if user.hospital:
+        entry |= {"federation": user.federation, "hospital": user.hospital}
+    return entry

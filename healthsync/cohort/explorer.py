@@ -43,6 +43,7 @@ from healthsync.cohort.service import (
 from healthsync.data import load_federation, open_hospital
 from healthsync.data.accessor import preflight
 from healthsync.errors import HealthSyncError
+from healthsync.privacy.consent import withdrawn_hospitals
 from healthsync.privacy.site import SiteRefusal
 from healthsync.runs.store import MetricsStore
 
@@ -88,14 +89,19 @@ def explore(
     store = open_store(db).check()
     entry = {"user": user, "query": _describe(where, group_by, stats), "data_dir": str(data_dir)}
     try:
-        role = _check_user(home, user)
+        role = _check_user(home, user, data_dir)
         entry["role"] = role
         policy = CohortPolicy.from_home(home)
         federation = load_federation(data_dir)
         entry["federation"] = federation_id(federation)
-        preflight(federation)  # a broken hospital is named here, before any service starts
+        withdrawn = withdrawn_hospitals(federation.data_dir, federation.hospital_ids)
+        # a broken hospital is named here, before any service starts (withdrawn ones are not asked)
+        preflight(federation, [h for h in federation.hospital_ids if h not in withdrawn])
         plan = plan_query(
-            federation, CohortQuery.parse(where, group_by, stats), max_cells=policy.max_cells
+            federation,
+            CohortQuery.parse(where, group_by, stats),
+            max_cells=policy.max_cells,
+            withdrawn=withdrawn,
         )
         entry["query"] = plan.query.describe()
     except HealthSyncError as err:
@@ -132,7 +138,14 @@ def explore(
             ),
         )
     return CohortResult(
-        federation.name, user, plan.query.to_dict(), release, repeated, release.epsilon, budget
+        federation.name,
+        user,
+        plan.query.to_dict(),
+        release,
+        repeated,
+        release.epsilon,
+        budget,
+        withdrawn=tuple(withdrawn),
     )
 
 
@@ -174,7 +187,8 @@ def _store(path: str) -> MetricsStore:
     return MetricsStore(path)
 
 
-def _check_user(home: Path, name: str) -> str:
+def _check_user(home: Path, name: str, data_dir: str | Path) -> str:
+    """The user's role, if they may explore cohorts on the federation at ``data_dir``."""
     found = auth.UserStore(home).get(name)
     if found is None:
         raise HealthSyncError(f"unknown user {name!r}; an admin adds users with `healthsync users`")
@@ -183,6 +197,7 @@ def _check_user(home: Path, name: str) -> str:
             f"user {name!r} is a {found.role}, who may not explore cohorts "
             "(analysts and admins may)"
         )
+    auth.AccessLists(home).check(found, data_dir)
     return found.role
 
 

@@ -30,7 +30,7 @@ from healthsync.cohort.plan import QueryPlan, plan_query
 from healthsync.cohort.policy import CohortPolicy
 from healthsync.cohort.query import CohortQuery
 from healthsync.cohort.result import Release
-from healthsync.data import Federation, HospitalAccessor, open_hospital
+from healthsync.data import Federation, HospitalAccessor, open_hospital, own_statistics
 from healthsync.privacy.site import PUBLIC
 
 FACTS = "facts"
@@ -61,6 +61,7 @@ def publish(federation: Federation, hospitals: Iterable[str] | None = None) -> i
 
     def one(hospital: str) -> bool:
         accessor = open_hospital(federation, hospital)
+        own_statistics.write(accessor)  # for its own steward only
         return publish_reply(accessor, plan, hospital_release(accessor, plan, PUBLIC))
 
     # Each hospital's work is its own (own rows, own ledger file); threads overlap the I/O.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -140,8 +141,17 @@ class QueryPlan:
         return json.dumps(self.query.to_dict(), sort_keys=True)
 
 
-def plan_query(federation: Federation, query: CohortQuery, *, max_cells: int) -> QueryPlan:
+def plan_query(
+    federation: Federation,
+    query: CohortQuery,
+    *,
+    max_cells: int,
+    withdrawn: Collection[str] = (),
+) -> QueryPlan:
     """Check ``query`` against the schema and lay out its cells.
+
+    Hospitals in ``withdrawn`` (``healthsync.privacy.consent``) are left out: not
+    asked, not a level of a grouping by hospital. Their nodes refuse anyway.
 
     Raises
     ------
@@ -151,7 +161,7 @@ def plan_query(federation: Federation, query: CohortQuery, *, max_cells: int) ->
         grouping the schema cannot band, conditions that contradict each
         other, or more than ``max_cells`` cells.
     """
-    schema = _Schema(federation)
+    schema = _Schema(federation, frozenset(withdrawn))
     filters = tuple(sorted({schema.filter(c) for c in query.where}, key=_filter_key))
     schema.check_consistent(filters)
     columns = schema.order_groups(query.group_by)
@@ -171,6 +181,10 @@ def plan_query(federation: Federation, query: CohortQuery, *, max_cells: int) ->
         stats=stats,
     )
     hospitals = next((d.labels for d in dimensions if d.kind == "hospital"), None)
+    if not (hospitals or schema.hospitals_kept(filters)):
+        raise HealthSyncError(
+            "every hospital this query covers has withdrawn from the consortium's queries"
+        )
     return QueryPlan(
         query=canonical,
         filters=filters,
@@ -195,8 +209,9 @@ def plan_query(federation: Federation, query: CohortQuery, *, max_cells: int) ->
 class _Schema:
     """The manifest's columns, and the rules for using each in a query."""
 
-    def __init__(self, federation: Federation) -> None:
+    def __init__(self, federation: Federation, withdrawn: frozenset[str] = frozenset()) -> None:
         self.federation = federation
+        self.withdrawn = withdrawn
         self.features: dict[str, FeatureSpec] = {f.name: f for f in federation.features}
         self.outcomes = federation.outcomes
         self.order = (HOSPITAL, *federation.feature_names, *federation.outcomes)
@@ -302,7 +317,11 @@ class _Schema:
             keep = [i for i in range(len(levels)) if _overlaps(scale.band_bounds(i), low, high)]
         else:
             scale = None
-            keep = [i for i, level in enumerate(levels) if _allowed(level, mine)]
+            keep = [
+                i
+                for i, level in enumerate(levels)
+                if _allowed(level, mine) and not (kind == "hospital" and level in self.withdrawn)
+            ]
         return Dimension(column, kind, tuple(levels[i] for i in keep), tuple(keep), scale)
 
     def stat(self, stat: Stat) -> Stat:
@@ -330,7 +349,9 @@ class _Schema:
 
     def hospitals_kept(self, filters: tuple[Filter, ...]) -> tuple[str, ...]:
         mine = [f for f in filters if f.kind == "hospital"]
-        return tuple(h for h in self.federation.hospital_ids if _allowed(h, mine))
+        return tuple(
+            h for h in self.federation.hospital_ids if _allowed(h, mine) and h not in self.withdrawn
+        )
 
 
 def _allowed(level: str, filters: list[Filter]) -> bool:

@@ -143,10 +143,13 @@ class CohortResult:
     cached: bool
     epsilon_spent: float
     budget: Budget
+    #: Hospitals left out because they withdrew consent (``healthsync.privacy.consent``).
+    withdrawn: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The ``--json`` output."""
         return {
+            "withdrawn_hospitals": list(self.withdrawn),
             "federation": self.federation,
             "user": self.user,
             "query": self.query,
@@ -227,6 +230,13 @@ class CohortResult:
         """The statistics over the shown cells, as display text."""
         return ", ".join(f"{k} {_display(k, v)}" for k, v in self.release.total.items())
 
+    def describe_withdrawn(self, names: Mapping[str, str] | None = None) -> str:
+        """Which hospitals this answer leaves out because they withdrew (empty if none)."""
+        if not self.withdrawn:
+            return ""
+        shown = ", ".join((names or {}).get(h, h) for h in self.withdrawn)
+        return f"excludes {len(self.withdrawn)} withdrawn hospital(s): {shown}"
+
     def histogram_features(self) -> list[str]:
         return [s.partition(":")[2] for s in self.query["stats"] if s.startswith("histogram:")]
 
@@ -245,6 +255,8 @@ class CohortResult:
         source = (
             "cached answer, no budget spent" if self.cached else f"spent {self.epsilon_spent:g}"
         )
+        if self.withdrawn:
+            lines.append(self.describe_withdrawn())
         lines.append(f"\n{self.budget.describe()} ({source})")
         return "\n".join(lines)
 

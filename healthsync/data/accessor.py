@@ -40,6 +40,11 @@ if TYPE_CHECKING:
 CACHE_DIR = ".cache"  # in a hospital's folder: matrices derived from its own rows
 
 
+def hospital_folder(data_dir: str | Path, hospital_id: str) -> Path:
+    """A hospital's own folder (rows, cache, site gate and consent); the layout stated once."""
+    return Path(data_dir) / HOSPITALS_DIR / hospital_id
+
+
 def partition_path(data_dir: str | Path, hospital_id: str) -> Path:
     """Where a hospital's rows live; writers use it too, so the layout is stated once."""
     return Path(data_dir) / HOSPITALS_DIR / hospital_id / PARTITION_NAME

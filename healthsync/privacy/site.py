@@ -10,8 +10,11 @@ ledger kept in the hospital's own folder (``hospitals/<id>/site/``):
 - ``ledger.sqlite``: every value this hospital ever released (keyed by what
   it measures, never by how a query was spelled) and every charge, per user.
 
-Nothing outside this module writes either file, and no caller can loosen
-them: the metrics store, the credentials home and the CLI's flags are not
+Nothing outside this module writes either file. The policy changes only
+through :func:`change_policy` (``healthsync hospitals policy``): a steward can
+only tighten it, an admin can loosen it only with a forced, recorded reason,
+and every change is appended to ``site/policy-history.jsonl``. No caller can
+loosen it at query time: the metrics store, the credentials home and the CLI's flags are not
 read here. A request that would take a user past their budget is refused
 before any noise is drawn.
 
@@ -164,6 +167,136 @@ def read_policy(cls: type[_P], path: Path, kind: str) -> _P:
     if not isinstance(data, dict) or set(data) - known:
         raise HealthSyncError(f"{path}: expected only the keys {', '.join(sorted(known))}")
     return cls(**data)
+
+
+#: ``healthsync hospitals policy`` flags -> the policy fields they set, and which way is tighter.
+POLICY_SETTINGS: dict[str, tuple[str, int]] = {
+    "min_cell": ("threshold", +1),  # larger is tighter
+    "epsilon_per_query": ("epsilon_per_query", -1),  # smaller is tighter
+    "epsilon_total": ("budget", -1),  # each analyst's total on this hospital; smaller is tighter
+}
+POLICY_HISTORY_NAME = "policy-history.jsonl"
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """What one ``change_policy`` call did, as recorded in ``site/policy-history.jsonl``."""
+
+    by: str
+    role: str
+    at: str
+    before: dict[str, float]
+    after: dict[str, float]
+    loosened: list[str]
+    reason: str
+
+
+def change_policy(
+    folder: Path,
+    *,
+    by: str,
+    role: str,
+    settings: Mapping[str, float | int | None],
+    force: bool = False,
+    reason: str = "",
+) -> PolicyChange:
+    """Set some of a hospital's policy settings, tighten-only unless an admin forces it.
+
+    Parameters
+    ----------
+    folder : the hospital's own folder (``hospitals/<id>``).
+    by, role : who changes it (already authenticated and allowed for this hospital).
+    settings : ``min_cell``, ``epsilon_per_query``, ``epsilon_total`` (``None``: unchanged).
+    force, reason : an admin may loosen a setting only with ``force`` and a ``reason``;
+        a steward never may (they tighten, or ask an admin, whose loosening is recorded).
+
+    Every change, refused ones excepted, is appended to ``site/policy-history.jsonl``
+    with who, when, the settings before and after, what was loosened and why.
+    """
+    site_dir = Path(folder) / SITE_DIR
+    wanted = {k: v for k, v in settings.items() if v is not None}
+    unknown = set(wanted) - set(POLICY_SETTINGS)
+    if unknown:
+        raise HealthSyncError(f"unknown policy setting(s): {', '.join(sorted(unknown))}")
+    if not wanted:
+        raise HealthSyncError(
+            "nothing to change: give --min-cell, --epsilon-per-query or --epsilon-total"
+        )
+    reason = " ".join(reason.split())
+    with _policy_lock(site_dir):
+        current = SitePolicy.read(site_dir / POLICY_NAME)
+        data = _policy_fields(current)
+        updated = dict(data)
+        for name, value in wanted.items():
+            updated[POLICY_SETTINGS[name][0]] = value
+        SitePolicy(**updated)  # refuses values out of bounds (min cell below 11 ...), one line
+        loosened = [
+            name
+            for name, value in wanted.items()
+            if (value - data[POLICY_SETTINGS[name][0]]) * POLICY_SETTINGS[name][1] < 0
+        ]
+        if loosened and role != "admin":
+            raise HealthSyncError(
+                f"a {role} may only tighten this hospital's policy; loosening "
+                f"{', '.join(loosened)} needs an admin (with --force and --reason, recorded)"
+            )
+        if loosened and not (force and reason):
+            raise HealthSyncError(
+                f"loosening {', '.join(loosened)} is refused without --force and --reason: it "
+                "is recorded in the hospital's policy history for its steward to see"
+            )
+        text = yaml.safe_dump(
+            {k: v for k, v in updated.items() if k != "budgets" or v}, sort_keys=True
+        )
+        temporary = site_dir / f".{POLICY_NAME}.tmp"
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, site_dir / POLICY_NAME)
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        shown = {name: field for name, (field, _) in POLICY_SETTINGS.items()}
+        change = PolicyChange(
+            by,
+            role,
+            at,
+            {n: data[f] for n, f in shown.items()},
+            {n: updated[f] for n, f in shown.items()},
+            loosened,
+            reason,
+        )
+        line = json.dumps(change.__dict__) + "\n"
+        fd = os.open(site_dir / POLICY_HISTORY_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as handle:
+            handle.write(line)
+    return change
+
+
+def policy_history(folder: Path) -> list[dict[str, Any]]:
+    """Every recorded change of a hospital's policy, oldest first."""
+    path = Path(folder) / SITE_DIR / POLICY_HISTORY_NAME
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as err:
+        raise HealthSyncError(f"{path}: unreadable policy history ({err})") from None
+
+
+def _policy_fields(policy: SitePolicy) -> dict[str, Any]:
+    return {f.name: getattr(policy, f.name) for f in fields(policy)} | {
+        "budgets": dict(policy.budgets)
+    }
+
+
+@contextlib.contextmanager
+def _policy_lock(site_dir: Path) -> Iterator[None]:
+    import fcntl
+
+    site_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(site_dir / ".policy.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)

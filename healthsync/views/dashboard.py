@@ -16,6 +16,7 @@ from typing import Any
 
 import polars as pl
 
+from healthsync.auth import User
 from healthsync.data import Federation, load_federation
 from healthsync.data.labels import column_label
 from healthsync.errors import HealthSyncError
@@ -262,8 +263,13 @@ def comparison_view(table: pl.DataFrame, names: Mapping[str, str]) -> pl.DataFra
     )
 
 
-def metrics_csv(store: MetricsStore, run_ids: Sequence[str], table: str = "rounds") -> str:
+def metrics_csv(
+    store: MetricsStore, run_ids: Sequence[str], table: str = "rounds", viewer: User | None = None
+) -> str:
     """The runs' global rounds (``rounds``) or per-hospital rounds (``hospital_rounds``) as CSV.
+
+    For a steward (``viewer``), per-hospital rows are only their own hospital's
+    (``views.tenancy.own_hospital_only``).
 
     Per-hospital figures as released (``privacy.training``): withheld ones are empty.
     Per-hospital rows carry ``hospital_name`` from each run's manifest (the id
@@ -279,11 +285,18 @@ def metrics_csv(store: MetricsStore, run_ids: Sequence[str], table: str = "round
     if not released:
         return frame.write_csv()
     frame = training.released_hospital_metrics(frame)
-    names = {
-        (run_id, hospital): name
-        for run_id, data_dir in store.frame(
+    data_dirs = dict(
+        store.frame(
             f"SELECT run_id, data_dir FROM runs WHERE run_id IN ({_in(run_ids)})", list(run_ids)
         ).iter_rows()
+    )
+    if viewer is not None:
+        from healthsync.views.tenancy import runs_own_hospital_only
+
+        frame = runs_own_hospital_only(frame, viewer, data_dirs)
+    names = {
+        (run_id, hospital): name
+        for run_id, data_dir in data_dirs.items()
         for hospital, name in hospital_names(data_dir).items()
     }
     named = pl.Series(

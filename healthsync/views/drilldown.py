@@ -23,7 +23,13 @@ from healthsync.runs.store import MetricsStore
 LOCAL_ONLY = "local only"
 POOLED = "pooled (reference)"
 #: Events about one hospital that the drill-down lists (faults, drop-outs, drills).
-HOSPITAL_EVENTS = ("hospital_failed", "hospital_dropped", "adversary")
+HOSPITAL_EVENTS = (
+    "hospital_failed",
+    "hospital_dropped",
+    "hospital_withdrawn",
+    "hospital_rejoined",
+    "adversary",
+)
 
 
 @dataclass(frozen=True)
