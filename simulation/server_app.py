@@ -28,6 +28,7 @@ from healthsync.ml import attacks
 from healthsync.ml.features import Encoder, Scaler, ScalingStats
 from healthsync.ml.metrics import BinaryMetrics, aggregate, weighted_mean
 from healthsync.ml.model import SavedModel, get_arrays, initial_model
+from healthsync.privacy import training
 from healthsync.runs import lifecycle, runlog
 from healthsync.runs.store import MetricsStore
 from simulation import safeguards
@@ -325,7 +326,9 @@ class FederatedRun:
                 {
                     "hospital": self.hospital_of[index + 1],
                     "round": rnd,
-                    "n": result.n,
+                    "n": training.shown_test_size(
+                        self.federation, self.hospital_of[index + 1], self.target, result.n
+                    ),
                     "loss": result.loss,
                     "auc": result.auc,
                     "accuracy": result.accuracy,

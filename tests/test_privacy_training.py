@@ -323,3 +323,26 @@ def test_the_comparison_table_is_stored_and_read_as_released(tmp_path, monkeypat
     old = dashboard.latest_comparison(env.store, "run-a")
     assert old.filter(pl.col("hospital") != "overall")["auc"].is_null().all()
     assert old.filter(pl.col("hospital") == "overall")["auc"].to_list() == [0.7] * 4
+
+
+def test_incident_outcome_rows_show_the_manifest_test_size_not_the_at_risk_count(tmp_path):
+    """The at-risk count next to the manifest's split size is an exact count of prevalent cases."""
+    from healthsync.data import load_federation
+    from healthsync.data.synthetic import generate_federation
+    from healthsync.privacy import training
+    from healthsync.runs.baselines import _shown_sizes
+
+    generate_federation(tmp_path / "fed", hospitals=2, patients=80, seed=1)
+    federation = load_federation(tmp_path / "fed")
+    assert "diabetes_5y" in federation.incident
+    h0, h1 = federation.hospitals
+    assert training.shown_test_size(federation, h0.id, "diabetes_5y", 3) == h0.n_test
+    assert training.shown_test_size(federation, h0.id, "diabetes", 3) == 3  # prevalent: as scored
+    config = TrainConfig(data_dir=str(tmp_path / "fed"), target="diabetes_5y")
+    rows = [
+        {"method": "local only", "hospital": h0.id, "n": 5},
+        {"method": "local only", "hospital": h1.id, "n": 6},
+        {"method": "local only", "hospital": "overall", "n": 11},
+    ]
+    shown = {r["hospital"]: r["n"] for r in _shown_sizes(rows, config)}
+    assert shown == {h0.id: h0.n_test, h1.id: h1.n_test, "overall": h0.n_test + h1.n_test}

@@ -124,6 +124,21 @@ def merge_bins(bins: pl.DataFrame) -> pl.DataFrame:
 
 
 # ---------------------------------------------------------------- per-hospital metrics
+def shown_test_size(federation: Any, hospital_id: str, target: str, evaluated: int) -> int:
+    """The test size a stored hospital row shows: the manifest's split, for an incident outcome.
+
+    A run on an incident outcome (``diabetes_5y``) scores only the patients
+    free of the condition at baseline. Their exact count, next to the
+    manifest's test size, would give the exact number of the hospital's test
+    patients *with* the condition, unnoised. So rows show the whole test split
+    (already public in the manifest); the server weights its own figures by
+    the patients actually scored, and those counts never reach the store.
+    """
+    if target in getattr(federation, "incident", {}):
+        return federation.hospital(hospital_id).n_test
+    return evaluated
+
+
 def release_round(
     federation: Mapping[str, Any], hospitals: Sequence[Mapping[str, Any]]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -36,6 +36,7 @@ import polars as pl
 import torch
 
 from healthsync.config import TrainConfig
+from healthsync.data import load_federation
 from healthsync.errors import HealthSyncError
 from healthsync.ml.features import Scaler, ScalingStats
 from healthsync.ml.metrics import BinaryMetrics, aggregate, binary_metrics
@@ -263,6 +264,25 @@ def personalised_rows(
     return _rows(PERSONALISED, metrics, chosen=chosen, chosen_overall="each its own")
 
 
+def _shown_sizes(rows: list[dict], config: TrainConfig) -> list[dict]:
+    """Each row's ``n`` as it may be shown (``privacy.training.shown_test_size``)."""
+    federation = load_federation(config.data_dir)
+    out = [
+        r
+        if r["hospital"] == "overall"
+        else {**r, "n": training.shown_test_size(federation, r["hospital"], config.target, r["n"])}
+        for r in rows
+    ]
+    totals: dict[str, int] = {}
+    for r in out:
+        if r["hospital"] != "overall":
+            totals[r["method"]] = totals.get(r["method"], 0) + int(r["n"] or 0)
+    return [
+        {**r, "n": totals.get(r["method"], r["n"])} if r["hospital"] == "overall" else r
+        for r in out
+    ]
+
+
 def compare_table(config: TrainConfig, run_id: str, *, progress: bool = False) -> pl.DataFrame:
     """The comparison table, also stored in the metrics store for the Runs page."""
     store = MetricsStore(config.db)
@@ -270,7 +290,10 @@ def compare_table(config: TrainConfig, run_id: str, *, progress: bool = False) -
     say = (lambda step: print(f"baseline: {step}", flush=True)) if progress else None
     baselines, counts = baseline_rows(run_config, progress=say)
     personalised = personalised_rows(run_config, store, run_id, progress=say)
-    rows = released_rows(baselines + federated_rows(store, run_id) + personalised, counts)
+    rows = released_rows(
+        _shown_sizes(baselines + federated_rows(store, run_id) + personalised, run_config),
+        counts,
+    )
     table = pl.DataFrame(rows).select(COLUMNS)
     comparison_id = f"cmp-{secrets.token_hex(4)}"
     store.executemany(
