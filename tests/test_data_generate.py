@@ -13,6 +13,7 @@ from healthsync.cli import main
 from healthsync.data import Federation, load_federation, open_hospital
 from healthsync.data import output as output_module
 from healthsync.data.synthetic import generate_federation, hospital_sizes
+from healthsync.ml.metrics import auc_score
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -154,9 +155,7 @@ def _logistic_auc(x_train, y_train, x_test, y_test) -> float:
         p = 1 / (1 + np.exp(-z @ w))
         hessian = (z * (p * (1 - p))[:, None]).T @ z + 1e-3 * np.eye(len(w))
         w -= np.linalg.solve(hessian, z.T @ (p - y_train) + 1e-3 * w)
-    ranks = np.argsort(np.argsort(scaled(x_test) @ w)) + 1
-    n_pos = y_test.sum()
-    return (ranks[y_test == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y_test) - n_pos))
+    return auc_score(y_test, scaled(x_test) @ w)
 
 
 def test_both_outcomes_are_learnable(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.stats import rankdata
 
 SCORE_BINS = 20
 
@@ -28,20 +29,36 @@ class BinaryMetrics:
 
 
 def auc_score(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC by the rank-sum formula (ties averaged); NaN if only one class is present."""
-    y = np.asarray(y).astype(bool)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(p.size, dtype=np.float64)
-    sorted_p = np.asarray(p)[order]
-    # average ranks over ties
-    _, first, counts = np.unique(sorted_p, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    """ROC AUC of scores ``p`` for labels ``y``; NaN if only one class is present."""
+    y = np.asarray(y)
+    return float(auc_by_group(np.zeros(y.size, dtype=np.int64), y, p, groups=1)[0])
+
+
+def auc_by_group(group: np.ndarray, y: np.ndarray, p: np.ndarray, *, groups: int) -> np.ndarray:
+    """ROC AUC of each group's rows (group ``g`` = rows with ``group == g``), all at once.
+
+    The one AUC of HealthSync: the rank-sum (Mann-Whitney) formula, tied
+    scores sharing the mean of their ranks, so a hospital's AUC is the same
+    whether it is scored alone or inside a block. NaN for a group without
+    both classes. Ranks come from one row-wise sort of the groups laid out one
+    per line: many short sorts, several times faster than one sort of every
+    row by group and score.
+    """
+    group = np.asarray(group, dtype=np.int64)
+    positive = np.asarray(y).astype(bool)
+    sizes = np.bincount(group, minlength=groups)
+    order = np.argsort(group, kind="stable")  # rows need not come grouped
+    position = np.empty(group.size, dtype=np.int64)
+    position[order] = np.arange(group.size) - (np.cumsum(sizes) - sizes)[group[order]]
+    grid = np.full((groups, max(int(sizes.max(initial=0)), 1)), np.inf)  # +inf pads, sorts last
+    grid[group, position] = np.asarray(p, dtype=np.float64)
+    ranks = rankdata(grid, axis=1)[group, position]
+    positives = np.bincount(group, weights=positive.astype(np.float64), minlength=groups)
+    negatives = sizes - positives
+    rank_sums = np.bincount(group, weights=ranks * positive, minlength=groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (rank_sums - positives * (positives + 1) / 2) / (positives * negatives)
+    return np.where((positives > 0) & (negatives > 0), auc, np.nan)
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray) -> BinaryMetrics:
