@@ -79,6 +79,36 @@ LIMITS: dict[str, tuple[float, float]] = {
 }
 
 
+def auto_block_size(hospitals: int, cpus: int | None = None, *, max_blocks: int = 0) -> int:
+    """How many hospitals one block holds when nothing is set: the one rule for training and cohorts.
+
+    Small federations keep one block per hospital (what a demo audience
+    expects to see: one Flower client each). Large ones get about one block
+    per CPU (at most ``MAX_AUTO_BLOCK`` hospitals a block), so each Ray actor
+    handles its share in one vectorised call; the number of blocks is then
+    evened out to a multiple of the CPUs, since with block ``p`` on actor
+    ``p % cpus`` 5 blocks on 2 actors leave one idle for a block's time while
+    6 slightly smaller ones keep both busy. ``max_blocks`` (0: no limit) caps
+    the blocks for a simulation with a fixed number of nodes (the warm engine).
+    """
+    if hospitals <= 0:
+        return 1
+    cpus = max(cpus or os.cpu_count() or 1, 1)
+    block = 1
+    if hospitals > AUTO_BLOCK_THRESHOLD:
+        block = min(math.ceil(hospitals / cpus), MAX_AUTO_BLOCK)
+        blocks = math.ceil(math.ceil(hospitals / block) / cpus) * cpus
+        block = math.ceil(hospitals / blocks)
+    if max_blocks and math.ceil(hospitals / block) > max_blocks:
+        block = math.ceil(hospitals / max_blocks)
+    return block
+
+
+def block_hospitals(block: int, block_size: int, hospitals: int) -> range:
+    """Indices (in the federation's list) of the hospitals in block number ``block``."""
+    return range(block * block_size, min((block + 1) * block_size, hospitals))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of one federated training run.
@@ -339,18 +369,14 @@ class TrainConfig:
         )
 
     def block_size_for(self, hospitals: int, cpus: int | None = None) -> int:
-        """The block size used for ``hospitals``: the setting, or an automatic choice.
+        """The block size used for ``hospitals``: the setting, or :func:`auto_block_size`.
 
-        Small federations keep one Flower client per hospital (what a demo
-        audience expects to see); large ones get one block per CPU, so each Ray
-        actor trains its share of hospitals in a single vectorised call.
+        Secure aggregation masks one update per Flower client, so it keeps one
+        hospital per block.
         """
         if self.block_size or self.secagg:
             return min(self.block_size or 1, hospitals)
-        if hospitals <= AUTO_BLOCK_THRESHOLD:
-            return 1
-        cpus = cpus or os.cpu_count() or 1
-        return min(-(-hospitals // cpus), MAX_AUTO_BLOCK)
+        return auto_block_size(hospitals, cpus)
 
     # ------------------------------------------------------------ conversions
     def replace(self, **changes: Any) -> TrainConfig:

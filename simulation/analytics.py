@@ -13,8 +13,10 @@ only the guarded answer goes back over the local channel
 seconds without a query.
 
 Stock Flower costs several milliseconds per message, so past
-``MAX_NODES`` hospitals one node answers for a block of hospitals, each
-hospital still read through its own accessor and answered separately.
+``AUTO_BLOCK_THRESHOLD`` hospitals one node answers for a block of hospitals
+(laid out by the same rule as a training run's,
+:func:`healthsync.config.auto_block_size`), each hospital still read through
+its own accessor and answered separately.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from healthsync.cohort.plan import QueryPlan, plan_query
 from healthsync.cohort.policy import CohortPolicy
 from healthsync.cohort.query import CohortQuery
 from healthsync.cohort.service import IDLE_SECONDS, federation_id, serve
+from healthsync.config import AUTO_BLOCK_THRESHOLD, auto_block_size
 from healthsync.data import Federation, load_federation
 from healthsync.errors import HealthSyncError
 from healthsync.privacy.consent import withdrawn_hospitals
@@ -45,15 +48,9 @@ from healthsync.privacy.site import PUBLIC, SiteRefusal
 from simulation.analytics_client import ACCOUNTING_PREFIX, RECORD_PREFIX, REFUSAL_PREFIX
 
 log = logging.getLogger("healthsync.analytics")
-MAX_NODES = 100
 NODE_WAIT_SECONDS = 120.0
 QUERY_TIMEOUT_SECONDS = 120.0
 MESSAGE_TYPE = "query.cohort"
-
-
-def default_block_size(hospitals: int, max_nodes: int = MAX_NODES) -> int:
-    """One hospital per node up to ``max_nodes`` hospitals, then even blocks."""
-    return max(1, math.ceil(hospitals / max_nodes))
 
 
 class CohortServer:
@@ -161,7 +158,7 @@ def run(data_dir: Path, state_path: Path, *, idle_timeout: float, block_size: in
     from simulation.launch import simulate
 
     hospitals = len(load_federation(data_dir).hospitals)
-    block_size = block_size or default_block_size(hospitals)
+    block_size = block_size or auto_block_size(hospitals)
     server_app = make_server_app(
         data_dir, state_path, idle_timeout=idle_timeout, block_size=block_size
     )
@@ -176,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd.add_argument("--state", required=True, type=Path, help="state file to announce the port")
     cmd.add_argument("--idle-timeout", type=float, default=IDLE_SECONDS, help="seconds")
     cmd.add_argument(
-        "--block-size", type=int, default=None, help=f"default: blocks past {MAX_NODES}"
+        "--block-size",
+        type=int,
+        default=None,
+        help=f"default: as a training run's (one per hospital up to {AUTO_BLOCK_THRESHOLD})",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")

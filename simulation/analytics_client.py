@@ -25,6 +25,7 @@ from healthsync.cohort.facts import publish_reply
 from healthsync.cohort.local import hospital_release, to_record
 from healthsync.cohort.plan import QueryPlan, plan_query
 from healthsync.cohort.query import CohortQuery
+from healthsync.config import block_hospitals
 from healthsync.data import Federation, HospitalAccessor, load_federation, open_hospital
 from healthsync.privacy.consent import site_dir_of, withdrawal
 from healthsync.privacy.site import PUBLIC
@@ -52,18 +53,13 @@ def _plan(data_dir: str, query_json: str, max_cells: int) -> QueryPlan:
     return plan_query(_federation(data_dir), query, max_cells=max_cells)
 
 
-def block(partition_id: int, block_size: int, hospitals: int) -> range:
-    """Indices of the hospitals that node ``partition_id`` answers for."""
-    return range(partition_id * block_size, min((partition_id + 1) * block_size, hospitals))
-
-
 def answer_cohort(msg: Message, context: Context) -> Message:
     """This node's hospitals' noisy aggregates (or refusals) for the query in the config."""
     config = msg.content["config"]
     data_dir = str(config["data-dir"])
     federation = _federation(data_dir)
     plan = _plan(data_dir, str(config["query"]), int(config["max-cells"]))
-    mine = block(
+    mine = block_hospitals(
         int(context.node_config["partition-id"]),
         int(config["block-size"]),
         len(federation.hospitals),

@@ -41,6 +41,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_clip_model_update
 
+from healthsync.config import block_hospitals
 from healthsync.data import Federation, load_federation
 from healthsync.ml import attacks
 from healthsync.ml.blocks import evaluate_block, train_block
@@ -130,9 +131,11 @@ def _requested(msg: Message, context: Context) -> tuple[list[int], Config]:
     # look-up of an absent key costs a caught KeyError each time.
     config = dict(msg.content["config"])
     _keep_only(str(config["data-dir"]))
-    block = int(config.get("block-size", 1))
-    first = int(context.node_config["partition-id"]) * block
-    mine = range(first, min(first + block, len(_federation(str(config["data-dir"])).hospitals)))
+    mine = block_hospitals(
+        int(context.node_config["partition-id"]),
+        int(config.get("block-size", 1)),
+        len(_federation(str(config["data-dir"])).hospitals),
+    )
     wanted = [int(i) for i in config.get("hospitals", list(mine))]
     foreign = [i for i in wanted if i not in mine]
     if foreign:

@@ -76,27 +76,10 @@ def simulate(
         )
 
 
-def balanced_block_size(config: TrainConfig, hospitals: int, cpus: int | None = None) -> int:
-    """The configured block size, or the automatic one evened out over the CPUs.
-
-    With one actor per CPU and node ``p`` on actor ``p % cpus``, an automatic
-    size that leaves, say, 5 blocks for 2 actors makes one actor train 3 blocks
-    while the other idles for one; 6 slightly smaller blocks keep both busy.
-    An explicit ``block_size`` is kept as it is.
-    """
-    block = config.block_size_for(hospitals, cpus)
-    cpus = cpus or os.cpu_count() or 1
-    if config.block_size or block == 1:
-        return block
-    nodes = -(-hospitals // block)
-    nodes = -(-nodes // cpus) * cpus
-    return -(-hospitals // nodes)
-
-
 def layout(config: TrainConfig) -> tuple[TrainConfig, int]:
     """``config`` with its block size fixed, and how many Flower nodes the run needs."""
     hospitals = len(load_federation(config.data_dir).hospitals)
-    block = balanced_block_size(config, hospitals)
+    block = config.block_size_for(hospitals)
     return config.replace(block_size=block), -(-hospitals // block)
 
 

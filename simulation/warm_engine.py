@@ -27,14 +27,14 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from healthsync.cohort.service import federation_id
-from healthsync.config import TrainConfig
+from healthsync.config import TrainConfig, auto_block_size
 from healthsync.data import load_federation
 from healthsync.data.synthetic import generate_federation
 from healthsync.errors import HealthSyncError
 from healthsync.runs import runlog
 from healthsync.runs.engine import ENGINE_NODES, IDLE_SECONDS, EngineServer
 from healthsync.runs.store import MetricsStore
-from simulation.analytics import CohortServer, default_block_size
+from simulation.analytics import CohortServer
 from simulation.launch import layout, simulate
 from simulation.server_app import execute
 
@@ -78,7 +78,8 @@ class CohortQueries:
     The analytics service's own server (:class:`simulation.analytics.CohortServer`)
     asks the engine's grid instead of a simulation of its own: each hospital
     still answers through its own privacy gate, and its replies are guarded
-    the same way. Hospitals are spread in blocks over all the engine's nodes.
+    the same way. Hospitals are laid out in blocks as a training run's are
+    (:func:`healthsync.config.auto_block_size`, within the engine's nodes).
     One query at a time; a query asked during a run shares the nodes with it
     (each Ray actor queues its calls), and Flower's in-memory grid keeps
     messages apart by id, so neither sees the other's replies.
@@ -99,7 +100,7 @@ class CohortQueries:
             federation = load_federation(data_dir)
             server = self.server
             if server is None or federation_id(server.federation) != federation_id(federation):
-                block = default_block_size(len(federation.hospitals), self.nodes)
+                block = auto_block_size(len(federation.hospitals), max_blocks=self.nodes)
                 server = CohortServer(self.grid, federation, block)
                 server.wait_for_hospitals()
                 self.server = server

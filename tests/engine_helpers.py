@@ -62,18 +62,19 @@ def stop_processes_naming(*marks: bytes) -> set[int]:
     import os
     import signal
     import time
-    from pathlib import Path
+
+    import psutil
 
     from healthsync.bench import proctree
 
     def ours() -> set[int]:
         found: set[int] = set()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        for process in psutil.process_iter(["cmdline"]):
+            if process.pid == os.getpid():
                 continue
-            with contextlib.suppress(OSError):
-                if any(mark in (entry / "cmdline").read_bytes() for mark in marks):
-                    found |= proctree.descendants(int(entry.name))
+            cmdline = "\0".join(process.info["cmdline"] or []).encode()
+            if any(mark in cmdline for mark in marks):
+                found |= proctree.descendants(process.pid)
         return proctree.alive(found)
 
     for sig in (signal.SIGTERM, signal.SIGKILL):

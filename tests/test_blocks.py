@@ -1,11 +1,18 @@
 """Block execution: many hospitals in one vectorised call give each hospital's own update."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 
-from healthsync.config import TrainConfig
+from healthsync.config import (
+    AUTO_BLOCK_THRESHOLD,
+    MAX_AUTO_BLOCK,
+    TrainConfig,
+    auto_block_size,
+    block_hospitals,
+)
 from healthsync.data.synthetic import generate_federation
 from healthsync.ml.blocks import evaluate_block, train_block
 from healthsync.ml.features import Scaler, ScalingStats
@@ -78,8 +85,35 @@ def test_automatic_block_size():
     config = TrainConfig()
     assert config.block_size_for(10, cpus=2) == 1  # small federations: one client per hospital
     assert config.block_size_for(1000, cpus=2) == 500
-    assert config.block_size_for(100_000, cpus=2) == 2048
+    assert config.block_size_for(100_000, cpus=2) == 2000  # at most 2,048; 50 blocks on 2 CPUs
     assert TrainConfig(block_size=64).block_size_for(10) == 10
+
+
+@pytest.mark.parametrize("hospitals", [1, 10, 32, 33, 101, 1000, 10_000, 100_000])
+@pytest.mark.parametrize("cpus", [1, 2, 3, 8])
+def test_one_block_rule_covers_every_hospital_once_and_keeps_every_cpu_busy(hospitals, cpus):
+    block = auto_block_size(hospitals, cpus)
+    blocks = math.ceil(hospitals / block)
+    members = [i for b in range(blocks) for i in block_hospitals(b, block, hospitals)]
+    assert members == list(range(hospitals))
+    if hospitals <= AUTO_BLOCK_THRESHOLD:
+        assert block == 1
+    else:  # no CPU idles while another works through an extra block
+        assert blocks % cpus == 0 or blocks < cpus
+    assert block <= MAX_AUTO_BLOCK
+    assert math.ceil(hospitals / auto_block_size(hospitals, cpus, max_blocks=7)) <= 7
+
+
+def test_training_runs_and_cohort_queries_lay_out_hospitals_by_the_same_rule(tmp_path, monkeypatch):
+    """A run and the cohort service over one federation ask for the same Flower nodes."""
+    from simulation import analytics, launch
+
+    fed = generate_federation(tmp_path / "fed", hospitals=AUTO_BLOCK_THRESHOLD + 9, patients=20)
+    asked = []
+    monkeypatch.setattr(launch, "simulate", lambda _app, nodes: asked.append(nodes))
+    analytics.run(fed.data_dir, tmp_path / "state.json", idle_timeout=1, block_size=None)
+    config, run_nodes = launch.layout(TrainConfig(data_dir=str(fed.data_dir)))
+    assert asked == [run_nodes] and config.block_size > 1  # blocks, not one node per hospital
 
 
 def test_block_replies_codec_is_byte_identical_to_flowers():

@@ -14,6 +14,7 @@ from healthsync.data import Federation, load_federation, open_hospital, populati
 from healthsync.data import output as output_module
 from healthsync.data.synthetic import generate_federation, hospital_sizes
 from healthsync.errors import HealthSyncError
+from healthsync.ml.metrics import auc_score
 from healthsync.ml.training import hospital_arrays
 
 
@@ -161,9 +162,7 @@ def _logistic_auc(x_train, y_train, x_test, y_test) -> float:
         p = 1 / (1 + np.exp(-z @ w))
         hessian = (z * (p * (1 - p))[:, None]).T @ z + 1e-3 * np.eye(len(w))
         w -= np.linalg.solve(hessian, z.T @ (p - y_train) + 1e-3 * w)
-    ranks = np.argsort(np.argsort(scaled(x_test) @ w)) + 1
-    n_pos = y_test.sum()
-    return (ranks[y_test == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y_test) - n_pos))
+    return auc_score(y_test, scaled(x_test) @ w)
 
 
 def test_both_outcomes_are_learnable(tmp_path):
@@ -314,12 +313,6 @@ def test_incident_outcomes_count_only_patients_free_at_baseline(tmp_path):
     assert 0.05 <= new_cases <= 0.14  # about 9 % of patients free of diabetes within 5 years
 
 
-def _auc(y: np.ndarray, score: np.ndarray) -> float:
-    ranks = np.argsort(np.argsort(score)) + 1
-    n_pos = y.sum()
-    return (ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos))
-
-
 @pytest.mark.parametrize("heterogeneity", [0.0, 0.9])
 def test_best_achievable_auc_of_incident_outcomes_is_about_0_8(heterogeneity):
     # The generator's own true risk is the Bayes-optimal score: no model can rank better.
@@ -330,7 +323,7 @@ def test_best_achievable_auc_of_incident_outcomes_is_about_0_8(heterogeneity):
     columns = population.draw_patients(rng, sites, hospital, (np.random.default_rng(12), incidence))
     for outcome in population.INCIDENT:
         at_risk = ~np.isnan(columns[outcome])
-        auc = _auc(columns[outcome][at_risk].astype(int), columns[f"risk:{outcome}"][at_risk])
+        auc = auc_score(columns[outcome][at_risk].astype(int), columns[f"risk:{outcome}"][at_risk])
         assert 0.75 <= auc <= 0.85, (outcome, auc)
 
 

@@ -6,6 +6,7 @@ import pytest
 from healthsync.ml.metrics import (
     BinaryMetrics,
     aggregate,
+    auc_by_group,
     auc_score,
     binary_metrics,
     score_histogram,
@@ -21,6 +22,18 @@ def test_auc_matches_pairwise_definition():
         (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
     ) / (len(pos) * len(neg))
     assert auc_score(y, p) == pytest.approx(pairwise)
+
+
+def test_auc_by_group_is_each_groups_own_auc_whatever_the_row_order():
+    rng = np.random.default_rng(1)
+    group = rng.integers(0, 5, 300)  # interleaved; group 4 left with one class below
+    y = rng.integers(0, 2, 300)
+    y[group == 4] = 1
+    p = np.round(rng.random(300), 1)  # many ties
+    together = auc_by_group(group, y, p, groups=6)  # group 5 has no rows
+    for g in range(4):
+        assert together[g] == pytest.approx(auc_score(y[group == g], p[group == g]))
+    assert np.isnan(together[4]) and np.isnan(together[5])
 
 
 def test_single_class_auc_is_nan_and_skipped_when_aggregating():

@@ -75,14 +75,14 @@ import bcrypt
 import jwt
 
 from healthsync.auth.users import (
+    LOCK_NAME,
     SESSION_SECONDS,
     Account,
     User,
     UserStore,
-    file_lock,
     unusable_hash,
-    write_private,
 )
+from healthsync.background.processes import file_lock, write_private
 
 LOGINS_NAME = "logins.json"
 MAX_FAILURES = 5
@@ -188,7 +188,7 @@ class Sessions:
 
     @contextmanager
     def _editing(self) -> Iterator[dict[str, dict[str, Any]]]:
-        with file_lock(self.users.home):
+        with file_lock(self.users.home / LOCK_NAME):
             state = self._state()
             yield state
             self._forget_old(state, self.clock())

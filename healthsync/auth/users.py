@@ -11,7 +11,6 @@ use with one ``admin`` whose generated password is returned once to be shown.
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import os
 import re
@@ -26,6 +25,7 @@ from typing import Any
 import bcrypt
 import yaml
 
+from healthsync.background.processes import file_lock, write_private
 from healthsync.errors import HealthSyncError
 
 ROLES: tuple[str, ...] = ("admin", "analyst", "viewer", "steward")
@@ -41,6 +41,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 CHECKOUT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_HOME = ".healthsync"
 CREDENTIALS_NAME = "credentials.yaml"
+LOCK_NAME = ".lock"  # held while the files in the home are read, changed and written back
 #: How long a login lasts, counted on the server from the form login whatever its cookie
 #: says (``healthsync.auth.sessions``); the cookie is made to expire with it.
 SESSION_SECONDS = 12 * 3600.0
@@ -132,27 +133,6 @@ def unusable_hash(rounds: int) -> str:
     return bcrypt.hashpw(secrets.token_urlsafe(32).encode(), bcrypt.gensalt(rounds)).decode()
 
 
-@contextmanager
-def file_lock(home: Path) -> Iterator[None]:
-    """Serialise read-modify-write of the files in ``home`` across threads and processes."""
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(home / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def write_private(path: Path, text: str) -> None:
-    """Atomically replace ``path`` with ``text``, readable by the owner only."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 class UserStore:
     """The credentials file: users, roles, bcrypt hashes and the cookie signing key.
 
@@ -180,7 +160,7 @@ class UserStore:
         """Create the file on first use; return the generated admin password only then."""
         if self.path.exists():
             return None
-        with file_lock(self.home):
+        with file_lock(self.home / LOCK_NAME):
             if self.path.exists():
                 return None
             password = generate_password()
@@ -211,7 +191,7 @@ class UserStore:
 
     @contextmanager
     def _editing(self) -> Iterator[dict[str, Any]]:
-        with file_lock(self.home):
+        with file_lock(self.home / LOCK_NAME):
             data = self._read()
             yield data
             self._write(data)

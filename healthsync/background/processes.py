@@ -8,7 +8,6 @@ restarted web server does not stop them; their output goes to a log file.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -16,6 +15,10 @@ import subprocess
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+import filelock
+import psutil
 
 
 def spawn_detached(cmd: Sequence[str], log_path: Path) -> subprocess.Popen:
@@ -39,23 +42,25 @@ def spawn_detached(cmd: Sequence[str], log_path: Path) -> subprocess.Popen:
 
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` is a live process (a zombie, exited but not reaped, counts as gone)."""
+    if pid <= 0:  # a missing pid in a state file reads as 0
+        return False
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except (OSError, IndexError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # gone, or not ours to look at
         return False
 
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created, owner-only): one starter at a time."""
+    """Hold an exclusive lock on ``path`` (created, owner-only), across threads and processes.
+
+    For read-modify-write of shared files and for "one starter at a time". The
+    lock file stays in place: deleting it on release would let a second
+    process lock a new file while a third still holds the old one.
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with filelock.FileLock(path, mode=0o600, preserve_lock_file=True):
         yield
-    finally:
-        os.close(fd)
 
 
 def last_line(path: Path) -> str:
@@ -67,13 +72,17 @@ def last_line(path: Path) -> str:
     return lines[-1].strip()[:300] if lines else "no output"
 
 
-def write_private(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON readable by its owner only, atomically (a reader sees old or new)."""
+def write_private(path: Path, data: dict[str, Any] | str) -> None:
+    """Write ``data`` (text, or an object as JSON) readable by its owner only, atomically.
+
+    A reader sees the old file or the new one, never half of it.
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    text = data if isinstance(data, str) else json.dumps(data)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
+        handle.write(text)
     os.replace(tmp, path)
 
 

@@ -1,4 +1,4 @@
-"""Memory of a process and all its descendants, read from /proc (Linux).
+"""Memory of a process and all its descendants (through psutil).
 
 A simulation's memory lives in many processes (the driver, Ray's GCS and
 raylet, one worker per actor), all descended from the process that started
@@ -8,51 +8,30 @@ Ray; their summed resident set size is the memory the run really costs.
 from __future__ import annotations
 
 import contextlib
-import os
-from pathlib import Path
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
+import psutil
 
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
+from healthsync.background.processes import process_alive
 
 
 def descendants(pid: int) -> set[int]:
     """``pid`` and every process descended from it now."""
-    tree = _children()
-    found, todo = set(), [pid]
-    while todo:
-        current = todo.pop()
-        found.add(current)
-        todo.extend(tree.get(current, []))
-    return found
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:  # it has exited: no descendants to find through it
+        children = []
+    return {pid, *(child.pid for child in children)}
 
 
 def rss_bytes(pids: set[int]) -> int:
     """Summed resident memory of ``pids`` (those that have exited count 0)."""
     total = 0
     for pid in pids:
-        with contextlib.suppress(OSError, IndexError, ValueError):  # it may have just exited
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+        with contextlib.suppress(psutil.Error):  # it may have just exited
+            total += psutil.Process(pid).memory_info().rss
     return total
 
 
 def alive(pids: set[int]) -> set[int]:
     """Those of ``pids`` still running (a zombie, already exited, is not)."""
-    running = set()
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError):
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                running.add(pid)
-    return running
+    return {pid for pid in pids if process_alive(pid)}

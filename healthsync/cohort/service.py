@@ -6,10 +6,10 @@ simulation.analytics serve`` as its own process; its ServerApp keeps the
 simulation running and waits for queries on a local channel, and exits
 after an idle timeout. Later queries, from the CLI or the app, reuse it.
 
-The channel is a ``multiprocessing.connection`` listener on 127.0.0.1,
-authenticated with a random key that the service writes, with its port, to a
-state file readable by its owner only (``<db folder>/cohort-service/``).
-Messages are JSON: a checked query and the release settings go in, a
+The channel is the background-service pattern of
+:mod:`healthsync.background.service` (an authenticated listener on 127.0.0.1
+announced in a state file readable by its owner only, in
+``<db folder>/cohort-service/``). Messages are JSON: a checked query and the release settings go in, a
 guarded :class:`~healthsync.cohort.result.Release` comes out. Both ends of
 the protocol live here, so the service (``simulation/``) only wires Flower.
 
@@ -25,26 +25,17 @@ import hashlib
 import json
 import os
 import queue
-import secrets
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, Listener
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from healthsync.background.processes import (
-    file_lock,
-    last_line,
-    process_alive,
-    read_json,
-    spawn_detached,
-    write_private,
-)
+from healthsync.background import service
+from healthsync.background.processes import file_lock, read_json
 from healthsync.cohort.plan import QueryPlan
 from healthsync.cohort.policy import CohortPolicy
 from healthsync.cohort.result import Budget, Release
@@ -58,6 +49,7 @@ IDLE_SECONDS = 900.0
 START_SECONDS = 300.0
 QUERY_SECONDS = 300.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+WHAT = "the analytics service"  # in errors about the channel
 Progress = Callable[[str], None]
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -103,9 +95,6 @@ class ServiceState:
         where = hashlib.sha256(str(federation.data_dir.resolve()).encode()).hexdigest()[:8]
         return state_dir / f"{federation_id(federation)}-{where}.json"
 
-    def write(self, path: Path) -> None:
-        write_private(path, asdict(self))
-
     @classmethod
     def read(cls, path: Path) -> ServiceState | None:
         data = read_json(path)
@@ -123,11 +112,8 @@ def serve(handle: Handler, state_path: Path, state: dict[str, Any], *, idle_time
     file is what tells clients it is ready. ``state`` gives ``data_dir`` and
     ``federation`` for the file.
     """
-    authkey = secrets.token_bytes(32)
-    listener = Listener(("127.0.0.1", 0), authkey=authkey)
     pending: queue.Queue[Connection] = queue.Queue()
-    threading.Thread(target=_accept_forever, args=(listener, pending), daemon=True).start()
-    ServiceState(listener.address[1], authkey.hex(), os.getpid(), **state).write(state_path)
+    channel = service.ServiceListener(state_path, pending.put, **state)
     try:
         while True:
             try:
@@ -138,30 +124,16 @@ def serve(handle: Handler, state_path: Path, state: dict[str, Any], *, idle_time
                 if not _answer(conn, handle):
                     return
     finally:
-        current = ServiceState.read(state_path)
-        if current is not None and current.pid == os.getpid():
-            state_path.unlink(missing_ok=True)
-        listener.close()
-
-
-def _accept_forever(listener: Listener, pending: queue.Queue[Connection]) -> None:
-    while True:
-        try:
-            pending.put(listener.accept())
-        except AuthenticationError:
-            continue  # a caller without the key; ignore it
-        except OSError:
-            return  # the listener was closed
+        channel.close()
 
 
 def _answer(conn: Connection, handle: Handler) -> bool:
     """Answer one request; ``False`` when it asked the service to stop."""
-    try:
-        request = json.loads(conn.recv_bytes(MAX_MESSAGE_BYTES))
-    except (EOFError, OSError, ValueError):
+    request = service.receive(conn, MAX_MESSAGE_BYTES)
+    if request is None:
         return True
-    if not isinstance(request, dict):
-        response: dict[str, Any] = {"ok": False, "error": "a request must be a JSON object"}
+    if isinstance(request, str):
+        response: dict[str, Any] = {"ok": False, "error": request}
     elif request.get("op") == "stop":
         response = {"ok": True}
     elif request.get("op") == "ping":
@@ -171,8 +143,7 @@ def _answer(conn: Connection, handle: Handler) -> bool:
             response = handle(request)
         except HealthSyncError as err:
             response = {"ok": False, "error": str(err)}
-    with contextlib.suppress(OSError):
-        conn.send_bytes(json.dumps(response).encode())
+    service.send(conn, response)
     return request.get("op") != "stop" if isinstance(request, dict) else True
 
 
@@ -187,7 +158,7 @@ class FlowerExecutor:
     idle_timeout : seconds a started service waits for queries before it exits.
     start_timeout : seconds to wait for a service to come up.
     block_size : hospitals answered together by one simulated client in a service this
-        executor starts (default: the service's choice, one each up to 100 hospitals).
+        executor starts (default: a training run's layout, ``healthsync.config.auto_block_size``).
     engine_db : the metrics store whose warm training engine (``healthsync.runs.engine``),
         if one runs, answers instead of a service; ``None`` always uses the service.
     """
@@ -265,46 +236,31 @@ class FlowerExecutor:
 
     def _exchange(self, federation: Federation, request: dict[str, Any]) -> dict[str, Any]:
         with self._connection(federation) as conn:
-            conn.send_bytes(json.dumps(request).encode())
-            if not conn.poll(QUERY_SECONDS):
-                raise HealthSyncError(
-                    f"the analytics service did not answer in {QUERY_SECONDS:.0f} s"
-                )
-            return json.loads(conn.recv_bytes(MAX_MESSAGE_BYTES))
+            return service.exchange(
+                conn, request, timeout=QUERY_SECONDS, max_bytes=MAX_MESSAGE_BYTES, what=WHAT
+            )
 
     def stop(self, federation: Federation) -> bool:
         """Ask a running service to exit; whether one was running."""
-        conn = self._connect(ServiceState.path(self.state_dir, federation))
+        conn = service.connect(ServiceState.path(self.state_dir, federation))
         if conn is None:
             return False
         with conn:
-            conn.send_bytes(json.dumps({"op": "stop"}).encode())
+            service.send(conn, {"op": "stop"})
             conn.poll(10)
         return True
 
     @contextlib.contextmanager
     def _connection(self, federation: Federation) -> Iterator[Connection]:
         path = ServiceState.path(self.state_dir, federation)
-        conn = self._connect(path)
+        conn = service.connect(path)
         if conn is None:
-            with file_lock(path.with_suffix(".lock")):
-                conn = self._connect(path) or self._start(federation, path)
+            with file_lock(service.lock_path(path)):
+                conn = service.connect(path) or self._start(federation, path)
         with conn:
             yield conn
 
-    def _connect(self, path: Path) -> Connection | None:
-        state = ServiceState.read(path)
-        if state is None:
-            return None
-        try:
-            return Client(("127.0.0.1", state.port), authkey=bytes.fromhex(state.authkey))
-        except (OSError, AuthenticationError, ValueError):
-            if not process_alive(state.pid):
-                path.unlink(missing_ok=True)  # left behind by a service that died
-            return None
-
     def _start(self, federation: Federation, path: Path) -> Connection:
-        log_path = path.with_suffix(".log")
         cmd = [
             sys.executable,
             "-m",
@@ -324,24 +280,19 @@ class FlowerExecutor:
             f"starting the analytics service (Flower on Ray) for the {n} hospitals of "
             f"{federation.data_dir.name}; the first query waits for it…"
         )
-        process = spawn_detached(cmd, log_path)
+        if not service.starting(path):  # one left starting by a caller that gave up is reused
+            service.spawn(path, cmd)
         started = time.monotonic()
         shown = 0
-        while (conn := self._connect(path)) is None:
-            elapsed = time.monotonic() - started
-            if process.poll() is not None:
-                raise HealthSyncError(
-                    f"the analytics service exited while starting: {last_line(log_path)}"
-                )
-            if elapsed > self.start_timeout:
-                process.terminate()
-                raise HealthSyncError(
-                    f"the analytics service did not start within {self.start_timeout:.0f} s "
-                    f"(see {log_path})"
-                )
+
+        def still(elapsed: float) -> None:
+            nonlocal shown
             if elapsed >= shown + 5:
                 shown = int(elapsed)
                 self.progress(f"still starting the analytics service… {shown} s")
-            time.sleep(0.2)
+
+        conn = service.wait_ready(
+            path, timeout=self.start_timeout, what=WHAT, progress=still, stop_if_late=True
+        )
         self.progress(f"analytics service ready after {time.monotonic() - started:.0f} s")
         return conn

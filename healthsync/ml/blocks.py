@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from healthsync.ml.metrics import SCORE_BINS, BinaryMetrics
+from healthsync.ml.metrics import SCORE_BINS, BinaryMetrics, auc_by_group
 from healthsync.ml.model import build_model, predict_proba, set_arrays
 from healthsync.ml.training import LocalData
 
@@ -236,7 +236,7 @@ def evaluate_block(
     """The global model's metrics and score histogram on each hospital's test rows.
 
     Computed for all hospitals' rows together (one forward pass; per-hospital
-    sums by ``bincount``; AUC from one sort by hospital, then score); each
+    sums by ``bincount``; AUC by ``metrics.auc_by_group``); each
     hospital's numbers equal ``metrics.binary_metrics`` and
     ``metrics.score_histogram`` on its own rows alone.
     """
@@ -252,17 +252,11 @@ def evaluate_block(
         return np.bincount(hospital, weights=values, minlength=count)
 
     nll = -(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))
-    positives = per_hospital(positive.astype(np.float64))
-    negatives = sizes - positives
     with np.errstate(invalid="ignore", divide="ignore"):
         loss = per_hospital(nll) / sizes
         accuracy = per_hospital(((clipped >= 0.5) == positive).astype(np.float64)) / sizes
         brier = per_hospital((clipped - y) ** 2) / sizes
-        auc = (
-            per_hospital(_ranks_within(hospital, clipped, sizes) * y)
-            - positives * (positives + 1) / 2
-        ) / (positives * negatives)
-    auc = np.where((positives > 0) & (negatives > 0), auc, np.nan)
+    auc = auc_by_group(hospital, positive, clipped, groups=count)
     bins = np.minimum((p * SCORE_BINS).astype(int), SCORE_BINS - 1) + SCORE_BINS * hospital
     cells = count * SCORE_BINS
     histogram = (
@@ -289,30 +283,3 @@ def evaluate_block(
         )
         for i in range(count)
     ]
-
-
-def _ranks_within(hospital: np.ndarray, scores: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Each row's rank (1 = lowest, ties averaged) among its own hospital's scores.
-
-    The scores are laid out one hospital per line (padded with +inf, which sorts
-    last) and sorted line by line: many short sorts, several times faster than
-    one sort of all rows by hospital and score.
-    """
-    position = np.arange(len(scores)) - (np.cumsum(sizes) - sizes)[hospital]
-    grid = np.full((len(sizes), max(int(sizes.max(initial=0)), 1)), np.inf)
-    grid[hospital, position] = scores
-    order = np.argsort(grid, axis=1)
-    ordered = np.take_along_axis(grid, order, axis=1)
-    place = np.broadcast_to(np.arange(1.0, grid.shape[1] + 1), grid.shape)  # 1-based
-    tied = ordered[:, 1:] == ordered[:, :-1]
-    tied &= np.isfinite(ordered[:, 1:])  # padding ties with padding; that does not matter
-    if tied.any():  # a run of equal scores on a line shares the mean of its places
-        starts_run = np.ones(grid.shape, dtype=bool)
-        starts_run[:, 1:] = ~tied
-        starts = np.flatnonzero(starts_run)
-        lengths = np.diff(np.r_[starts, grid.size])
-        mean_place = starts % grid.shape[1] + (lengths + 1) / 2
-        place = np.repeat(mean_place, lengths).reshape(grid.shape)
-    ranks = np.empty(grid.shape)
-    np.put_along_axis(ranks, order, place, axis=1)
-    return ranks[hospital, position]

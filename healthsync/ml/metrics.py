@@ -28,20 +28,59 @@ class BinaryMetrics:
 
 
 def auc_score(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC by the rank-sum formula (ties averaged); NaN if only one class is present."""
-    y = np.asarray(y).astype(bool)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(p.size, dtype=np.float64)
-    sorted_p = np.asarray(p)[order]
-    # average ranks over ties
-    _, first, counts = np.unique(sorted_p, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    """ROC AUC of scores ``p`` for labels ``y``; NaN if only one class is present."""
+    y = np.asarray(y)
+    return float(auc_by_group(np.zeros(y.size, dtype=np.int64), y, p, groups=1)[0])
+
+
+def auc_by_group(group: np.ndarray, y: np.ndarray, p: np.ndarray, *, groups: int) -> np.ndarray:
+    """ROC AUC of each group's rows (group ``g`` = rows with ``group == g``), all at once.
+
+    The one AUC of HealthSync: the rank-sum (Mann-Whitney) formula, tied
+    scores sharing the mean of their ranks, so a hospital's AUC is the same
+    whether it is scored alone or inside a block. NaN for a group without
+    both classes.
+    """
+    group = np.asarray(group, dtype=np.int64)
+    positive = np.asarray(y).astype(bool)
+    sizes = np.bincount(group, minlength=groups)
+    ranks = _ranks_by_group(group, np.asarray(p, dtype=np.float64), sizes)
+    positives = np.bincount(group, weights=positive.astype(np.float64), minlength=groups)
+    negatives = sizes - positives
+    rank_sums = np.bincount(group, weights=ranks * positive, minlength=groups)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (rank_sums - positives * (positives + 1) / 2) / (positives * negatives)
+    return np.where((positives > 0) & (negatives > 0), auc, np.nan)
+
+
+def _ranks_by_group(group: np.ndarray, scores: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Each row's rank (1 = lowest, ties averaged) among its own group's scores.
+
+    The scores are laid out one group per line (padded with +inf, which sorts
+    last) and sorted line by line: many short sorts, several times faster than
+    one sort of all rows by group and score, and about twice as fast as
+    ``scipy.stats.rankdata`` along the lines (measured, 1,000 x 100 scores).
+    """
+    order = np.argsort(group, kind="stable")  # rows need not come grouped
+    position = np.empty(group.size, dtype=np.int64)
+    position[order] = np.arange(group.size) - (np.cumsum(sizes) - sizes)[group[order]]
+    grid = np.full((len(sizes), max(int(sizes.max(initial=0)), 1)), np.inf)
+    grid[group, position] = scores
+    order = np.argsort(grid, axis=1)
+    ordered = np.take_along_axis(grid, order, axis=1)
+    place = np.broadcast_to(np.arange(1.0, grid.shape[1] + 1), grid.shape)  # 1-based
+    tied = ordered[:, 1:] == ordered[:, :-1]
+    tied &= np.isfinite(ordered[:, 1:])  # padding ties with padding; that does not matter
+    if tied.any():  # a run of equal scores on a line shares the mean of its places
+        starts_run = np.ones(grid.shape, dtype=bool)
+        starts_run[:, 1:] = ~tied
+        starts = np.flatnonzero(starts_run)
+        lengths = np.diff(np.r_[starts, grid.size])
+        mean_place = starts % grid.shape[1] + (lengths + 1) / 2
+        place = np.repeat(mean_place, lengths).reshape(grid.shape)
+    ranks = np.empty(grid.shape)
+    np.put_along_axis(ranks, order, place, axis=1)
+    return ranks[group, position]
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray) -> BinaryMetrics:

@@ -54,7 +54,7 @@ import numpy as np
 import yaml
 
 from healthsync.errors import HealthSyncError
-from healthsync.privacy.noise import fresh_generator, noisy_counts, noisy_sums
+from healthsync.privacy.noise import noisy_counts, noisy_sums
 from healthsync.privacy.release import MIN_CELL
 
 SITE_DIR = "site"
@@ -364,7 +364,7 @@ class Site:
         epsilon : the whole request's epsilon (default: this hospital's ``epsilon_per_query``);
             never more than the policy's.
         budget_cap : a cap the consortium puts on ``user``'s budget; never more than the policy's.
-        rng : noise source for tests; fresh OS entropy otherwise.
+        rng : a seeded noise source for tests; OpenDP's samplers otherwise.
 
         Raises
         ------
@@ -378,7 +378,6 @@ class Site:
         budget = self.policy.budget_for(user)
         if budget_cap is not None:
             budget = min(budget, budget_cap)
-        rng = rng or fresh_generator()
         with self._ledger(write=True) as con:
             known = _lookup(con, [k for m in measures for k in m.keys])
             new = [m for m in measures if any(k not in known for k in m.keys)]
@@ -498,7 +497,7 @@ def _draw(
     measure: Measure,
     known: dict[str, float],
     epsilon: float,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
     user: str,
     now: float,
 ) -> int:

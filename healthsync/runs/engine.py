@@ -15,36 +15,26 @@ than ``ENGINE_NODES`` blocks). The web app starts the engine (unless
 ``HEALTHSYNC_ENGINE=off``); ``healthsync engine start|status|stop`` manage it
 by hand.
 
-The channel is a ``multiprocessing.connection`` listener on 127.0.0.1,
-authenticated with a random key that the engine writes, with its port, to a
-state file only its owner can read (``<db folder>/engine/engine.json``). Both
-ends of the protocol live here; ``simulation/warm_engine.py`` only wires Flower.
+The channel is the background-service pattern of
+:mod:`healthsync.background.service` (an authenticated listener on 127.0.0.1
+announced in a state file only its owner can read,
+``<db folder>/engine/engine.json``). Both ends of the engine's protocol live
+here; ``simulation/warm_engine.py`` only wires Flower.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import queue
-import secrets
 import sys
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from healthsync.background.processes import (
-    file_lock,
-    last_line,
-    process_alive,
-    read_json,
-    spawn_detached,
-    write_private,
-)
+from healthsync.background import service
 from healthsync.config import AUTO_BLOCK_THRESHOLD, TrainConfig
 from healthsync.errors import HealthSyncError
 
@@ -55,6 +45,8 @@ IDLE_SECONDS = 900.0
 START_SECONDS = 180.0
 REPLY_SECONDS = 30.0
 ENV_SWITCH = "HEALTHSYNC_ENGINE"  # "off": the app never starts the engine
+REQUEST_BYTES = 1 << 20  # largest request the engine reads
+WHAT = "the training engine"  # in errors about the channel
 Progress = Callable[[float], None]
 Handler = Callable[[dict[str, Any]], dict[str, Any]]  # a request in, its JSON reply out
 
@@ -99,17 +91,12 @@ class EngineServer:
         self.last_query = 0.0  # time.monotonic() of the last cohort query's end
         self.lock = threading.Lock()
         self.runs: queue.Queue[tuple[str, TrainConfig] | None] = queue.Queue()
-        authkey = secrets.token_bytes(32)
-        self.listener = Listener(("127.0.0.1", 0), authkey=authkey)
-        threading.Thread(target=self._accept_forever, daemon=True).start()
-        write_private(
+        # A thread per request: a cohort query takes a while, and a status or run
+        # request meanwhile must still be answered at once.
+        self.channel = service.ServiceListener(
             state_file,
-            {
-                "port": self.listener.address[1],
-                "authkey": authkey.hex(),
-                "pid": os.getpid(),
-                "nodes": nodes,
-            },
+            lambda conn: threading.Thread(target=self._serve, args=(conn,), daemon=True).start(),
+            nodes=nodes,
         )
 
     def next_run(self, idle_timeout: float) -> tuple[str, TrainConfig] | None:
@@ -156,33 +143,18 @@ class EngineServer:
             self.runs_served += 1
 
     def close(self) -> None:
-        current = read_json(self.state_file)
-        if current is not None and current.get("pid") == os.getpid():
-            self.state_file.unlink(missing_ok=True)
-        self.listener.close()
-
-    def _accept_forever(self) -> None:
-        while True:
-            try:
-                conn = self.listener.accept()
-            except AuthenticationError:
-                continue  # a caller without the key; ignore it
-            except OSError:
-                return  # the listener was closed
-            # A thread per request: a cohort query takes a while, and a status or run
-            # request meanwhile must still be answered at once.
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self.channel.close()
 
     def _serve(self, conn: Connection) -> None:
-        with conn, contextlib.suppress(EOFError, OSError):
-            conn.send_bytes(json.dumps(self._answer(conn.recv_bytes(1 << 20))).encode())
+        with conn:
+            request = service.receive(conn, REQUEST_BYTES)
+            if request is not None:
+                service.send(conn, self._answer(request))
 
-    def _answer(self, raw: bytes) -> dict[str, Any]:
-        try:
-            request = json.loads(raw)
-            op = request["op"]
-        except (ValueError, TypeError, KeyError):
+    def _answer(self, request: dict[str, Any] | str) -> dict[str, Any]:
+        if isinstance(request, str) or "op" not in request:
             return {"ok": False, "error": "a request is a JSON object with an 'op'"}
+        op = request["op"]
         if op == "cohort":
             return self._query(request)
         with self.lock:
@@ -216,18 +188,15 @@ def request(
     message: dict[str, Any],
     *,
     timeout: float = REPLY_SECONDS,
-    max_bytes: int = 1 << 20,
+    max_bytes: int = REQUEST_BYTES,
 ) -> dict[str, Any] | None:
     """Send one request to the engine of ``db``; its reply, or ``None`` when none is running."""
-    conn = _connect(state_path(db))
+    conn = service.connect(state_path(db))
     if conn is None:
         return None
     with conn:
         try:
-            conn.send_bytes(json.dumps(message).encode())
-            if not conn.poll(timeout):
-                raise HealthSyncError(f"the training engine did not answer in {timeout:.0f} s")
-            return json.loads(conn.recv_bytes(max_bytes))
+            return service.exchange(conn, message, timeout=timeout, max_bytes=max_bytes, what=WHAT)
         except (EOFError, OSError):
             return None  # it was stopping
 
@@ -285,34 +254,18 @@ def start(
 ) -> int | None:
     """Start the engine in the background unless one is running or starting; the new pid."""
     path = state_path(db)
-    with file_lock(path.with_suffix(".lock")):
-        if _connect_ok(path) or _starting(path):
-            return None
-        cmd = serve_command(db, idle_timeout=idle_timeout, nodes=nodes)
-        process = spawn_detached(cmd, path.with_suffix(".log"))
-        write_private(path.with_suffix(".starting"), {"pid": process.pid})
-        return process.pid
+    cmd = serve_command(db, idle_timeout=idle_timeout, nodes=nodes)
+    return service.start_once(path, cmd)
 
 
 def wait_ready(
     db: str | Path, *, timeout: float = START_SECONDS, progress: Progress | None = None
 ) -> dict:
     """Block until the engine answers; its status. Raises if it exits or takes too long."""
-    path = state_path(db)
-    started = time.monotonic()
-    while (answer := status(db)) is None:
-        elapsed = time.monotonic() - started
-        if not _starting(path):
-            raise HealthSyncError(
-                f"the training engine exited while starting: {last_line(path.with_suffix('.log'))}"
-            )
-        if elapsed > timeout:
-            raise HealthSyncError(
-                f"the training engine did not start within {timeout:.0f} s (see {path.with_suffix('.log')})"
-            )
-        if progress:
-            progress(elapsed)
-        time.sleep(0.2)
+    service.wait_ready(state_path(db), timeout=timeout, what=WHAT, progress=progress).close()
+    answer = status(db)
+    if answer is None:
+        raise HealthSyncError("the training engine stopped as soon as it was ready")
     return answer
 
 
@@ -340,30 +293,4 @@ def launch_note(db: str | Path) -> str:
 
 def starting(db: str | Path) -> bool:
     """Whether an engine started by :func:`start` for ``db`` is alive: ready, or on its way."""
-    return _starting(state_path(db))
-
-
-def _starting(path: Path) -> bool:
-    """Whether an engine process started by :func:`start` is still starting up."""
-    marker = read_json(path.with_suffix(".starting"))
-    return bool(marker) and process_alive(int(marker.get("pid", 0)))
-
-
-def _connect_ok(path: Path) -> bool:
-    conn = _connect(path)
-    if conn is None:
-        return False
-    conn.close()
-    return True
-
-
-def _connect(path: Path) -> Connection | None:
-    state = read_json(path)
-    if state is None:
-        return None
-    try:
-        return Client(("127.0.0.1", int(state["port"])), authkey=bytes.fromhex(state["authkey"]))
-    except (OSError, AuthenticationError, ValueError, KeyError):
-        if not process_alive(int(state.get("pid", 0))):
-            path.unlink(missing_ok=True)  # left behind by an engine that died
-        return None
+    return service.starting(state_path(db))

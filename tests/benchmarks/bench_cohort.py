@@ -8,8 +8,8 @@ analyst: the first starts the warm analytics service (Flower simulation on
 Ray) and waits for it; the next ones are all different (no cache hits); the
 last repeats one (a cache hit). Prints seconds per query, end to end in the
 asking process (planning, ledger, audit, Flower round trip, guards).
-``--block-size`` sets hospitals per Flower node (default: one per hospital up
-to 100 hospitals). ``--engine`` starts the warm training engine first (as the
+``--block-size`` sets hospitals per Flower node (default: a training run's
+layout, one per hospital up to 32 hospitals). ``--engine`` starts the warm training engine first (as the
 app does) and times the same queries answered by its nodes instead: no service
 starts. A benchmark, not a test: numbers depend on machine and load.
 """

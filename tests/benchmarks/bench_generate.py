@@ -22,31 +22,15 @@ import threading
 import time
 from pathlib import Path
 
+from healthsync.bench.proctree import descendants, rss_bytes
+
 TARGET_SECONDS = 60.0
 TARGET_BYTES = 4 * 1024**3
 
 
 def tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and every descendant, read from /proc."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    page = os.sysconf("SC_PAGE_SIZE")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        rss[int(entry)] = int(fields[21]) * page
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += rss.get(pid, 0)
-        stack.extend(child for child, parent in parents.items() if parent == pid)
-    return total
+    """Resident bytes of ``root`` and every descendant."""
+    return rss_bytes(descendants(root))
 
 
 def main() -> int:
