@@ -48,7 +48,9 @@ def no_rows_here(monkeypatch):
 
 def cohort(world, capsys, *args: str) -> dict:
     argv = ["cohort", "--data", str(world.federation.data_dir), "--db", str(world.db)]
-    code = main([*argv, "--user", "alice", "--home", str(world.home), *args, "--json"])
+    code = main(
+        [*argv, "--user", "alice", "--home", str(world.home), *args, "--json", "--keep-warm"]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     return json.loads(out.out.strip().splitlines()[-1]) | {"stderr": out.err}

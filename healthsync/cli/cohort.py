@@ -81,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
+        "--keep-warm",
+        action="store_true",
+        help="leave the analytics service this query starts running for later queries "
+        "(it exits after 15 idle minutes); by default a one-off query stops what it started",
+    )
+    parser.add_argument(
         "--home", default=None, help="credentials directory (default: $HEALTHSYNC_HOME)"
     )
     parser.set_defaults(func=cmd_cohort)
@@ -100,6 +106,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         stats=args.stat,
         home=args.home,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
+        keep_warm=args.keep_warm,
     )
     if args.json:
         print(result.budget.describe(), file=sys.stderr)

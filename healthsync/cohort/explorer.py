@@ -61,6 +61,7 @@ def explore(
     home: str | Path | None = None,
     executor: Executor | None = None,
     progress: Progress | None = None,
+    keep_warm: bool = True,
 ) -> CohortResult:
     """Answer a cohort question under the privacy guards, for ``user``.
 
@@ -76,6 +77,8 @@ def explore(
     executor : where queries run; unless a test passes another, the warm training engine
         when one runs for ``db`` (no start-up), else the Flower analytics service.
     progress : told, line by line, while the analytics service starts.
+    keep_warm : leave an analytics service this call started running for the next query
+        (until its idle timeout); ``False`` stops it once answered (a one-off command).
 
     Raises
     ------
@@ -108,11 +111,16 @@ def explore(
         ledger.write_audit(store, AuditEntry(status="rejected", message=str(err), **entry))
         raise
     engine_db = None if store.path == ":memory:" else store.path  # its warm engine answers
+    own = executor is None
     executor = executor or FlowerExecutor(
         state_dir_for(store.path), progress=progress, engine_db=engine_db
     )
     try:
-        release, budget = executor.release(federation, plan, policy, user)
+        try:
+            release, budget = executor.release(federation, plan, policy, user)
+        finally:
+            if own and not keep_warm and executor.started:
+                executor.stop(federation)
     except SiteRefusal as err:
         ledger.write_audit(store, AuditEntry(status="refused", message=str(err), **entry))
         raise

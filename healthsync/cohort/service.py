@@ -105,6 +105,10 @@ class ServiceState:
 
 
 # ---------------------------------------------------------------- service side
+#: How often an idle service checks that its federation's folder still exists.
+DATA_CHECK_SECONDS = 5.0
+
+
 def serve(handle: Handler, state_path: Path, state: dict[str, Any], *, idle_timeout: float) -> None:
     """Answer requests one at a time until a ``stop`` request or ``idle_timeout`` seconds of quiet.
 
@@ -114,15 +118,21 @@ def serve(handle: Handler, state_path: Path, state: dict[str, Any], *, idle_time
     """
     pending: queue.Queue[Connection] = queue.Queue()
     channel = service.ServiceListener(state_path, pending.put, **state)
+    data_dir = Path(state["data_dir"])
+    quiet_since = time.monotonic()
     try:
         while True:
-            try:
-                conn = pending.get(timeout=idle_timeout)
-            except queue.Empty:
+            left = idle_timeout - (time.monotonic() - quiet_since)
+            if left <= 0 or not data_dir.is_dir():  # idle, or its federation was deleted
                 return
+            try:
+                conn = pending.get(timeout=min(left, DATA_CHECK_SECONDS))
+            except queue.Empty:
+                continue
             with conn:
                 if not _answer(conn, handle):
                     return
+            quiet_since = time.monotonic()
     finally:
         channel.close()
 
@@ -178,6 +188,8 @@ class FlowerExecutor:
         self.progress = progress or (lambda _line: None)
         self.idle_timeout = idle_timeout
         self.start_timeout = start_timeout
+        #: Whether this executor started a service (a one-off command stops what it started).
+        self.started = False
         self.block_size = block_size
 
     def release(
@@ -282,6 +294,7 @@ class FlowerExecutor:
         )
         if not service.starting(path):  # one left starting by a caller that gave up is reused
             service.spawn(path, cmd)
+            self.started = True
         started = time.monotonic()
         shown = 0
 
