@@ -17,15 +17,14 @@ before asking (``withdrawn_hospitals``): it never decides consent itself.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from healthsync.background.processes import file_lock
 from healthsync.errors import HealthSyncError
 
 CONSENT_NAME = "consent.jsonl"
@@ -163,12 +162,6 @@ def _action(value: object) -> Action:
     return value  # type: ignore[return-value]
 
 
-@contextlib.contextmanager
-def _locked(site_dir: Path) -> Iterator[None]:
-    site_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(site_dir / ".consent.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _locked(site_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """One writer of the consent history at a time (the site's own lock file)."""
+    return file_lock(site_dir / ".consent.lock")

@@ -53,6 +53,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import yaml
 
+from healthsync.background.processes import file_lock
 from healthsync.errors import HealthSyncError
 from healthsync.privacy.noise import noisy_counts, noisy_sums
 from healthsync.privacy.release import MIN_CELL
@@ -286,17 +287,9 @@ def _policy_fields(policy: SitePolicy) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _policy_lock(site_dir: Path) -> Iterator[None]:
-    import fcntl
-
-    site_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(site_dir / ".policy.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _policy_lock(site_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """One writer of the site's policy and its history at a time."""
+    return file_lock(site_dir / ".policy.lock")
 
 
 @dataclass(frozen=True)
