@@ -23,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from healthsync.auth.users import User, UserStore, file_lock, write_private
+from healthsync.auth.users import LOCK_NAME, User, UserStore
+from healthsync.background.processes import file_lock, write_private
 from healthsync.errors import HealthSyncError
 
 ACCESS_NAME = "access.yaml"
@@ -92,7 +93,7 @@ class AccessLists:
                 "see every data set, a steward their own hospital's)"
             )
         key = federation_key(data_dir)
-        with file_lock(self.home):
+        with file_lock(self.home / LOCK_NAME):
             lists = self.lists()
             if key not in lists:  # first restriction: everyone who could see it keeps it
                 lists[key] = [u.name for u in users.users() if u.role in LISTED_ROLES]
