@@ -383,3 +383,36 @@ def test_manifest_refuses_a_bad_incident_mapping(tmp_path, incident):
     path.write_text(json.dumps(raw))
     with pytest.raises(HealthSyncError, match="incident"):
         load_federation(federation.data_dir)
+
+
+def test_generated_data_has_each_hospitals_encoded_matrix_ready_for_the_first_run(
+    tmp_path, monkeypatch
+):
+    """The first run on a new data set reads each hospital's cached matrix, not its partition."""
+    from healthsync.data.accessor import HospitalAccessor
+    from healthsync.ml.training import hospital_arrays
+
+    assert (
+        main(
+            [
+                "data",
+                "generate",
+                "--out",
+                str(tmp_path / "fed"),
+                "--hospitals",
+                "3",
+                "--patients",
+                "40",
+            ]
+        )
+        == 0
+    )
+    federation = load_federation(tmp_path / "fed")
+
+    def no_reading(self, path):
+        raise AssertionError(f"hospital {self.hospital.id}'s partition was parsed again")
+
+    monkeypatch.setattr(HospitalAccessor, "_read", no_reading)
+    for hospital in federation.hospital_ids:
+        arrays = hospital_arrays(federation, hospital, federation.default_target)
+        assert len(arrays.y_train) + len(arrays.y_test) > 0

@@ -31,6 +31,7 @@ from healthsync.cohort.policy import CohortPolicy
 from healthsync.cohort.query import CohortQuery
 from healthsync.cohort.result import Release
 from healthsync.data import Federation, HospitalAccessor, open_hospital, own_statistics
+from healthsync.ml.arrays import hospital_arrays
 from healthsync.privacy.site import PUBLIC
 
 FACTS = "facts"
@@ -62,6 +63,9 @@ def publish(federation: Federation, hospitals: Iterable[str] | None = None) -> i
     def one(hospital: str) -> bool:
         accessor = open_hospital(federation, hospital)
         own_statistics.write(accessor)  # for its own steward only
+        # The encoded matrix a run reads first, kept in the hospital's own folder now, so
+        # the first run on a new data set reads it instead of parsing every partition.
+        hospital_arrays(federation, hospital, federation.default_target)
         return publish_reply(accessor, plan, hospital_release(accessor, plan, PUBLIC))
 
     # Each hospital's work is its own (own rows, own ledger file); threads overlap the I/O.
