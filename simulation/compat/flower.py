@@ -448,7 +448,9 @@ def installed() -> Iterator[None]:
 # ------------------------------------------------------------ 8. run_simulation
 def load_simulation() -> None:
     """Import Flower's simulation and Ray backend modules now (before ``gc.freeze``, say)."""
-    import flwr.simulation  # noqa: F401
+    import flwr.server.superlink.fleet.vce.vce_api
+    import flwr.simulation
+    import flwr.superlink.grid.inmemory_grid  # noqa: F401
 
     affinity_backend()
 
