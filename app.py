@@ -30,6 +30,7 @@ from healthsync.auth.stauth_compat import SKIP_COOKIE, issued_cookie_expiry, mar
 from healthsync.views.settings import AppSettings
 from healthsync.views.theme import theme_memory_html
 from pages._guard import LOGIN_KEY, STATUS_KEY, session_user
+from pages._streamlit_compat import HIDE_EMPTY_FRAMES
 
 ROOT = Path(__file__).resolve().parent
 LOGIN_FIELDS = {
@@ -71,7 +72,7 @@ sessions = auth.Sessions(users)
 cookie = users.cookie
 st.set_page_config(page_title="HealthSync", page_icon=":material/health_and_safety:", layout="wide")
 # streamlit-authenticator's cookie components are invisible iframes: let them take no space.
-st.html('<style>.element-container:has(iframe[height="0"]) { display: none; }</style>')
+st.html(HIDE_EMPTY_FRAMES)
 client = st.context.ip_address  # None on this machine; see healthsync/auth/sessions.py
 # Built afresh each run: what streamlit-authenticator writes into it is dropped with the run.
 credentials = sessions.login_credentials(client=client)

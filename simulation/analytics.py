@@ -46,6 +46,7 @@ from healthsync.errors import HealthSyncError
 from healthsync.privacy.consent import withdrawn_hospitals
 from healthsync.privacy.site import PUBLIC, SiteRefusal
 from simulation.analytics_client import ACCOUNTING_PREFIX, RECORD_PREFIX, REFUSAL_PREFIX
+from simulation.compat import flower
 
 log = logging.getLogger("healthsync.analytics")
 NODE_WAIT_SECONDS = 120.0
@@ -136,8 +137,7 @@ def make_server_app(
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        if hasattr(grid, "pull_interval"):
-            grid.pull_interval = 0.01  # the in-memory grid polls for replies; 0.1 s by default
+        flower.poll_every(grid, 0.01)  # the in-memory grid polls for replies; 0.1 s by default
         federation = load_federation(data_dir)
         server = CohortServer(grid, federation, block_size)
         started = time.perf_counter()

@@ -39,7 +39,6 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_clip_model_update
 
 from healthsync.config import block_hospitals
 from healthsync.data import Federation, load_federation
@@ -56,6 +55,7 @@ from healthsync.ml.training import (
     local_epochs_for,
 )
 from healthsync.privacy.consent import refuse_if_withdrawn, site_dir_of
+from simulation.compat import flower
 from simulation.hospital_grid import block_reply
 from simulation.secagg_mod import secure_aggregation
 from simulation.strategies import HOSPITAL_WEIGHT
@@ -256,8 +256,8 @@ def _outgoing(
     new: list[np.ndarray], start: list[np.ndarray], config: Config, attack: str, seed: int
 ) -> list[np.ndarray]:
     """The update a hospital sends: clipped if the server asks (client-side DP), then attacked."""
-    if KEY_CLIPPING_NORM in config:
-        compute_clip_model_update(new, start, float(config[KEY_CLIPPING_NORM]))
+    if flower.CLIPPING_NORM_KEY in config:
+        flower.clip_update(new, start, float(config[flower.CLIPPING_NORM_KEY]))
     return attacks.poison(attack, new, start, seed=seed)
 
 

@@ -15,15 +15,14 @@ leading axis, and ``errors`` for the hospitals that did not answer. Thousands of
 per-hospital records would cost more to build, ship and read than the training
 itself. The server reads a block with ``read_block``; ``send_and_receive`` then
 rebuilds, for each hospital, the records a node of its own would have sent
-(with a byte-identical ``.npy`` codec that skips ``np.save``/``np.load``), while
+(with a byte-identical ``.npy`` codec that skips ``np.save``/``np.load``; what
+that needs of Flower's internals is in ``simulation.compat.flower``), while
 the round loop's own queries and evaluation read the columns directly
 (``broadcast``), since no strategy looks at those.
 """
 
 from __future__ import annotations
 
-import io
-import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -38,17 +37,15 @@ from flwr.app import (
     Error,
     Message,
     MessageType,
-    Metadata,
     MetricRecord,
     RecordDict,
 )
-from flwr.common.constant import SType
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from healthsync.errors import HealthSyncError
 from healthsync.privacy.consent import WITHDRAWN_MARK
+from simulation.compat import flower
 
 BLOCK_FAILED = 1  # error code for a hospital whose whole block failed
 HOSPITAL_COLUMN = "hospital"  # a block reply's column of hospital indices
@@ -86,10 +83,7 @@ class HospitalGrid(Grid):
         self.inner = grid
         self.withdrawn = withdrawn or dict
         self.sample_withdrawn = sample_withdrawn
-        if hasattr(grid, "pull_interval"):
-            # Flower's in-memory simulation grid polls for replies every 0.1 s by default,
-            # which adds up to ~0.2 s to every round (train and evaluate); poll faster.
-            grid.pull_interval = 0.002
+        flower.poll_every(grid, 0.002)
         self.hospitals = hospitals
         self.block_size = block_size
         self.blocks = -(-hospitals // block_size)
@@ -199,7 +193,7 @@ class HospitalGrid(Grid):
         Answers are yielded as they arrive, so the caller reads one block while
         the others are still training (Flower's own ``send_and_receive`` waits
         for all). The polling loop is Flower's: pull, then sleep the inner grid's
-        ``pull_interval``, until every block answered or ``timeout`` passed.
+        poll interval, until every block answered or ``timeout`` passed.
         """
         outgoing, asked = [], []
         for block, (template, hospitals) in groups.items():
@@ -231,7 +225,7 @@ class HospitalGrid(Grid):
                 block, hospitals = waiting.pop(reply.metadata.reply_to_message_id)
                 yield block, read_block(reply, hospitals)
             if waiting:
-                time.sleep(getattr(self.inner, "pull_interval", HTTP_PULL_SECONDS))
+                time.sleep(flower.poll_interval(self.inner, HTTP_PULL_SECONDS))
         for block, hospitals in waiting.values():
             why = "no reply from its node before the timeout"
             yield block, BlockReply([], {}, {}, dict.fromkeys(hospitals, why))
@@ -260,37 +254,6 @@ class HospitalGrid(Grid):
         raise NotImplementedError("HospitalGrid supports send_and_receive only")
 
 
-def _reply(ask: Message, content: RecordDict, now: float) -> Message:
-    """``Message(content, reply_to=ask)``, sent at ``now``: the same metadata, built unchecked.
-
-    A block's reply becomes thousands of per-hospital replies a round, and
-    Flower's constructor (argument checks, a clock read, message-type
-    validation) cost more than the rest of each reply. The metadata is
-    derived exactly as Flower derives a reply's (``tests/test_blocks.py``
-    compares the two): from the ask's, source and destination swapped, and a
-    TTL that ends when the ask's does.
-    """
-    asked = ask.metadata.__dict__
-    metadata = Metadata.__new__(Metadata)
-    metadata.__dict__.update(
-        _run_id=asked["_run_id"],
-        _message_id="",
-        _src_node_id=asked["_dst_node_id"],
-        _dst_node_id=asked["_src_node_id"],
-        _src_task_id=asked["_dst_task_id"],
-        _dst_task_id=asked["_src_task_id"],
-        _reply_to_message_id=asked["_message_id"],
-        _group_id=asked["_group_id"],
-        _created_at=now,
-        _ttl=asked["_created_at"] + asked["_ttl"] - now,
-        _message_type=asked["_message_type"],
-        _delivered_at="",
-    )
-    message = Message.__new__(Message)
-    message.__dict__.update(_metadata=metadata, _content=content, _error=None)
-    return message
-
-
 def _failed(msg: Message, reason: str) -> Message:
     return Message(Error(code=BLOCK_FAILED, reason=reason), reply_to=msg)
 
@@ -316,7 +279,7 @@ def read_block(reply: Message, requested: list[int]) -> BlockReply:
         if "metrics" in content:
             columns = dict(content["metrics"])
             hospitals = [int(i) for i in columns.pop(HOSPITAL_COLUMN)]
-            stacked = _fast_loading(content.get("arrays", ArrayRecord()))
+            stacked = flower.fast_loading(content.get("arrays", ArrayRecord()))
             arrays = {k: a.numpy() for k, a in stacked.items()}
         else:
             hospitals, columns, arrays = [], {}, {}
@@ -340,40 +303,19 @@ def _split(block: BlockReply, group: list[Message]) -> dict[int, Message]:
     now = time.time()
     for row, index in enumerate(block.hospitals):
         # One row of a valid MetricRecord's lists: valid metric values, no checks needed.
-        metrics = MetricRecord()
-        metrics.__dict__["_data"].update({k: v[row] for k, v in block.columns.items()})
+        metrics = flower.fill_unchecked(
+            MetricRecord(), {k: v[row] for k, v in block.columns.items()}
+        )
         records = {"metrics": metrics}
         if layouts:
             records["arrays"] = _row_record(block.arrays, row, layouts)
-        out[index] = _reply(asked[index], _record_dict(records), now)
+        out[index] = flower.unchecked_reply(
+            asked[index], flower.fill_unchecked(RecordDict(), records), now
+        )
     return out
 
 
-def _record_dict(records: dict) -> RecordDict:
-    """``RecordDict(records)`` for our own, well-typed records, built unchecked.
-
-    ``RecordDict.__setitem__`` looks each key up first (a caught ``KeyError``
-    per new key), which costs more than everything else per hospital reply.
-    """
-    record_dict = RecordDict()
-    record_dict.__dict__["_data"].update(records)
-    return record_dict
-
-
 # ------------------------------------------------------------ the arrays' codec
-@cache
-def _npy_header(dtype: str, shape: tuple[int, ...]) -> bytes | None:
-    """The header ``np.save`` writes before a C-ordered array's bytes; ``None`` if it cannot."""
-    try:
-        empty = np.zeros(shape, dtype=dtype)
-        buffer = io.BytesIO()
-        np.save(buffer, empty, allow_pickle=False)
-    except (TypeError, ValueError):
-        return None
-    data = buffer.getvalue()
-    return data[: len(data) - empty.nbytes]
-
-
 @cache
 def _dtype_name(dtype: np.dtype) -> str:
     return str(dtype)  # as Flower names it; slow enough in NumPy to be worth remembering
@@ -385,10 +327,10 @@ NpyLayout = tuple[dict, bytes]  # an Array's fields but its data, and the .npy h
 def _npy_layout(a: np.ndarray) -> NpyLayout | None:
     """What ``Array(a)`` would hold besides ``a``'s bytes; ``None`` if only Flower can say."""
     dtype = _dtype_name(a.dtype)
-    header = _npy_header(dtype, a.shape)
+    header = flower.npy_header(dtype, a.shape)
     if header is None or (a.flags.f_contiguous and not a.flags.c_contiguous):
         return None
-    return {"dtype": dtype, "shape": tuple(a.shape), "stype": SType.NUMPY}, header
+    return {"dtype": dtype, "shape": tuple(a.shape), "stype": flower.NUMPY_STYPE}, header
 
 
 def _npy_fields(a: np.ndarray, layout: NpyLayout | None) -> dict | None:
@@ -419,22 +361,18 @@ def _row_record(
     """The ``ArrayRecord`` of row ``row`` of a block's stacked arrays, built unchecked.
 
     Thousands per round: each ``Array`` gets its fields (the same ``.npy`` bytes
-    ``Array(a[row])`` holds) straight into its ``__dict__`` and the record its
-    items into ``TypedDict._data``, skipping Flower's per-item validation, which
-    these types (str keys, ``Array`` values of C-ordered numeric rows) pass.
+    ``Array(a[row])`` holds) and the record its items unchecked, skipping
+    Flower's per-item validation, which these types (str keys, ``Array`` values
+    of C-ordered numeric rows) pass.
     """
-    record = ArrayRecord()
-    items = record.__dict__["_data"]
+    items = {}
     for key, a in stacked.items():
         values = a[row]
         fields = _npy_fields(values, layouts[key])
-        if fields is None:
-            items[key] = Array.from_numpy_ndarray(values)
-            continue
-        array = _NpyArray.__new__(_NpyArray)
-        array.__dict__.update(fields, _row=values)
-        items[key] = array
-    return record
+        items[key] = (
+            Array.from_numpy_ndarray(values) if fields is None else flower.row_array(fields, values)
+        )
+    return flower.fill_unchecked(ArrayRecord(), items)
 
 
 def metrics_record(values: dict[str, int | float | list[int] | list[float]]) -> MetricRecord:
@@ -455,50 +393,7 @@ def metrics_record(values: dict[str, int | float | list[int] | list[float]]) -> 
             or any(type(v) is not kind for v in items)
         ):
             return MetricRecord(values)
-    record = MetricRecord()
-    record.__dict__["_data"].update(values)  # where TypedDict keeps its checked items
-    return record
-
-
-class _NpyArray(Array):
-    """An ``Array`` whose ``numpy()`` skips ``np.load``'s header parsing for the standard header.
-
-    Flower writes an object's class name into its serialised form; this class
-    goes by ``Array`` there, so a reply that is ever deflated (Flower's object
-    store) is written, and read back, as a plain ``Array``.
-    """
-
-    def __setattr__(self, name: str, value) -> None:
-        self.__dict__.pop("_row", None)  # the bytes may change: read them again
-        super().__setattr__(name, value)
-
-    def numpy(self) -> np.ndarray:
-        row = self.__dict__.get("_row")  # set by ``_row_record``: the array its bytes hold
-        if row is not None:
-            return row.copy()  # a fresh, writable array, as np.load's
-        header = _npy_header(self.dtype, tuple(self.shape)) if self.stype == SType.NUMPY else None
-        if header is not None and self.data.startswith(header):
-            body = np.frombuffer(self.data, dtype=self.dtype, offset=len(header))
-            if body.size == math.prod(self.shape):
-                return body.reshape(self.shape).copy()  # a fresh, writable array, as np.load's
-        return super().numpy()
-
-
-_NpyArray.__qualname__ = Array.__qualname__
-
-
-def _values(array: Array) -> np.ndarray:
-    """``array.numpy()``, or, for a row of a block's reply, that row itself (read-only use)."""
-    row = array.__dict__.get("_row") if type(array) is _NpyArray else None
-    return array.numpy() if row is None else row
-
-
-def _fast_loading(record: ArrayRecord) -> ArrayRecord:
-    """``record``, its arrays now ``_NpyArray`` (the same fields and bytes, a faster ``numpy()``)."""
-    for array in record.values():
-        if type(array) is Array:
-            array.__class__ = _NpyArray
-    return record
+    return flower.fill_unchecked(MetricRecord(), values)
 
 
 # ------------------------------------------------------------ FedAvg over thousands of hospitals
@@ -521,11 +416,11 @@ class StackedAggregation:
         replies = list(replies)
         valid = [r.content for r in replies if not r.has_error()]
         stacked = None
-        if valid and self.train_metrics_aggr_fn is aggregate_metricrecords:
+        if valid and self.train_metrics_aggr_fn is flower.DEFAULT_METRICS_AGGREGATION:
             stacked = _stacked(valid, self.weighted_by_key)
         if stacked is None:
             return super().aggregate_train(server_round, replies)
-        self._check_and_log_replies(replies, is_train=True, validate=False)  # Flower's logging
+        flower.log_train_replies(self, replies)  # Flower's own log lines
         weights, arrays, metrics = stacked
         factors = weights / weights.sum()
         mean = ArrayRecord(
@@ -565,7 +460,7 @@ def _stacked(contents: list[RecordDict], weight_key: str):
         ):
             return None
         for name in names:
-            rows[name].append(_values(records[name]))
+            rows[name].append(flower.cached_row(records[name]))
         for name in columns:
             value = metrics[name]
             if isinstance(value, list):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import warnings
 
 from healthsync.config import TrainConfig
 from healthsync.data import load_federation
@@ -35,45 +34,31 @@ def simulate(
     """Run ``server_app`` against ``nodes`` simulated nodes of ``client_app``, on Ray, until it ends.
 
     ``client_app`` defaults to our ClientApp. Node ``p`` is always served by the
-    same Ray actor (``simulation.ray_backend``), so each actor reads and keeps
-    only its own nodes' hospitals. ``stock`` runs Flower's own Ray backend and
-    message polling instead (same Ray resources): the stress test's
+    same Ray actor (``simulation.compat.flower.installed``), so each actor reads
+    and keeps only its own nodes' hospitals. ``stock`` runs Flower's own Ray
+    backend and message polling instead (same Ray resources): the stress test's
     one-client-per-hospital baseline.
     """
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    from flwr.simulation import run_simulation
+    from simulation.compat import flower, ray
 
-    from simulation import ray_backend
-
+    ray.set_environment()
+    flower.load_simulation()
     if client_app is None:
         from simulation.client_app import app as client_app
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    if stock:
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=nodes,
-            backend_config=backend_config(ray_address),
-        )
-        return
-    # A round with 10,000 hospitals makes a million short-lived Flower objects, enough to
-    # trigger several full collections (a quarter of a second each, measured). Everything
-    # loaded so far (PyTorch, Flower, Ray) lives as long as the process: frozen, no
-    # collection rescans it; and collecting young objects every 10,000 allocations
-    # rather than 700 leaves about one full collection per round.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
-    with ray_backend.installed():
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=nodes,
-            backend_config=backend_config(ray_address),
-        )
+    if not stock:
+        # A round with 10,000 hospitals makes a million short-lived Flower objects, enough
+        # to trigger several full collections (a quarter of a second each, measured).
+        # Everything loaded so far (PyTorch, Flower, Ray) lives as long as the process:
+        # frozen, no collection rescans it; and collecting young objects every 10,000
+        # allocations rather than 700 leaves about one full collection per round.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(10_000, 10, 10)
+    flower.run_simulation(
+        server_app, client_app, nodes, backend_config(ray_address), affinity=not stock
+    )
 
 
 def layout(config: TrainConfig) -> tuple[TrainConfig, int]:

@@ -27,17 +27,14 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.server.client_manager import SimpleClientManager
-from flwr.server.compat.grid_client_proxy import GridClientProxy
-from flwr.server.compat.legacy_context import LegacyContext
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.server import LegacyContext, SimpleClientManager
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
-from flwr.server.workflow.constant import Key as WorkflowKey
 
 from healthsync.config import SECAGG_MIN_HOSPITALS, TrainConfig
 from healthsync.errors import HealthSyncError
+from simulation.compat import flower
 from simulation.hospital_grid import HospitalGrid
 
 # Models are clipped to [-CLIPPING_RANGE, CLIPPING_RANGE] before quantisation.
@@ -102,7 +99,7 @@ class SecureAggregation:
         }
         manager = SimpleClientManager()
         for node in self.hospital_of_node:
-            manager.register(GridClientProxy(node, grid.inner, 0))
+            manager.register(flower.legacy_client_proxy(node, grid.inner))
         self.settings: dict = {}
         # Flower's message-API FedProx tells hospitals its mu; the legacy FedAvg here does not.
         self.extra = {"proximal-mu": config.proximal_mu} if config.strategy == "fedprox" else {}
@@ -140,13 +137,10 @@ class SecureAggregation:
     def train(self, rnd: int, arrays: ArrayRecord, settings: dict) -> SecureRound:
         """One round's local training and secure sum; raises if the protocol cannot finish."""
         self.settings = settings
-        self.context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
-            {WorkflowKey.CURRENT_ROUND: rnd}
-        )
-        self.context.state.array_records[MAIN_PARAMS_RECORD] = arrays
+        flower.start_workflow_round(self.context, rnd, arrays)
         self.tap.stages = []
         self.workflow(self.tap, self.context)
-        new = self.context.state.array_records[MAIN_PARAMS_RECORD]
+        new = flower.workflow_arrays(self.context)
         sampled, summed, missing = self._who_took_part()
         if new is arrays:
             raise HealthSyncError(

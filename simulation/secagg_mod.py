@@ -13,18 +13,18 @@ legacy converters, which reject the list values our config carries.
 
 from __future__ import annotations
 
-import flwr.compat.common.recorddict_compat as compat
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+from simulation.compat import flower
 
 
 def secure_aggregation(msg: Message, context: Context, call_next) -> Message:
     """Flower client mod: SecAgg+ for training messages that carry its stage config."""
     if (
         msg.metadata.message_type != MessageType.TRAIN
-        or RECORD_KEY_CONFIGS not in msg.content.config_records
+        or flower.SECAGG_CONFIGS_KEY not in msg.content.config_records
     ):
         return call_next(msg, context)
     return secaggplus_mod(msg, context, lambda m, c: _as_own_train(m, c, call_next))
@@ -53,4 +53,4 @@ def _as_own_train(msg: Message, context: Context, call_next) -> Message:
         num_examples=int(reply.content["metrics"]["num-examples"][0]),
         metrics={},
     )
-    return Message(compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=msg)
+    return Message(flower.fitres_to_recorddict(fitres), reply_to=msg)

@@ -8,6 +8,7 @@ epsilon per released round and refuses a round that would exceed the budget.
 
 from __future__ import annotations
 
+from flwr.serverapp import PrivacySpent
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
@@ -21,7 +22,6 @@ from flwr.serverapp.strategy import (
     Krum,
     Strategy,
 )
-from flwr.supercore.privacy_accounting import PrivacySpent
 
 from healthsync import privacy
 from healthsync.config import TrainConfig

@@ -119,7 +119,8 @@ def test_training_runs_and_cohort_queries_lay_out_hospitals_by_the_same_rule(tmp
 def test_block_replies_codec_is_byte_identical_to_flowers():
     from flwr.app import ArrayRecord
 
-    from simulation.hospital_grid import _fast_loading, arrays_record
+    from simulation.compat.flower import fast_loading
+    from simulation.hospital_grid import arrays_record
 
     rng = np.random.default_rng(0)
     arrays = [
@@ -139,7 +140,7 @@ def test_block_replies_codec_is_byte_identical_to_flowers():
             flowers[key].shape,
             flowers[key].data,
         )
-    loaded = _fast_loading(ours)
+    loaded = fast_loading(ours)
     for got, want in zip(loaded.to_numpy_ndarrays(), flowers.to_numpy_ndarrays(), strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape
         np.testing.assert_array_equal(got, want)
@@ -154,7 +155,8 @@ def _train_replies(count: int, kind: str, *, weight_key: str, seed: int = 0):
     """``count`` training replies (every fifth an error) as the grid hands them to a strategy."""
     from flwr.app import Error, Message, MetricRecord, RecordDict
 
-    from simulation.hospital_grid import _fast_loading, arrays_record
+    from simulation.compat.flower import fast_loading
+    from simulation.hospital_grid import arrays_record
     from tests.inprocess_grid import allow_messages
 
     allow_messages()
@@ -171,7 +173,7 @@ def _train_replies(count: int, kind: str, *, weight_key: str, seed: int = 0):
         metrics = {"num-examples": int(rng.integers(20, 400)), "train-loss": float(rng.random())}
         metrics[weight_key] = metrics.get(weight_key, 1)
         content = RecordDict(
-            {"arrays": _fast_loading(arrays_record(arrays)), "metrics": MetricRecord(metrics)}
+            {"arrays": fast_loading(arrays_record(arrays)), "metrics": MetricRecord(metrics)}
         )
         replies.append(Message(content, reply_to=ask))
     return replies

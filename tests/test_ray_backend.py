@@ -1,6 +1,5 @@
 """Node-to-actor affinity on Ray: a node's messages always reach the same actor process."""
 
-import inspect
 import os
 import threading
 import time
@@ -10,14 +9,11 @@ from queue import Queue
 import pytest
 from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.server.superlink.fleet.vce import vce_api
-from flwr.server.superlink.fleet.vce.backend import raybackend
 from flwr.serverapp import Grid, ServerApp
-from flwr.simulation import run_simulation
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 from healthsync.config import TrainConfig
-from simulation import launch, ray_backend
+from simulation import launch
+from simulation.compat import flower
 
 pid_app = ClientApp()
 
@@ -30,28 +26,10 @@ def _whoami(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-def test_flower_still_builds_its_backend_and_poll_where_we_swap_them():
-    # If a Flower upgrade moves these, installed() would silently stop working.
-    assert "from .backend.raybackend import RayBackend" in inspect.getsource(vce_api.start_vce)
-    assert "add_messages_to_queue" in vce_api.run_api.__code__.co_names
-    # The grid whose pushes wake the poll is the one Flower's simulation builds.
-    assert "InMemoryGrid(" in inspect.getsource(inspect.getmodule(run_simulation))
-    original = raybackend.RayBackend, vce_api.add_messages_to_queue, InMemoryGrid.push_messages
-    with ray_backend.installed():
-        assert raybackend.RayBackend is ray_backend.AffinityRayBackend
-        assert vce_api.add_messages_to_queue is ray_backend.add_messages_to_queue
-        assert InMemoryGrid.push_messages is not original[2]
-    assert (
-        raybackend.RayBackend,
-        vce_api.add_messages_to_queue,
-        InMemoryGrid.push_messages,
-    ) == original
-
-
 def test_a_push_wakes_the_poll_at_once(monkeypatch):
     # Polls an hour apart: only the push's wake-up can move the message in time.
-    monkeypatch.setattr(ray_backend, "FASTEST_POLL", 3600.0)
-    monkeypatch.setattr(ray_backend, "SLOWEST_POLL", 3600.0)
+    monkeypatch.setattr(flower, "FASTEST_POLL", 3600.0)
+    monkeypatch.setattr(flower, "SLOWEST_POLL", 3600.0)
     waiting: list[str] = []
 
     class State:
@@ -65,16 +43,16 @@ def test_a_push_wakes_the_poll_at_once(monkeypatch):
 
     queue, stop = Queue(), threading.Event()
     poller = threading.Thread(
-        target=ray_backend.add_messages_to_queue, args=(State(), queue, {1: 0}, stop)
+        target=flower.add_messages_to_queue, args=(State(), queue, {1: 0}, stop)
     )
     poller.start()
     try:
         time.sleep(0.2)  # let the first (empty) pass go by and the long wait begin
-        ray_backend._waking_push(Grid.push_messages)(Grid(), ["hello"])
+        flower.waking_push(Grid.push_messages)(Grid(), ["hello"])
         assert queue.get(timeout=60) == "hello"
     finally:
         stop.set()
-        ray_backend._pushed.set()
+        flower._pushed.set()
         poller.join(timeout=10)
 
 

@@ -62,7 +62,7 @@ def test_stock_flower_baseline_runs_on_flowers_own_backend(monkeypatch):
 
     from flwr.server.superlink.fleet.vce.backend import raybackend
 
-    from simulation import ray_backend
+    from simulation.compat import flower
 
     backends = []
     monkeypatch.setattr(
@@ -75,8 +75,8 @@ def test_stock_flower_baseline_runs_on_flowers_own_backend(monkeypatch):
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
-    assert backends[0] is not ray_backend.AffinityRayBackend
-    assert backends[1] is ray_backend.AffinityRayBackend
+    assert backends[0] is not flower.affinity_backend()
+    assert backends[1] is flower.affinity_backend()
     assert raybackend.RayBackend is backends[0]  # restored afterwards
 
 

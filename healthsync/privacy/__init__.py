@@ -7,7 +7,8 @@ the epsilon spent so far, at the run's delta, is what Flower's Rényi DP
 accountant reports. This module builds that accountant and answers the same
 question without a run (how much would N rounds cost? how many rounds fit in a
 budget?), so the number on a chart is the number the run recorded. It imports
-Flower's accounting module only when called, never the Flower app machinery.
+Flower (its public ``flwr.serverapp``, which re-exports the accountant) only
+when called.
 
 Flower's accounted fixed-clipping wrappers support no privacy amplification by
 sampling, so ``fraction`` < 1 does not lower epsilon here: the figures are an
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 if TYPE_CHECKING:
-    from flwr.supercore.privacy_accounting import PrivacyAccountant
+    from flwr.serverapp import PrivacyAccountant
 
     from healthsync.runs.store import MetricsStore
 
@@ -36,12 +37,7 @@ def new_accountant(hospitals: int, delta: float, budget: float = 0.0) -> Privacy
     budget : epsilon no release may push the total past; 0 for none. Flower's
         DP wrapper then refuses the round that would exceed it.
     """
-    from flwr.supercore.privacy_accounting import (
-        NeighboringRelation,
-        PrivacyConfig,
-        SamplingMethod,
-    )
-    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+    from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 
     config = PrivacyConfig(
         target_delta=delta,
@@ -60,7 +56,7 @@ def epsilon_for(noise_multiplier: float, rounds: int, delta: float) -> float:
     sampling amplification it depends on neither the federation's size nor
     ``fraction``.
     """
-    from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+    from flwr.serverapp import GaussianPrivacyEvent
 
     if rounds <= 0:
         return 0.0

@@ -27,6 +27,7 @@ import duckdb
 import polars as pl
 
 from healthsync.errors import HealthSyncError
+from healthsync.runs.duckdb_compat import is_lock_conflict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -96,7 +97,6 @@ MIGRATIONS = (
     ),
 )
 
-_LOCK_MESSAGES = ("lock", "Conflicting", "being used by another process")
 _process_lock = threading.RLock()
 
 
@@ -218,7 +218,7 @@ class MetricsStore:
             try:
                 return duckdb.connect(self.path, read_only=read_only)
             except (duckdb.IOException, duckdb.ConnectionException) as err:
-                if not any(m in str(err) for m in _LOCK_MESSAGES):
+                if not is_lock_conflict(err):
                     raise HealthSyncError(f"cannot open metrics store {self.path}: {err}") from err
                 if time.monotonic() > deadline:
                     raise HealthSyncError(
