@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord
-from flwr.supercore.privacy_accounting import GaussianPrivacyEvent
+from flwr.serverapp import GaussianPrivacyEvent
 
 from healthsync.config import TrainConfig
 from healthsync.ml.metrics import BinaryMetrics
