@@ -134,6 +134,24 @@ def test_a_tuning_whose_trials_all_fail_says_so_and_is_marked_failed(fed, monkey
     assert tuning.tunings_frame(MetricsStore(fed.db))["status"].to_list() == ["failed"]
 
 
+def test_ctrl_c_cancels_the_running_trial_and_fails_the_tuning(fed, monkeypatch):
+    def start_run(config, *, name=None, **_):
+        config, _ = lifecycle.check_config(config)
+        runlog.create_run(MetricsStore(config.db), "run-busy", config, status="running")
+        return "run-busy"
+
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lifecycle, "start_run", start_run)
+    monkeypatch.setattr(lifecycle, "wait_for_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tuning.tune(fed, budget=3)
+    store = MetricsStore(fed.db)
+    assert runlog.cancel_requested(store, "run-busy")
+    assert tuning.tunings_frame(store)["status"].to_list() == ["failed"]
+
+
 def test_tune_json_last_line_has_best_best_run_id_and_trials(fed, fake_runs, capsys):
     args = f"--data {fed.data_dir} --db {fed.db} --budget 2 --min-rounds 1 --json"
     code = main(["tune", *args.split()])

@@ -125,8 +125,9 @@ def tune(
     ``base`` gives everything not searched (data, store, target, model, seed,
     validation share). Each trial runs ``rounds="auto"`` with its rung's
     rounds as the most, so a diverging setting stops early; its score is its
-    lowest federated validation loss. Ties and failed trials (no validation
-    loss) rank last. ``on_trial`` is called with each finished trial.
+    lowest federated validation loss. Failed trials (no validation loss) rank
+    last; a tie goes to the earlier candidate. ``on_trial`` is called with each
+    finished trial. Ctrl-C cancels the running trial and marks the tuning failed.
     """
     check_budget(budget)
     if base.validation_share <= 0:
@@ -189,7 +190,11 @@ def _run_trial(config: TrainConfig, tuning_id: str, number: int, rounds: int) ->
     """
     config = config.replace(rounds="auto", max_rounds=rounds)
     run_id = lifecycle.start_run(config, name=f"tune:{tuning_id} trial {number}")
-    run = lifecycle.wait_for_run(config.db, run_id)
+    try:
+        run = lifecycle.wait_for_run(config.db, run_id)
+    except KeyboardInterrupt:
+        lifecycle.cancel_run(config.db, run_id)  # no trial left running behind the tuning
+        raise
     return {
         "run_id": run_id,
         "status": run["status"],
