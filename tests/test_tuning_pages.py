@@ -90,3 +90,28 @@ def test_launch_offers_no_tuned_settings_for_a_data_set_never_tuned(env):
     at = env.app("admin", "pages/launch.py")
     assert button(at, "Use the tuned settings") is None
     assert tuning.tuned_settings(env.store, env.fed_dir) is None
+
+
+def test_the_trials_chart_leaves_out_failed_trials_and_rings_the_choice():
+    import polars as pl
+
+    from healthsync.views import charts, dashboard
+
+    trials = pl.DataFrame(
+        {
+            "trial": [1, 2],
+            "rung": [0, 0],
+            "rounds": [3, 3],
+            "run_id": ["run-a", "run-b"],
+            "settings": [json.dumps({"strategy": "fedavg", "lr": 0.1}), json.dumps(TUNED)],
+            "val_loss": [None, 0.5],
+            "status": ["failed", "completed"],
+        }
+    )
+    view = dashboard.trials_view(trials, "run-b")
+    assert view["chosen"].to_list() == ["", "best"]
+    assert view["server learning rate"].to_list() == ["–", "–"]
+    spec = charts.tuning_trials(view).to_dict()
+    points, ring = (layer["data"]["name"] for layer in spec["layer"])
+    assert [row["trial"] for row in spec["datasets"][points]] == [2]
+    assert [row["trial"] for row in spec["datasets"][ring]] == [2]

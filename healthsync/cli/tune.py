@@ -97,7 +97,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        best = {k: result["best"][k] for k in tuning.TUNED_FIELDS}
+        best = next(t for t in result["trials"] if t["run_id"] == result["best_run_id"])["settings"]
         print(f"{result['tuning_id']}: best run {result['best_run_id']}")
         print("train with: " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in best.items()))
     return 0
