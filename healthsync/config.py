@@ -53,6 +53,11 @@ DEFAULT_PATIENCE = 5
 #: ``local_epochs="auto"``: each hospital trains enough epochs per round for about this
 #: many optimiser steps (``healthsync.ml.training.local_epochs_for``).
 DEFAULT_LOCAL_STEPS = 10
+#: ``healthsync tune``: trials of the first rung (each a real federated run), the most a
+#: tuning may start, and the first rung's rounds (``healthsync.runs.tuning``).
+DEFAULT_TUNING_BUDGET = 9
+MAX_TUNING_BUDGET = 100
+DEFAULT_TUNING_MIN_ROUNDS = 3
 _LABELS = {"lr": "learning rate", "server_lr": "server learning rate"}
 #: Upper limits of the settings, so that a typo (``--rounds 1000000000``) is refused
 #: before anything starts instead of running for days. ``(min, max)``, both inclusive.

@@ -5,7 +5,7 @@ import streamlit as st
 from healthsync.cohort.facts import published_patients
 from healthsync.config import ATTACKS, DP_SIDES, DP_STRATEGIES, MODELS, STRATEGIES, TrainConfig
 from healthsync.errors import HealthSyncError
-from healthsync.runs import engine, lifecycle, runlog
+from healthsync.runs import engine, lifecycle, runlog, tuning
 from healthsync.views import dashboard, tenancy
 from pages._guard import choose_federation, require
 
@@ -21,7 +21,23 @@ notice = tenancy.withdrawn_notice(federation, dashboard.hospital_names(federatio
 if notice:
     st.warning(notice, icon=":material/block:")
 
+tuned = tuning.tuned_settings(page.store, federation.data_dir)
+if tuned:
+    with st.container(horizontal=True, vertical_alignment="center"):
+        if st.button("Use the tuned settings", icon=":material/tune:"):
+            st.session_state["launch_tuned"] = {"data": str(federation.data_dir), **tuned}
+            st.rerun()
+        st.caption(
+            "From the newest `healthsync tune` on this data set: "
+            + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in tuned.items())
+            + ". Chosen by federated validation loss; the trials are on the Runs page."
+        )
+# The form starts from the defaults, or from the tuned settings once asked for (a changed
+# default is a new widget to Streamlit, so the form shows the new values).
+chosen = st.session_state.get("launch_tuned", {})
 d = TrainConfig()
+if chosen.get("data") == str(federation.data_dir):
+    d = d.replace(**{k: v for k, v in chosen.items() if k != "data"})
 with st.form("launch"):
     left, right = st.columns(2)
     settings = {  # TrainConfig field -> widget value (ints stay ints, floats floats)
@@ -33,7 +49,9 @@ with st.form("launch"):
         "model": left.selectbox(
             "Model", MODELS, help="logreg: logistic regression; mlp: small neural net"
         ),
-        "strategy": left.selectbox("Aggregation strategy", STRATEGIES),
+        "strategy": left.selectbox(
+            "Aggregation strategy", STRATEGIES, index=STRATEGIES.index(d.strategy)
+        ),
         "rounds": left.number_input(
             "Rounds",
             value=d.max_rounds,
@@ -44,11 +62,17 @@ with st.form("launch"):
         "fraction": left.number_input("Share of hospitals per round", value=d.fraction, step=0.1),
         "local_epochs": right.number_input(
             "Local epochs per round (0: automatic)",
-            value=0,
+            value=0 if d.local_epochs == "auto" else d.local_epochs,
             min_value=0,
             step=1,
-            help=f"0: each hospital trains about {d.local_steps} optimiser steps a round, "
+            help="0: each hospital trains about the optimiser steps below each round, "
             "ceil(steps / its batches per epoch) epochs, chosen from its own size.",
+        ),
+        "local_steps": right.number_input(
+            "Optimiser steps per round (automatic local epochs)",
+            value=d.local_steps,
+            min_value=1,
+            step=5,
         ),
         "batch_size": right.number_input("Batch size (patients)", value=d.batch_size, step=8),
         "lr": right.number_input("Learning rate", value=d.lr, step=0.01, format="%.4f"),

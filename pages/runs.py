@@ -1,13 +1,14 @@
-"""Runs: history, curves of several runs, utility versus privacy, pooled/local/federated table, CSV."""
+"""Runs: history, curves, tuning trials, utility vs privacy, pooled/local/federated/personalised, CSV."""
 
 from functools import partial
+from pathlib import Path
 
 import streamlit as st
 
 from healthsync import privacy
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
-from healthsync.runs import runlog
+from healthsync.runs import runlog, tuning
 from healthsync.views import charts, dashboard, explainer, privacy_charts, tenancy
 from healthsync.views import privacy_dashboard as safety
 from pages._guard import require
@@ -52,6 +53,36 @@ else:
         + explainer.what_is({"auc": "auc", "accuracy": "accuracy", "loss": "log-loss"}[metric])
     )
 
+st.subheader("Tuning trials")
+tunings = tuning.tunings_frame(store)
+if tunings.is_empty():
+    st.info(
+        "No tuning yet. `healthsync tune --data DIR --db FILE` searches learning rate, local "
+        "work and strategy by federated validation loss; its trials appear here, and Launch "
+        "then offers the tuned settings."
+    )
+else:
+    tuned = {r["tuning_id"]: r for r in tunings.iter_rows(named=True)}
+    tuning_id = st.selectbox(
+        "Tuning",
+        list(tuned),
+        format_func=lambda t: f"{t} · {Path(tuned[t]['data_dir']).name} · {tuned[t]['status']}",
+    )
+    trials = dashboard.trials_view(
+        tuning.trials_frame(store, tuning_id), tuned[tuning_id]["best_run_id"]
+    )
+    if trials.is_empty():
+        st.info("This tuning has no finished trial yet; trials appear as they end.")
+    else:
+        st.altair_chart(charts.tuning_trials(trials))
+        st.caption(
+            "Each point is one trial, a real federated run: its lowest federated validation loss "
+            "(log loss on each hospital's held-out training rows, never test rows), coloured by "
+            "rung. Each rung keeps the best third and trains them three times as many rounds; "
+            "the ringed trial was chosen."
+        )
+        st.dataframe(trials.rename({"val_loss": "validation loss"}), hide_index=True)
+
 st.subheader("Utility versus privacy")
 utility = safety.utility_points(privacy.utility_frame(store))
 if not utility["epsilon"].is_not_null().any():
@@ -69,14 +100,17 @@ else:
         + explainer.what_is("epsilon")
     )
 
-st.subheader("Pooled, local-only and federated")
+st.subheader("Pooled, local-only, federated and personalised")
 finished = dashboard.finished_runs(runs)
 if finished.is_empty():
     st.info("Once a run has finished, compare it here with the pooled and local-only baselines.")
 else:
     run_id = st.selectbox("Finished run", finished["run_id"].to_list(), format_func=labels.get)
     if page.can("compare") and st.button("Train baselines and compare", icon=":material/balance:"):
-        with st.spinner("Training the pooled and local-only baselines (takes a few seconds)…"):
+        with st.spinner(
+            "Training the pooled and local-only baselines and the personalised models (takes a few "
+            "seconds)…"
+        ):
             from healthsync.runs.baselines import compare_table  # imports torch: only when needed
 
             try:

@@ -351,6 +351,7 @@ def test_analysts_compute_the_pooled_local_federated_table(env):
     assert not at.error and not at.exception
     table = at.dataframe[-1].value
     assert {"pooled (reference)", "local only", "federated (fedavg)"} <= set(table["method"])
+    assert "personalised (fine-tuned)" in set(table["method"])  # the fourth method, on Runs too
     assert not env.store.frame("SELECT * FROM comparisons WHERE run_id = 'run-a'").is_empty()
 
 

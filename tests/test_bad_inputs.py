@@ -48,6 +48,7 @@ def world(tmp_path_factory) -> Path:
 
 
 TRAIN = "train --data {root}/fed --db {root}/m.duckdb"
+TUNE = "tune --data {root}/fed --db {root}/m.duckdb"
 COHORT = "cohort --data {root}/fed --db {root}/m.duckdb --user alice --home {root}/home"
 #: (command line, words the error must contain)
 BAD = [
@@ -149,6 +150,15 @@ BAD = [
     ("users add bob --role king --home {root}/home", "unknown role 'king'"),
     ("users add bob --role king --home {root}/fresh-home", "unknown role 'king'"),
     ("users remove nobody --home {root}/home", "unknown user 'nobody'"),
+    # tuning: the budget bounded (each trial is a real run), the data there, a score to choose by
+    (f"{TUNE} --budget 0", "budget must be between 1 and 100 trials, got 0"),
+    (f"{TUNE} --budget -2", "budget must be between 1 and 100 trials, got -2"),
+    (f"{TUNE} --budget 1000000", "budget must be between 1 and 100 trials, got 1000000"),
+    (f"{TUNE} --budget two", "invalid int value: 'two'"),
+    ("tune --data {root}/nowhere --db {root}/m.duckdb", "no such federation directory"),
+    (f"{TUNE} --validation-share 0", "validation share must be > 0"),
+    (f"{TUNE} --min-rounds 0", "min rounds must be >= 1"),
+    (f"{TUNE} --target nope", "target 'nope' is not in"),
 ]
 
 

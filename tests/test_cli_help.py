@@ -17,6 +17,7 @@ COMMANDS = [
     "bench",
     "cluster",
     "https",
+    "tune",
 ]
 
 

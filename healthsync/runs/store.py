@@ -76,6 +76,16 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS best_round INTEGER;
 ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS chosen VARCHAR;
 -- Each hospital's Brier score of the round's global model (released like its other figures).
 ALTER TABLE hospital_rounds ADD COLUMN IF NOT EXISTS brier DOUBLE;
+-- Federated tuning (healthsync.runs.tuning): each search and its trials, which are runs.
+CREATE TABLE IF NOT EXISTS tunings (
+    tuning_id VARCHAR PRIMARY KEY, created_at TIMESTAMP NOT NULL, data_dir VARCHAR,
+    target VARCHAR, model VARCHAR, budget INTEGER, seed BIGINT, status VARCHAR NOT NULL,
+    best JSON, best_run_id VARCHAR
+);
+CREATE TABLE IF NOT EXISTS tuning_trials (
+    tuning_id VARCHAR NOT NULL, trial INTEGER NOT NULL, rung INTEGER NOT NULL, run_id VARCHAR,
+    rounds INTEGER, settings JSON NOT NULL, val_loss DOUBLE, status VARCHAR
+);
 CREATE INDEX IF NOT EXISTS rounds_run ON rounds(run_id);
 CREATE INDEX IF NOT EXISTS hospital_rounds_run ON hospital_rounds(run_id);
 """

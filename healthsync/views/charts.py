@@ -363,3 +363,43 @@ def prevalence_bars(frame: pl.DataFrame) -> alt.Chart:
         )
         .properties(height=_band_height(frame["hospital"].n_unique(), step=34))
     )
+
+
+def tuning_trials(frame: pl.DataFrame) -> alt.LayerChart:
+    """Each trial's federated validation loss, coloured by rung, the chosen one ringed.
+
+    ``frame`` from ``dashboard.trials_view`` (``trial, rung, val_loss, chosen``,
+    and the settings columns for the tooltip). Failed trials (no loss) are left out.
+    """
+    shown = frame.filter(pl.col("val_loss").is_not_null())
+    tooltip = [
+        alt.Tooltip("trial:Q", title="Trial"),
+        alt.Tooltip("rung:N", title="Rung"),
+        alt.Tooltip("strategy:N", title="Strategy"),
+        alt.Tooltip("learning rate:N", title="Learning rate"),
+        alt.Tooltip("local steps:N", title="Local steps"),
+        alt.Tooltip("val_loss:Q", title="Validation loss", format=".4f"),
+    ]
+    points = (
+        alt.Chart(shown, title="Federated validation loss by tuning trial")
+        .mark_circle(size=90)
+        .encode(
+            x=alt.X("trial:Q", axis=alt.Axis(title="Trial (number)", format="d", tickMinStep=1)),
+            y=alt.Y(
+                "val_loss:Q",
+                title="Validation loss (log loss)",
+                scale=alt.Scale(zero=False),
+                axis=_value_axis(),
+            ),
+            color=alt.Color(
+                "rung:N", title="Rung", scale=alt.Scale(range=OUTCOME_COLORS), legend=alt.Legend()
+            ),
+            tooltip=tooltip,
+        )
+    )
+    ring = (
+        alt.Chart(shown.filter(pl.col("chosen") == "best"))
+        .mark_point(size=320, color=CHOSEN_COLOR, strokeWidth=2)
+        .encode(x="trial:Q", y="val_loss:Q", tooltip=tooltip)
+    )
+    return alt.layer(points, ring).properties(height=300)

@@ -8,6 +8,7 @@ Nothing here imports Streamlit, so it is unit-tested directly.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -260,6 +261,41 @@ def comparison_view(table: pl.DataFrame, names: Mapping[str, str]) -> pl.DataFra
             for c in figures
         ),
         *([pl.col("chosen").fill_null("–")] if "chosen" in table.columns else []),
+    )
+
+
+#: A tuning trial's settings as shown, in order: setting -> column title.
+TRIAL_SETTINGS = {
+    "strategy": "strategy",
+    "lr": "learning rate",
+    "local_steps": "local steps",
+    "proximal_mu": "FedProx μ",
+    "server_lr": "server learning rate",
+}
+
+
+def trials_view(trials: pl.DataFrame, best_run_id: str | None) -> pl.DataFrame:
+    """A tuning's trials as shown: one row per trial, its settings as columns, the choice marked.
+
+    ``trials`` from ``healthsync.runs.tuning.trials_frame``; a setting a trial's
+    strategy does not use is "–". ``val_loss`` stays a number, for the chart.
+    """
+    settings = [json.loads(s) for s in trials["settings"]]
+    return pl.DataFrame(
+        {
+            "trial": trials["trial"],
+            "rung": trials["rung"],
+            "rounds (most)": trials["rounds"],
+            **{
+                title: [str(s[key]) if key in s else "–" for s in settings]
+                for key, title in TRIAL_SETTINGS.items()
+            },
+            "val_loss": trials["val_loss"],
+            "status": trials["status"],
+            "run": trials["run_id"],
+            "chosen": ["best" if run == best_run_id else "" for run in trials["run_id"].to_list()],
+        },
+        schema_overrides={"val_loss": pl.Float64},
     )
 
 
