@@ -47,6 +47,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from healthsync import telemetry
 from healthsync.errors import HealthSyncError
 
 BLOCK_FAILED = 1  # error code for a hospital whose whole block failed
@@ -125,8 +126,14 @@ class HospitalGrid(Grid):
                 )
             groups[block] = (first, [m.metadata.dst_node_id - 1 for m in group])
         replies: dict[int, Message] = {}
+        pushed = time.time_ns()
         for block, answer in self._exchange(groups, timeout):
             replies.update(_split(answer, by_block[block]))
+            telemetry.block_span(  # from the push to this block's answer (docs/telemetry.md)
+                f"{messages[0].metadata.message_type} block",
+                pushed,
+                {"healthsync.block": block, "healthsync.hospitals": len(by_block[block])},
+            )
         return [replies[m.metadata.dst_node_id - 1] for m in messages]
 
     def broadcast(

@@ -75,6 +75,11 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS best_round INTEGER;
 ALTER TABLE comparisons ADD COLUMN IF NOT EXISTS chosen VARCHAR;
 -- Each hospital's Brier score of the round's global model (released like its other figures).
 ALTER TABLE hospital_rounds ADD COLUMN IF NOT EXISTS brier DOUBLE;
+-- Seconds of each phase of a round (configure, train, aggregate, evaluate, record;
+-- healthsync.telemetry.PHASES), written in the round's own transaction.
+CREATE TABLE IF NOT EXISTS round_phases (
+    run_id VARCHAR NOT NULL, round INTEGER NOT NULL, phase VARCHAR NOT NULL, seconds DOUBLE
+);
 CREATE INDEX IF NOT EXISTS rounds_run ON rounds(run_id);
 CREATE INDEX IF NOT EXISTS hospital_rounds_run ON hospital_rounds(run_id);
 """
