@@ -26,6 +26,7 @@ SERVICE_NAME = "healthsync"
 PHASES = ("configure", "train", "aggregate", "evaluate", "record")  # a round's, in order
 
 _provider: Any = None  # the SDK provider set by ``setup`` or ``use_provider``; None: no-op
+_tracer: trace.Tracer | None = None  # the current provider's tracer, made once
 
 
 def endpoint() -> str | None:
@@ -61,15 +62,17 @@ def use_provider(provider: Any) -> None:
 
     Kept here rather than in OpenTelemetry's global, which may be set only once a process.
     """
-    global _provider
-    _provider = provider
+    global _provider, _tracer
+    _provider, _tracer = provider, None
 
 
 def tracer() -> trace.Tracer:
     """HealthSync's tracer: the configured provider's, else the API's no-op one."""
-    if _provider is not None:
-        return _provider.get_tracer("healthsync")
-    return trace.get_tracer("healthsync")
+    global _tracer
+    if _tracer is None:
+        source = _provider.get_tracer if _provider is not None else trace.get_tracer
+        _tracer = source("healthsync")
+    return _tracer
 
 
 def flush(timeout_millis: int = 10_000) -> None:

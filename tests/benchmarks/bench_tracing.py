@@ -122,7 +122,8 @@ def main() -> None:
         data = Path(tmp) / "fed"
         generate_federation(data, hospitals=args.hospitals, patients=args.patients, seed=0)
         for rep in range(args.repeat):
-            for way in WAYS:  # interleaved, so load drifts hit every way alike
+            # interleaved and rotated, so load drifts and order hit every way alike
+            for way in WAYS[rep % 3 :] + WAYS[: rep % 3]:
                 config = TrainConfig(
                     data_dir=str(data),
                     db=str(Path(tmp) / f"{way}-{rep}.duckdb"),
