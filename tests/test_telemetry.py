@@ -125,3 +125,24 @@ def test_a_cohort_query_is_a_span(tmp_path, spans, monkeypatch):
     assert query.attributes["healthsync.query"] == "count where age >= 70 by sex"
     assert query.attributes["healthsync.cached"] is False
     assert seen["args"][2] == "ana"
+
+
+def test_a_cancelled_run_ends_its_spans_without_an_error(tmp_path, spans, monkeypatch):
+    from healthsync.runs import lifecycle
+
+    fed = make_federation(tmp_path, "fed", hospitals=2, patients=60)
+    config = TrainConfig(data_dir=str(fed), db=str(tmp_path / "m.duckdb"), rounds=3)
+    asked: list[int] = []
+
+    def cancel_before_round_2(db, run_id):
+        asked.append(1)
+        return len(asked) >= 2
+
+    monkeypatch.setattr(lifecycle, "cancel_signalled", cancel_before_round_2)
+    detail, _ = run_in_process(config)
+    assert detail["status"] == "cancelled"
+    finished = spans.get_finished_spans()
+    [run], rounds = _by_name(finished, "run"), _by_name(finished, "round")
+    assert [r.attributes["healthsync.round"] for r in rounds] == [1]
+    assert run.attributes["healthsync.stop_reason"] == "cancelled"
+    assert {s.status.status_code.name for s in (run, *rounds)} == {"UNSET"}
