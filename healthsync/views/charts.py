@@ -162,7 +162,7 @@ def hospital_status_bars(frame: pl.DataFrame) -> alt.Chart:
     )
 
 
-PHASE_COLORS = ["#94a3b8", "#0f766e", "#4f46e5", "#0891b2", "#ea580c"]
+PHASE_COLORS = ["#94a3b8", "#0f766e", "#4f46e5", "#ca8a04", "#ea580c"]  # in PHASES order
 
 
 def round_phase_bars(frame: pl.DataFrame) -> alt.Chart:
