@@ -9,6 +9,7 @@ through Flower on Ray) inherits the variable from this process.
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -59,6 +60,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+def _names(receiver: Receiver, name: str) -> list[dict]:
+    return [attrs for span, attrs, _ in list(receiver.spans) if span == name]
+
+
 def _value(value):
     return getattr(value, value.WhichOneof("value")) if value.WhichOneof("value") else None
 
@@ -78,11 +83,15 @@ def test_a_training_run_delivers_its_round_spans_to_the_otlp_endpoint(
             capsys, "train", "--data", str(fed), "--db", db, "--rounds", "2", "--json"
         )
         assert code == 0 and summary["status"] == "completed", summary
+        # The run flushes its spans right after it records its end, which the CLI waits for.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_names(receiver, "round")) < 2:
+            time.sleep(0.2)
     finally:
         receiver.shutdown()
         receiver.server_close()
     assert set(receiver.paths) == {"/v1/traces"}
-    rounds = [attrs for name, attrs, _ in receiver.spans if name == "round"]
+    rounds = _names(receiver, "round")
     assert sorted(a["healthsync.round"] for a in rounds) == [1, 2]
     assert {a["healthsync.run_id"] for a in rounds} == {summary["run_id"]}
     assert all(a["healthsync.hospitals"] == 3 for a in rounds)
