@@ -131,8 +131,25 @@ def watch() -> None:
         "Hospitals whose training answer arrived (ok) or failed, per round. "
         + explainer.what_is("round")
     )
+    round_time(store, run_id)
     safeguards(run, rounds)
     hospital_drill_down(run)
+
+
+def round_time(store, run_id: str) -> None:
+    """Where each round's time went, by phase, as the run's coordinator timed it."""
+    phases = dashboard.round_phases(runlog.phases_frame(store, run_id))
+    if phases.is_empty():
+        st.caption("This run recorded no phase timings (runs before they were kept).")
+        return
+    st.altair_chart(charts.round_phase_bars(phases))
+    st.caption(
+        "Seconds of each round by phase, as the coordinating server timed them: configure "
+        "(sampling hospitals, building messages), train (from sending the model to the last "
+        "hospital's update), aggregate, evaluate (every hospital's test split) and record "
+        "(writing the round to the metrics store). The same phases are OpenTelemetry spans "
+        "when OTEL_EXPORTER_OTLP_ENDPOINT is set (docs/telemetry.md)."
+    )
 
 
 def hospital_drill_down(run: dict) -> None:

@@ -5,7 +5,7 @@ import streamlit as st
 from healthsync.bench import sweep
 from healthsync.errors import HealthSyncError
 from healthsync.runs import runlog
-from healthsync.views import bench_charts, dashboard
+from healthsync.views import bench_charts, charts, dashboard
 from pages._guard import live_fragment, require
 
 page = require("view")
@@ -109,4 +109,18 @@ if not benchmark_runs.is_empty():
         st.caption(
             "Each cold or warm measurement is a real training run, kept here and left out of "
             "Live training, Run history, Model and Overview, which show training runs only."
+        )
+    st.subheader("Where a round's time goes")
+    labels = dashboard.run_labels(benchmark_runs)
+    picked = st.selectbox("Stress-test run", list(labels), format_func=labels.get, key="phase_run")
+    phases = dashboard.round_phases(runlog.phases_frame(store, picked))
+    if phases.is_empty():
+        st.info("This run recorded no phase timings (runs before they were kept, or no round).")
+    else:
+        st.altair_chart(charts.round_phase_bars(phases), width="stretch")
+        st.caption(
+            "Seconds of each round of this measurement by phase, as the coordinating server "
+            "timed them: configure, train (sending the model to the last hospital's update), "
+            "aggregate, evaluate and record (the metrics store). The first round includes "
+            "warm-up. The vectorised lower bound has no rounds of this kind."
         )

@@ -43,6 +43,7 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
+from healthsync import telemetry
 from healthsync.errors import HealthSyncError
 from healthsync.privacy.consent import WITHDRAWN_MARK
 from simulation.compat import flower
@@ -141,8 +142,14 @@ class HospitalGrid(Grid):
                     "per-hospital message contents are not supported with block execution"
                 )
             groups[block] = (first, [m.metadata.dst_node_id - 1 for m in group])
+        pushed = time.time_ns()
         for block, answer in self._exchange(groups, timeout):
             replies.update(_split(answer, by_block[block]))
+            telemetry.block_span(  # from the push to this block's answer (docs/telemetry.md)
+                f"{messages[0].metadata.message_type} block",
+                pushed,
+                {"healthsync.block": block, "healthsync.hospitals": len(by_block[block])},
+            )
         return [replies[m.metadata.dst_node_id - 1] for m in messages]
 
     def broadcast(

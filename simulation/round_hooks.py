@@ -4,8 +4,9 @@ The loop in ``simulation.server_app.FederatedRun.run`` only trains and
 evaluates; everything else a round needs (timing it, honouring a cancel,
 stopping at the DP budget, recording it, stopping early) is a
 ``RoundCallback`` with do-nothing defaults, in the style of pfl-research's
-training-process callbacks. A new concern (OpenTelemetry spans, say) is one
-more small class, not another branch in the loop.
+training-process callbacks. A new concern is one more small class, not
+another branch in the loop: ``RoundTracer`` is the run's and rounds'
+OpenTelemetry spans (the loop's ``PhaseClock`` adds a child span per phase).
 
 Order matters and is the list's order: the timer runs first at a round's end
 so its seconds exclude the writes, early stopping runs before the recorder so
@@ -23,12 +24,15 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord
 from flwr.serverapp import GaussianPrivacyEvent
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from healthsync.config import TrainConfig
 from healthsync.ml.metrics import BinaryMetrics
 from healthsync.ml.selection import Patience
 from healthsync.runs import lifecycle, runlog
 from healthsync.runs.store import MetricsStore
+from healthsync.telemetry import PhaseClock, tracer
 from simulation import safeguards
 
 
@@ -53,6 +57,7 @@ class RoundResult:
     histogram: np.ndarray | None  # summed score histogram of the test split
     keep_model: bool = True  # whether this round's model becomes the run's saved model
     extra: dict[str, Any] = field(default_factory=dict)
+    phases: PhaseClock | None = None  # the round's phase timings, the recorder stores them
 
 
 class RoundCallback:
@@ -76,6 +81,9 @@ class RoundCallback:
 
     def on_run_end(self, rounds_done: int, reason: str | None) -> None:
         """After the last round, when the run ends normally (not cancelled or failed)."""
+
+    def on_run_failed(self, error: BaseException) -> None:
+        """When the loop raised (a cancel, a failure): the error propagates after this."""
 
 
 class Callbacks(RoundCallback):
@@ -104,6 +112,10 @@ class Callbacks(RoundCallback):
     def on_run_end(self, rounds_done: int, reason: str | None) -> None:
         for callback in self.callbacks:
             callback.on_run_end(rounds_done, reason)
+
+    def on_run_failed(self, error: BaseException) -> None:
+        for callback in self.callbacks:
+            callback.on_run_failed(error)
 
 
 class RoundTimer(RoundCallback):
@@ -220,7 +232,66 @@ class RoundRecorder(RoundCallback):
             self.save_model(result.arrays, result.histogram)
             runlog.set_best_round(self.store, self.run_id, result.round)
             self.final = result.metrics
+        if result.phases is not None:  # last, so "record" covers the writes above
+            runlog.record_phases(self.store, self.run_id, result.round, result.phases.seconds())
         return None
+
+
+class RoundTracer(RoundCallback):
+    """A ``run`` span around the rounds and a ``round`` span around each (docs/telemetry.md).
+
+    Each span is made current while it is open, so the phases the loop marks
+    (``healthsync.telemetry.PhaseClock``) and the blocks' answers become its
+    children. A round's span closes when the next round starts or the run
+    ends, after the loop's ``record`` phase, which runs the callbacks'
+    ``on_round_end``. With no exporter configured these are no-op spans.
+    """
+
+    def __init__(self, attributes: dict[str, Any]) -> None:
+        self.attributes = {f"healthsync.{k}": v for k, v in attributes.items()}
+        self.open: list[tuple[trace.Span, object]] = []  # (span, context token), run first
+
+    def _start(self, name: str, attributes: dict[str, Any]) -> trace.Span:
+        span = tracer().start_span(name, attributes=attributes)
+        self.open.append((span, otel_context.attach(trace.set_span_in_context(span))))
+        return span
+
+    def _end(self, keep: int, error: BaseException | None = None) -> None:
+        """End the open spans down to ``keep`` of them, innermost first."""
+        while len(self.open) > keep:
+            span, token = self.open.pop()
+            otel_context.detach(token)
+            if error is not None and not isinstance(error, RunCancelled):
+                span.record_exception(error)
+                span.set_status(trace.StatusCode.ERROR, str(error).strip()[:200])
+            span.end()
+
+    def on_run_start(self) -> None:
+        self._start("run", self.attributes)
+
+    def on_round_start(self, rnd: int) -> str | None:
+        self._end(1)
+        self._start("round", {**self.attributes, "healthsync.round": rnd})
+        return None
+
+    def on_round_end(self, result: RoundResult) -> str | None:
+        span = self.open[-1][0]
+        for key in ("hospitals_sampled", "hospitals_ok", "hospitals_failed"):
+            if result.row.get(key) is not None:
+                span.set_attribute(f"healthsync.{key}", int(result.row[key]))
+        return None
+
+    def on_run_end(self, rounds_done: int, reason: str | None) -> None:
+        if self.open:
+            self.open[0][0].set_attribute("healthsync.rounds_done", rounds_done)
+            if reason:
+                self.open[0][0].set_attribute("healthsync.stop_reason", reason)
+        self._end(0)
+
+    def on_run_failed(self, error: BaseException) -> None:
+        if self.open and isinstance(error, RunCancelled):
+            self.open[0][0].set_attribute("healthsync.stop_reason", "cancelled")
+        self._end(0, error)
 
 
 def released(computed: BinaryMetrics, stored: dict) -> BinaryMetrics:

@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
+from healthsync import telemetry
 from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
 from healthsync.ml import attacks
@@ -31,6 +32,7 @@ from healthsync.ml.model import SavedModel, get_arrays, initial_model
 from healthsync.privacy import training
 from healthsync.runs import lifecycle, runlog
 from healthsync.runs.store import MetricsStore
+from healthsync.telemetry import PhaseClock
 from simulation import safeguards
 from simulation.consent import ConsentWatch
 from simulation.hospital_grid import BlockReply, HospitalGrid
@@ -43,6 +45,7 @@ from simulation.round_hooks import (
     RoundRecorder,
     RoundResult,
     RoundTimer,
+    RoundTracer,
     RunCancelled,
 )
 from simulation.secagg import SecureAggregation
@@ -160,9 +163,9 @@ class FederatedRun:
     def run(self, callbacks: list[RoundCallback] | None = None) -> BinaryMetrics | None:
         """Train round after round until a callback stops the run or the rounds run out.
 
-        The loop itself only trains and evaluates; timing, cancel, the DP budget
-        and recording are callbacks (``simulation.round_hooks``), ``callbacks``
-        run after those. Returns the saved model's figures, as released.
+        The loop itself only trains and evaluates; timing, cancel, the DP budget,
+        tracing and recording are callbacks (``simulation.round_hooks``),
+        ``callbacks`` run after those. Returns the saved model's figures, as released.
         """
         random.seed(self.config.seed)
         np.random.seed(self.config.seed)  # Flower's DP noise draws from NumPy's global generator
@@ -201,11 +204,34 @@ class FederatedRun:
                     self.run_id,
                 ),
                 *([EarlyStopping(self.config.patience)] if self.config.auto_rounds else []),
+                RoundTracer(
+                    {
+                        "run_id": self.run_id,
+                        "hospitals": len(self.hospital_of),
+                        "block_size": self.block_size,
+                        "strategy": self.config.strategy,
+                        "model": self.config.model,
+                    }
+                ),
                 *(callbacks or []),
                 recorder,  # last: earlier callbacks decide what it keeps
             ]
         )
         hooks.on_run_start()
+        try:
+            done = self._rounds(hooks, strategy, secure, arrays, settings)
+        except BaseException as err:
+            hooks.on_run_failed(err)
+            raise
+        hooks.on_run_end(done, self.stop_reason)
+        return recorder.final
+
+    def _rounds(self, hooks: Callbacks, strategy, secure, arrays: ArrayRecord, settings: dict):
+        """The rounds, each a train, evaluate, record; the number of rounds done.
+
+        ``clock.phase`` times each phase for the store and traces it as a child
+        of the round's span (``RoundTracer``).
+        """
         done = 0
         for rnd in range(1, self.config.round_limit + 1):
             self.stop_reason = hooks.on_round_start(rnd)
@@ -213,11 +239,16 @@ class FederatedRun:
                 break
             if rnd == 1:
                 self.phase("training round 1")
+            clock = PhaseClock()
             if secure:
-                arrays, sampled, ok, failed = self._train_securely(secure, rnd, arrays, settings)
+                with clock.phase("train", secure_aggregation=True):
+                    arrays, sampled, ok, failed = self._train_securely(
+                        secure, rnd, arrays, settings
+                    )
             else:
-                arrays, sampled, ok, failed = self._train(strategy, rnd, arrays, settings)
-            metrics, histogram, per_hospital, val_loss = self.evaluate(rnd, arrays, settings)
+                arrays, sampled, ok, failed = self._train(strategy, rnd, arrays, settings, clock)
+            with clock.phase("evaluate"):
+                metrics, histogram, per_hospital, val_loss = self.evaluate(rnd, arrays, settings)
             spent = privacy_spent(strategy)
             row = {
                 "round": rnd,
@@ -228,31 +259,34 @@ class FederatedRun:
                 "hospitals_failed": failed,
                 "epsilon": spent.epsilon if spent else None,
             }
-            result = RoundResult(rnd, row, metrics, per_hospital, arrays, histogram)
-            # One open of the store per round: the round, its model and score bins,
-            # and whether someone asked to cancel meanwhile.
-            with self.store.batch():
+            result = RoundResult(rnd, row, metrics, per_hospital, arrays, histogram, phases=clock)
+            # One open of the store per round: the round, its phases, its model and
+            # score bins, and whether someone asked to cancel meanwhile.
+            with clock.phase("record"), self.store.batch():
                 self.stop_reason = hooks.on_round_end(result)
             done = rnd
             if self.stop_reason:
                 break
-        hooks.on_run_end(done, self.stop_reason)
-        return recorder.final
+        return done
 
-    def _train(self, strategy, rnd: int, arrays: ArrayRecord, settings: dict):
-        """One round's training through the strategy."""
-        try:
-            train_messages = list(
-                strategy.configure_train(rnd, arrays, ConfigRecord(settings), self.grid)
+    def _train(self, strategy, rnd: int, arrays: ArrayRecord, settings: dict, clock: PhaseClock):
+        """One round's training through the strategy: configure, train, aggregate."""
+        with clock.phase("configure"):
+            try:
+                train_messages = list(
+                    strategy.configure_train(rnd, arrays, ConfigRecord(settings), self.grid)
+                )
+            except PrivacyBudgetExhausted as err:  # PrivacyBudgetStop asks the same accountant
+                raise HealthSyncError(
+                    f"round {rnd}: Flower's DP wrapper refused it: {err}"
+                ) from err
+        with clock.phase("train", hospitals=len(train_messages)):
+            replies = list(
+                self.grid.send_and_receive(
+                    train_messages,
+                    timeout=safeguards.train_timeout(self.config, ROUND_TIMEOUT_SECONDS),
+                )
             )
-        except PrivacyBudgetExhausted as err:  # PrivacyBudgetStop asks the same accountant first
-            raise HealthSyncError(f"round {rnd}: Flower's DP wrapper refused it: {err}") from err
-        replies = list(
-            self.grid.send_and_receive(
-                train_messages,
-                timeout=safeguards.train_timeout(self.config, ROUND_TIMEOUT_SECONDS),
-            )
-        )
         failed = [r for r in replies if r.has_error()]
         for reply in failed:
             index = reply.metadata.src_node_id - 1
@@ -260,9 +294,10 @@ class FederatedRun:
             self._event(kind, why, rnd, index)
         ok = len(replies) - len(failed)
         self._check_enough(rnd, ok)
-        if self.config.dp:
-            replies = safeguards.unchanged_for_missing(replies, train_messages, arrays)
-        new_arrays, _ = strategy.aggregate_train(rnd, replies)
+        with clock.phase("aggregate"):
+            if self.config.dp:
+                replies = safeguards.unchanged_for_missing(replies, train_messages, arrays)
+            new_arrays, _ = strategy.aggregate_train(rnd, replies)
         new = arrays if new_arrays is None else new_arrays
         return new, len(train_messages), ok, len(failed)
 
@@ -365,9 +400,11 @@ class FederatedRun:
 
 def execute(grid: Grid, config: TrainConfig, run_id: str) -> str:
     """Run the rounds and record how the run ended; never raises (Flower would exit the process)."""
+    telemetry.setup()  # spans go to OTEL_EXPORTER_OTLP_ENDPOINT if set, else nowhere
     try:
         return _execute(grid, config, run_id)
     finally:
+        telemetry.flush()
         lifecycle.clear_cancel(config.db, run_id)
         lifecycle.clear_phase(config.db, run_id)
 

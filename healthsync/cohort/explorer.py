@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from healthsync import auth
+from healthsync import auth, telemetry
 from healthsync.cohort import ledger
 from healthsync.cohort.ledger import AuditEntry
 from healthsync.cohort.plan import plan_query
@@ -87,6 +87,24 @@ def explore(
         hospital's refusal (``SiteRefusal``: an exhausted budget), or a failed
         service; none of these spends budget.
     """
+    telemetry.setup()  # a "cohort query" span when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    try:
+        with telemetry.tracer().start_as_current_span(
+            "cohort query", attributes={"healthsync.query": _describe(where, group_by, stats)}
+        ) as span:
+            result = _explore(
+                data_dir, db, user, where, group_by, stats, home, executor, progress, keep_warm
+            )
+            span.set_attribute("healthsync.cached", result.cached)
+    finally:
+        telemetry.flush()
+    return result
+
+
+def _explore(
+    data_dir, db, user, where, group_by, stats, home, executor, progress, keep_warm
+) -> CohortResult:
+    """``explore`` without its span."""
     started = time.perf_counter()
     home = auth.resolve_home(home)
     store = open_store(db).check()

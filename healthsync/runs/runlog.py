@@ -155,6 +155,26 @@ def record_round(
     return round_row
 
 
+def record_phases(store: MetricsStore, run_id: str, rnd: int, seconds: dict[str, float]) -> None:
+    """Where round ``rnd``'s time went: seconds per phase (``healthsync.telemetry.PhaseClock``).
+
+    Timings of the coordinating process only, nothing about any hospital's data.
+    """
+    if seconds:
+        store.executemany(
+            "INSERT INTO round_phases (run_id, round, phase, seconds) VALUES (?, ?, ?, ?)",
+            [(run_id, rnd, phase, float(s)) for phase, s in seconds.items()],
+        )
+
+
+def phases_frame(store: MetricsStore, run_id: str) -> pl.DataFrame:
+    """Every recorded round's phase seconds: ``round``, ``phase``, ``seconds``."""
+    return store.frame(
+        "SELECT round, phase, seconds FROM round_phases WHERE run_id = ? ORDER BY round",
+        [run_id],
+    )
+
+
 def record_event(
     store: MetricsStore,
     run_id: str,

@@ -86,6 +86,11 @@ CREATE TABLE IF NOT EXISTS tuning_trials (
     tuning_id VARCHAR NOT NULL, trial INTEGER NOT NULL, rung INTEGER NOT NULL, run_id VARCHAR,
     rounds INTEGER, settings JSON NOT NULL, val_loss DOUBLE, status VARCHAR
 );
+-- Seconds of each phase of a round (configure, train, aggregate, evaluate, record;
+-- healthsync.telemetry.PHASES), written in the round's own transaction.
+CREATE TABLE IF NOT EXISTS round_phases (
+    run_id VARCHAR NOT NULL, round INTEGER NOT NULL, phase VARCHAR NOT NULL, seconds DOUBLE
+);
 CREATE INDEX IF NOT EXISTS rounds_run ON rounds(run_id);
 CREATE INDEX IF NOT EXISTS hospital_rounds_run ON hospital_rounds(run_id);
 """

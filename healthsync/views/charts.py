@@ -162,6 +162,37 @@ def hospital_status_bars(frame: pl.DataFrame) -> alt.Chart:
     )
 
 
+PHASE_COLORS = ["#94a3b8", "#0f766e", "#4f46e5", "#ca8a04", "#ea580c"]  # in PHASES order
+
+
+def round_phase_bars(frame: pl.DataFrame) -> alt.Chart:
+    """Where each round's time went: one bar per round, stacked by phase (``round_phases``)."""
+    phases = frame.sort("order").unique("phase", maintain_order=True)["phase"].to_list()
+    return (
+        alt.Chart(frame, title="Where a round's time goes")
+        .mark_bar()
+        .encode(
+            x=alt.X(
+                "round:O", title="Round (number)", axis=alt.Axis(labelAngle=0, labelOverlap=True)
+            ),
+            y=alt.Y("seconds:Q", title="Time (seconds)", stack=True),
+            color=alt.Color(
+                "phase:N",
+                title="Phase",
+                sort=phases,
+                scale=alt.Scale(domain=phases, range=PHASE_COLORS),
+            ),
+            order=alt.Order("order:Q"),
+            tooltip=[
+                alt.Tooltip("round:O", title="Round"),
+                alt.Tooltip("phase:N", title="Phase"),
+                alt.Tooltip("seconds:Q", title="Seconds", format=".3f"),
+            ],
+        )
+        .properties(height=260)
+    )
+
+
 def run_curves(frame: pl.DataFrame, *, metric_title: str) -> alt.Chart:
     """One metric by round for several runs (``run_id, round, value``), one line per run.
 

@@ -187,6 +187,42 @@ def hospital_status_long(rounds: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+#: How each phase of a round reads on the "where a round's time goes" bars, in round order.
+PHASE_LABELS = {
+    "configure": "configure",
+    "train": "train (hospitals)",
+    "aggregate": "aggregate",
+    "evaluate": "evaluate (hospitals)",
+    "record": "record (metrics store)",
+}
+
+
+def round_phases(phases: pl.DataFrame) -> pl.DataFrame:
+    """``round, phase (label), order, seconds`` for the stacked bars of where a round's time goes.
+
+    ``phases`` is ``runlog.phases_frame``; a phase the loop did not name in
+    ``PHASE_LABELS`` keeps its own name and stacks last.
+    """
+    schema = {"round": pl.Int64, "phase": pl.String, "order": pl.Int64, "seconds": pl.Float64}
+    if phases.is_empty():
+        return pl.DataFrame(schema=schema)
+    known = list(PHASE_LABELS)
+    return (
+        phases.group_by("round", "phase")
+        .agg(pl.col("seconds").sum())
+        .select(
+            pl.col("round").cast(pl.Int64),
+            pl.col("phase").replace_strict(PHASE_LABELS, default=pl.col("phase")),
+            pl.col("phase")
+            .replace_strict({p: i for i, p in enumerate(known)}, default=len(known))
+            .cast(pl.Int64)
+            .alias("order"),
+            pl.col("seconds").cast(pl.Float64),
+        )
+        .sort("round", "order")
+    )
+
+
 def heatmap_frame(hospital_rounds: pl.DataFrame, metric: str = "auc") -> pl.DataFrame:
     """``hospital, round, value`` cells for the hospital-by-round heatmap (NaN as missing)."""
     return hospital_rounds.select(
