@@ -119,13 +119,22 @@ def watch() -> None:
         )
     )
     heat = dashboard.with_names(heat, dashboard.hospital_names(run["data_dir"]))
-    st.altair_chart(charts.hospital_heatmap(heat))
-    st.caption(
-        "Each hospital's AUC for the global model in each round; dark cells lag behind. A "
-        "hospital whose test split holds fewer than 11 patients with or without the outcome "
-        "has no cells (and, if it is the only one, neither has the next smallest). "
-        + explainer.what_is("small-counts")
-    )
+    if heat["value"].drop_nulls().is_empty():
+        st.info(
+            "No hospital's own AUC can be shown for this run: each one's test split holds "
+            "fewer than 11 patients with or without the outcome (a rare outcome, such as new "
+            "cases within 5 years, needs larger hospitals). The federation's figures above "
+            "cover them all. " + explainer.what_is("small-counts"),
+            icon=":material/visibility_off:",
+        )
+    else:
+        st.altair_chart(charts.hospital_heatmap(heat))
+        st.caption(
+            "Each hospital's AUC for the global model in each round; dark cells lag behind. A "
+            "hospital whose test split holds fewer than 11 patients with or without the outcome "
+            "has no cells (and, if it is the only one, neither has the next smallest). "
+            + explainer.what_is("small-counts")
+        )
     st.altair_chart(charts.hospital_status_bars(dashboard.hospital_status_long(rounds)))
     st.caption(
         "Hospitals whose training answer arrived (ok) or failed, per round. "

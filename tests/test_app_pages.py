@@ -439,3 +439,13 @@ def test_the_comparison_table_names_hospitals_and_shows_no_none(env):
     shown = set(table["hospital"])
     assert set(names.values()) <= shown and not shown & set(names)
     assert "None" not in table.astype(str).to_numpy().ravel().tolist()
+
+
+def test_live_says_why_no_hospital_auc_is_shown_when_every_one_is_withheld(env):
+    fake_run(env.store, "run-a", data_dir=env.fed_dir)
+    env.store.execute("UPDATE hospital_rounds SET auc = NULL, released = false")
+    at = env.app("viewer", "pages/live.py")
+    assert not at.exception
+    assert any("No hospital's own AUC can be shown" in i.value for i in at.info)
+    titles = [c.proto.spec for c in charts(at)]
+    assert not any("AUC per hospital" in spec for spec in titles)
