@@ -12,7 +12,7 @@ from healthsync.runs import lifecycle, runlog
 from healthsync.runs.store import MetricsStore
 from tests.engine_helpers import make_federation
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 HOSPITALS, ADVERSARIAL = 8, 3
 

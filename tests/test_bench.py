@@ -71,6 +71,7 @@ def test_ratios_pair_up_the_ways():
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_cli_sweep_through_flower(tmp_path, capsys):
     code = main(
         [

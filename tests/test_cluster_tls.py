@@ -23,7 +23,7 @@ from healthsync.transport.ray_tls import H2_PREFACE
 from tests.engine_helpers import cli_json, make_federation
 from tests.test_scale_e2e import RAY, _free_port, _stop_cluster
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 def _first_frame(port: int, ca: str, cert: tuple[str, str] | None) -> bytes:

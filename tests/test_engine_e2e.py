@@ -147,6 +147,7 @@ def test_cancel_stops_before_the_next_round_and_keeps_finished_ones(fed, tmp_pat
     assert not lifecycle.cancel_signalled(db, run_id)  # the flag goes with the run
 
 
+@pytest.mark.extended
 def test_killed_simulation_is_marked_failed(fed, tmp_path):
     db = str(tmp_path / "m.duckdb")
     run_id = lifecycle.start_run(TrainConfig(data_dir=str(fed), db=db, rounds=200))

@@ -4,7 +4,7 @@ import pytest
 
 from tests.engine_helpers import cli_json, make_federation
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 def _overall(rows, prefix):

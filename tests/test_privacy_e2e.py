@@ -16,7 +16,7 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 from healthsync.ml import attacks
 from tests.engine_helpers import cli_json, make_federation
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 HOSPITALS, NOISE, DELTA, BUDGET = 6, 1.0, 1e-5, 10.0
 

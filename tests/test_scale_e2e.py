@@ -17,7 +17,7 @@ from healthsync.runs.predict import load_saved_model
 from healthsync.runs.store import MetricsStore
 from tests.engine_helpers import cli_json, make_federation, stop_processes_naming
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 RAY = Path(sys.executable).with_name("ray")
 
 

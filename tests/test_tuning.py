@@ -163,6 +163,7 @@ def test_tune_json_last_line_has_best_best_run_id_and_trials(fed, fake_runs, cap
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_real_tuning_end_to_end(fed, capsys):
     """Three real trials of one round on 3 hospitals x 60 patients: each a cold start of its own."""
     started = time.monotonic()
