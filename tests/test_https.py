@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 
 from healthsync import auth
 from tests.app_helpers import ROOT
-from tests.test_browser import CHROMIUM, wait_for_text
+from tests.test_browser import CHROMIUM, settle, wait_for_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -149,6 +149,7 @@ def test_chromium_trusting_the_certificate_logs_in_over_https_with_a_secure_cook
             page = browser.new_context().new_page()
             page.goto(url + "/")
             wait_for_text(page, "User name", timeout=60)
+            settle(page)  # typing into a form whose first run is still going can be lost
             page.get_by_role("textbox", name="User name").fill("ana")
             page.get_by_role("textbox", name="Password").fill("analyst-password")
             page.get_by_role("button", name="Log in").click()
