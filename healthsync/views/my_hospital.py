@@ -125,20 +125,25 @@ def what_federation_gave(store: MetricsStore, site: MySite) -> pl.DataFrame:
     return pl.concat(parts, how="vertical_relaxed")
 
 
+#: One row per charge in a hospital's ledger (``Site.charges``).
+CHARGE_SCHEMA = {
+    "user": pl.String,
+    "epsilon": pl.Float64,
+    "time": pl.Float64,
+    "query": pl.String,
+    "fresh": pl.Int64,
+    "reused": pl.Int64,
+}
+
+
+def _charges(ledger: Site) -> pl.DataFrame:
+    return pl.DataFrame(ledger.charges(), schema=CHARGE_SCHEMA)
+
+
 def privacy_by_analyst(site: MySite) -> pl.DataFrame:
     """Epsilon each user spent on this hospital's patients, from its own ledger."""
     ledger = Site(site.folder)
-    charges = pl.DataFrame(
-        ledger.charges(),
-        schema={
-            "user": pl.String,
-            "epsilon": pl.Float64,
-            "time": pl.Float64,
-            "query": pl.String,
-            "fresh": pl.Int64,
-            "reused": pl.Int64,
-        },
-    )
+    charges = _charges(ledger)
     budget = ledger.policy
     return (
         charges.group_by("user")
@@ -154,18 +159,7 @@ def privacy_by_analyst(site: MySite) -> pl.DataFrame:
 
 def query_audit(site: MySite) -> pl.DataFrame:
     """Every request that touched this hospital's data, newest first, from its own ledger."""
-    charges = Site(site.folder).charges()
-    frame = pl.DataFrame(
-        charges,
-        schema={
-            "user": pl.String,
-            "epsilon": pl.Float64,
-            "time": pl.Float64,
-            "query": pl.String,
-            "fresh": pl.Int64,
-            "reused": pl.Int64,
-        },
-    )
+    frame = _charges(Site(site.folder))
     return frame.with_columns(pl.from_epoch(pl.col("time"), time_unit="s").alias("time")).reverse()
 
 
