@@ -30,9 +30,11 @@ it leaves (``simulation.secagg_mod``); SecAgg+ runs use one hospital per node.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Mapping
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,7 +56,7 @@ from healthsync.ml.training import (
     hospital_arrays,
     local_epochs_for,
 )
-from healthsync.privacy.consent import refuse_if_withdrawn, site_dir_of
+from healthsync.privacy.consent import consent_files, refuse_if_withdrawn
 from simulation.compat import flower
 from simulation.hospital_grid import block_reply
 from simulation.secagg_mod import secure_aggregation
@@ -143,14 +145,22 @@ def _requested(msg: Message, context: Context) -> tuple[list[int], Config]:
     return wanted, config
 
 
-def _consent(data_dir: str, index: int) -> None:
-    """Refuse any work for a hospital that withdrew, even when the server asks for it.
+def _consent(data_dir: str) -> Callable[[int], None]:
+    """A check that refuses any work for a hospital that withdrew, even when asked for it.
 
     Read from the hospital's own site folder on every message, so a withdrawal
-    applies from the next round of a run that is already training.
+    applies from the next round of a run that is already training. A hospital
+    that never withdrew costs one ``stat`` of a path built once per federation.
     """
-    hospital = _federation(data_dir).hospitals[index].id
-    refuse_if_withdrawn(site_dir_of(data_dir, hospital), hospital)
+    federation = _federation(data_dir)
+    files = consent_files(data_dir, federation.hospital_ids)
+
+    def check(index: int) -> None:
+        if os.path.exists(files[index]):
+            hospital = federation.hospitals[index].id
+            refuse_if_withdrawn(Path(files[index]).parent, hospital)
+
+    return check
 
 
 def _fault_drill(hospital: HospitalArrays, config: Config) -> None:
@@ -192,9 +202,10 @@ def _serve(
     records: dict = {}
     errors: dict[str, str] = {}
     ready: list[tuple[int, HospitalArrays]] = []
+    consent = _consent(str(config["data-dir"]))
     for index in wanted:
         try:
-            _consent(str(config["data-dir"]), index)
+            consent(index)
             if screen:
                 screen(index, config)
             hospital = _hospital(str(config["data-dir"]), index, str(config["target"]))

@@ -87,7 +87,8 @@ def test_live_reading_runs_show_and_predict(fed, tmp_path, capsys):
     assert "non-numeric values in column(s): bmi" in capsys.readouterr().err
 
 
-def test_failing_hospital_is_counted_and_runs_are_reproducible(fed, tmp_path, capsys):
+def _failing_hospital_runs(fed, tmp_path, capsys, runs: int):
+    """``runs`` cold CLI runs of the same seed, h0001 failing on purpose: (db, summaries)."""
     db = str(tmp_path / "m.duckdb")
     args = [
         "train",
@@ -101,7 +102,22 @@ def test_failing_hospital_is_counted_and_runs_are_reproducible(fed, tmp_path, ca
         "h0001",
         "--json",
     ]
-    results = [cli_json(capsys, *args) for _ in range(2)]
+    return db, [cli_json(capsys, *args) for _ in range(runs)]
+
+
+def test_a_failing_hospital_is_counted_and_named_in_a_warning(fed, tmp_path, capsys):
+    db, results = _failing_hospital_runs(fed, tmp_path, capsys, runs=1)
+    _check_failing_hospital(db, results)
+
+
+@pytest.mark.extended  # two cold runs; the warm engine's own test compares a warm and a cold run
+def test_failing_hospital_is_counted_and_runs_are_reproducible(fed, tmp_path, capsys):
+    db, results = _failing_hospital_runs(fed, tmp_path, capsys, runs=2)
+    _same_numbers(_check_failing_hospital(db, results))
+
+
+def _check_failing_hospital(db: str, results: list) -> list[dict]:
+    """Each run completed, h0001 failed both rounds, and its warning and events say so."""
     for code, summary in results:
         assert code == 0 and summary["status"] == "completed", summary
         assert set(summary["final"]) == {"loss", "auc", "accuracy", "brier"}
@@ -119,6 +135,10 @@ def test_failing_hospital_is_counted_and_runs_are_reproducible(fed, tmp_path, ca
             if e["kind"] == "hospital_failed" and e["hospital"] == "h0001"
         ]
         assert failures and "fault drill" in failures[0]["message"]
+    return details
+
+
+def _same_numbers(details: list[dict]) -> None:
     # Same seed, same settings: the same metrics. Compared to 1e-6 relative, not bit for bit:
     # numpy and torch may round the last float bit differently with memory alignment.
     for ours, theirs in zip(details[0]["rounds"], details[1]["rounds"], strict=True):
@@ -131,6 +151,7 @@ def test_failing_hospital_is_counted_and_runs_are_reproducible(fed, tmp_path, ca
         assert ours["loss"] == theirs["loss"]
 
 
+@pytest.mark.extended  # the browser's Cancel test stops the same kind of cold run from Live
 def test_cancel_stops_before_the_next_round_and_keeps_finished_ones(fed, tmp_path):
     """A cold run, read as the Live page reads it: at most one round after the request."""
     db = str(tmp_path / "m.duckdb")

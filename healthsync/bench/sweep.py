@@ -40,6 +40,7 @@ from pathlib import Path
 import polars as pl
 
 from healthsync.background.processes import process_alive, spawn_detached
+from healthsync.bench import BENCH_WORK
 from healthsync.bench.proctree import alive, descendants, rss_bytes
 from healthsync.config import BENCH_WAYS, MODELS, TrainConfig
 from healthsync.data import load_federation
@@ -265,11 +266,6 @@ def _watch(pid: int, done: Callable[[], bool], timeout: float, *, settle: bool) 
 def run_name(way: str, data: Path, model: str) -> str:
     """A measurement's run name, e.g. ``"stress test · healthsync · 100 hospitals · logreg"``."""
     return f"stress test · {way} · {len(load_federation(data).hospitals):,} hospitals · {model}"
-
-
-#: The work of one measured round, fixed so measurements compare across versions: one
-#: local epoch per hospital (not chosen from its size) and no validation rows held out.
-BENCH_WORK = {"local_epochs": 1, "validation_share": 0.0}
 
 
 def measure_flower(

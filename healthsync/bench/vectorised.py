@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from healthsync.bench import BENCH_WORK
 from healthsync.config import TrainConfig
 from healthsync.ml.blocks import evaluate_block, train_stacked
 from healthsync.ml.features import Scaler, ScalingStats
@@ -96,12 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run(
         TrainConfig(
-            data_dir=args.data,
-            rounds=args.rounds,
-            model=args.model,
-            seed=args.seed,
-            local_epochs=1,  # the measured work, as the sweep's runs (sweep.BENCH_WORK)
-        ),
+            data_dir=args.data, rounds=args.rounds, model=args.model, seed=args.seed
+        ).replace(**BENCH_WORK),  # the measured work, as the sweep's runs
         emit=lambda line: print(line, flush=True),
     )
     return 0
