@@ -106,6 +106,11 @@ def test_the_frame_helper_replaces_ids_and_scrubs_text(env):
     assert named["hospital"].to_list() == frame["hospital"].to_list()  # admins keep ids
     assert named["name"][1] == f"{names['h0002']} (Site C)"
     assert admin.scrub(text) == text
+    env.users.add("stew", "steward", "a-long-password", federation=env.fed_dir, hospital="h0000")
+    own = tenancy.site_labels(env.fed_dir, env.users.get("stew"))
+    assert own.scrub(text) == (
+        f"withdrawn: hospital {tenancy.OTHER_SITE} ({tenancy.OTHER_SITE}) asked h0000"
+    )
 
 
 def test_run_warnings_take_the_viewers_labels(env):

@@ -126,25 +126,43 @@ class SiteLabels(Mapping[str, str]):
         For messages recorded by a run (failures, withdrawals): a pseudonymous
         viewer reads "Site C", a steward reads "another hospital" for any
         hospital but their own. Unchanged for viewers who may see everything.
+        Runs of words are looked up in one table, not matched against every
+        name, so a federation of 10,000 hospitals scrubs a message as fast as three.
         """
-        if self._pattern is None or not text:
+        if (self.open and not self.hide_ids) or not self.names or not text:
             return text
-        return self._pattern.sub(lambda m: self._replacement(m.group(0)), text)
+        table, longest = self._surfaces
+        words = list(_WORD.finditer(text))
+        out, done, i = [], 0, 0
+        while i < len(words):
+            start = words[i].start()
+            for k in range(min(longest, len(words) - i), 0, -1):
+                surface = text[start : words[i + k - 1].end()]
+                if surface in table:
+                    out += [text[done:start], self._replacement(surface, table[surface])]
+                    done, i = start + len(surface), i + k
+                    break
+            else:
+                i += 1
+        return "".join(out) + text[done:]
 
-    def _replacement(self, found: str) -> str:
-        hospital = found if found in self.names else self._by_name.get(found, found)
+    def _replacement(self, surface: str, hospital: str) -> str:
         label = self.label(hospital)
         if label is None:
             return OTHER_SITE
-        return label if self.hide_ids else found
+        return label if self.hide_ids else surface
 
     @cached_property
-    def _by_name(self) -> dict[str, str]:
-        return {name: hospital for hospital, name in self.names.items()}
+    def _surfaces(self) -> tuple[dict[str, str], int]:
+        """Every id and name (from its first word to its last) -> hospital; most words in one."""
+        table: dict[str, str] = {}
+        for hospital, name in self.names.items():
+            for surface in (hospital, name):
+                words = list(_WORD.finditer(surface))
+                if words:
+                    table[surface[words[0].start() : words[-1].end()]] = hospital
+        longest = max((len(_WORD.findall(s)) for s in table), default=1)
+        return table, longest
 
-    @cached_property
-    def _pattern(self) -> re.Pattern[str] | None:
-        if (self.open and not self.hide_ids) or not self.names:
-            return None
-        words = sorted({*self.names, *self.names.values()}, key=len, reverse=True)
-        return re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, words)) + r")(?!\w)")
+
+_WORD = re.compile(r"\w+")
