@@ -49,14 +49,13 @@ def site_labels(data_dir: str | Path | None, user: User | None) -> SiteLabels:
     federation = _federation(data_dir)
     hidden = data_dir is not None and is_pseudonymous(data_dir)
     names = {h.id: h.name for h in federation.hospitals} if federation else {}
-    role = user.role if user is not None else None
-    if role == "steward":
-        own = str(user.hospital) if _same(user.federation, data_dir) else None  # type: ignore[union-attr]
+    if user is not None and user.role == "steward":
+        own = str(user.hospital) if _same(user.federation, data_dir) else None
         return SiteLabels({own: names[own]} if own in names else {}, open=False, names=names)
-    if role is None or not hidden:
+    if user is None or not hidden:
         return SiteLabels(names, names=names)
     aliases = pseudonyms(names)
-    if role == "admin":
+    if user.role == "admin":
         return SiteLabels({h: f"{n} ({aliases[h]})" for h, n in names.items()}, names=names)
     return SiteLabels(aliases, hide_ids=True, open=False, names=names)
 
@@ -89,12 +88,6 @@ def _federation(data_dir: str | Path | None) -> Federation | None:
 
 def _same(federation: str | None, data_dir: str | Path | None) -> bool:
     return data_dir is not None and federation == str(Path(data_dir).resolve())
-
-
-def _named(hospitals: list[str], labels: SiteLabels) -> tuple[list[str], int]:
-    """The labels of ``hospitals`` the viewer may see, and how many others there are."""
-    shown = [labels.label(h) for h in hospitals]
-    return [s for s in shown if s is not None], sum(s is None for s in shown)
 
 
 # ---------------------------------------------------------------- consent
@@ -140,7 +133,10 @@ def run_consent_line(events: pl.DataFrame, labels: SiteLabels | None = None) -> 
 
 
 def _listed(hospitals: list[str], labels: SiteLabels) -> str:
-    named, others = _named(hospitals, labels)
+    """The labels of ``hospitals`` the viewer may see, then how many others there are."""
+    shown = [labels.label(h) for h in hospitals]
+    named = [s for s in shown if s is not None]
+    others = len(shown) - len(named)
     if others:
         named.append(f"{others} other hospital{'s' if others > 1 else ''}")
     return ", ".join(named)
