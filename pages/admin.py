@@ -6,6 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from healthsync import auth
+from healthsync.data import pseudonyms
 from healthsync.errors import HealthSyncError
 from healthsync.views.settings import find_federations
 from pages._guard import require
@@ -50,8 +51,8 @@ def act(change: Callable[[], str | None], message: str, *, show: bool = False) -
 
 
 names = [u.name for u in listed]
-add, change, reset, remove, grants = st.tabs(
-    ["Add user", "Change role", "Reset password", "Remove user", "Data set access"]
+add, change, reset, remove, grants, site_names = st.tabs(
+    ["Add user", "Change role", "Reset password", "Remove user", "Data set access", "Site names"]
 )
 with add, st.form("add_user"):
     name = st.text_input("User name").strip()
@@ -129,6 +130,33 @@ with grants, st.form("grants"):
             if lists
             else "No data set is restricted yet."
         )
+    )
+
+
+with site_names:
+    folders = find_federations(page.settings.data_root)
+    folder = st.selectbox("Data set", folders, format_func=lambda p: p.name, key="pseudo_data")
+    if folder is not None:
+        hidden = pseudonyms.is_pseudonymous(folder)
+        wanted = st.toggle(
+            "Pseudonymous sites: analysts and viewers see “Site A, Site B…”",
+            value=hidden,
+            key=f"pseudo_{folder.name}",
+        )
+        if wanted != hidden:
+            act(
+                lambda: (
+                    pseudonyms.set_pseudonymous(folder, wanted, by=f"{page.user.name} (admin)")
+                    and None
+                ),
+                f"{folder.name}: hospitals are shown "
+                + ("by pseudonym to analysts and viewers." if wanted else "by name again."),
+            )
+    st.caption(
+        "When on, analysts and viewers see every hospital of the data set as “Site A”, "
+        "“Site B”… (in hospital id order) and never its name or id, on every page and "
+        "download. You see “Name (Site C)”; a steward sees their own hospital by name. "
+        "Also `healthsync federations pseudonymise DIR --on|--off`."
     )
 
 

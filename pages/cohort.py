@@ -6,6 +6,7 @@ from healthsync.cohort import budget_status, charts, explore, form
 from healthsync.data import load_federation
 from healthsync.data.labels import column_name
 from healthsync.errors import HealthSyncError
+from healthsync.views import tenancy
 from healthsync.views.explainer import what_is
 from pages._guard import choose_data_set, require
 
@@ -28,7 +29,7 @@ except HealthSyncError as err:
     st.error(str(err))
     st.stop()
 options = form.choices(federation)
-names = {h.id: h.name for h in federation.hospitals}
+names = tenancy.site_labels(folder, page.user)
 budget_slot = st.empty()  # filled once any query of this run has spent
 budget_slot.metric("Your privacy budget left (epsilon)", f"{budget.left:g} of {budget.total:g}")
 
@@ -55,7 +56,7 @@ with st.form("cohort"):
             values[name] = st.multiselect(name, column.levels, default=column.levels)
         else:  # a hospital (shown by name) or an outcome
             values[name] = st.selectbox(
-                name, [form.ANY, *column.levels], format_func=lambda v: names.get(v, v)
+                name, [form.ANY, *column.levels], format_func=lambda v: names.label(v) or v
             )
     group_by = st.multiselect("Group by", options.groupable, max_selections=3)
     stats = st.multiselect("Statistics", options.stats, default=["count"])
@@ -74,11 +75,11 @@ if submitted:
                 group_by=group_by,
                 stats=stats,
                 home=page.settings.home,
-                progress=status.write,
+                progress=lambda line: status.write(names.scrub(line)),
             )
             status.update(label="Answered", state="complete")
     except HealthSyncError as err:
-        st.error(str(err).capitalize())
+        st.error(names.scrub(str(err)).capitalize())
         st.stop()
     st.session_state["cohort_result"] = (str(folder), result, where)
     budget = result.budget
@@ -94,8 +95,13 @@ st.caption(
     ("The same query as before: its cached answer, no budget spent. " if result.cached else "")
     + result.budget.describe().capitalize()
     + "."
+    + (f" The answer {result.describe_withdrawn(names)}." if result.withdrawn else "")
 )
-st.code(form.command(folder, page.settings.db, page.user.name, where, dims, result.query["stats"]))
+command = form.command(folder, page.settings.db, page.user.name, where, dims, result.query["stats"])
+if names.scrub(command) == command:
+    st.code(command)
+else:  # it names a hospital by its id, which this federation does not show
+    st.caption("The command line for this query is not shown: it names a hospital by its id.")
 st.dataframe(result.table(names), hide_index=True)
 st.caption(
     "<11: fewer than 11 patients. suppressed: hidden so that a small cell cannot be worked out "

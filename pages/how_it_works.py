@@ -3,7 +3,7 @@
 import streamlit as st
 
 from healthsync.runs import runlog
-from healthsync.views import explainer
+from healthsync.views import explainer, tenancy
 from pages._guard import choose_federation, require
 
 page = require("view")
@@ -18,7 +18,9 @@ federation = choose_federation(page)
 runs = runlog.list_runs(
     page.store, kind=runlog.TRAINING, data_dir=federation.data_dir, limit=1
 ).to_dicts()
-story = explainer.round_story(federation, runs[0] if runs else None)
+story = explainer.round_story(
+    federation, runs[0] if runs else None, tenancy.site_labels(federation.data_dir, page.user)
+)
 
 st.header("One round, step by step", anchor="round")
 left, right = st.columns([3, 2])

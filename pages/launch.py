@@ -6,7 +6,7 @@ from healthsync.cohort.facts import published_patients
 from healthsync.config import ATTACKS, DP_SIDES, DP_STRATEGIES, MODELS, STRATEGIES, TrainConfig
 from healthsync.errors import HealthSyncError
 from healthsync.runs import engine, lifecycle, runlog, tuning
-from healthsync.views import dashboard, tenancy
+from healthsync.views import tenancy
 from pages._guard import choose_federation, require
 
 page = require("launch")
@@ -17,7 +17,8 @@ st.caption(
     f"{federation.name}: {len(federation.hospitals)} hospitals, {published_patients(federation)}. "
     + engine.launch_note(page.settings.db)
 )
-notice = tenancy.withdrawn_notice(federation, dashboard.hospital_names(federation.data_dir))
+labels = tenancy.site_labels(federation.data_dir, page.user)
+notice = tenancy.withdrawn_notice(federation, labels)
 if notice:
     st.warning(notice, icon=":material/block:")
 
@@ -103,7 +104,9 @@ with st.form("launch"):
                 "Hospitals per Flower client (0: automatic)", value=d.block_size, step=1
             ),
             "fail_hospitals": b.multiselect(
-                "Hospitals that fail every round (drill)", federation.hospital_ids
+                "Hospitals that fail every round (drill)",
+                federation.hospital_ids,
+                format_func=lambda h: labels.label(h) or h,
             ),
         }
     with st.expander("Privacy and robustness"):

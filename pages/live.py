@@ -26,7 +26,9 @@ run_ids = list(labels)
 default = wanted if wanted in labels else dashboard.default_run(all_runs)
 run_id = st.selectbox("Run", run_ids, index=run_ids.index(default), format_func=labels.get)
 st.query_params["run"] = run_id
-active = runlog.get_run(store, run_id)["status"] in runlog.ACTIVE
+chosen = runlog.get_run(store, run_id)
+active = chosen["status"] in runlog.ACTIVE
+sites = tenancy.site_labels(chosen["data_dir"], page.user)
 if not active:  # finished: what it reached, against training alone, and where to go next
     summary = drilldown.run_summary(store, run_id)
     with st.container(border=True):
@@ -70,8 +72,8 @@ def watch() -> None:
         status = "cancel requested, stopping after this round"  # no time left to estimate
     st.progress(progress.fraction, text=progress.text(status))
     if run["reason"]:
-        st.warning(f"{run['status'].capitalize()}: {run['reason']}")
-    for warning in runlog.run_warnings(store, run_id):
+        st.warning(f"{run['status'].capitalize()}: {sites.scrub(run['reason'])}")
+    for warning in runlog.run_warnings(store, run_id, sites):
         st.warning(warning.capitalize(), icon=":material/report:")
     if rounds.is_empty():
         if run["status"] not in runlog.ACTIVE:
@@ -118,7 +120,7 @@ def watch() -> None:
             runlog.hospital_rounds_frame(store, run_id), page.user, run["data_dir"]
         )
     )
-    heat = dashboard.with_names(heat, dashboard.hospital_names(run["data_dir"]))
+    heat = tenancy.with_site_labels(heat, sites)
     if heat["value"].drop_nulls().is_empty():
         st.info(
             "No hospital's own AUC can be shown for this run: each one's test split holds "
@@ -165,14 +167,12 @@ def hospital_drill_down(run: dict) -> None:
     """One hospital, picked by name: its rows, weight, released AUC by round and events."""
     st.subheader("One hospital")
     federation = drilldown.federation_of(run["data_dir"])
-    names = tenancy.own_hospital_names(
-        drilldown.run_hospitals(store, run_id, federation), page.user, run["data_dir"]
-    )
+    names = drilldown.run_hospitals(store, run_id, sites)
     if not names:
         st.info("No hospital has answered a round yet.")
         return
     hospital = st.selectbox("Hospital", list(names), format_func=names.get, key="drill_hospital")
-    detail = drilldown.hospital_detail(store, run_id, hospital, federation)
+    detail = drilldown.hospital_detail(store, run_id, hospital, federation, sites)
     cells = st.columns(4)
     cells[0].metric("Training rows", f"{detail.train_rows:,}" if detail.train_rows else "–")
     cells[1].metric("Test patients", f"{detail.test_rows:,}" if detail.test_rows else "–")
@@ -242,12 +242,12 @@ def safeguards(run: dict, rounds: pl.DataFrame) -> None:
             f"{secure[0].upper()}{secure[1:]}. The server received only masked models; each "
             "round's global model is their unmasked sum, never one hospital's model."
         )
-    withdrawn = tenancy.run_consent_line(events, dashboard.hospital_names(config.get("data_dir")))
+    withdrawn = tenancy.run_consent_line(events, sites)
     if withdrawn:
         st.subheader("Consent")
         st.caption(withdrawn)
-    adversaries = safety.adversaries_line(events, config.get("attack"))
-    dropped = safety.dropped_frame(events)
+    adversaries = safety.adversaries_line(events, config.get("attack"), sites)
+    dropped = safety.dropped_frame(events, sites)
     if adversaries or not dropped.is_empty():
         st.subheader("Attackers and dropouts")
         if adversaries:

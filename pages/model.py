@@ -56,7 +56,7 @@ else:
 sites = tenancy.own_hospital_only(
     dashboard.last_round_hospitals(store, run_id), page.user, run["data_dir"]
 )
-sites = dashboard.with_names(sites, dashboard.hospital_names(run["data_dir"]))
+sites = tenancy.with_site_labels(sites, tenancy.site_labels(run["data_dir"], page.user))
 withheld = sites.filter(pl.col("auc").is_null()).height
 if withheld < sites.height:
     st.altair_chart(charts.hospital_metric_bars(sites.drop_nulls("auc")))

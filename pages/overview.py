@@ -11,14 +11,19 @@ page = require("view")
 st.title("Federation overview")
 
 federation = choose_federation(page)
+labels = tenancy.site_labels(federation.data_dir, page.user)
 released, missing = published_facts(federation)
 
 cols = st.columns(4)
 cols[0].metric("Hospitals", f"{len(federation.hospitals):,}")
 if released is not None:
     sizes, prevalence = facts_frames(federation, released)
-    sizes = tenancy.own_hospital_only(sizes, page.user, federation.data_dir)
-    prevalence = tenancy.own_hospital_only(prevalence, page.user, federation.data_dir)
+    sizes, prevalence = (
+        tenancy.with_site_labels(
+            tenancy.own_hospital_only(f, page.user, federation.data_dir), labels
+        )
+        for f in (sizes, prevalence)
+    )
     shown = sizes["n_patients"].drop_nulls()
     total = released.total.get("patient_count")
     cols[1].metric("Patients (noisy)", f"≈ {total:,}" if isinstance(total, int) else "withheld")
@@ -31,7 +36,7 @@ st.caption(
     f"{federation.name} · source: {federation.source} · outcomes: {', '.join(federation.outcomes)}"
 )
 
-notice = tenancy.withdrawn_notice(federation, dashboard.hospital_names(federation.data_dir))
+notice = tenancy.withdrawn_notice(federation, labels)
 if notice:
     st.warning(notice, icon=":material/block:")
 

@@ -1,6 +1,6 @@
 """Runs: history, curves, tuning trials, utility vs privacy, pooled/local/federated/personalised, CSV."""
 
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import streamlit as st
@@ -25,11 +25,18 @@ if runs.is_empty():
     st.info("No runs recorded yet. Start one on the Launch page (or with `healthsync train`).")
     st.stop()
 labels = safety.run_labels(store, runs)
-st.dataframe(dashboard.runs_table(runs), hide_index=True, height=min(38 + 35 * runs.height, 400))
+site_labels = cache(partial(tenancy.site_labels, user=page.user))  # per data set, once
+st.dataframe(
+    dashboard.runs_table(runs, site_labels),
+    hide_index=True,
+    height=min(38 + 35 * runs.height, 400),
+)
 st.caption(
     "Every run in the metrics store, newest first, with its settings and final global numbers."
 )
-for warned_run, warnings in runlog.warnings_by_run(store, runs["run_id"].to_list()).items():
+for warned_run, warnings in runlog.warnings_by_run(
+    store, runs["run_id"].to_list(), site_labels
+).items():
     for warning in warnings:
         st.warning(f"{labels.get(warned_run, warned_run)}: {warning}", icon=":material/report:")
 
@@ -126,10 +133,9 @@ else:
         )
         st.info(f"No comparison stored for this run yet. {hint}")
     else:
-        names = dashboard.hospital_names(runlog.get_run(store, run_id)["data_dir"])
         data_dir = runlog.get_run(store, run_id)["data_dir"]
         table = tenancy.own_hospital_only(table, page.user, data_dir)
-        st.dataframe(dashboard.comparison_view(table, names), hide_index=True)
+        st.dataframe(dashboard.comparison_view(table, site_labels(data_dir)), hide_index=True)
         st.caption(
             "Each method on every hospital's test patients. Pooled is a simulation-only "
             "reference (all data in one place); local-only trains each hospital alone; "

@@ -213,3 +213,14 @@ def button(at: AppTest, label: str):
 
 def charts(at: AppTest) -> list:
     return list(at.get("vega_lite_chart"))
+
+
+def page_bytes(at: AppTest) -> bytes:
+    """Everything the page sent the browser: every element's message, chart data included.
+
+    Strings (text, table and chart data, picker options) appear in it as they
+    are, so a test can check that a name or id is nowhere on the page.
+    """
+    return b"".join(
+        node.proto.SerializeToString() for node in at._tree if getattr(node, "proto", None)
+    )

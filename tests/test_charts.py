@@ -4,7 +4,8 @@ import altair as alt
 import polars as pl
 import pytest
 
-from healthsync.views import charts, dashboard, privacy_charts, privacy_dashboard
+from healthsync.data.pseudonyms import SiteLabels
+from healthsync.views import charts, dashboard, privacy_charts, privacy_dashboard, tenancy
 
 
 def spec(chart) -> dict:
@@ -64,7 +65,7 @@ def test_metric_lines_have_units_and_fixed_colours(rounds):
 
 def test_heatmap_uses_names_and_hides_labels_when_crowded():
     cells = pl.DataFrame({"hospital": ["h0", "h1"], "round": [1, 1], "value": [0.7, None]})
-    d = spec(charts.hospital_heatmap(dashboard.with_names(cells, {"h0": "North"})))
+    d = spec(charts.hospital_heatmap(tenancy.with_site_labels(cells, SiteLabels({"h0": "North"}))))
     assert d["mark"]["type"] == "rect" and d["encoding"]["y"]["field"] == "name"
     assert d["encoding"]["color"]["scale"]["domain"] == [0.5, 1.0]
     many = pl.DataFrame(

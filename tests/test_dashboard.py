@@ -11,11 +11,12 @@ import pytest
 
 from healthsync.config import TrainConfig
 from healthsync.data import FeatureSpec, Federation, HospitalInfo
+from healthsync.data.pseudonyms import SiteLabels
 from healthsync.ml.metrics import auc_score
 from healthsync.privacy import training
 from healthsync.runs import runlog
 from healthsync.runs.store import MetricsStore
-from healthsync.views import dashboard, privacy_dashboard, settings
+from healthsync.views import dashboard, privacy_dashboard, settings, tenancy
 from tests.app_helpers import fake_run, make_federation
 
 PACKAGE = Path(dashboard.__file__).parent
@@ -152,7 +153,7 @@ def test_frames_for_the_live_charts(store):
     )
     heat = dashboard.heatmap_frame(runlog.hospital_rounds_frame(store, "run-a"))
     assert heat.columns == ["hospital", "round", "value"] and heat.height == 9
-    named = dashboard.with_names(heat, {"h0000": "North"})
+    named = tenancy.with_site_labels(heat, SiteLabels({"h0000": "North"}))
     assert named["name"].unique().sort().to_list() == ["North", "h0001", "h0002"]
     assert dashboard.metrics_long(rounds.clear()).is_empty()
     assert dashboard.hospital_status_long(rounds.clear()).is_empty()

@@ -9,6 +9,7 @@ from healthsync.ml.metrics import BinaryMetrics
 from healthsync.privacy import epsilon_for
 from healthsync.runs import runlog
 from healthsync.runs.store import MetricsStore
+from healthsync.views import dashboard
 from tests.app_helpers import AppEnv, button, charts, fake_run, texts
 
 
@@ -150,13 +151,14 @@ def test_live_shows_epsilon_attackers_and_dropouts_for_a_private_run(env):
     assert any("No hospital's own AUC can be shown" in i.value for i in at.info)
     assert "Privacy spent by round" in str(charts(at)[-1].proto.spec)
     page = texts(at)
-    assert "Adversarial: h0001 (scale)" in page
+    names = dashboard.hospital_names(env.fed_dir)  # hospitals by name, as every page names them
+    assert f"Adversarial: {names['h0001']} (scale)" in page
     assert (
         "run-dp · running · fedavg/logreg · diabetes · data set demo · scale×1 · DP z=1 ε≤20"
         in (at.selectbox[0].options)
     )
     dropped = at.dataframe[0].value
-    assert dropped.to_dict("records") == [{"round": 2, "dropped": 1, "hospitals": "h0002"}]
+    assert dropped.to_dict("records") == [{"round": 2, "dropped": 1, "hospitals": names["h0002"]}]
 
 
 def test_live_says_a_run_used_secure_aggregation(env):

@@ -16,7 +16,7 @@ from healthsync.privacy import consent
 from healthsync.privacy.consent import site_dir_of
 from healthsync.runs import runlog
 from healthsync.views import dashboard, tenancy
-from tests.app_helpers import AppEnv, button, charts, fake_run, log_in, texts
+from tests.app_helpers import AppEnv, button, charts, fake_run, log_in, page_bytes, texts
 
 OWN = "h0001"
 OTHERS = {"h0000", "h0002"}
@@ -198,3 +198,42 @@ def test_admin_adds_a_steward_on_the_users_page(env):
     at.text_input[1].set_value("nope")
     button(at, "Add user").click().run()
     assert "no hospital 'nope'" in " ".join(e.value for e in at.error)
+
+
+def _events_about_every_hospital(env: AppEnv, run_id: str) -> None:
+    """Failures, a drop-out, an attacker and a withdrawal: each about another hospital."""
+    for rnd in (1, 2, 3):
+        runlog.record_event(
+            env.store,
+            run_id,
+            "hospital_failed",
+            "train: hospital h0002 partition unreadable",
+            round=rnd,
+            hospital="h0002",
+        )
+    runlog.record_event(
+        env.store, run_id, "hospital_dropped", "dropout drill", round=2, hospital="h0000"
+    )
+    runlog.record_event(
+        env.store, run_id, "adversary", "simulated attacker in every round: scale", hospital="h0002"
+    )
+    runlog.record_event(
+        env.store, run_id, "hospital_withdrawn", "withdrawn: hospital h0000", hospital="h0000"
+    )
+
+
+def test_a_steward_sees_no_other_hospital_in_the_event_lines_of_live_and_runs(env):
+    """Issue 15: failures, drop-outs, attackers and withdrawals named other hospitals' ids."""
+    fake_run(env.store, "run-e", data_dir=env.fed_dir)
+    _events_about_every_hospital(env, "run-e")
+    federation = load_federation(env.fed_dir)
+    hidden = [h.encode() for h in OTHERS] + [federation.hospital(h).name.encode() for h in OTHERS]
+    for page in ("live", "runs"):
+        at = steward_app(env, f"pages/{page}.py", run="run-e")
+        assert not at.exception, page
+        shown = page_bytes(at)
+        assert [h for h in hidden if h in shown] == [], page
+    # The consortium still hears that one hospital failed, without which one.
+    assert "1 other hospital" in " ".join(w.value for w in at.warning)
+    viewer = page_bytes(env.app("viewer", "pages/live.py", run="run-e"))
+    assert all(h in viewer for h in (b"h0000", b"h0002")), "the same check catches a viewer's"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import polars as pl
 
 from healthsync.background.processes import process_alive
 from healthsync.config import TrainConfig
+from healthsync.data.pseudonyms import SiteLabels
 from healthsync.errors import HealthSyncError
 from healthsync.ml.metrics import BinaryMetrics
 from healthsync.privacy import training
@@ -356,19 +357,32 @@ def events_frame(store: MetricsStore, run_id: str) -> pl.DataFrame:
 WARN_FAILED_SHARE = 0.5
 
 
-def run_warnings(store: MetricsStore, run_id: str) -> list[str]:
+def run_warnings(store: MetricsStore, run_id: str, labels: SiteLabels | None = None) -> list[str]:
     """One line per hospital that failed in more than ``WARN_FAILED_SHARE`` of the rounds.
 
     A run completes when enough hospitals answer each round, so a hospital
     whose partition broke can fail every round of a "completed" run; this is
     how the CLI, Runs and Live say so. Simulated absences (dropout drills) are
     not failures and do not count.
+
+    ``labels`` is how the reader sees the run's hospitals
+    (``views.tenancy.site_labels``); without it, real names and ids, as the
+    operator's CLI shows them. Hospitals the reader may not see named are
+    counted in one line, and the failure messages are scrubbed of them.
     """
-    return warnings_by_run(store, [run_id]).get(run_id, [])
+    fixed = None if labels is None else (lambda data_dir: labels)
+    return warnings_by_run(store, [run_id], fixed).get(run_id, [])
 
 
-def warnings_by_run(store: MetricsStore, run_ids: Sequence[str]) -> dict[str, list[str]]:
-    """``run_warnings`` for many runs in one query (the Runs page shows them all)."""
+def warnings_by_run(
+    store: MetricsStore,
+    run_ids: Sequence[str],
+    labels: Callable[[str | None], SiteLabels] | None = None,
+) -> dict[str, list[str]]:
+    """``run_warnings`` for many runs in one query (the Runs page shows them all).
+
+    ``labels`` gives the reader's labels for a run's data set (``run_warnings``).
+    """
     if not run_ids:
         return {}
     marks = ", ".join("?" * len(run_ids))
@@ -391,26 +405,36 @@ def warnings_by_run(store: MetricsStore, run_ids: Sequence[str]) -> dict[str, li
         [*run_ids, *run_ids],
     )
     out: dict[str, list[str]] = {}
-    names: dict[str, dict[str, str]] = {}
+    seen: dict[str | None, SiteLabels] = {}
+    hidden: dict[str, int] = {}
     for row in failed.iter_rows(named=True):
-        if row["data_dir"] not in names:
-            names[row["data_dir"]] = _hospital_names(row["data_dir"])
-        name = names[row["data_dir"]].get(row["hospital"], row["hospital"])
+        if row["data_dir"] not in seen:
+            seen[row["data_dir"]] = (labels or _real_labels)(row["data_dir"])
+        shown = seen[row["data_dir"]]
+        who = shown.describe(row["hospital"])
+        if who is None:
+            hidden[row["run_id"]] = hidden.get(row["run_id"], 0) + 1
+            continue
         out.setdefault(row["run_id"], []).append(
-            f"hospital {name!r} ({row['hospital']}) failed {row['failed']} of {row['done']} "
-            f"round(s): {row['why']}"
+            f"hospital {who} failed {row['failed']} of {row['done']} "
+            f"round(s): {shown.scrub(row['why'])}"
+        )
+    for run_id, count in hidden.items():
+        out.setdefault(run_id, []).append(
+            f"{count} other hospital{'s' if count > 1 else ''} failed in more than half of the "
+            "rounds"
         )
     return out
 
 
-def _hospital_names(data_dir: str | None) -> dict[str, str]:
-    """Hospital id -> name from the run's manifest; ids alone if it is gone or broken."""
+def _real_labels(data_dir: str | None) -> SiteLabels:
+    """Real names and ids from the run's manifest; ids alone if it is gone or broken."""
     from healthsync.data import load_federation
 
     try:
-        return {h.id: h.name for h in load_federation(data_dir).hospitals} if data_dir else {}
+        return SiteLabels.real(load_federation(data_dir) if data_dir else None)
     except HealthSyncError:
-        return {}
+        return SiteLabels({})
 
 
 def load_model_blob(store: MetricsStore, run_id: str) -> bytes:

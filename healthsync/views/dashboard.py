@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,17 @@ from typing import Any
 import polars as pl
 
 from healthsync.auth import User
-from healthsync.data import Federation, load_federation
+from healthsync.data import Federation
 from healthsync.data.labels import column_label
-from healthsync.errors import HealthSyncError
 from healthsync.privacy import training
 from healthsync.runs import runlog
 from healthsync.runs.store import MetricsStore
+from healthsync.views.tenancy import (
+    SiteLabels,
+    runs_own_hospital_only,
+    site_labels,
+    with_site_labels,
+)
 
 METRICS = {"auc": "AUC", "accuracy": "accuracy", "loss": "log loss"}
 #: The federated validation loss: what chooses the round a run keeps (``--rounds auto``).
@@ -69,8 +74,24 @@ def run_labels(runs: pl.DataFrame) -> dict[str, str]:
     }
 
 
-def runs_table(runs: pl.DataFrame) -> pl.DataFrame:
-    """The run history as shown: settings, progress and final numbers."""
+def runs_table(
+    runs: pl.DataFrame, labels: Callable[[str | None], SiteLabels] | None = None
+) -> pl.DataFrame:
+    """The run history as shown: settings, progress and final numbers.
+
+    ``labels`` (a data set -> the reader's ``tenancy.site_labels``) scrubs
+    the notes of hospitals the reader may not see named.
+    """
+    if labels is not None and not runs.is_empty():
+        runs = runs.with_columns(
+            reason=pl.Series(
+                [
+                    None if reason is None else labels(data_dir).scrub(reason)
+                    for reason, data_dir in runs.select("reason", "data_dir").iter_rows()
+                ],
+                dtype=pl.String,
+            )
+        )
     return runs.select(
         pl.col("run_id").alias("run"),
         "status",
@@ -94,19 +115,11 @@ def format_metric(value: float | None) -> str:
 
 
 def hospital_names(data_dir: str | Path | None) -> dict[str, str]:
-    """``hospital id -> name`` from a run's federation manifest (empty if it is gone)."""
-    try:
-        federation = load_federation(data_dir) if data_dir else None
-    except HealthSyncError:
-        return {}
-    return {h.id: h.name for h in federation.hospitals} if federation else {}
+    """``hospital id -> real name`` from a run's federation manifest (empty if it is gone).
 
-
-def with_names(frame: pl.DataFrame, names: Mapping[str, str]) -> pl.DataFrame:
-    """Add a ``name`` column (the hospital's name, or its id when unknown) for chart labels."""
-    return frame.with_columns(
-        pl.col("hospital").replace_strict(dict(names), default=pl.col("hospital")).alias("name")
-    )
+    The operator's view; pages name hospitals with ``tenancy.site_labels``.
+    """
+    return dict(site_labels(data_dir, None))
 
 
 def finished_runs(runs: pl.DataFrame) -> pl.DataFrame:
@@ -282,16 +295,15 @@ def latest_comparison(store: MetricsStore, run_id: str) -> pl.DataFrame:
     )
 
 
-def comparison_view(table: pl.DataFrame, names: Mapping[str, str]) -> pl.DataFrame:
-    """The comparison table as shown: hospitals by name, figures as text, "–" where missing.
+def comparison_view(table: pl.DataFrame, labels: SiteLabels) -> pl.DataFrame:
+    """The comparison table as shown: hospitals by label, figures as text, "–" where missing.
 
     A missing figure is withheld (release policy) or never recorded (runs
     recorded before per-hospital Brier scores were); Streamlit would print
     either as "None". ``chosen`` says which round or epoch each method kept.
     """
     figures = [c for c in ("loss", "auc", "accuracy", "brier") if c in table.columns]
-    return table.with_columns(
-        pl.col("hospital").replace_strict(dict(names), default=pl.col("hospital")),
+    return with_site_labels(table, labels, into="hospital").with_columns(
         *(
             pl.col(c).map_elements(format_metric, return_dtype=pl.String).fill_null("–")
             for c in figures
@@ -344,8 +356,10 @@ def metrics_csv(
     (``views.tenancy.own_hospital_only``).
 
     Per-hospital figures as released (``privacy.training``): withheld ones are empty.
-    Per-hospital rows carry ``hospital_name`` from each run's manifest (the id
-    when the manifest is gone), so the file names hospitals as the pages do.
+    Per-hospital rows carry ``hospital_name`` as ``viewer`` sees each run's
+    hospitals (``tenancy.site_labels``: real names without a viewer, the id
+    when the manifest is gone); where the viewer may not see ids, the
+    ``hospital`` column holds the pseudonym too.
     """
     columns = EXPORTS[table]
     released = ", released" if table == "hospital_rounds" else ""
@@ -363,20 +377,19 @@ def metrics_csv(
         ).iter_rows()
     )
     if viewer is not None:
-        from healthsync.views.tenancy import runs_own_hospital_only
-
         frame = runs_own_hospital_only(frame, viewer, data_dirs)
-    names = {
-        (run_id, hospital): name
+    parts = [
+        with_site_labels(
+            frame.filter(pl.col("run_id") == run_id),
+            site_labels(data_dir, viewer),
+            into="hospital_name",
+        )
         for run_id, data_dir in data_dirs.items()
-        for hospital, name in hospital_names(data_dir).items()
-    }
-    named = pl.Series(
-        "hospital_name",
-        [names.get(key, key[1]) for key in frame.select("run_id", "hospital").iter_rows()],
-        dtype=pl.String,
-    )
-    return frame.insert_column(frame.columns.index("hospital") + 1, named).write_csv()
+    ]
+    named = pl.concat(parts) if parts else frame.with_columns(hospital_name=pl.lit(None, pl.String))
+    order = list(frame.columns)
+    order.insert(order.index("hospital") + 1, "hospital_name")
+    return named.select(order).sort(*columns[:3]).write_csv()
 
 
 # ---------------------------------------------------------------- model

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from healthsync.data import Federation, load_federation
+from healthsync.data.pseudonyms import OTHER_SITE, SiteLabels
 from healthsync.errors import HealthSyncError
 from healthsync.privacy.training import released_hospital_metrics
 from healthsync.runs import runlog
@@ -125,9 +126,18 @@ class HospitalDetail:
 
 
 def hospital_detail(
-    store: MetricsStore, run_id: str, hospital: str, federation: Federation | None
+    store: MetricsStore,
+    run_id: str,
+    hospital: str,
+    federation: Federation | None,
+    labels: SiteLabels | None = None,
 ) -> HospitalDetail:
-    """``hospital``'s rows, weight, released metrics by round and events in ``run_id``."""
+    """``hospital``'s rows, weight, released metrics by round and events in ``run_id``.
+
+    Named, and its event messages worded, as the reader sees hospitals
+    (``labels``, from ``tenancy.site_labels``; real names without).
+    """
+    labels = labels if labels is not None else SiteLabels.real(federation)
     info = {h.id: h for h in federation.hospitals} if federation else {}
     total = sum(h.n_train for h in info.values())
     mine = info.get(hospital)
@@ -141,10 +151,10 @@ def hospital_detail(
     events = runlog.events_frame(store, run_id)
     events = events.filter(
         (pl.col("hospital") == hospital) & pl.col("kind").is_in(HOSPITAL_EVENTS)
-    ).select("round", "kind", "message")
+    ).select("round", "kind", pl.col("message").map_elements(labels.scrub, return_dtype=pl.String))
     return HospitalDetail(
         hospital=hospital,
-        name=mine.name if mine else hospital,
+        name=labels.label(hospital) or OTHER_SITE,
         train_rows=mine.n_train if mine else None,
         test_rows=mine.n_test if mine else None,
         weight=mine.n_train / total if mine and total else None,
@@ -153,18 +163,20 @@ def hospital_detail(
     )
 
 
-def run_hospitals(
-    store: MetricsStore, run_id: str, federation: Federation | None
-) -> dict[str, str]:
-    """``hospital id -> name`` of the run's hospitals, by name, for a picker."""
-    if federation is not None:
-        names = {h.id: h.name for h in federation.hospitals}
-    else:
-        ids = store.frame(
-            "SELECT DISTINCT hospital FROM hospital_rounds WHERE run_id = ?", [run_id]
-        )["hospital"]
-        names = {h: h for h in ids}
-    return dict(sorted(names.items(), key=lambda item: item[1]))
+def run_hospitals(store: MetricsStore, run_id: str, labels: SiteLabels) -> dict[str, str]:
+    """``hospital id -> label`` of the run's hospitals the reader may see, by label, for a picker.
+
+    ``labels`` from ``tenancy.site_labels``: the federation's hospitals, or the
+    run's recorded ones when its manifest is gone.
+    """
+    ids = (
+        list(labels.names)
+        or store.frame("SELECT DISTINCT hospital FROM hospital_rounds WHERE run_id = ?", [run_id])[
+            "hospital"
+        ].to_list()
+    )
+    shown = {h: label for h in ids if (label := labels.label(h)) is not None}
+    return dict(sorted(shown.items(), key=lambda item: item[1]))
 
 
 def _number(value: object) -> float | None:

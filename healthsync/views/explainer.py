@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from healthsync.data import Federation
+from healthsync.data.pseudonyms import OTHER_SITE, SiteLabels
 from healthsync.privacy.release import MIN_CELL
 
 #: The page's URL path (``pages/how_it_works.py``), relative so it works under any base path.
@@ -179,17 +180,24 @@ class RoundStory:
         return "\n".join(lines)
 
 
-def round_story(federation: Federation, run: Mapping[str, Any] | None = None) -> RoundStory:
+def round_story(
+    federation: Federation,
+    run: Mapping[str, Any] | None = None,
+    labels: SiteLabels | None = None,
+) -> RoundStory:
     """The story of one round on ``federation``, with ``run``'s settings when there is one.
 
-    ``run`` is a row of ``runlog.list_runs`` (or ``get_run``) on this federation.
+    ``run`` is a row of ``runlog.list_runs`` (or ``get_run``) on this federation;
+    hospitals are named as the reader sees them (``labels``, from
+    ``tenancy.site_labels``; real names without).
     """
     hospitals = federation.hospitals
+    labels = labels if labels is not None else SiteLabels.real(federation)
     base = {
         "hospitals": len(hospitals),
         "train_rows": sum(h.n_train for h in hospitals),
         "test_rows": sum(h.n_test for h in hospitals),
-        "names": tuple(h.name for h in hospitals),
+        "names": tuple(labels.label(h.id) or OTHER_SITE for h in hospitals),
     }
     if not run:
         return RoundStory(**base)

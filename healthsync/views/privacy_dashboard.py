@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from healthsync.data.pseudonyms import SiteLabels
 from healthsync.runs.store import MetricsStore
 from healthsync.views import dashboard
 
@@ -126,11 +127,13 @@ def epsilon_spent(rounds: pl.DataFrame) -> float | None:
     return None if frame.is_empty() else float(frame["epsilon"][-1])
 
 
-def dropped_frame(events: pl.DataFrame) -> pl.DataFrame:
+def dropped_frame(events: pl.DataFrame, labels: SiteLabels | None = None) -> pl.DataFrame:
     """Per round, the hospitals dropped (dropout or timeout): ``round, dropped, hospitals``.
 
-    ``hospitals`` lists the first ``MAX_LISTED`` ids and counts the rest, so a
-    federation of thousands still gives a short line.
+    ``hospitals`` lists the first ``MAX_LISTED`` as the reader sees them
+    (``labels``, from ``tenancy.site_labels``; ids without) and counts the
+    rest, so a federation of thousands still gives a short line. ``dropped``
+    counts every hospital, named or not: the consortium's figure.
     """
     schema = {"round": pl.Int64, "dropped": pl.Int64, "hospitals": pl.String}
     if events.is_empty():
@@ -142,14 +145,23 @@ def dropped_frame(events: pl.DataFrame) -> pl.DataFrame:
         .sort("round")
     )
     rows = [
-        {"round": r["round"], "dropped": len(r["hospital"]), "hospitals": _listed(r["hospital"])}
+        {
+            "round": r["round"],
+            "dropped": len(r["hospital"]),
+            "hospitals": _listed(r["hospital"], labels),
+        }
         for r in grouped.to_dicts()
     ]
     return pl.DataFrame(rows, schema=schema)
 
 
-def adversaries_line(events: pl.DataFrame, attack: str | None) -> str | None:
-    """``"Adversarial: h0001, h0005 (scale)"``, or ``None`` when no hospital attacks."""
+def adversaries_line(
+    events: pl.DataFrame, attack: str | None, labels: SiteLabels | None = None
+) -> str | None:
+    """``"Adversarial: h0001, h0005 (scale)"``, or ``None`` when no hospital attacks.
+
+    Hospitals as the reader sees them (``labels``), as ``dropped_frame`` lists them.
+    """
     if events.is_empty():
         return None
     hospitals = (
@@ -157,7 +169,7 @@ def adversaries_line(events: pl.DataFrame, attack: str | None) -> str | None:
     )
     if hospitals.is_empty():
         return None
-    return f"Adversarial: {_listed(hospitals.to_list())} ({attack or 'attack'})"
+    return f"Adversarial: {_listed(hospitals.to_list(), labels)} ({attack or 'attack'})"
 
 
 def secure_aggregation_line(events: pl.DataFrame) -> str | None:
@@ -170,9 +182,14 @@ def secure_aggregation_line(events: pl.DataFrame) -> str | None:
     return lines[0] if len(lines) else None
 
 
-def _listed(hospitals: Sequence[str]) -> str:
-    shown = ", ".join(hospitals[:MAX_LISTED])
-    rest = len(hospitals) - MAX_LISTED
+def _listed(hospitals: Sequence[str], labels: SiteLabels | None) -> str:
+    """The first ``MAX_LISTED`` hospitals the reader may see named, then how many more."""
+    named = list(hospitals) if labels is None else [labels.label(h) for h in hospitals]
+    visible = sorted(n for n in named if n is not None)
+    shown = ", ".join(visible[:MAX_LISTED])
+    rest = len(named) - min(len(visible), MAX_LISTED)
+    if not shown:
+        return f"{rest} hospital{'s' if rest > 1 else ''}"
     return f"{shown} and {rest} more" if rest > 0 else shown
 
 
