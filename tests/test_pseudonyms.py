@@ -8,11 +8,13 @@ the CSV download are checked for every real name and every hospital id.
 
 from __future__ import annotations
 
+import json
 import stat
 
 import polars as pl
 import pytest
 
+from healthsync import auth
 from healthsync.cli import main
 from healthsync.cohort.facts import publish
 from healthsync.data import load_federation, pseudonyms
@@ -20,7 +22,15 @@ from healthsync.privacy import consent
 from healthsync.privacy.consent import site_dir_of
 from healthsync.runs import runlog
 from healthsync.views import dashboard, tenancy
-from tests.app_helpers import APP, AppEnv, fake_run, log_in, page_bytes, texts
+from tests.app_helpers import (
+    APP,
+    AppEnv,
+    fake_run,
+    log_in,
+    make_federation,
+    page_bytes,
+    texts,
+)
 from tests.cohort_helpers import InProcess
 from tests.test_tenancy_pages import _comparison, _events_about_every_hospital
 
@@ -225,3 +235,84 @@ def test_a_steward_sees_their_own_name_under_pseudonyms(env):
     assert [
         v for v in (names["h0000"], names["h0002"], "Site A", "Site C") if v.encode() in shown
     ] == []
+
+
+# ---------------------------------------------------------------- the CLI with credentials
+def _runs_cli(capsys, monkeypatch, user: str, *args: str) -> tuple[int, str]:
+    monkeypatch.setenv("HEALTHSYNC_PASSWORD", "a-long-password")
+    code = main(["runs", *args, "--user", user])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_runs_cli_with_credentials_shows_what_the_app_shows(env, capsys, monkeypatch):
+    """Issue 15: "CLI output their credentials can reach" names no hospital they may not see."""
+    _world(env)
+    env.store.execute(
+        'UPDATE runs SET config = json_merge_patch(config, \'{"fail_hospitals": ["h0001"]}\')'
+    )
+    db = str(env.store.path)
+    # Without credentials: the operator's whole view (the check below can fail).
+    assert main(["runs", "show", "run-a", "--db", db, "--json"]) == 0
+    assert _leaks(capsys.readouterr().out.encode(), env)
+    # An analyst on a pseudonymous federation: letters only, in rows, events, reason, config.
+    code, out = _runs_cli(
+        capsys, monkeypatch, env.user("analyst"), "show", "run-a", "--db", db, "--json"
+    )
+    assert code == 0 and _leaks(out.encode(), env) == [] and '"Site B"' in out
+    # A steward of h0001: their own rows by id and name, no other hospital's.
+    env.users.add("stew", "steward", "a-long-password", federation=env.fed_dir, hospital="h0001")
+    code, out = _runs_cli(capsys, monkeypatch, "stew", "show", "run-a", "--db", db, "--json")
+    assert code == 0, out
+    detail = json.loads(out.splitlines()[-1])
+    assert {r["hospital"] for r in detail["hospitals"]} <= {"h0001", "overall"}
+    assert {e["hospital"] for e in detail["events"]} <= {"h0001", None}
+    names = _names(env)
+    assert not [v for v in ("h0000", "h0002", names["h0000"], names["h0002"]) if v in out]
+    # A wrong password is refused in one line, exit 2.
+    monkeypatch.setenv("HEALTHSYNC_PASSWORD", "wrong-password")
+    assert main(["runs", "list", "--db", db, "--user", "stew"]) == 2
+    assert "wrong user name or password for 'stew'" in capsys.readouterr().err
+
+
+def test_runs_cli_hides_a_data_set_the_analyst_was_not_granted(env, capsys, monkeypatch):
+    private = env.data_root / "private"
+    make_federation(private)
+    fake_run(env.store, "run-private", data_dir=private)
+    fake_run(env.store, "run-demo", data_dir=env.fed_dir)
+    name = env.user("analyst")
+    auth.AccessLists(env.home).revoke(private, name, env.users)
+    db = str(env.store.path)
+    code, out = _runs_cli(capsys, monkeypatch, name, "list", "--db", db, "--json")
+    assert code == 0 and "run-demo" in out and "run-private" not in out
+    code, out = _runs_cli(capsys, monkeypatch, name, "show", "run-private", "--db", db)
+    assert code == 2 and f"{name} has no access to the data set private" in out
+
+
+def test_the_cohort_cli_of_an_analyst_shows_sites_and_refuses_ids(env, capsys, monkeypatch):
+    """An analyst's own ``healthsync cohort`` shows what the explorer shows them."""
+    from healthsync.cohort import explorer
+
+    federation = load_federation(env.fed_dir)
+    executor = InProcess(federation)
+    executor.started = False  # nothing to stop after the query, as a warm service
+    monkeypatch.setattr(explorer, "FlowerExecutor", lambda *a, **k: executor)
+    monkeypatch.setenv("HEALTHSYNC_PASSWORD", "a-long-password")
+    name = env.user("analyst")
+    base = ["cohort", "--data", str(env.fed_dir), "--db", str(env.db), "--user", name]
+    # Pseudonyms off: ids, as before (the check below can fail).
+    assert main([*base, "--group-by", "hospital", "--json"]) == 0
+    assert _leaks(capsys.readouterr().out.encode(), env)
+    pseudonyms.set_pseudonymous(env.fed_dir, True, by="admin")
+    for output in ([], ["--json"]):
+        assert main([*base, "--group-by", "hospital", *output]) == 0
+        out = capsys.readouterr().out
+        assert _leaks(out.encode(), env) == [] and "Site B" in out
+    # "Site B" is understood (it is h0001); the answer names no id either.
+    assert main([*base, "--where", "hospital == Site B", "--group-by", "hospital", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert [cell["hospital"] for cell in json.loads(out)["cells"]] == ["Site B"]
+    assert _leaks(out.encode(), env) == []
+    assert main([*base, "--where", "hospital == h0001"]) == 2
+    err = capsys.readouterr().err
+    assert "filter on one of those names, not 'h0001'" in err and err.count("\n") == 1

@@ -11,6 +11,7 @@ because budgets are kept per user.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -97,23 +98,60 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     from healthsync.cohort import explore
 
     authenticate(args.user, _password(args.password_stdin), args.home)
+    labels = _site_labels(args.data, args.user, args.home)
     result = explore(
         args.data,
         db=args.db,
         user=args.user,
-        where=args.where,
+        where=[_hospital_by_label(text, labels) for text in args.where],
         group_by=args.group_by,
         stats=args.stat,
         home=args.home,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
         keep_warm=args.keep_warm,
     )
+    shown = labels if labels.hide_ids else None  # else ids, as the operator's tools show them
+    if shown:  # the query as the analyst wrote it ("Site B"), not as the hospitals ran it
+        result = dataclasses.replace(result, query={**result.query, "where": list(args.where)})
     if args.json:
         print(result.budget.describe(), file=sys.stderr)
-        print(result.to_json())
+        print(result.to_json(shown))
     else:
-        print(result.text())
+        print(result.text(shown))
     return 0
+
+
+def _site_labels(data: Path, user: str, home: str | None):
+    """How ``user`` sees the federation's hospitals: the app's rule (``tenancy.site_labels``).
+
+    An analyst's own command line shows what the explorer shows them: on a
+    pseudonymous data set, "Site C" and never a hospital's name or id.
+    """
+    from healthsync import auth
+    from healthsync.views.tenancy import site_labels
+
+    return site_labels(data, auth.UserStore(auth.resolve_home(home)).get(user))
+
+
+def _hospital_by_label(text: str, labels) -> str:
+    """``hospital == Site C`` as the query the hospitals run (by id), where ids are hidden.
+
+    On a pseudonymous data set a filter naming a hospital by its id (or real
+    name) is refused: answering it would tie that id to its pseudonym.
+    """
+    from healthsync.cohort.plan import HOSPITAL
+    from healthsync.cohort.query import Condition
+
+    condition = Condition.parse(text)
+    if condition.column != HOSPITAL or not labels.hide_ids:
+        return text
+    by_label = {label: hospital for hospital, label in labels.items()}
+    if condition.value not in by_label:
+        raise HealthSyncError(
+            f"this data set shows its hospitals as {', '.join(sorted(by_label)[:3])}…: "
+            f"filter on one of those names, not {condition.value!r}"
+        )
+    return f"{condition.column} {condition.op} {by_label[condition.value]}"
 
 
 def authenticate(user: str, password: str | None, home: str | Path | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from healthsync.cli.cohort import PASSWORD_VARIABLE
 from healthsync.config import DEFAULT_DB
 
 
@@ -22,6 +23,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--db", default=str(DEFAULT_DB))
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_show)
+    for parser in (listing, show):
+        parser.add_argument(
+            "--user",
+            default=None,
+            help="show only what this user may see (their data sets; a steward's own "
+            "hospital; pseudonyms where the data set hides its sites), as the app does. "
+            "Without it: the operator's view of the whole store",
+        )
+        parser.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help=f"read --user's password from standard input (otherwise ${PASSWORD_VARIABLE})",
+        )
+        parser.add_argument(
+            "--home", default=None, help="credentials directory (default: $HEALTHSYNC_HOME)"
+        )
 
     cancel = sub.add_parser("cancel", help="stop a run after its current round")
     cancel.add_argument("run_id", metavar="RUN_ID")
@@ -36,8 +53,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     from healthsync.runs.store import MetricsStore
 
     store = MetricsStore.existing(args.db)
+    user = _signed_in(args)
     runlog.reconcile_dead_runs(store)
     frame = runlog.list_runs(store)
+    if user is not None:
+        from healthsync.auth import AccessLists, resolve_home
+        from healthsync.views.tenancy import visible_runs
+
+        frame = visible_runs(frame, user, AccessLists(resolve_home(args.home)))
     if args.json:
         print(
             json.dumps(runlog.to_records(frame.with_columns(pl.col(pl.Datetime).cast(pl.String))))
@@ -76,8 +99,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     from healthsync.runs.store import MetricsStore
 
     store = MetricsStore.existing(args.db)
+    user = _signed_in(args)
     runlog.reconcile_dead_runs(store)
-    detail = runlog.run_detail(store, args.run_id)
+    if user is None:
+        detail = runlog.run_detail(store, args.run_id)
+    else:
+        from healthsync.auth import AccessLists, resolve_home
+        from healthsync.views.tenancy import run_detail_for
+
+        data_dir = runlog.get_run(store, args.run_id)["data_dir"]
+        if data_dir and user.role != "admin":
+            AccessLists(resolve_home(args.home)).check(user, data_dir)
+        detail = run_detail_for(store, args.run_id, user)
     if args.json:
         print(json.dumps(detail))
         return 0
@@ -91,6 +124,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, float_precision=4):
         print(pl.DataFrame(detail["rounds"]) if detail["rounds"] else "no rounds recorded yet")
     return 0
+
+
+def _signed_in(args: argparse.Namespace):
+    """The ``--user`` whose password checks out (``None``: the operator's view)."""
+    if args.user is None:
+        return None
+    from healthsync import auth
+    from healthsync.cli.cohort import _password, authenticate
+
+    authenticate(args.user, _password(args.password_stdin), args.home)
+    return auth.UserStore(auth.resolve_home(args.home)).get(args.user)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -146,21 +146,26 @@ class CohortResult:
     #: Hospitals left out because they withdrew consent (``healthsync.privacy.consent``).
     withdrawn: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` output."""
+    def to_dict(self, names: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The ``--json`` output; ``names`` (id -> label) replaces hospital ids where given."""
+        release = self.release.to_dict()
+        if names:
+            release["cells"] = [
+                {**cell, **self._levels(cell, names)} for cell in release.get("cells", [])
+            ]
         return {
-            "withdrawn_hospitals": list(self.withdrawn),
+            "withdrawn_hospitals": [names.get(h, h) if names else h for h in self.withdrawn],
             "federation": self.federation,
             "user": self.user,
             "query": self.query,
             "cached": self.cached,
             "epsilon_spent": self.epsilon_spent,
             "privacy_budget": self.budget.to_dict(),
-            **self.release.to_dict(),
+            **release,
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False)
+    def to_json(self, names: Mapping[str, str] | None = None) -> str:
+        return json.dumps(self.to_dict(names), ensure_ascii=False)
 
     @property
     def columns(self) -> list[str]:
@@ -240,13 +245,16 @@ class CohortResult:
     def histogram_features(self) -> list[str]:
         return [s.partition(":")[2] for s in self.query["stats"] if s.startswith("histogram:")]
 
-    def text(self) -> str:
-        """A readable table for the terminal, then any histograms and the budget."""
-        table = self.table()
+    def text(self, names: Mapping[str, str] | None = None) -> str:
+        """A readable table for the terminal, then any histograms and the budget.
+
+        ``names`` (hospital id -> label) shows hospitals as the reader may see them.
+        """
+        table = self.table(names)
         lines = [_format_table(table.columns, table.rows())]
         lines.append(f"total of shown cells: {self.describe_total()}")
         for feature in self.histogram_features():
-            bins = self.histograms(feature)
+            bins = self.histograms(feature, names)
             lines.append(f"\nhistogram of {feature} (bins merged to >= {self.release.threshold}):")
             for row in bins.iter_rows(named=True):
                 lines.append(f"  {row['cell']:<24} {row['bin']:>10}  {row['bin_count']:>8,}")
@@ -256,7 +264,7 @@ class CohortResult:
             "cached answer, no budget spent" if self.cached else f"spent {self.epsilon_spent:g}"
         )
         if self.withdrawn:
-            lines.append(self.describe_withdrawn())
+            lines.append(self.describe_withdrawn(names))
         lines.append(f"\n{self.budget.describe()} ({source})")
         return "\n".join(lines)
 

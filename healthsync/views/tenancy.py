@@ -25,6 +25,8 @@ from healthsync.data.pseudonyms import (
 )
 from healthsync.errors import HealthSyncError
 from healthsync.privacy.consent import withdrawn_hospitals
+from healthsync.runs import runlog
+from healthsync.runs.store import MetricsStore
 
 __all__ = ["CONSORTIUM_ROWS", "OTHER_SITE", "SiteLabels"]
 
@@ -183,3 +185,50 @@ def runs_own_hospital_only(
         for run_id, data_dir in data_dirs.items()
     ]
     return pl.concat(parts) if parts else frame.clear()
+
+
+def run_detail_for(store: MetricsStore, run_id: str, user: User) -> dict:
+    """The ``runs show --json`` document (``runlog.run_detail``) as ``user`` may see it.
+
+    The same rules as the pages: a steward keeps their own hospital's rows and
+    the consortium's, and reads other hospitals only as counts; on a
+    pseudonymous federation analysts and viewers read "Site C" wherever an id
+    or a name was (rows, events, warnings, the run's reason and its
+    ``fail_hospitals``). Callers check access to the run's federation first.
+    """
+    detail = runlog.run_detail(store, run_id)
+    labels = site_labels(detail["config"].get("data_dir"), user)
+    if labels.open and not labels.hide_ids:
+        return detail
+
+    def shown(hospital: str | None) -> str | None:
+        if hospital is None:
+            return None
+        label = labels.label(hospital)
+        return label if labels.hide_ids or label is None else hospital
+
+    hospitals = [
+        {**row, "hospital": shown(row["hospital"])}
+        for row in detail["hospitals"]
+        if shown(row["hospital"]) is not None
+    ]
+    events = [
+        {**event, "hospital": shown(event["hospital"]), "message": labels.scrub(event["message"])}
+        for event in detail["events"]
+        if event.get("hospital") is None or shown(event["hospital"]) is not None
+    ]
+    config = dict(detail["config"])
+    if config.get("fail_hospitals"):
+        config["fail_hospitals"] = [
+            label for h in config["fail_hospitals"] if (label := shown(h)) is not None
+        ]
+    reason = detail["reason"] and labels.scrub(detail["reason"])
+    warnings = runlog.run_warnings(store, run_id, labels)
+    return {
+        **detail,
+        "config": config,
+        "reason": reason,
+        "hospitals": hospitals,
+        "events": events,
+        "warnings": warnings,
+    }
