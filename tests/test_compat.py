@@ -393,6 +393,8 @@ def test_ray_init_still_builds_the_node_whose_start_up_we_trim():
     assert all(p.kind is p.KEYWORD_ONLY for n, p in api.items() if n != "self")
     assert "return self._session_dir" in inspect.getsource(node.Node.get_session_dir_path)
     assert "self._session_dir = os.path.join(" in inspect.getsource(node.Node._init_temp)
+    assert 'f"session_{date_str}_{os.getpid()}"' in inspect.getsource(node.Node.__init__)
+    assert "get_default_ray_temp_dir()" in inspect.getsource(node.Node._init_temp)
     assert ray.SESSION_LATEST == constants.SESSION_LATEST
     init = inspect.signature(node.Node.__init__).parameters
     assert list(init)[:3] == ["self", "ray_params", "head"] and "connect_only" in init

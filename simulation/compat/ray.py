@@ -18,6 +18,10 @@ Relies on, in Ray 2.55 (checked by ``tests/test_compat.py``):
   (with fewer modules), and ``ray.init`` always starts the autoscaler monitor
   and the log monitor (only ``ray start``'s hidden ``--no-monitor`` and
   ``--include-log-monitor`` reach them). :func:`lean_local_start` is the shim.
+- The session folder's name, ``session_<date>_<pid of the process that started
+  the head>`` in ``ray._common.utils.get_default_ray_temp_dir()``
+  (``Node.__init__``): :func:`sessions_of` finds a process's folder after it
+  has gone.
 
 Everything else HealthSync asks of Ray goes through public APIs: ``ray.init``
 arguments in Flower's ``backend_config`` (``simulation.launch``) and
@@ -119,6 +123,13 @@ def session_dir() -> Path | None:
 
     current = worker._global_node if ray.is_initialized() else None
     return Path(current.get_session_dir_path()) if current is not None else None
+
+
+def sessions_of(pid: int) -> list[Path]:
+    """The session folders left by a local Ray head that process ``pid`` started."""
+    from ray._common.utils import get_default_ray_temp_dir
+
+    return sorted(Path(get_default_ray_temp_dir()).glob(f"session_*_{pid}"))
 
 
 def remove_session(session: Path) -> None:
