@@ -9,21 +9,10 @@ import os
 from healthsync.config import TrainConfig
 from healthsync.data import load_federation
 
-DASHBOARD_VARIABLE = "HEALTHSYNC_RAY_DASHBOARD"  # "1": a local Ray starts its dashboard too
-
-
-def wants_dashboard() -> bool:
-    """Whether the user asked for Ray's dashboard (off by default: a process and a second of start-up)."""
-    return os.environ.get(DASHBOARD_VARIABLE, "0").lower() in {"1", "true", "yes", "on"}
-
 
 def backend_config(ray_address: str | None = None) -> dict:
     """Ray settings: one CPU per client actor so a 2-core machine runs two blocks at once."""
-    init_args: dict = {
-        "include_dashboard": wants_dashboard(),
-        "log_to_driver": False,
-        "logging_level": "error",
-    }
+    init_args: dict = {"include_dashboard": False, "log_to_driver": False, "logging_level": "error"}
     if ray_address:
         init_args["address"] = ray_address
     else:
@@ -68,7 +57,7 @@ def simulate(
         gc.freeze()
         gc.set_threshold(10_000, 10, 10)
     # A local Ray runs only GCS, raylet and actors, and its session folder goes when it stops.
-    with ray.lean_local_start(dashboard=wants_dashboard()):
+    with ray.lean_local_start():
         flower.run_simulation(
             server_app, client_app, nodes, backend_config(ray_address), affinity=not stock
         )

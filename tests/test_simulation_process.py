@@ -17,13 +17,6 @@ def test_local_runs_start_their_own_ray_instance():
     assert launch.backend_config("10.0.0.5:6379")["init_args"]["address"] == "10.0.0.5:6379"
 
 
-def test_ray_starts_its_dashboard_only_when_asked(monkeypatch):
-    monkeypatch.delenv(launch.DASHBOARD_VARIABLE, raising=False)
-    assert launch.backend_config()["init_args"]["include_dashboard"] is False
-    monkeypatch.setenv(launch.DASHBOARD_VARIABLE, "1")
-    assert launch.backend_config()["init_args"]["include_dashboard"] is True
-
-
 def test_a_crash_of_flowers_runtime_fails_the_run_with_its_root_cause(
     data_federation, tmp_path, monkeypatch
 ):

@@ -47,17 +47,19 @@ def set_environment() -> None:
         os.environ.setdefault(name, value)
 
 
-def lean_node_class(*, dashboard: bool = False) -> type:
+def lean_node_class() -> type:
     """Ray's ``Node``, except that a head it starts skips what one local run never uses.
 
     Skipped: the autoscaler monitor (``monitor.py``: one machine, a fixed
     cluster, nothing to scale), the log monitor (``log_monitor.py``: it
     forwards workers' output to drivers, and ours start with
-    ``log_to_driver=False``) and, unless ``dashboard``, the dashboard's head
-    process (``dashboard.py``). The raylet still starts its own two agents
-    (dashboard agent, runtime-env agent): it fails without them. Each node
-    built records its session folder in ``sessions`` (class attribute), so
-    the process that started it can remove that folder and no other.
+    ``log_to_driver=False``) and the dashboard's head process
+    (``dashboard.py``: with ``include_dashboard=False`` it serves only usage
+    statistics, and the installed Ray lacks the full dashboard's packages).
+    The raylet still starts its own two agents (dashboard agent, runtime-env
+    agent): it exits when either fails. Each head built records its session
+    folder in ``sessions`` (class attribute), so the process that started it
+    can remove that folder and no other.
     """
     from ray._private import node
 
@@ -81,17 +83,13 @@ def lean_node_class(*, dashboard: bool = False) -> type:
             """No driver reads workers' output (``log_to_driver=False``)."""
 
         def start_api_server(self, *, include_dashboard, raise_on_failure) -> None:
-            if dashboard:
-                super().start_api_server(
-                    include_dashboard=include_dashboard, raise_on_failure=raise_on_failure
-                )
+            """No dashboard: we start Ray with ``include_dashboard=False``."""
 
-    LeanNode.sessions = []
     return LeanNode
 
 
 @contextlib.contextmanager
-def lean_local_start(*, dashboard: bool = False) -> Iterator[list[Path]]:
+def lean_local_start() -> Iterator[list[Path]]:
     """Start a local Ray inside with only what a run needs; on leaving, stop it and remove its folder.
 
     Yields the list of session folders started inside (filled as Ray starts).
@@ -105,7 +103,7 @@ def lean_local_start(*, dashboard: bool = False) -> Iterator[list[Path]]:
     from ray._private import node
 
     original = node.Node
-    lean = lean_node_class(dashboard=dashboard)
+    lean = lean_node_class()
     node.Node = lean
     try:
         yield lean.sessions

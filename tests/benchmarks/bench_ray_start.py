@@ -34,7 +34,6 @@ from simulation.compat import ray as ray_compat
 lean, actors = sys.argv[1] == "lean", int(sys.argv[2])
 ray_compat.set_environment()
 init = launch.backend_config()["init_args"]
-init["include_dashboard"] = False
 start = ray_compat.lean_local_start() if lean else contextlib.nullcontext([])
 with start:
     began = time.perf_counter()
