@@ -56,9 +56,11 @@ def simulate(
         gc.collect()
         gc.freeze()
         gc.set_threshold(10_000, 10, 10)
-    flower.run_simulation(
-        server_app, client_app, nodes, backend_config(ray_address), affinity=not stock
-    )
+    # A local Ray runs only GCS, raylet and actors, and its session folder goes when it stops.
+    with ray.lean_local_start():
+        flower.run_simulation(
+            server_app, client_app, nodes, backend_config(ray_address), affinity=not stock
+        )
 
 
 def layout(config: TrainConfig) -> tuple[TrainConfig, int]:

@@ -9,6 +9,10 @@ import pytest
 
 from healthsync.data import Federation
 from healthsync.data.synthetic import generate_federation
+from tests.leftovers import pytest_sessionfinish, pytest_sessionstart  # noqa: F401
+
+# The two hooks above fail the run if a HealthSync or Ray process the suite
+# started is still running at its end (tests/leftovers.py).
 
 # The app starts a warm training engine (a Flower simulation on Ray) on the Launch
 # page; tests start their own only where they test it (tests/test_engine_warm.py).

@@ -86,3 +86,16 @@ def stop_processes_naming(*marks: bytes) -> set[int]:
                 return set()
             time.sleep(0.1)
     return ours()
+
+
+def assert_ray_session_removed(pid: int, timeout: float = 30.0) -> None:
+    """Wait for process ``pid`` to exit, then check its Ray session folder went with it."""
+    import contextlib
+
+    import psutil
+
+    from simulation.compat import ray as ray_compat
+
+    with contextlib.suppress(psutil.NoSuchProcess):
+        psutil.Process(pid).wait(timeout=timeout)
+    assert ray_compat.sessions_of(pid) == [], f"process {pid} left its Ray session folder"

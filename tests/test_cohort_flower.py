@@ -15,6 +15,7 @@ from healthsync.cohort.service import ServiceState, state_dir_for
 from healthsync.data import HospitalAccessor
 from healthsync.data.synthetic import generate_federation
 from tests.app_helpers import ROOT, log_in
+from tests.engine_helpers import assert_ray_session_removed
 from tests.test_cohort_guards import assert_no_small_counts
 
 pytestmark = pytest.mark.slow
@@ -108,9 +109,11 @@ def test_cli_and_page_answer_through_the_warm_service(served, capsys, monkeypatc
 def test_the_service_stops_on_request(served):
     path = ServiceState.path(state_dir_for(served.db), served.federation)
     assert path.exists()
+    pid = ServiceState.read(path).pid
     assert stop_service(served.federation.data_dir, db=served.db)
     deadline = time.monotonic() + 20
     while path.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not path.exists()
     assert not stop_service(served.federation.data_dir, db=served.db)
+    assert_ray_session_removed(pid)  # its Ray stopped, and its session folder went with it

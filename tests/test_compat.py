@@ -376,6 +376,50 @@ def test_ray_still_reads_the_environment_variables_we_set():
     assert set(ray.ENVIRONMENT) == {"RAY_DEDUP_LOGS", RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO_ENV_VAR}
 
 
+def test_ray_init_still_builds_the_node_whose_start_up_we_trim():
+    import ray._private.node as node
+    import ray._private.ray_constants as constants
+    import ray._private.worker as worker
+
+    from simulation.compat import ray
+
+    # ray.init looks the class up at call time, so swapping the module attribute reaches it.
+    assert "ray._private.node.Node(" in inspect.getsource(worker.init)
+    heads = inspect.getsource(node.Node.start_head_processes)
+    assert "self.start_monitor()" in heads and "self.start_api_server(" in heads
+    assert "self.start_log_monitor()" in inspect.getsource(node.Node.start_ray_processes)
+    api = inspect.signature(node.Node.start_api_server).parameters
+    assert list(api) == ["self", "include_dashboard", "raise_on_failure"]
+    assert all(p.kind is p.KEYWORD_ONLY for n, p in api.items() if n != "self")
+    assert "return self._session_dir" in inspect.getsource(node.Node.get_session_dir_path)
+    assert "self._session_dir = os.path.join(" in inspect.getsource(node.Node._init_temp)
+    assert 'f"session_{date_str}_{os.getpid()}"' in inspect.getsource(node.Node.__init__)
+    assert "get_default_ray_temp_dir()" in inspect.getsource(node.Node._init_temp)
+    assert ray.SESSION_LATEST == constants.SESSION_LATEST
+    init = inspect.signature(node.Node.__init__).parameters
+    assert list(init)[:3] == ["self", "ray_params", "head"] and "connect_only" in init
+    assert issubclass(ray.lean_node_class(), node.Node)
+
+
+def test_only_the_given_ray_session_folder_is_removed(tmp_path):
+    from simulation.compat import ray
+
+    ours, theirs = tmp_path / "session_2026_1", tmp_path / "session_2026_2"
+    for session in (ours, theirs):
+        (session / "logs").mkdir(parents=True)
+    latest = tmp_path / ray.SESSION_LATEST
+    latest.symlink_to(theirs)
+    ray.remove_session(ours)
+    assert not ours.exists() and theirs.exists() and latest.is_symlink()  # theirs stays newest
+    latest.unlink()
+    latest.symlink_to(theirs)
+    ray.remove_session(theirs)
+    assert not theirs.exists() and not latest.is_symlink()
+    for wrong in (tmp_path, latest):
+        with pytest.raises(ValueError, match="not a Ray session folder"):
+            ray.remove_session(wrong)
+
+
 # ------------------------------------------------------------ Streamlit canary
 def test_streamlit_still_wraps_each_element_in_the_class_the_app_styles():
     import streamlit

@@ -15,7 +15,13 @@ from healthsync.config import TrainConfig
 from healthsync.data import load_federation, open_hospital
 from healthsync.runs import lifecycle, runlog
 from healthsync.runs.store import MetricsStore
-from tests.engine_helpers import cli_json, make_federation, polling_like_the_live_page
+from simulation.compat import ray as ray_compat
+from tests.engine_helpers import (
+    assert_ray_session_removed,
+    cli_json,
+    make_federation,
+    polling_like_the_live_page,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -78,6 +84,7 @@ def test_live_reading_runs_show_and_predict(fed, tmp_path, capsys):
     # The run predicts the data's default target, new diabetes within 5 years.
     assert risks.columns == ["row", "risk_diabetes_5y"] and risks.height == patients.height
     assert risks["risk_diabetes_5y"].is_between(0, 1).all()
+    assert_ray_session_removed(runlog.get_run(store, run_id)["pid"])  # a cold run's own Ray
 
     patients.drop("age").write_csv(csv)
     assert main(["predict", "--run", run_id, "--db", str(db), "--input", str(csv)]) == 2
@@ -173,7 +180,10 @@ def test_killed_simulation_is_marked_failed(fed, tmp_path):
     db = str(tmp_path / "m.duckdb")
     run_id = lifecycle.start_run(TrainConfig(data_dir=str(fed), db=db, rounds=200))
     _wait_for_rounds(db, run_id, 1)
-    os.kill(runlog.get_run(MetricsStore(db), run_id)["pid"], signal.SIGKILL)
+    pid = runlog.get_run(MetricsStore(db), run_id)["pid"]
+    os.kill(pid, signal.SIGKILL)
     run = lifecycle.wait_for_run(db, run_id, timeout=60)
     assert run["status"] == "failed" and "killed" in run["reason"]
     assert MetricsStore(db).scalar("SELECT count(*) FROM rounds WHERE run_id = ?", [run_id]) >= 1
+    for session in ray_compat.sessions_of(pid):  # a killed process cannot clean up: we do
+        ray_compat.remove_session(session)

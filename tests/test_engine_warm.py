@@ -10,13 +10,19 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 
 from healthsync.cli import main
 from healthsync.config import TrainConfig
 from healthsync.runs import engine, lifecycle, runlog
 from healthsync.runs.store import MetricsStore
-from tests.engine_helpers import make_federation, polling_like_the_live_page
+from simulation.compat import ray as ray_compat
+from tests.engine_helpers import (
+    assert_ray_session_removed,
+    make_federation,
+    polling_like_the_live_page,
+)
 from tests.inprocess_grid import run_in_process
 
 pytestmark = pytest.mark.slow
@@ -35,8 +41,14 @@ def warm(tmp_path_factory):
         ready = engine.wait_ready(db)
         yield {"db": db, "fed": fed, "big": big, "pid": ready["pid"]}
     finally:
-        engine.stop(db, timeout=5)
+        stopped = engine.stop(db, timeout=5) == "stopped"
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).wait(timeout=30)  # its Ray stops, its session folder goes
         _kill(pid)
+    if stopped:  # after a clean stop, nothing of its Ray is left on disk
+        assert_ray_session_removed(pid)
+    for session in ray_compat.sessions_of(pid):  # killed (the module's last test): we clean up
+        ray_compat.remove_session(session)
 
 
 def _kill(pid: int) -> None:

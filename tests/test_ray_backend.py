@@ -1,11 +1,17 @@
-"""Node-to-actor affinity on Ray: a node's messages always reach the same actor process."""
+"""Node-to-actor affinity on Ray: a node's messages always reach the same actor process.
 
+The one in-process simulation here also checks how Ray was started: only
+GCS, raylet, its agents and our actors, and its session folder gone after.
+"""
+
+import contextlib
 import os
 import threading
 import time
 from collections import defaultdict
 from queue import Queue
 
+import psutil
 import pytest
 from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -14,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from healthsync.config import TrainConfig
 from simulation import launch
 from simulation.compat import flower
+from simulation.compat import ray as ray_compat
 
 pid_app = ClientApp()
 
@@ -64,11 +71,20 @@ def test_automatic_blocks_are_evened_out_over_the_cpus():
     assert TrainConfig(block_size=2048).block_size_for(10_000, cpus=2) == 2048
 
 
+def _ray_commands() -> list[str]:
+    commands = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # gone since listed
+            commands.append(" ".join(child.cmdline()))
+    return commands
+
+
 @pytest.mark.slow
 def test_each_node_is_always_served_by_the_same_actor():
     nodes, rounds = 6, 4
     seen: dict[int, set[int]] = defaultdict(set)
     server = ServerApp()
+    started: dict = {}
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
@@ -82,6 +98,7 @@ def test_each_node_is_always_served_by_the_same_actor():
             for reply in grid.send_and_receive(asks, timeout=120):
                 m = reply.content["metrics"]
                 seen[int(m["partition-id"])].add(int(m["pid"]))
+        started["session"], started["commands"] = ray_compat.session_dir(), _ray_commands()
 
     launch.simulate(server, nodes, client_app=pid_app)
     assert sorted(seen) == list(range(nodes))
@@ -90,3 +107,11 @@ def test_each_node_is_always_served_by_the_same_actor():
     actors = len(set(actor_of.values()))
     assert actors == min(os.cpu_count() or 1, nodes)
     assert all(actor_of[p] == actor_of[p % actors] for p in actor_of)  # node p on actor p % actors
+
+    # Ray ran lean: no dashboard head, autoscaler monitor or log monitor ...
+    commands = "\n".join(started["commands"])
+    assert "gcs_server" in commands and "raylet" in commands, commands
+    for skipped in ("dashboard/dashboard.py", "autoscaler/_private/monitor.py", "log_monitor.py"):
+        assert skipped not in commands, commands
+    # ... and its session folder (only that one) is gone with it.
+    assert started["session"].name.startswith("session_") and not started["session"].exists()

@@ -1,4 +1,4 @@
-"""The Ray settings HealthSync relies on that only Ray's own (private) code names.
+"""The parts of Ray HealthSync relies on that only Ray's own (private) code names.
 
 Relies on, in Ray 2.55 (checked by ``tests/test_compat.py``):
 
@@ -9,6 +9,19 @@ Relies on, in Ray 2.55 (checked by ``tests/test_compat.py``):
   "0" keeps Ray from clearing ``CUDA_VISIBLE_DEVICES`` in actors that ask for
   zero GPUs, and silences the ``FutureWarning`` Ray prints about that change
   in every worker. Our client actors ask for ``num_gpus=0``.
+- ``ray._private.node.Node``, which ``ray.init`` builds (by that module
+  attribute, at call time) to start a local cluster: its ``start_monitor``,
+  ``start_log_monitor`` and ``start_api_server`` methods each start one
+  process, and its ``_session_dir`` (what ``get_session_dir_path`` returns)
+  names the ``/tmp/ray/session_*`` folder it created. Ray's public API has no
+  switch for these: ``include_dashboard=False`` still starts ``dashboard.py``
+  (with fewer modules), and ``ray.init`` always starts the autoscaler monitor
+  and the log monitor (only ``ray start``'s hidden ``--no-monitor`` and
+  ``--include-log-monitor`` reach them). :func:`lean_local_start` is the shim.
+- The session folder's name, ``session_<date>_<pid of the process that started
+  the head>`` in ``ray._common.utils.get_default_ray_temp_dir()``
+  (``Node.__init__``): :func:`sessions_of` finds a process's folder after it
+  has gone.
 
 Everything else HealthSync asks of Ray goes through public APIs: ``ray.init``
 arguments in Flower's ``backend_config`` (``simulation.launch``) and
@@ -17,12 +30,112 @@ arguments in Flower's ``backend_config`` (``simulation.launch``) and
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
 
 ENVIRONMENT = {"RAY_DEDUP_LOGS": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+SESSION_LATEST = "session_latest"  # ray_constants.SESSION_LATEST: a link to the newest session
 
 
 def set_environment() -> None:
     """Set the variables above for Ray processes started from here, unless already set."""
     for name, value in ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+
+
+def lean_node_class() -> type:
+    """Ray's ``Node``, except that a head it starts skips what one local run never uses.
+
+    Skipped: the autoscaler monitor (``monitor.py``: one machine, a fixed
+    cluster, nothing to scale), the log monitor (``log_monitor.py``: it
+    forwards workers' output to drivers, and ours start with
+    ``log_to_driver=False``) and the dashboard's head process
+    (``dashboard.py``: with ``include_dashboard=False`` it serves only usage
+    statistics, and the installed Ray lacks the full dashboard's packages).
+    The raylet still starts its own two agents (dashboard agent, runtime-env
+    agent): it exits when either fails. Each head built records its session
+    folder in ``sessions`` (class attribute), so the process that started it
+    can remove that folder and no other.
+    """
+    from ray._private import node
+
+    class LeanNode(node.Node):
+        sessions: ClassVar[list[Path]] = []
+
+        def __init__(self, ray_params, head: bool = False, **kwargs) -> None:
+            try:
+                super().__init__(ray_params, head=head, **kwargs)
+            finally:
+                # A head this process starts creates its session folder (a node that
+                # only connects shares one); recorded even if starting fails half-way.
+                session = getattr(self, "_session_dir", None)
+                if head and not kwargs.get("connect_only") and session:
+                    LeanNode.sessions.append(Path(session))
+
+        def start_monitor(self) -> None:
+            """No autoscaler on a single fixed node."""
+
+        def start_log_monitor(self) -> None:
+            """No driver reads workers' output (``log_to_driver=False``)."""
+
+        def start_api_server(self, *, include_dashboard, raise_on_failure) -> None:
+            """No dashboard: we start Ray with ``include_dashboard=False``."""
+
+    return LeanNode
+
+
+@contextlib.contextmanager
+def lean_local_start() -> Iterator[list[Path]]:
+    """Start a local Ray inside with only what a run needs; on leaving, stop it and remove its folder.
+
+    Yields the list of session folders started inside (filled as Ray starts).
+    On the way out (normally, on an error, or on SIGTERM, which Ray's driver
+    turns into ``SystemExit``) Ray is shut down in this process and those
+    folders are removed, along with ``session_latest`` if it still points at
+    one of them. Joining an existing cluster (``ray.init(address=...)``)
+    starts no head: nothing is recorded or removed.
+    """
+    import ray
+    from ray._private import node
+
+    original = node.Node
+    lean = lean_node_class()
+    node.Node = lean
+    try:
+        yield lean.sessions
+    finally:
+        node.Node = original
+        ray.shutdown()
+        for session in lean.sessions:
+            remove_session(session)
+
+
+def session_dir() -> Path | None:
+    """The session folder of the Ray this process is connected to, if any."""
+    import ray
+    from ray._private import worker
+
+    current = worker._global_node if ray.is_initialized() else None
+    return Path(current.get_session_dir_path()) if current is not None else None
+
+
+def sessions_of(pid: int) -> list[Path]:
+    """The session folders left by a local Ray head that process ``pid`` started."""
+    from ray._common.utils import get_default_ray_temp_dir
+
+    return sorted(Path(get_default_ray_temp_dir()).glob(f"session_*_{pid}"))
+
+
+def remove_session(session: Path) -> None:
+    """Remove one ``session_*`` folder (Ray stopped), and ``session_latest`` if it points there."""
+    if not session.name.startswith("session_") or session.name == SESSION_LATEST:
+        raise ValueError(f"not a Ray session folder: {session}")
+    shutil.rmtree(session, ignore_errors=True)
+    latest = session.parent / SESSION_LATEST
+    with contextlib.suppress(OSError):
+        if os.readlink(latest) == str(session):
+            latest.unlink()
