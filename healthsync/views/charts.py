@@ -98,12 +98,12 @@ def loss_with_choice(
             tooltip=[alt.Tooltip("label:N", title="Chosen model")],
         )
     )
-    text = (
+    text = (  # at the top of the plot, beside the rule (a pixel offset drew it over the title)
         alt.Chart(chosen)
-        .mark_text(align="left", dx=4, dy=-110, color=CHOSEN_COLOR)
-        .encode(x="round:Q", text="label:N")
+        .mark_text(align="left", baseline="top", dx=4, color=CHOSEN_COLOR)
+        .encode(x="round:Q", y=alt.value(2), text="label:N")
     )
-    return alt.layer(lines, rule, text)
+    return alt.layer(lines, rule, text, title=title)  # a layer shows its own title only
 
 
 def hospital_heatmap(frame: pl.DataFrame, *, metric_title: str = "AUC") -> alt.Chart:
