@@ -112,3 +112,24 @@ def test_one_start_at_a_time_and_a_service_that_dies_starting_says_why(tmp_path)
 def with_pid_stopped(pid: int) -> None:
     with contextlib.suppress(psutil.NoSuchProcess):
         psutil.Process(pid).kill()
+
+
+def test_engine_stop_during_its_start_stops_it_instead_of_saying_none_ran(tmp_path, monkeypatch):
+    """`healthsync engine stop` while the engine was still starting said "no engine was
+    running" and left it to finish starting and idle on."""
+    from healthsync.cli import main
+    from healthsync.runs import engine
+
+    db = tmp_path / "m.duckdb"
+    never_ready = [sys.executable, "-c", "import time; time.sleep(120)"]  # Ray still starting
+    monkeypatch.setattr(engine, "serve_command", lambda *a, **k: never_ready)
+    pid = engine.start(db)
+    assert pid is not None and service.starting(engine.state_path(db))
+    try:
+        assert main(["engine", "stop", "--db", str(db)]) == 0
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        assert not service.starting(engine.state_path(db))
+        assert engine.stop(db) is None  # and now nothing runs
+    finally:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(pid).kill()

@@ -230,3 +230,27 @@ def _stop_starting(state_file: Path) -> None:
     marker = read_json(_marker_path(state_file)) or {}
     with contextlib.suppress(psutil.Error, ValueError, TypeError):
         psutil.Process(int(marker.get("pid", 0))).terminate()
+
+
+def stop_starting(state_file: Path, *, timeout: float = 30.0) -> bool:
+    """Stop a service that was spawned but does not answer yet; whether there was one.
+
+    A stop asked during a service's start (Ray still coming up) used to find
+    no listener, report that nothing ran, and leave the service to finish
+    starting and idle on. It gets SIGTERM (its own shutdown path, which
+    removes its Ray session) and is waited for; the marker goes with it.
+    """
+    with file_lock(lock_path(state_file)):
+        marker = read_json(_marker_path(state_file)) or {}
+        if not starting(state_file):
+            return False
+        try:
+            process = psutil.Process(int(marker.get("pid", 0)))
+            process.terminate()
+            process.wait(timeout)
+        except psutil.TimeoutExpired:
+            process.kill()
+        except (psutil.Error, ValueError, TypeError):
+            pass
+        _marker_path(state_file).unlink(missing_ok=True)
+        return True

@@ -219,10 +219,11 @@ def stop(db: str | Path, *, timeout: float = 30.0) -> str | None:
     """Ask the engine to exit after the run it is serving.
 
     ``"stopped"`` once it has gone, ``"stopping"`` if it is still finishing a
-    run after ``timeout`` seconds, ``None`` when no engine was running.
+    run after ``timeout`` seconds, ``None`` when no engine was running. An
+    engine still starting (not answering yet) is stopped too.
     """
     if request(db, {"op": "stop"}) is None:
-        return None
+        return "stopped" if service.stop_starting(state_path(db), timeout=timeout) else None
     deadline = time.monotonic() + timeout
     while state_path(db).exists():
         if time.monotonic() > deadline:
