@@ -15,7 +15,8 @@ WAY_LABELS = {
     "flower": "Stock Flower, one client per hospital",
     "healthsync": "HealthSync blocks, cold start",
     "warm": "HealthSync blocks, warm engine",
-    "vectorised": "Vectorised (lower bound)",
+    "vectorised": "Vectorised loop, one process",
+    "roofline": "Roofline: same multiply-adds, no hospitals",
 }
 
 
