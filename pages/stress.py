@@ -96,6 +96,7 @@ else:
         st.altair_chart(bench_charts.sweep_chart(shown, measure), width="stretch")
         st.caption(
             f"{bench_charts.MEASURES[measure][1]} against the number of simulated hospitals, per execution way and model."
+            + bench_charts.CAPTION_NOTES.get(measure, "")
         )
     st.subheader("Ratios")
     st.dataframe(sweep.ratios(shown), hide_index=True)

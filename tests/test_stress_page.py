@@ -57,6 +57,7 @@ def test_viewers_see_results_but_cannot_start_sweeps(env):
     assert list(ratios["vectorised/roofline"]) == pytest.approx([2.0, 2.0])
     assert "each way/roofline" in texts(at)
     assert "the roofline: the same multiply-adds" in texts(at)
+    assert "The roofline line is the same multiply-adds" in at.caption[1].value  # under time
     drawn = charts(at)[0].proto.spec + "".join(  # the roofline is a line like the other ways
         str(d.data) for d in charts(at)[0].proto.datasets
     )

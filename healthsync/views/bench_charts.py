@@ -18,6 +18,12 @@ WAY_LABELS = {
     "vectorised": "Vectorised loop, one process",
     "roofline": "Roofline: same multiply-adds, no hospitals",
 }
+#: What a chart's caption adds to "<measure> against the number of hospitals".
+CAPTION_NOTES = {
+    "seconds_per_round": " The roofline line is the same multiply-adds as a round done as large "
+    "matrix products over all rows with one shared model: the floor, per core, under every other "
+    "line; the gap to it is what keeping hospitals apart, Flower and Ray cost."
+}
 
 
 def sweep_chart(results: pl.DataFrame, measure: str) -> alt.Chart:
