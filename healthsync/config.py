@@ -29,7 +29,7 @@ STRATEGIES: tuple[str, ...] = (
 )
 MODELS: tuple[str, ...] = ("logreg", "mlp")
 # The stress test's ways to run a workload (``healthsync.bench.sweep`` says what each is).
-BENCH_WAYS: tuple[str, ...] = ("flower", "healthsync", "warm", "vectorised")
+BENCH_WAYS: tuple[str, ...] = ("flower", "healthsync", "warm", "vectorised", "roofline")
 ATTACKS: tuple[str, ...] = ("label-flip", "scale", "random")
 DP_SIDES: tuple[str, ...] = ("server", "client")
 # Flower accounts differential privacy only for a clipped, uniformly weighted mean.

@@ -29,7 +29,7 @@ def _store_sweep(db) -> None:
     sweep.ensure_schema(store)
     rows = [
         ["sweep-a", runlog.now(), way, "logreg", h, 500, 3, s, h / s, 900.0, 12.0, "ok", None]
-        for way, factor in (("healthsync", 2.0), ("vectorised", 1.0))
+        for way, factor in (("healthsync", 2.0), ("vectorised", 1.0), ("roofline", 0.5))
         for h, s in ((10, 0.1 * factor), (100, 0.3 * factor))
     ]
     store.executemany(
@@ -53,6 +53,15 @@ def test_viewers_see_results_but_cannot_start_sweeps(env):
     assert any("against the number of simulated hospitals" in c.value for c in at.caption)
     ratios = at.dataframe[0].value
     assert list(ratios["healthsync/vectorised"]) == pytest.approx([2.0, 2.0])
+    assert list(ratios["healthsync/roofline"]) == pytest.approx([4.0, 4.0])
+    assert list(ratios["vectorised/roofline"]) == pytest.approx([2.0, 2.0])
+    assert "each way/roofline" in texts(at)
+    assert "the roofline: the same multiply-adds" in texts(at)
+    assert "The roofline line is the same multiply-adds" in at.caption[1].value  # under time
+    drawn = charts(at)[0].proto.spec + "".join(  # the roofline is a line like the other ways
+        str(d.data) for d in charts(at)[0].proto.datasets
+    )
+    assert "Roofline: same multiply-adds, no hospitals" in drawn
 
 
 def test_logged_out_sees_nothing(env):
@@ -99,7 +108,7 @@ def test_a_running_sweep_shows_its_progress_to_viewers_too(env, monkeypatch):
     sweep.start_sweep(sweep.SweepConfig(hospitals=(10,), models=("logreg",), db=str(env.db)))
     at = open_page(env, "viewer")
     assert not at.exception
-    assert "0 of 4 measurements" in at.progress[0].proto.text
+    assert "0 of 5 measurements" in at.progress[0].proto.text  # every way, the roofline too
 
 
 def test_the_viewers_empty_page_says_who_can_start_a_sweep(env):

@@ -14,7 +14,13 @@
   sweep's federation before, so reading the partitions is timed. Memory is
   the engine's whole process tree, which also keeps earlier federations' rows;
 - ``vectorised``: one process, no Flower or Ray (``healthsync.bench.vectorised``),
-  the hardware lower bound.
+  every hospital still trained on its own copy of the model, in one vectorised
+  call per 2,048 hospitals;
+- ``roofline``: the same multiply-adds as a round as single large matrix
+  products over all rows, one shared weight set (``healthsync.bench.roofline``
+  says what it counts): what the hardware allows per core, with keeping
+  hospitals apart costing nothing. Every way's time is also printed as a
+  ratio to it.
 
 Each runs in its own process tree on the same data, model, rounds and seed;
 this module samples the tree's resident memory while it runs. Warm
@@ -357,15 +363,16 @@ class _WarmEngine:
             engine.stop(self.db)
 
 
-def measure_vectorised(
-    data: Path, model: str, rounds: int, seed: int, timeout: float
+def measure_one_process(
+    way: str, data: Path, model: str, rounds: int, seed: int, timeout: float
 ) -> Measurement:
+    """``vectorised`` or ``roofline``: ``python -m healthsync.bench.<way>``, its JSON lines read."""
     hospitals = len(load_federation(data).hospitals)
     started = time.time()
     cmd = [
         sys.executable,
         "-m",
-        "healthsync.bench.vectorised",
+        f"healthsync.bench.{way}",
         "--data",
         str(data),
         "--rounds",
@@ -380,30 +387,41 @@ def measure_vectorised(
         peak = _watch(process.pid, lambda: process.poll() is not None, timeout, settle=True)
     except TimeoutError:
         process.kill()
-        return Measurement(
-            "vectorised", model, hospitals, status="timeout", note=f"over {timeout:.0f} s"
-        )
+        return Measurement(way, model, hospitals, status="timeout", note=f"over {timeout:.0f} s")
     lines = [
         json.loads(line) for line in process.stdout.read().splitlines() if line.startswith("{")
     ]
     rounds_out = [line for line in lines if "round" in line]
     if process.returncode != 0 or not rounds_out:
         return Measurement(
-            "vectorised", model, hospitals, status="failed", note=f"exit {process.returncode}"
+            way, model, hospitals, status="failed", note=f"exit {process.returncode}"
         )
     per_round = steady_round_seconds([r["seconds"] for r in rounds_out])
     # the first round ends at start + load + its own time; the child does not timestamp, so
     # take the parent's view: wall time minus the later rounds.
     first = (time.time() - started) - sum(r["seconds"] for r in rounds_out[1:])
+    note = None
+    if "multiply_adds" in rounds_out[-1]:  # the roofline says how much arithmetic a round is
+        work = rounds_out[-1]["multiply_adds"]
+        note = f"{_si(work)} multiply-adds a round, {_si(work / per_round)}/s"
     return Measurement(
-        "vectorised",
+        way,
         model,
         hospitals,
         per_round,
         rounds_out[-1]["updates"] / per_round,
         peak,
         first,
+        note=note,
     )
+
+
+def _si(value: float) -> str:
+    """``value`` in three digits with a k, M or G prefix, e.g. ``"5.60 G"``."""
+    for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}"
+    return f"{value:.3g} "
 
 
 def steady_round_seconds(seconds: list[float]) -> float:
@@ -477,8 +495,8 @@ def _measure(
 ) -> Measurement:
     data = dataset(Path(config.work_dir), hospitals, config.patients, config.seed)
     db, rounds, seed, timeout = config.db, config.rounds, config.seed, config.timeout_seconds
-    if way == "vectorised":
-        return measure_vectorised(data, model, rounds, seed, timeout)
+    if way in ("vectorised", "roofline"):
+        return measure_one_process(way, data, model, rounds, seed, timeout)
     if way == "warm":
         why_not = warm.ready()
         if why_not:
@@ -490,22 +508,37 @@ def _measure(
     return measure_flower(data, db, model, rounds, seed, 1 if way == "flower" else 0, timeout)
 
 
+#: The columns of ``ratios`` before the roofline came, which stay first and in order
+#: (``healthsync bench`` output is read by people and scripts), then the roofline's.
+FIRST_RATIOS = (("healthsync", "vectorised"), ("flower", "healthsync"))
+ROOFLINE_RATIOS = tuple((way, "roofline") for way in WAYS if way != "roofline")
+
+
 def ratios(table: pl.DataFrame) -> pl.DataFrame:
-    """Per hospital count and model: (b)/(c) and (a)/(b) seconds per round."""
+    """Per hospital count and model: each way's seconds per round, and ratios of them.
+
+    ``healthsync/vectorised`` and ``flower/healthsync`` as before the roofline;
+    then the roofline's seconds and ``<way>/roofline``: how many times the
+    way's round takes over what the hardware allows for the same multiply-adds.
+    """
     wide = table.filter(pl.col("status") == "ok").pivot(
         on="way", index=["hospitals", "model"], values="seconds_per_round"
     )
     for way in WAYS:
         if way not in wide.columns:
             wide = wide.with_columns(pl.lit(None, dtype=pl.Float64).alias(way))
-    return (
-        wide.select("hospitals", "model", *WAYS)
-        .with_columns(
-            (pl.col("healthsync") / pl.col("vectorised")).alias("healthsync/vectorised"),
-            (pl.col("flower") / pl.col("healthsync")).alias("flower/healthsync"),
-        )
-        .sort("hospitals", "model")
-    )
+
+    def ratio(top: str, bottom: str) -> pl.Expr:
+        return (pl.col(top) / pl.col(bottom)).alias(f"{top}/{bottom}")
+
+    return wide.select(
+        "hospitals",
+        "model",
+        *(way for way in WAYS if way != "roofline"),
+        *(ratio(*pair) for pair in FIRST_RATIOS),
+        "roofline",
+        *(ratio(*pair) for pair in ROOFLINE_RATIOS),
+    ).sort("hospitals", "model")
 
 
 def sweeps(store: MetricsStore) -> pl.DataFrame:

@@ -86,21 +86,26 @@ def run(config: TrainConfig, emit=print) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m healthsync.bench.vectorised", description=__doc__.splitlines()[0]
-    )
+def arguments(module: str, doc: str) -> argparse.ArgumentParser:
+    """The command line of a one-process way (this loop, ``roofline``), as the sweep calls it."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default="logreg")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    run(
-        TrainConfig(
-            data_dir=args.data, rounds=args.rounds, model=args.model, seed=args.seed
-        ).replace(**BENCH_WORK),  # the measured work, as the sweep's runs
-        emit=lambda line: print(line, flush=True),
-    )
+    return parser
+
+
+def measured_work(args: argparse.Namespace) -> TrainConfig:
+    """The parsed command line as the measured work, the same as the sweep's runs do."""
+    return TrainConfig(
+        data_dir=args.data, rounds=args.rounds, model=args.model, seed=args.seed
+    ).replace(**BENCH_WORK)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments("healthsync.bench.vectorised", __doc__).parse_args(argv)
+    run(measured_work(args), emit=lambda line: print(line, flush=True))
     return 0
 
 
