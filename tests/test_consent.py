@@ -18,6 +18,7 @@ from healthsync.errors import HealthSyncError
 from healthsync.privacy import consent
 from healthsync.privacy.consent import site_dir_of
 from simulation import client_app
+from simulation import consent as consent_watch
 from simulation.consent import ConsentWatch
 from tests.cohort_helpers import InProcess
 from tests.engine_helpers import make_federation
@@ -166,24 +167,37 @@ def test_a_run_in_progress_drops_a_hospital_from_its_next_round(fed, tmp_path):
     ]
 
 
-def test_the_watch_reports_withdrawals_and_rejoins_once(fed):
+def test_the_watch_reports_withdrawals_and_rejoins_once(fed, monkeypatch):
     seen = []
     now = [0.0]
     watch = ConsentWatch(load_federation(fed), lambda *a: seen.append(a), clock=lambda: now[0])
     assert watch.withdrawn() == {}
-    consent.record(site_dir_of(fed, "h0000"), "withdraw", "admin (admin)", "x")
-    assert watch.withdrawn() == {}  # read at most every 0.5 s
+    reads = []
+    real = consent_watch.withdrawn_hospitals
+    monkeypatch.setattr(
+        consent_watch, "withdrawn_hospitals", lambda *a: reads.append(a) or real(*a)
+    )
     now[0] = 1.0
-    assert list(watch.withdrawn()) == [0]
+    assert watch.withdrawn() == {} and reads == []  # nothing changed: no hospital is read
+    consent.record(site_dir_of(fed, "h0000"), "withdraw", "admin (admin)", "x")
+    assert list(watch.withdrawn()) == [0] and len(reads) == 1  # a recorded change: at once
     now[0] = 2.0
     watch.withdrawn()
     consent.record(site_dir_of(fed, "h0000"), "rejoin", "admin (admin)")
-    now[0] = 3.0
     assert watch.withdrawn() == {}
     assert [(kind, index) for kind, _, index in seen] == [
         ("hospital_withdrawn", 0),
         ("hospital_rejoined", 0),
     ]
+    # A history written by hand (no marker moved) is read at the next periodic rescan;
+    # the hospital's own node refuses work from the first message either way.
+    path = consent.consent_path(site_dir_of(fed, "h0001"))
+    line = '{"action": "withdraw", "by": "x", "at": "2026-01-01T00:00:00+00:00", "reason": ""}'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(line + "\n", encoding="utf-8")
+    assert watch.withdrawn() == {}
+    now[0] = 2.0 + consent_watch.RESCAN_SECONDS + 1
+    assert list(watch.withdrawn()) == [1]
 
 
 def test_cohort_answers_exclude_a_withdrawn_hospital_and_say_so(fed, home, tmp_path):

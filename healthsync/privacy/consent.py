@@ -130,7 +130,38 @@ def record(site_dir: Path, action: Action, by: str, reason: str = "") -> Consent
         fd = os.open(consent_path(site_dir), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(asdict(change)) + "\n")
+    _note_change(site_dir)
     return change
+
+
+#: In a federation's folder: touched by every consent change, so a reader of the whole
+#: federation's consent (the server of a run) re-reads every hospital only after one.
+CHANGES_NAME = ".consent-changes"
+
+
+def changes_stamp(data_dir: Path | str) -> tuple[int, int] | None:
+    """The federation's consent-change marker as ``(mtime_ns, size)``; ``None`` if none yet."""
+    try:
+        stat = os.stat(os.path.join(data_dir, CHANGES_NAME))
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _note_change(site_dir: Path) -> None:
+    """Append a line to the federation's change marker (``hospitals/<id>/site`` -> root).
+
+    Appending changes the size as well as the time, so two changes within the
+    file system's clock resolution still differ.
+    """
+    from healthsync.data.manifest import MANIFEST_NAME
+
+    root = Path(site_dir).resolve().parents[2]
+    if not (root / MANIFEST_NAME).is_file():
+        return  # a site folder outside a federation (tests of one site): nothing to tell
+    fd = os.open(root / CHANGES_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as handle:
+        handle.write(datetime.now(UTC).isoformat() + "\n")
 
 
 def withdrawn_hospitals(data_dir: Path, hospital_ids: tuple[str, ...]) -> dict[str, ConsentChange]:
