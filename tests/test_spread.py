@@ -102,7 +102,9 @@ def test_histogram_counts_every_shown_value_once():
     assert bins["hospitals"].to_list() == [2, 0, 1, 1]  # the maximum falls in the last bin
     one = spread.histogram(pl.DataFrame({"auc": [0.7, 0.7]}), "auc")
     assert one["hospitals"].to_list() == [2]
-    assert spread.histogram(pl.DataFrame({"auc": [None]}, schema={"auc": pl.Float64}), "auc").is_empty()
+    assert spread.histogram(
+        pl.DataFrame({"auc": [None]}, schema={"auc": pl.Float64}), "auc"
+    ).is_empty()
 
 
 def test_quantiles_by_group():
