@@ -123,7 +123,7 @@ def watch() -> None:
             + " "
             + explainer.what_is("log-loss")
         )
-    bands = spread.round_bands(store, run_id)
+    bands = round_bands(int(rounds["round"].max()))
     large = spread.is_large(spread.hospitals_in_run(bands))
     if large:
         hospital_spread(run, bands)
@@ -142,6 +142,23 @@ def watch() -> None:
             hospital_drill_down(run, found)
     else:
         hospital_drill_down(run, drilldown.run_hospitals(store, run_id, sites))
+
+
+def round_bands(last_round: int) -> pl.DataFrame:
+    """The run's bands up to ``last_round``: this session's earlier rounds, and the new ones read.
+
+    A polled page reads only the rounds that landed since its last poll
+    (``spread.round_bands(after=...)``), not 2 million hospital rows a second.
+    """
+    known = st.session_state.setdefault("live_bands", {}).get(run_id)
+    if known is None or known.is_empty():
+        bands = spread.round_bands(store, run_id)
+    else:
+        seen = int(known["round"].max())
+        new = spread.round_bands(store, run_id, after=seen) if last_round > seen else None
+        bands = known if new is None or new.is_empty() else pl.concat([known, new])
+    st.session_state["live_bands"][run_id] = bands
+    return bands
 
 
 #: Says why a hospital may have no AUC: for the heatmap's and the bands' captions.
@@ -240,9 +257,8 @@ def hospital_search(run: dict) -> dict[str, str]:
     figures = tenancy.own_hospital_only(
         dashboard.last_round_hospitals(store, run_id), page.user, run["data_dir"]
     )
-    found, total = spread.find_hospitals(
-        drilldown.run_hospitals(store, run_id, sites), figures, text
-    )
+    names = sites if sites.names else drilldown.run_hospitals(store, run_id, sites)
+    found, total = spread.find_hospitals(names, figures, text)
     if found.is_empty():
         st.info(f"No hospital's name contains “{text}”." if text else "No hospital to show.")
         return {}

@@ -56,6 +56,7 @@ def test_round_bands_are_quantiles_of_released_figures_only(store):
         for column, p in spread.QUANTILES.items():
             assert row[column] == pytest.approx(np.quantile(shown, p), abs=1e-3), column
     assert spread.hospitals_in_run(bands) == HOSPITALS and spread.is_large(HOSPITALS)
+    assert spread.round_bands(store, "run-big", after=2).equals(bands.filter(pl.col("round") == 3))
     assert not spread.is_large(spread.MANY_HOSPITALS)
 
 
@@ -84,7 +85,7 @@ def test_hospital_rounds_reads_the_named_hospitals_as_released(store):
 
 
 def test_find_hospitals_searches_shown_labels_only():
-    names = {"h2": "Site A", "h0": "Site B", "h1": "Site C"}  # by label, as run_hospitals gives
+    names = {"h1": "Site C", "h2": "Site A", "h0": "Site B"}
     figures = pl.DataFrame({"hospital": ["h0", "h1"], "auc": [0.7, None]})
     found, total = spread.find_hospitals(names, figures, "  site ", limit=2)
     assert total == 3 and found["name"].to_list() == ["Site A", "Site B"]

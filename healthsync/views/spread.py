@@ -18,6 +18,7 @@ what a steward sees). Per-hospital frames that name hospitals still go through
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 
 import polars as pl
@@ -52,13 +53,18 @@ def _shown(metric: str) -> str:
     return f"released AND {metric} IS NOT NULL AND NOT isnan({metric})"
 
 
-def round_bands(store: MetricsStore, run_id: str, metric: str = "auc") -> pl.DataFrame:
-    """Per round: hospitals recorded, how many released ``metric``, and its quantiles.
+def round_bands(
+    store: MetricsStore, run_id: str, metric: str = "auc", *, after: int = 0
+) -> pl.DataFrame:
+    """Per round after round ``after``: hospitals recorded, how many released ``metric``, its quantiles.
 
     ``round, hospitals, released, q10, q25, median, q75, q90``, quantiles
     interpolated (``quantile_cont``) over released figures only and rounded as
     released figures are; null in a round that released none. One ``GROUP BY``
-    in DuckDB, so 2 million hospital rows come back as one row per round.
+    in DuckDB, so 2 million hospital rows come back as one row per round. A
+    round's rows are written with it in one transaction, so a round's bands
+    never change once read: a page polling a run reads only the rounds after
+    those it has (``after``).
     """
     metric = _metric(metric)
     probabilities = ", ".join(str(p) for p in QUANTILES.values())
@@ -66,8 +72,8 @@ def round_bands(store: MetricsStore, run_id: str, metric: str = "auc") -> pl.Dat
         f"SELECT round::BIGINT AS round, count(*) AS hospitals,"
         f" count(*) FILTER (WHERE {_shown(metric)}) AS released,"
         f" quantile_cont({metric}, [{probabilities}]) FILTER (WHERE {_shown(metric)}) AS q"
-        " FROM hospital_rounds WHERE run_id = ? GROUP BY round ORDER BY round",
-        [run_id],
+        " FROM hospital_rounds WHERE run_id = ? AND round > ? GROUP BY round ORDER BY round",
+        [run_id, int(after)],
     )
     if frame.is_empty():
         return pl.DataFrame(schema=BAND_SCHEMA)
@@ -143,19 +149,20 @@ def find_hospitals(
 ) -> tuple[pl.DataFrame, int]:
     """The hospitals whose shown name contains ``text`` (any case), first ``limit`` by name; and how many.
 
-    ``names`` is ``hospital id -> label`` as the reader sees them, in the
-    order to list them (``drilldown.run_hospitals``: by label); the search
-    reads labels only, so a pseudonymous viewer finds "Site C" and never a
-    real name or id. ``figures`` is a per-hospital frame with ``hospital``
-    ids (the last round's, released). Returns ``hospital, name`` and the
-    figures' columns, a hospital without a row with empty figures; the ids
-    are for a picker, never to be shown where the reader may not see ids.
+    ``names`` is ``hospital id -> label`` as the reader sees them
+    (``tenancy.site_labels``, or ``drilldown.run_hospitals``); the search reads
+    labels only, so a pseudonymous viewer finds "Site C" and never a real name
+    or id. Only the ``limit`` shown are sorted, not all 100,000. ``figures`` is
+    a per-hospital frame with ``hospital`` ids (the last round's, released).
+    Returns ``hospital, name`` and the figures' columns, a hospital without a
+    row with empty figures; the ids are for a picker, never to be shown where
+    the reader may not see ids.
     """
     needle = text.strip().lower()
-    matches = [h for h, label in names.items() if needle in label.lower()]
-    kept = matches[:limit]
+    matches = [(label, h) for h, label in names.items() if needle in label.lower()]
+    kept = heapq.nsmallest(limit, matches)
     found = pl.DataFrame(
-        {"hospital": kept, "name": [names[h] for h in kept]},
+        {"hospital": [h for _, h in kept], "name": [label for label, _ in kept]},
         schema={"hospital": pl.String, "name": pl.String},
     )
     return found.join(
