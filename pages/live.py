@@ -126,7 +126,10 @@ def watch() -> None:
     bands = round_bands(int(rounds["round"].max()))
     large = spread.is_large(spread.hospitals_in_run(bands))
     if large:
-        hospital_spread(run, bands)
+        figures = tenancy.own_hospital_only(  # the last round's, read once for both views
+            dashboard.last_round_hospitals(store, run_id), page.user, run["data_dir"]
+        )
+        hospital_spread(run, bands, figures)
     else:
         hospital_heatmap(run)
     st.altair_chart(charts.hospital_status_bars(dashboard.hospital_status_long(rounds)))
@@ -137,7 +140,7 @@ def watch() -> None:
     round_time(store, run_id)
     safeguards(run, rounds)
     if large:
-        found = hospital_search(run)
+        found = hospital_search(figures)
         if found:
             hospital_drill_down(run, found)
     else:
@@ -197,7 +200,7 @@ def hospital_heatmap(run: dict) -> None:
     )
 
 
-def hospital_spread(run: dict, bands: pl.DataFrame) -> None:
+def hospital_spread(run: dict, bands: pl.DataFrame, figures: pl.DataFrame) -> None:
     """Above ``spread.MANY_HOSPITALS`` hospitals: the spread of their AUC, and the lowest by name.
 
     A steward sees the consortium's bands (no hospital named in them) with
@@ -229,12 +232,7 @@ def hospital_spread(run: dict, bands: pl.DataFrame) -> None:
     )
     if steward:
         return
-    worst = tenancy.with_site_labels(
-        tenancy.own_hospital_only(
-            spread.worst_hospitals(store, run_id), page.user, run["data_dir"]
-        ),
-        sites,
-    )
+    worst = tenancy.with_site_labels(spread.lowest(figures), sites)
     if worst.is_empty():
         return
     st.altair_chart(
@@ -248,14 +246,11 @@ def hospital_spread(run: dict, bands: pl.DataFrame) -> None:
     )
 
 
-def hospital_search(run: dict) -> dict[str, str]:
-    """Search the last round's hospitals by name; ``id -> label`` of those found, for the picker."""
+def hospital_search(figures: pl.DataFrame) -> dict[str, str]:
+    """Search the last round's hospitals (``figures``) by name; ``id -> label`` of those found."""
     st.subheader("Find a hospital")
     text = st.text_input(
         "Hospital name contains", key="hospital_search", placeholder="Type part of a name"
-    )
-    figures = tenancy.own_hospital_only(
-        dashboard.last_round_hospitals(store, run_id), page.user, run["data_dir"]
     )
     names = sites if sites.names else drilldown.run_hospitals(store, run_id, sites)
     found, total = spread.find_hospitals(names, figures, text)

@@ -62,7 +62,7 @@ shown = sites.drop_nulls("auc")
 if spread.is_large(sites.height):  # the spread, binned here, and the lowest by name
     if not shown.is_empty():
         st.altair_chart(charts.hospital_metric_bars(shown))
-        worst = tenancy.with_site_labels(shown.sort("auc", "hospital").head(spread.WORST_K), labels)
+        worst = tenancy.with_site_labels(spread.lowest(shown), labels)
         st.altair_chart(charts.hospital_metric_bars(worst, title=f"The {worst.height} lowest AUCs"))
 elif not shown.is_empty():
     st.altair_chart(charts.hospital_metric_bars(tenancy.with_site_labels(shown, labels)))

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 from healthsync.data import load_federation, pseudonyms
+from healthsync.ml.metrics import BinaryMetrics
 from healthsync.runs import runlog
 from healthsync.views import spread
 from tests.app_helpers import AppEnv, charts, fake_run, log_in, page_bytes, widen_federation
@@ -29,7 +30,7 @@ def env(tmp_path, monkeypatch) -> AppEnv:
     env = AppEnv(tmp_path, monkeypatch)
     widen_federation(env.fed_dir, HOSPITALS)
     env.users.add("stew", "steward", "a-long-password", federation=env.fed_dir, hospital=OWN)
-    fake_run(env.store, "run-old", data_dir=env.fed_dir)  # small runs keep the heatmap
+    fake_run(env.store, "run-old", data_dir=env.fed_dir)  # its config, for run-big's
     config = runlog.get_run(env.store, "run-old")["config"]
     runlog.create_run(env.store, "run-big", _config(config), status="running")
     for rnd in range(1, ROUNDS + 1):
@@ -51,6 +52,9 @@ def env(tmp_path, monkeypatch) -> AppEnv:
                 for i in range(HOSPITALS)
             ],
         )
+    runlog.finish_run(
+        env.store, "run-big", "completed", final=BinaryMetrics(60, 0.6, 0.7, 0.7, 0.2)
+    )
     return env
 
 
@@ -60,7 +64,7 @@ def _config(stored: dict):
     return TrainConfig(data_dir=stored["data_dir"], db=stored["db"], rounds=ROUNDS + 3)
 
 
-def live(env: AppEnv, user: str):
+def live(env: AppEnv, user: str, page: str = "live"):
     from streamlit.testing.v1 import AppTest
 
     from tests.app_helpers import APP
@@ -69,7 +73,7 @@ def live(env: AppEnv, user: str):
     log_in(at, env.user(user) if user != "stew" else "stew")
     at.query_params["run"] = "run-big"
     at.run()
-    return at.switch_page("pages/live.py").run()
+    return at.switch_page(f"pages/{page}.py").run()
 
 
 def titled(at, text: str) -> list:
@@ -113,13 +117,6 @@ def test_live_shows_bands_the_worst_by_name_and_a_search_not_a_heatmap(env):
     assert len(at.selectbox(key="drill_hospital").options) == HOSPITALS // 3
 
 
-def test_a_small_run_keeps_its_heatmap(env):
-    at = live(env, "analyst")
-    at.query_params["run"] = "run-old"
-    at.run()
-    assert titled(at, "per hospital and round") and not titled(at, "across hospitals")
-
-
 def test_a_steward_sees_the_consortium_bands_and_their_own_line_and_no_other_hospital(env):
     at = live(env, "stew")
     assert not at.exception
@@ -144,3 +141,12 @@ def test_pseudonyms_name_the_worst_by_site_and_never_by_name_or_id(env):
     assert not [h for h in ids if h.encode() in sent]
     assert not [n for n in names_of(env, ids) if n.encode() in sent]
     assert spread.is_large(HOSPITALS)
+
+
+def test_model_counts_hospitals_in_bins_and_names_the_lowest(env):
+    at = live(env, "analyst", "model")
+    assert not at.exception
+    (spread_chart,) = titled(at, f"Spread of AUC across {HOSPITALS - len(SMALL)} hospitals")
+    assert max(f.height for f in spread_chart) <= 20  # bins, not hospitals
+    (worst,) = titled(at, "The 10 lowest AUCs")
+    assert not set(names_of(env, SMALL)) & set(worst[0]["name"].to_list())

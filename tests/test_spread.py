@@ -9,7 +9,7 @@ import pytest
 from healthsync.config import TrainConfig
 from healthsync.runs import runlog
 from healthsync.runs.store import MetricsStore
-from healthsync.views import spread
+from healthsync.views import dashboard, spread
 
 HOSPITALS = 60
 SMALL = {"h0000", "h0001", "h0002"}  # too few positives: withheld by the release policy
@@ -67,11 +67,13 @@ def test_round_bands_of_a_run_without_rows_or_a_bad_metric(store):
         spread.round_bands(store, "run-big", "auc; DROP TABLE runs")
 
 
-def test_worst_hospitals_skip_withheld_ones(store):
-    worst = spread.worst_hospitals(store, "run-big", k=4)
+def test_the_lowest_skip_withheld_hospitals(store):
+    last = dashboard.last_round_hospitals(store, "run-big")
+    worst = spread.lowest(last, k=4)
     assert worst["hospital"].to_list() == ["h0003", "h0004", "h0005", "h0006"]
     assert worst["auc"].to_list() == sorted(worst["auc"].to_list())
-    assert not SMALL & set(spread.worst_hospitals(store, "run-big")["hospital"].to_list())
+    assert not SMALL & set(spread.lowest(last)["hospital"].to_list())
+    assert spread.lowest(last).height == spread.WORST_K
 
 
 def test_hospital_rounds_reads_the_named_hospitals_as_released(store):

@@ -4,7 +4,7 @@ Above :data:`MANY_HOSPITALS` hospitals in a run, a chart with one mark per
 hospital says nothing a person can read (100,000 heatmap rows, sent to the
 browser every second, are a grey blur), so pages show instead: quantile bands
 of the hospitals' released figure by round (:func:`round_bands`), the worst
-hospitals of the last round by name (:func:`worst_hospitals`), and a search
+hospitals of the last round by name (:func:`lowest`), and a search
 over the last round's figures (:func:`find_hospitals`). Small federations
 keep their per-hospital views.
 
@@ -98,23 +98,20 @@ def is_large(hospitals: int) -> bool:
     return hospitals > MANY_HOSPITALS
 
 
-def worst_hospitals(
-    store: MetricsStore, run_id: str, metric: str = "auc", k: int = WORST_K
-) -> pl.DataFrame:
-    """The ``k`` hospitals with the lowest released ``metric`` in the run's last recorded round.
+def lowest(frame: pl.DataFrame, metric: str = "auc", k: int = WORST_K) -> pl.DataFrame:
+    """The ``k`` rows of a per-hospital frame with the lowest released ``metric``, lowest first.
 
-    ``hospital, n, loss, auc, accuracy``, lowest first (ties by id). Withheld
-    hospitals are not among them. Name them on the page through
-    ``tenancy.own_hospital_only`` and ``tenancy.with_site_labels``.
+    ``frame`` is a released per-hospital frame (``dashboard.last_round_hospitals``:
+    withheld figures are missing), so withheld hospitals are never ranked; ties
+    go by hospital id. Name them on the page through ``tenancy.own_hospital_only``
+    and ``tenancy.with_site_labels``. In Polars, on the frame the page has read
+    anyway: one store connection fewer per poll.
     """
     metric = _metric(metric)
-    return training.released_hospital_metrics(
-        store.frame(
-            "SELECT hospital, n, loss, auc, accuracy, released FROM hospital_rounds"
-            " WHERE run_id = ? AND round = (SELECT max(round) FROM hospital_rounds WHERE run_id = ?)"
-            f" AND {_shown(metric)} ORDER BY {metric}, hospital LIMIT ?",
-            [run_id, run_id, int(k)],
-        )
+    return (
+        frame.filter(pl.col(metric).is_not_null() & pl.col(metric).is_not_nan())
+        .sort(metric, "hospital")
+        .head(k)
     )
 
 
