@@ -142,7 +142,7 @@ def watch() -> None:
     if large:
         found = hospital_search(figures)
         if found:
-            hospital_drill_down(run, found)
+            hospital_drill_down(run, found, first=False)
     else:
         hospital_drill_down(run, drilldown.run_hospitals(store, run_id, sites))
 
@@ -294,14 +294,27 @@ def round_time(store, run_id: str) -> None:
     )
 
 
-def hospital_drill_down(run: dict, names: dict[str, str]) -> None:
-    """One hospital, picked by name among ``names`` (id -> label): its rows, weight, AUC, events."""
+def hospital_drill_down(run: dict, names: dict[str, str], *, first: bool = True) -> None:
+    """One hospital, picked by name among ``names`` (id -> label): its rows, weight, AUC, events.
+
+    Without ``first``, nothing is picked (nor read) until the reader picks: among
+    thousands of hospitals the first by name is no better a default than any.
+    """
     st.subheader("One hospital")
     federation = drilldown.federation_of(run["data_dir"])
     if not names:
         st.info("No hospital has answered a round yet.")
         return
-    hospital = st.selectbox("Hospital", list(names), format_func=names.get, key="drill_hospital")
+    hospital = st.selectbox(
+        "Hospital",
+        list(names),
+        format_func=names.get,
+        key="drill_hospital",
+        index=0 if first else None,
+        placeholder="Pick a hospital found above",
+    )
+    if hospital is None:
+        return
     detail = drilldown.hospital_detail(store, run_id, hospital, federation, sites)
     cells = st.columns(4)
     cells[0].metric("Training rows", f"{detail.train_rows:,}" if detail.train_rows else "–")

@@ -114,7 +114,12 @@ def test_live_shows_bands_the_worst_by_name_and_a_search_not_a_heatmap(env):
     at.text_input(key="hospital_search").input(fragment.lower()).run()
     table = at.dataframe[-1].value
     assert len(table) == HOSPITALS // 3 and all(fragment in n for n in table["Hospital"])
-    assert len(at.selectbox(key="drill_hospital").options) == HOSPITALS // 3
+    picker = at.selectbox(key="drill_hospital")
+    assert len(picker.options) == HOSPITALS // 3 and picker.value is None  # nothing read yet
+    by_name = {h.name: h.id for h in load_federation(env.fed_dir).hospitals}
+    name = next(n for n in picker.options if by_name[n] not in SMALL)
+    picker.select(by_name[name]).run()  # AppTest takes the id, as the page does
+    assert titled(at, f"{name}: AUC and accuracy by round")
 
 
 def test_a_steward_sees_the_consortium_bands_and_their_own_line_and_no_other_hospital(env):
