@@ -64,7 +64,7 @@ def _config(stored: dict):
     return TrainConfig(data_dir=stored["data_dir"], db=stored["db"], rounds=ROUNDS + 3)
 
 
-def live(env: AppEnv, user: str, page: str = "live"):
+def live(env: AppEnv, user: str):
     from streamlit.testing.v1 import AppTest
 
     from tests.app_helpers import APP
@@ -73,7 +73,7 @@ def live(env: AppEnv, user: str, page: str = "live"):
     log_in(at, env.user(user) if user != "stew" else "stew")
     at.query_params["run"] = "run-big"
     at.run()
-    return at.switch_page(f"pages/{page}.py").run()
+    return at.switch_page("pages/live.py").run()
 
 
 def titled(at, text: str) -> list:
@@ -93,7 +93,7 @@ def names_of(env: AppEnv, ids) -> list[str]:
     return [federation.hospital(h).name for h in ids]
 
 
-def test_live_shows_bands_the_worst_by_name_and_a_search_not_a_heatmap(env):
+def test_live_shows_bands_the_worst_by_name_and_a_search_not_a_heatmap_and_model_bins(env):
     at = live(env, "analyst")
     assert not at.exception
     assert not titled(at, "per hospital and round"), "no heatmap above the threshold"
@@ -121,6 +121,12 @@ def test_live_shows_bands_the_worst_by_name_and_a_search_not_a_heatmap(env):
     picker.select(by_name[name]).run()  # AppTest takes the id, as the page does
     assert titled(at, f"{name}: AUC and accuracy by round")
 
+    at.switch_page("pages/model.py").run()  # Model, on the same run: bins and the lowest
+    (spread_chart,) = titled(at, f"Spread of AUC across {HOSPITALS - len(SMALL)} hospitals")
+    assert max(f.height for f in spread_chart) <= 20  # bins, not hospitals
+    (worst,) = titled(at, "The 10 lowest AUCs")
+    assert not set(names_of(env, SMALL)) & set(worst[0]["name"].to_list())
+
 
 def test_a_steward_sees_the_consortium_bands_and_their_own_line_and_no_other_hospital(env):
     at = live(env, "stew")
@@ -146,12 +152,3 @@ def test_pseudonyms_name_the_worst_by_site_and_never_by_name_or_id(env):
     assert not [h for h in ids if h.encode() in sent]
     assert not [n for n in names_of(env, ids) if n.encode() in sent]
     assert spread.is_large(HOSPITALS)
-
-
-def test_model_counts_hospitals_in_bins_and_names_the_lowest(env):
-    at = live(env, "analyst", "model")
-    assert not at.exception
-    (spread_chart,) = titled(at, f"Spread of AUC across {HOSPITALS - len(SMALL)} hospitals")
-    assert max(f.height for f in spread_chart) <= 20  # bins, not hospitals
-    (worst,) = titled(at, "The 10 lowest AUCs")
-    assert not set(names_of(env, SMALL)) & set(worst[0]["name"].to_list())
