@@ -61,7 +61,7 @@ withheld = sites.filter(pl.col("auc").is_null()).height
 shown = sites.drop_nulls("auc")
 if spread.is_large(sites.height):  # the spread, binned here, and the lowest by name
     if not shown.is_empty():
-        st.altair_chart(charts.hospital_metric_bars(shown))
+        st.altair_chart(charts.metric_histogram(shown))  # however many are shown: no names
         worst = tenancy.with_site_labels(spread.lowest(shown), labels)
         st.altair_chart(charts.hospital_metric_bars(worst, title=f"The {worst.height} lowest AUCs"))
 elif not shown.is_empty():
