@@ -5,7 +5,15 @@ import streamlit as st
 
 from healthsync.runs import runlog
 from healthsync.runs.lifecycle import cancel_run, cancel_signalled, run_phase, signal_cancel
-from healthsync.views import charts, dashboard, drilldown, explainer, privacy_charts, tenancy
+from healthsync.views import (
+    charts,
+    dashboard,
+    drilldown,
+    explainer,
+    privacy_charts,
+    spread,
+    tenancy,
+)
 from healthsync.views import privacy_dashboard as safety
 from pages._guard import live_fragment, require
 
@@ -115,28 +123,15 @@ def watch() -> None:
             + " "
             + explainer.what_is("log-loss")
         )
-    heat = dashboard.heatmap_frame(
-        tenancy.own_hospital_only(
-            runlog.hospital_rounds_frame(store, run_id), page.user, run["data_dir"]
+    bands = round_bands(int(rounds["round"].max()))
+    large = spread.is_large(spread.hospitals_in_run(bands))
+    if large:
+        figures = tenancy.own_hospital_only(  # the last round's, read once for both views
+            dashboard.last_round_hospitals(store, run_id), page.user, run["data_dir"]
         )
-    )
-    heat = tenancy.with_site_labels(heat, sites)
-    if heat["value"].drop_nulls().is_empty():
-        st.info(
-            "No hospital's own AUC can be shown for this run: each one's test split holds "
-            "fewer than 11 patients with or without the outcome (a rare outcome, such as new "
-            "cases within 5 years, needs larger hospitals). The federation's figures above "
-            "cover them all. " + explainer.what_is("small-counts"),
-            icon=":material/visibility_off:",
-        )
+        hospital_spread(run, bands, figures)
     else:
-        st.altair_chart(charts.hospital_heatmap(heat))
-        st.caption(
-            "Each hospital's AUC for the global model in each round; dark cells lag behind. A "
-            "hospital whose test split holds fewer than 11 patients with or without the outcome "
-            "has no cells (and, if it is the only one, neither has the next smallest). "
-            + explainer.what_is("small-counts")
-        )
+        hospital_heatmap(run)
     st.altair_chart(charts.hospital_status_bars(dashboard.hospital_status_long(rounds)))
     st.caption(
         "Hospitals whose training answer arrived (ok) or failed, per round. "
@@ -144,7 +139,143 @@ def watch() -> None:
     )
     round_time(store, run_id)
     safeguards(run, rounds)
-    hospital_drill_down(run)
+    if large:
+        found = hospital_search(figures)
+        if found:
+            hospital_drill_down(run, found, first=False)
+    else:
+        hospital_drill_down(run, drilldown.run_hospitals(store, run_id, sites))
+
+
+def round_bands(last_round: int) -> pl.DataFrame:
+    """The run's bands up to ``last_round``: this session's earlier rounds, and the new ones read.
+
+    A polled page reads only the rounds that landed since its last poll
+    (``spread.round_bands(after=...)``), not 2 million hospital rows a second.
+    """
+    known = st.session_state.setdefault("live_bands", {}).get(run_id)
+    if known is None or known.is_empty():
+        bands = spread.round_bands(store, run_id)
+    else:
+        seen = int(known["round"].max())
+        new = spread.round_bands(store, run_id, after=seen) if last_round > seen else None
+        bands = known if new is None or new.is_empty() else pl.concat([known, new])
+    st.session_state["live_bands"][run_id] = bands
+    return bands
+
+
+#: Says why a hospital may have no AUC: for the heatmap's and the bands' captions.
+WITHHELD_NOTE = (
+    "A hospital whose test split holds fewer than 11 patients with or without the outcome has "
+    "no AUC (and, if it is the only one, neither has the next smallest). "
+)
+
+
+def no_hospital_auc() -> None:
+    st.info(
+        "No hospital's own AUC can be shown for this run: each one's test split holds "
+        "fewer than 11 patients with or without the outcome (a rare outcome, such as new "
+        "cases within 5 years, needs larger hospitals). The federation's figures above "
+        "cover them all. " + explainer.what_is("small-counts"),
+        icon=":material/visibility_off:",
+    )
+
+
+def hospital_heatmap(run: dict) -> None:
+    """Each hospital's AUC in each round, one row per hospital: for small federations."""
+    heat = dashboard.heatmap_frame(
+        tenancy.own_hospital_only(
+            runlog.hospital_rounds_frame(store, run_id), page.user, run["data_dir"]
+        )
+    )
+    heat = tenancy.with_site_labels(heat, sites)
+    if heat["value"].drop_nulls().is_empty():
+        no_hospital_auc()
+        return
+    st.altair_chart(charts.hospital_heatmap(heat))
+    st.caption(
+        "Each hospital's AUC for the global model in each round; dark cells lag behind. "
+        + WITHHELD_NOTE
+        + explainer.what_is("small-counts")
+    )
+
+
+def hospital_spread(run: dict, bands: pl.DataFrame, figures: pl.DataFrame) -> None:
+    """Above ``spread.MANY_HOSPITALS`` hospitals: the spread of their AUC, and the lowest by name.
+
+    A steward sees the consortium's bands (no hospital named in them) with
+    their own hospital's line, and no other hospital by name (docs/tenancy.md).
+    """
+    if not (bands["released"] > 0).any():
+        no_hospital_auc()
+        return
+    steward = page.user.role == "steward"
+    own = None
+    if steward:
+        own = tenancy.with_site_labels(
+            tenancy.own_hospital_only(
+                spread.hospital_rounds(store, run_id, list(sites)), page.user, run["data_dir"]
+            ),
+            sites,
+        )
+    st.altair_chart(charts.hospital_bands(bands, own=own))
+    last = bands.row(-1, named=True)
+    st.caption(
+        f"{last['hospitals']:,} hospitals are too many to draw one by one, so the bands show "
+        "how their AUC for the global model spreads in each round: half of the hospitals lie "
+        "in the dark band (25th to 75th percentile), 80% in the light one (10th to 90th), and "
+        f"the line is the median. In round {last['round']}, {last['released']:,} hospitals' AUCs "
+        "are released and counted. "
+        + ("The dashed line is your hospital. " if own is not None and own.height else "")
+        + WITHHELD_NOTE
+        + explainer.what_is("small-counts")
+    )
+    if steward:
+        return
+    worst = tenancy.with_site_labels(spread.lowest(figures), sites)
+    if worst.is_empty():
+        return
+    st.altair_chart(
+        charts.hospital_metric_bars(
+            worst, title=f"The {worst.height} lowest AUCs in round {last['round']}"
+        )
+    )
+    st.caption(
+        f"The hospitals where the global model does worst in round {last['round']}, lowest "
+        "first: where a fair model needs work. Hospitals whose AUC is withheld are not ranked."
+    )
+
+
+def hospital_search(figures: pl.DataFrame) -> dict[str, str]:
+    """Search the last round's hospitals (``figures``) by name; ``id -> label`` of those found."""
+    st.subheader("Find a hospital")
+    text = st.text_input(
+        "Hospital name contains", key="hospital_search", placeholder="Type part of a name"
+    )
+    names = sites if sites.names else drilldown.run_hospitals(store, run_id, sites)
+    found, total = spread.find_hospitals(names, figures, text)
+    if found.is_empty():
+        st.info(f"No hospital's name contains “{text}”." if text else "No hospital to show.")
+        return {}
+    st.dataframe(
+        found.select(
+            pl.col("name").alias("Hospital"),
+            pl.col("n").alias("Test patients"),
+            pl.col("auc").alias("AUC"),
+            pl.col("accuracy").alias("Accuracy"),
+            pl.col("loss").alias("Log loss"),
+        ),
+        hide_index=True,
+        height=min(38 + 35 * found.height, 320),
+    )
+    st.caption(
+        f"{total:,} hospital(s) "
+        + (f"with “{text}” in their name" if text else "in this run")
+        + (f"; the first {found.height:,} by name are listed" if total > found.height else "")
+        + ". Each one's figures in the last round, as released: empty where withheld. Pick one "
+        "below for its rounds."
+    )
+    return dict(found.select("hospital", "name").iter_rows())
 
 
 def round_time(store, run_id: str) -> None:
@@ -163,15 +294,27 @@ def round_time(store, run_id: str) -> None:
     )
 
 
-def hospital_drill_down(run: dict) -> None:
-    """One hospital, picked by name: its rows, weight, released AUC by round and events."""
+def hospital_drill_down(run: dict, names: dict[str, str], *, first: bool = True) -> None:
+    """One hospital, picked by name among ``names`` (id -> label): its rows, weight, AUC, events.
+
+    Without ``first``, nothing is picked (nor read) until the reader picks: among
+    thousands of hospitals the first by name is no better a default than any.
+    """
     st.subheader("One hospital")
     federation = drilldown.federation_of(run["data_dir"])
-    names = drilldown.run_hospitals(store, run_id, sites)
     if not names:
         st.info("No hospital has answered a round yet.")
         return
-    hospital = st.selectbox("Hospital", list(names), format_func=names.get, key="drill_hospital")
+    hospital = st.selectbox(
+        "Hospital",
+        list(names),
+        format_func=names.get,
+        key="drill_hospital",
+        index=0 if first else None,
+        placeholder="Pick a hospital found above",
+    )
+    if hospital is None:
+        return
     detail = drilldown.hospital_detail(store, run_id, hospital, federation, sites)
     cells = st.columns(4)
     cells[0].metric("Training rows", f"{detail.train_rows:,}" if detail.train_rows else "–")

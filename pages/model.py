@@ -7,7 +7,7 @@ from healthsync.data import load_federation
 from healthsync.data.labels import column_name
 from healthsync.errors import HealthSyncError
 from healthsync.runs import runlog
-from healthsync.views import charts, dashboard, explainer, tenancy
+from healthsync.views import charts, dashboard, explainer, spread, tenancy
 from pages._guard import require
 
 page = require("view")
@@ -56,15 +56,27 @@ else:
 sites = tenancy.own_hospital_only(
     dashboard.last_round_hospitals(store, run_id), page.user, run["data_dir"]
 )
-sites = tenancy.with_site_labels(sites, tenancy.site_labels(run["data_dir"], page.user))
+labels = tenancy.site_labels(run["data_dir"], page.user)
 withheld = sites.filter(pl.col("auc").is_null()).height
-if withheld < sites.height:
-    st.altair_chart(charts.hospital_metric_bars(sites.drop_nulls("auc")))
+shown = sites.drop_nulls("auc")
+if spread.is_large(sites.height):  # the spread, binned here, and the lowest by name
+    if not shown.is_empty():
+        st.altair_chart(charts.metric_histogram(shown))  # however many are shown: no names
+        worst = tenancy.with_site_labels(spread.lowest(shown), labels)
+        st.altair_chart(charts.hospital_metric_bars(worst, title=f"The {worst.height} lowest AUCs"))
+elif not shown.is_empty():
+    st.altair_chart(charts.hospital_metric_bars(tenancy.with_site_labels(shown, labels)))
 st.caption(
     "The final global model's AUC at each hospital: a fair model does well at every site, not "
     "only on average."
     + (
-        f" {withheld} of {sites.height} hospitals are withheld: those whose test split holds "
+        f" {sites.height:,} hospitals are too many for a bar each: the first chart counts "
+        "hospitals by AUC, the second names the lowest."
+        if spread.is_large(sites.height)
+        else ""
+    )
+    + (
+        f" {withheld:,} of {sites.height:,} hospitals are withheld: those whose test split holds "
         "fewer than 11 patients with or without the outcome (their AUC would all but reveal "
         "those patients) and, when that is one hospital alone, the next smallest with it, so "
         "the overall AUC cannot be worked back to it. Runs recorded before this rule show none."

@@ -1,8 +1,12 @@
 """Overview: the federation at a glance, as released aggregates only, and the latest run."""
 
+from datetime import datetime
+
 import streamlit as st
 
 from healthsync.cohort.facts import facts_frames, facts_noise_sd, published_facts
+from healthsync.data import Federation
+from healthsync.data.manifest import MANIFEST_NAME
 from healthsync.runs import runlog
 from healthsync.views import charts, dashboard, explainer, tenancy
 from pages._guard import choose_federation, require
@@ -10,19 +14,46 @@ from pages._guard import choose_federation, require
 page = require("view")
 st.title("Federation overview")
 
+#: Above this many hospitals, every hospital's published facts are read at most every
+#: ``FACTS_TTL`` seconds: one read opens each hospital's publication (about a minute at
+#: 100,000 hospitals), and publications change rarely (new data, a hospital's first query).
+FACTS_CACHED_ABOVE = 1_000
+FACTS_TTL = 300
+
+
+def read_facts(federation: Federation) -> tuple:
+    """The released facts, the hospitals missing, the chart frames and when they were read."""
+    released, missing = published_facts(federation)
+    frames = facts_frames(federation, released) if released is not None else None
+    return released, missing, frames, datetime.now()
+
+
+@st.cache_resource(ttl=FACTS_TTL, max_entries=4, show_spinner="Reading every hospital's facts…")
+def cached_facts(data_dir: str, manifest_version: int, _federation: Federation) -> tuple:
+    return read_facts(_federation)
+
+
 federation = choose_federation(page)
 labels = tenancy.site_labels(federation.data_dir, page.user)
-released, missing = published_facts(federation)
+large = len(federation.hospitals) > FACTS_CACHED_ABOVE
+released, missing, frames, read_at = (
+    cached_facts(
+        str(federation.data_dir),
+        (federation.data_dir / MANIFEST_NAME).stat().st_mtime_ns,
+        federation,
+    )
+    if large
+    else read_facts(federation)
+)
 
 cols = st.columns(4)
 cols[0].metric("Hospitals", f"{len(federation.hospitals):,}")
 if released is not None:
-    sizes, prevalence = facts_frames(federation, released)
     sizes, prevalence = (
         tenancy.with_site_labels(
             tenancy.own_hospital_only(f, page.user, federation.data_dir), labels
         )
-        for f in (sizes, prevalence)
+        for f in frames
     )
     shown = sizes["n_patients"].drop_nulls()
     total = released.total.get("patient_count")
@@ -60,7 +91,13 @@ else:
             if withheld
             else ""
         )
-        + (f"{len(missing)} hospital(s) have not published yet. " if missing else "")
+        + (f"{len(missing):,} hospital(s) have not published yet. " if missing else "")
+        + (
+            f"With {len(federation.hospitals):,} hospitals, their facts are read at most every "
+            f"{FACTS_TTL // 60} minutes (last at {read_at:%H:%M}). "
+            if large
+            else ""
+        )
         + explainer.what_is("noisy-counts")
     )
     if prevalence["prevalence"].drop_nulls().is_empty():

@@ -6,6 +6,7 @@ tested against the real store without training anything.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -107,6 +108,24 @@ def make_federation(out: Path, hospitals: int = 3, patients: int = 100) -> None:
     from healthsync.data.synthetic import generate_federation
 
     generate_federation(out, hospitals=hospitals, patients=patients, seed=0)
+
+
+def widen_federation(fed_dir: Path, hospitals: int) -> list[str]:
+    """Give the federation at ``fed_dir`` ``hospitals`` hospitals in its manifest; their ids.
+
+    The generated hospitals keep their rows; the made-up ones (ids ``h0003``…,
+    as ``fake_run`` records them) hold none, which no page reads. They are named
+    after the real ones with a number, so a search for one name finds many.
+    """
+    manifest = fed_dir / "federation.json"
+    raw = json.loads(manifest.read_text(encoding="utf-8"))
+    real = raw["hospitals"]
+    raw["hospitals"] = real + [
+        {**real[i % len(real)], "id": f"h{i:04d}", "name": f"{real[i % len(real)]['name']} {i}"}
+        for i in range(len(real), hospitals)
+    ]
+    manifest.write_text(json.dumps(raw), encoding="utf-8")
+    return [h["id"] for h in raw["hospitals"]]
 
 
 def fake_run(

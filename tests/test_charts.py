@@ -116,6 +116,34 @@ def test_per_hospital_charts_switch_to_a_histogram_for_many_hospitals():
     assert "bin" in spec(charts.hospital_sizes(hospitals(100)))["encoding"]["x"]
 
 
+def rows_sent(d: dict) -> int:
+    """How many data rows a chart's spec carries (what reaches the browser)."""
+    return sum(len(v) for v in d.get("datasets", {}).values())
+
+
+def test_many_hospitals_send_bins_and_quantiles_not_one_row_per_hospital():
+    many = hospitals(5_000)
+    assert rows_sent(spec(charts.hospital_metric_bars(many))) <= 20
+    assert rows_sent(spec(charts.hospital_sizes(many))) <= 30
+    prevalence = pl.concat(
+        [
+            many.select("hospital", "name", outcome=pl.lit(o), prevalence=pl.col("auc") / 2)
+            for o in "ab"
+        ]
+    )
+    boxes = spec(charts.prevalence_bars(prevalence))
+    assert rows_sent(boxes) == 2 and "Prevalence (% of patients)" in axis_titles(boxes)
+    bands = pl.DataFrame(
+        {"round": [1, 2], "hospitals": [5_000] * 2, "released": [4_990] * 2}
+        | {q: [0.6, 0.7] for q in ("q10", "q25", "median", "q75", "q90")}
+    )
+    own = pl.DataFrame({"round": [1, 2], "value": [0.5, 0.55], "name": ["North"] * 2})
+    drawn = spec(charts.hospital_bands(bands, own=own))
+    assert title(drawn) == "AUC across hospitals, by round" and len(drawn["layer"]) == 3
+    assert {"AUC (0–1)", "Round (number)"} <= set(axis_titles(drawn))
+    assert rows_sent(drawn) == 4 + 2 + 2  # two bands x two rounds, the median, the own line
+
+
 def test_prevalence_bars():
     frame = pl.DataFrame(
         {

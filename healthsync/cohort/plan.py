@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -215,6 +215,7 @@ class _Schema:
         self.features: dict[str, FeatureSpec] = {f.name: f for f in federation.features}
         self.outcomes = federation.outcomes
         self.order = (HOSPITAL, *federation.feature_names, *federation.outcomes)
+        self._lower: dict[str, dict[str, list[str]]] = {}
 
     def kind(self, column: str) -> Kind:
         if column == HOSPITAL:
@@ -269,6 +270,16 @@ class _Schema:
             )
         return Filter(condition.column, kind, condition.op, self._level(condition))
 
+    def _by_lower(self, column: str) -> dict[str, list[str]]:
+        """``column``'s levels by their lower case, built once per query (a condition per
+        hospital over 100,000 hospitals must not scan them all each time)."""
+        if column not in self._lower:
+            index: dict[str, list[str]] = {}
+            for level in self.levels(column):
+                index.setdefault(level.lower(), []).append(level)
+            self._lower[column] = index
+        return self._lower[column]
+
     def _level(self, condition: Condition) -> str:
         text = condition.value.strip()
         if self.kind(condition.column) == "outcome":
@@ -280,7 +291,7 @@ class _Schema:
                 f"condition '{condition}': outcome {condition.column} is 1/yes or 0/no"
             )
         levels = self.levels(condition.column)
-        matches = [level for level in levels if level.lower() == text.lower()]
+        matches = self._by_lower(condition.column).get(text.lower(), [])
         if len(matches) != 1:
             shown = ", ".join(levels[:8]) + (", …" if len(levels) > 8 else "")
             raise HealthSyncError(
@@ -296,7 +307,8 @@ class _Schema:
                 low, high = _interval(mine)
                 empty = low > high
             else:
-                empty = not any(_allowed(level, mine) for level in self.levels(column))
+                allowed = _allowed(mine)
+                empty = not any(allowed(level) for level in self.levels(column))
             if empty:
                 raise HealthSyncError(f"the conditions on {column} contradict each other")
 
@@ -317,10 +329,11 @@ class _Schema:
             keep = [i for i in range(len(levels)) if _overlaps(scale.band_bounds(i), low, high)]
         else:
             scale = None
+            allowed = _allowed(mine)
             keep = [
                 i
                 for i, level in enumerate(levels)
-                if _allowed(level, mine) and not (kind == "hospital" and level in self.withdrawn)
+                if allowed(level) and not (kind == "hospital" and level in self.withdrawn)
             ]
         return Dimension(column, kind, tuple(levels[i] for i in keep), tuple(keep), scale)
 
@@ -348,14 +361,24 @@ class _Schema:
         return {d.column for d in dimensions if d.kind == "numeric"}
 
     def hospitals_kept(self, filters: tuple[Filter, ...]) -> tuple[str, ...]:
-        mine = [f for f in filters if f.kind == "hospital"]
+        allowed = _allowed([f for f in filters if f.kind == "hospital"])
         return tuple(
-            h for h in self.federation.hospital_ids if _allowed(h, mine) and h not in self.withdrawn
+            h for h in self.federation.hospital_ids if allowed(h) and h not in self.withdrawn
         )
 
 
-def _allowed(level: str, filters: list[Filter]) -> bool:
-    return all((level == f.value) == (f.op == "==") for f in filters)
+def _allowed(filters: list[Filter]) -> Callable[[str], bool]:
+    """Whether a level passes every ``==`` and ``!=`` of ``filters``.
+
+    Looked up in sets: Overview leaves out every hospital that has not
+    published with one ``hospital != ID`` each, and checking 100,000 hospitals
+    against 100,000 conditions one by one took hours.
+    """
+    equal = {f.value for f in filters if f.op == "=="}
+    unequal = {f.value for f in filters if f.op != "=="}
+    if len(equal) > 1:  # two different values: nothing passes
+        return lambda level: False
+    return lambda level: (not equal or level in equal) and level not in unequal
 
 
 def _interval(filters: list[Filter]) -> tuple[float, float]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import altair as alt
 import polars as pl
 
+from healthsync.views import spread
+
 METRIC_COLORS = {
     "AUC": "#0f766e",
     "accuracy": "#4f46e5",
@@ -21,8 +23,9 @@ CHOSEN_COLOR = "#374151"
 STATUS_COLORS = {"ok": "#0f766e", "failed": "#dc2626"}
 OUTCOME_COLORS = ["#0f766e", "#4f46e5", "#ea580c", "#0891b2"]
 PERCENT = ".0%"
-#: Above this many hospitals, per-hospital labels would overlap; charts summarise instead.
-MANY_HOSPITALS = 40
+#: Above this many hospitals, per-hospital labels would overlap; charts summarise instead,
+#: from aggregates computed here (``views.spread``), so the browser gets bins, not hospitals.
+MANY_HOSPITALS = spread.MANY_HOSPITALS
 
 
 def _band_height(rows: int, *, step: int = 22, axes: int = 110, most: int = 640) -> int:
@@ -289,22 +292,17 @@ def calibration_plot(points: pl.DataFrame) -> alt.LayerChart:
 
 
 def hospital_metric_bars(
-    frame: pl.DataFrame, *, metric: str = "auc", metric_title: str = "AUC"
+    frame: pl.DataFrame,
+    *,
+    metric: str = "auc",
+    metric_title: str = "AUC",
+    title: str | None = None,
 ) -> alt.Chart:
     """One bar per hospital for its last-round metric, or their spread when there are many."""
     if frame.height > MANY_HOSPITALS:
-        return (
-            alt.Chart(frame, title=f"Spread of {metric_title} across {frame.height} hospitals")
-            .mark_bar(color=METRIC_COLORS["AUC"])
-            .encode(
-                x=alt.X(f"{metric}:Q", bin=alt.Bin(maxbins=20), title=f"{metric_title} (0–1)"),
-                y=alt.Y("count():Q", title="Hospitals (count)"),
-                tooltip=[alt.Tooltip("count():Q", title="Hospitals")],
-            )
-            .properties(height=260)
-        )
+        return metric_histogram(frame, metric=metric, metric_title=metric_title)
     return (
-        alt.Chart(frame, title=f"{metric_title} per hospital in the last round")
+        alt.Chart(frame, title=title or f"{metric_title} per hospital in the last round")
         .mark_bar(color=METRIC_COLORS["AUC"])
         .encode(
             x=alt.X(
@@ -330,15 +328,11 @@ def hospital_sizes(frame: pl.DataFrame) -> alt.Chart:
     """Released patients per hospital (``hospital, name, n_patients``; null when withheld)."""
     frame = frame.drop_nulls("n_patients")
     if frame.height > MANY_HOSPITALS:
-        return (
-            alt.Chart(frame, title=f"Hospital sizes ({frame.height} hospitals)")
-            .mark_bar(color=METRIC_COLORS["AUC"])
-            .encode(
-                x=alt.X("n_patients:Q", bin=alt.Bin(maxbins=30), title="Patients per hospital"),
-                y=alt.Y("count():Q", title="Hospitals (count)"),
-                tooltip=[alt.Tooltip("count():Q", title="Hospitals")],
-            )
-            .properties(height=260)
+        return binned_counts(
+            spread.histogram(frame, "n_patients", bins=30),
+            title=f"Hospital sizes ({frame.height:,} hospitals)",
+            x_title="Patients per hospital (count, noisy)",
+            value_format=",.0f",
         )
     return (
         alt.Chart(frame, title="Patients per hospital (released, noisy)")
@@ -363,19 +357,7 @@ def hospital_sizes(frame: pl.DataFrame) -> alt.Chart:
 def prevalence_bars(frame: pl.DataFrame) -> alt.Chart:
     """Outcome prevalence per hospital (``hospital, name, outcome, prevalence``)."""
     if frame["hospital"].n_unique() > MANY_HOSPITALS:
-        return (
-            alt.Chart(frame, title="Spread of outcome prevalence across hospitals")
-            .mark_boxplot(color=METRIC_COLORS["AUC"])
-            .encode(
-                x=alt.X(
-                    "prevalence:Q",
-                    title="Prevalence (% of patients)",
-                    axis=alt.Axis(format=PERCENT),
-                ),
-                y=alt.Y("outcome:N", title="Outcome"),
-            )
-            .properties(height=_band_height(frame["outcome"].n_unique(), step=40))
-        )
+        return prevalence_boxes(spread.quantiles_by(frame, "prevalence", "outcome"))
     return (
         alt.Chart(frame, title="Outcome prevalence per hospital")
         .mark_bar()
@@ -393,6 +375,148 @@ def prevalence_bars(frame: pl.DataFrame) -> alt.Chart:
             ],
         )
         .properties(height=_band_height(frame["hospital"].n_unique(), step=34))
+    )
+
+
+def metric_histogram(
+    frame: pl.DataFrame, *, metric: str = "auc", metric_title: str = "AUC"
+) -> alt.Chart:
+    """Hospitals counted by their metric in 20 bins, binned here: no hospital reaches the chart."""
+    shown = frame.get_column(metric).drop_nulls().len()
+    return binned_counts(
+        spread.histogram(frame, metric),
+        title=f"Spread of {metric_title} across {shown:,} hospitals",
+        x_title=f"{metric_title} (0–1)",
+        value_format=".3f",
+    )
+
+
+def binned_counts(frame: pl.DataFrame, *, title: str, x_title: str, value_format: str) -> alt.Chart:
+    """Hospitals per bin (``lower, upper, hospitals`` from ``spread.histogram``): a histogram."""
+    return (
+        alt.Chart(frame, title=title)
+        .mark_bar(color=METRIC_COLORS["AUC"])
+        .encode(
+            x=alt.X("lower:Q", bin="binned", title=x_title),
+            x2="upper:Q",
+            y=alt.Y("hospitals:Q", title="Hospitals (count)"),
+            tooltip=[
+                alt.Tooltip("lower:Q", title="From", format=value_format),
+                alt.Tooltip("upper:Q", title="To", format=value_format),
+                alt.Tooltip("hospitals:Q", title="Hospitals", format=","),
+            ],
+        )
+        .properties(height=260)
+    )
+
+
+def prevalence_boxes(frame: pl.DataFrame) -> alt.LayerChart:
+    """Each outcome's prevalence across hospitals as a box plot drawn from its quantiles.
+
+    ``outcome, hospitals, min, q25, median, q75, max`` (``spread.quantiles_by``):
+    one row per outcome reaches the browser, however many hospitals there are.
+    """
+    base = alt.Chart(frame, title="Spread of outcome prevalence across hospitals").encode(
+        y=alt.Y("outcome:N", title="Outcome"),
+        tooltip=[
+            alt.Tooltip("outcome:N", title="Outcome"),
+            alt.Tooltip("hospitals:Q", title="Hospitals", format=","),
+            *(
+                alt.Tooltip(f"{c}:Q", title=t, format=".1%")
+                for c, t in (
+                    ("min", "Lowest"),
+                    ("q25", "25th percentile"),
+                    ("median", "Median"),
+                    ("q75", "75th percentile"),
+                    ("max", "Highest"),
+                )
+            ),
+        ],
+    )
+    x = alt.X("min:Q", title="Prevalence (% of patients)", axis=alt.Axis(format=PERCENT))
+    whiskers = base.mark_rule(color="#6b7280").encode(x=x, x2="max:Q")
+    boxes = base.mark_bar(color=METRIC_COLORS["AUC"], size=18).encode(x="q25:Q", x2="q75:Q")
+    medians = base.mark_tick(color="white", thickness=2, size=18).encode(x="median:Q")
+    return alt.layer(whiskers, boxes, medians).properties(
+        height=_band_height(frame.height, step=40)
+    )
+
+
+#: The bands' colours: the outer (10–90%) band lighter than the inner (25–75%).
+BAND_COLORS = {"10–90% of hospitals": "#99d5cf", "25–75% of hospitals": "#2a9d8f"}
+
+
+def hospital_bands(
+    bands: pl.DataFrame, *, own: pl.DataFrame | None = None, metric_title: str = "AUC"
+) -> alt.LayerChart:
+    """Quantile bands of the hospitals' metric by round (``spread.round_bands``), median as a line.
+
+    ``own`` (``round, value, name``) adds one hospital's line on top: a
+    steward's own hospital, against the consortium's spread.
+    """
+    long = pl.concat(
+        [
+            bands.select(
+                "round",
+                "released",
+                pl.col(low).alias("low"),
+                pl.col(high).alias("high"),
+                pl.lit(band).alias("band"),
+            )
+            for band, (low, high) in zip(BAND_COLORS, (("q10", "q90"), ("q25", "q75")), strict=True)
+        ]
+    ).drop_nulls("low")
+    y_title = f"{metric_title} (0–1)"
+    areas = (
+        alt.Chart(long)
+        .mark_area(opacity=0.85)
+        .encode(
+            x=alt.X("round:Q", axis=_round_axis()),
+            y=alt.Y("low:Q", title=y_title, axis=_value_axis(), scale=alt.Scale(zero=False)),
+            y2="high:Q",
+            color=alt.Color(
+                "band:N",
+                title="Hospitals",
+                scale=alt.Scale(domain=list(BAND_COLORS), range=list(BAND_COLORS.values())),
+            ),
+            tooltip=[
+                alt.Tooltip("round:Q", title="Round"),
+                alt.Tooltip("band:N", title="Band"),
+                alt.Tooltip("low:Q", title="From", format=".3f"),
+                alt.Tooltip("high:Q", title="To", format=".3f"),
+                alt.Tooltip("released:Q", title="Hospitals released", format=","),
+            ],
+        )
+    )
+    median = (
+        alt.Chart(bands.drop_nulls("median"))
+        .mark_line(color=CHOSEN_COLOR, point=True)
+        .encode(
+            x="round:Q",
+            y="median:Q",
+            tooltip=[
+                alt.Tooltip("round:Q", title="Round"),
+                alt.Tooltip("median:Q", title=f"Median {metric_title}", format=".3f"),
+            ],
+        )
+    )
+    layers = [areas, median]
+    if own is not None and not own.drop_nulls("value").is_empty():
+        layers.append(
+            alt.Chart(own.drop_nulls("value"))
+            .mark_line(color=METRIC_COLORS["log loss"], point=True, strokeDash=[6, 3])
+            .encode(
+                x="round:Q",
+                y="value:Q",
+                tooltip=[
+                    alt.Tooltip("name:N", title="Hospital"),
+                    alt.Tooltip("round:Q", title="Round"),
+                    alt.Tooltip("value:Q", title=metric_title, format=".3f"),
+                ],
+            )
+        )
+    return alt.layer(*layers, title=f"{metric_title} across hospitals, by round").properties(
+        height=320
     )
 
 
