@@ -1,6 +1,7 @@
 """Every command is reachable from ``healthsync --help`` and documents itself."""
 
 import argparse
+import re
 
 import pytest
 
@@ -62,3 +63,21 @@ def test_the_library_never_imports_the_flower_wiring():
         names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not any(n.split(".")[0] == "simulation" for n in names), path
+
+
+@pytest.mark.parametrize("name", ["train", "compare", "tune"])
+def test_help_of_training_commands_shows_every_default(name):
+    """Issue 16: a user reads every default in ``--help`` (a changed default changes it too)."""
+    command = _subparsers(build_parser())[name]
+    formatter = command._get_formatter()
+    missing = []
+    for action in command._actions:
+        default = action.default
+        if not action.option_strings or default is None or default is False:
+            continue
+        if default == argparse.SUPPRESS or default in ([], ()):  # --help; repeatable options
+            continue
+        shown = formatter._expand_help(action) if action.help else ""
+        if not re.search(rf"default:? {re.escape(str(default))}(?![\w.])", shown):
+            missing.append(f"{action.option_strings[0]} (default {default})")
+    assert not missing, f"healthsync {name} --help does not show: {', '.join(missing)}"

@@ -14,6 +14,7 @@ from healthsync.config import (
     DEFAULT_DB,
     DP_SIDES,
     MODELS,
+    STRATEGIES,
     TrainConfig,
     parse_rounds,
 )
@@ -71,8 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="federation directory")
-    parser.add_argument("--db", default=str(DEFAULT_DB), help="DuckDB metrics store")
+    parser.add_argument(
+        "--data", default=str(DEFAULT_DATA), help="federation directory (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--db", default=str(DEFAULT_DB), help="DuckDB metrics store (default: %(default)s)"
+    )
     parser.add_argument(
         "--rounds",
         type=_rounds,
@@ -105,12 +110,23 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "choose the round (and the baselines' epoch) by; never test rows "
         f"(default: {d.validation_share})",
     )
-    parser.add_argument("--strategy", default=d.strategy)
-    parser.add_argument("--model", default=d.model, help=f"one of {', '.join(MODELS)}")
+    parser.add_argument(
+        "--strategy",
+        default=d.strategy,
+        help=f"one of {', '.join(STRATEGIES)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model", default=d.model, help=f"one of {', '.join(MODELS)} (default: %(default)s)"
+    )
     parser.add_argument(
         "--target", default=None, help="binary outcome column (default: the data's)"
     )
-    parser.add_argument("--fraction", type=float, default=d.fraction)
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        default=d.fraction,
+        help="share of hospitals sampled for training each round (default: %(default)s)",
+    )
     parser.add_argument(
         "--local-epochs",
         type=_local_epochs,
@@ -127,14 +143,52 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.local_steps,
         help=f"--local-epochs auto's target optimiser steps per round (default: {d.local_steps})",
     )
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--proximal-mu", type=float, default=d.proximal_mu, help="FedProx mu")
-    parser.add_argument("--server-lr", type=float, default=d.server_lr, help="FedAdam/Yogi/Adagrad")
-    parser.add_argument("--trim-beta", type=float, default=d.trim_beta, help="FedTrimmedAvg")
-    parser.add_argument("--krum-f", type=int, default=d.krum_f, help="Krum's tolerated attackers")
-    parser.add_argument("--min-hospitals", type=int, default=d.min_hospitals)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="rows per SGD step (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=d.lr,
+        help="SGD learning rate of every hospital and of the baselines (default: %(default)s; "
+        "why: README, Defaults that fit the data)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seeds splits, batches and models (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--proximal-mu", type=float, default=d.proximal_mu, help="FedProx mu (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--server-lr",
+        type=float,
+        default=d.server_lr,
+        help="server learning rate of FedAdam/Yogi/Adagrad (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--trim-beta",
+        type=float,
+        default=d.trim_beta,
+        help="share FedTrimmedAvg trims at each end (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--krum-f",
+        type=int,
+        default=d.krum_f,
+        help="Krum's tolerated attackers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-hospitals",
+        type=int,
+        default=d.min_hospitals,
+        help="the run fails if fewer hospitals answer a round (default: %(default)s)",
+    )
     parser.add_argument(
         "--fail-hospital",
         action="append",
@@ -146,7 +200,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--block-size",
         type=int,
         default=d.block_size,
-        help="hospitals one Flower client trains at once, vectorised (1: one client per hospital; 0: automatic)",
+        help="hospitals one Flower client trains at once, vectorised (1: one client per "
+        "hospital; 0: automatic; default: %(default)s)",
     )
     parser.add_argument("--ray-address", default=None, help="run on an existing Ray cluster")
     add_privacy_arguments(parser, d)
@@ -160,30 +215,37 @@ def add_privacy_arguments(parser: argparse.ArgumentParser, d: TrainConfig) -> No
         type=float,
         default=d.dp_noise,
         metavar="MULTIPLIER",
-        help="differential privacy: Gaussian noise multiplier (with --dp-clip)",
+        help="differential privacy: Gaussian noise multiplier (with --dp-clip; default: "
+        "%(default)s, off)",
     )
     dp.add_argument(
         "--dp-clip",
         type=float,
         default=d.dp_clip,
         metavar="NORM",
-        help="differential privacy: clip each hospital's update to this L2 norm",
+        help="differential privacy: clip each hospital's update to this L2 norm (default: "
+        "%(default)s, off)",
     )
     dp.add_argument(
         "--dp-delta",
         type=float,
         default=d.dp_delta,
         metavar="D",
-        help="report epsilon at this delta",
+        help="report epsilon at this delta (default: %(default)s)",
     )
     dp.add_argument(
         "--dp-epsilon-budget",
         type=float,
         default=d.dp_epsilon_budget,
         metavar="E",
-        help="stop (completed) before a round would spend more epsilon",
+        help="stop (completed) before a round would spend more epsilon (default: "
+        "%(default)s, no budget)",
     )
-    dp.add_argument("--dp-side", default=d.dp_side, help=f"where to clip: {', '.join(DP_SIDES)}")
+    dp.add_argument(
+        "--dp-side",
+        default=d.dp_side,
+        help=f"where to clip: {', '.join(DP_SIDES)} (default: %(default)s)",
+    )
     dp.add_argument(
         "--secagg",
         action="store_true",
@@ -196,28 +258,31 @@ def add_privacy_arguments(parser: argparse.ArgumentParser, d: TrainConfig) -> No
         type=float,
         default=d.dropout,
         metavar="P",
-        help="chance that a hospital sits out a round's training",
+        help="chance that a hospital sits out a round's training (default: %(default)s)",
     )
     drills.add_argument(
         "--straggler-delay",
         type=float,
         default=d.straggler_delay,
         metavar="SECONDS",
-        help="each hospital's simulated delay per round is uniform in [0, SECONDS)",
+        help="each hospital's simulated delay per round is uniform in [0, SECONDS) "
+        "(default: %(default)s)",
     )
     drills.add_argument(
         "--round-timeout",
         type=float,
         default=d.round_timeout,
         metavar="SECONDS",
-        help="hospitals later than this are dropped from the round (0: no timeout)",
+        help="hospitals later than this are dropped from the round (0: no timeout; "
+        "default: %(default)s)",
     )
     drills.add_argument(
         "--adversarial",
         type=int,
         default=d.adversarial,
         metavar="K",
-        help="K hospitals, chosen from the seed, attack every round (with --attack)",
+        help="K hospitals, chosen from the seed, attack every round (with --attack; "
+        "default: %(default)s)",
     )
     drills.add_argument("--attack", default=d.attack, help=f"one of {', '.join(ATTACKS)}")
 
