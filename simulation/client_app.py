@@ -358,7 +358,11 @@ def evaluate(msg: Message, context: Context) -> Message:
         data = [_standardised(index, hospital, config) for index, hospital in ready]
         kind = str(config["model"])
         results = _evaluated(kind, arrays, data)
-        validation = [m for m, _ in _evaluated(kind, arrays, [d.validation() for d in data])]
+        held_out = [d.validation() for d in data]
+        if any(len(d.y_test) for d in held_out):
+            validation = [(m.n, float(m.loss)) for m, _ in _evaluated(kind, arrays, held_out)]
+        else:  # none held out (validation share 0): what scoring no rows gives, without a pass
+            validation = [(0, float("nan"))] * len(data)
         metrics = [result for result, _ in results]
         columns = {
             "num-examples": [m.n for m in metrics],
@@ -366,8 +370,8 @@ def evaluate(msg: Message, context: Context) -> Message:
             "auc": [float(m.auc) for m in metrics],
             "accuracy": [float(m.accuracy) for m in metrics],
             "brier": [float(m.brier) for m in metrics],
-            "val-n": [m.n for m in validation],
-            "val-loss": [float(m.loss) for m in validation],
+            "val-n": [n for n, _ in validation],
+            "val-loss": [loss for _, loss in validation],
         }
         histograms = np.stack([np.asarray(h, dtype=np.float64) for _, h in results])
         return columns, {"histogram": histograms}
