@@ -102,9 +102,10 @@ def run_app(argv: list[str]) -> int:
     if not (home / "credentials.yaml").exists():
         _say("creating the app's users file; note the admin password printed below (shown once)")
         _run([str(PYTHON), "-m", "healthsync", "users", "list"], cwd=ROOT)
+    started_engine = False
     if os.environ.get("HEALTHSYNC_ENGINE", "auto").lower() not in {"off", "0", "no", "false"}:
         _say("starting the training engine in the background (Flower and Ray kept warm)")
-        _run([str(PYTHON), "-m", "healthsync", "engine", "start", "--no-wait"], cwd=ROOT)
+        started_engine = start_engine()
     cmd = [str(PYTHON), "-m", "streamlit", "run", "app.py", "--server.port", str(args.port)]
     scheme = "http"
     if args.https:
@@ -112,8 +113,45 @@ def run_app(argv: list[str]) -> int:
         scheme = "https"
     _say(f"starting the app on {scheme}://localhost:{args.port}")
     os.chdir(ROOT)
-    os.execv(str(PYTHON), cmd)
-    return 0  # not reached
+    if not started_engine:  # nothing of ours to stop afterwards: become the app
+        os.execv(str(PYTHON), cmd)
+    return serve_then_stop_engine(cmd)
+
+
+def start_engine() -> bool:
+    """``healthsync engine start --no-wait``; whether this call started it (not one running)."""
+    done = subprocess.run(
+        [str(PYTHON), "-m", "healthsync", "engine", "start", "--no-wait"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    print(done.stdout, end="", flush=True)
+    return done.stdout.startswith("engine starting (pid ") and "already" not in done.stdout
+
+
+def serve_then_stop_engine(cmd: list[str]) -> int:
+    """Serve the app as a child; when it ends (Ctrl-C, SIGTERM, exit), stop the engine too.
+
+    The engine this command started serves this app: left behind, it would idle
+    on for 15 minutes with its Ray workers after the app is gone.
+    """
+    import signal
+
+    app = subprocess.Popen(cmd, cwd=ROOT)
+    signal.signal(signal.SIGTERM, lambda *_: app.terminate())
+    try:
+        while True:
+            try:
+                code = app.wait()
+                break
+            except KeyboardInterrupt:  # Ctrl-C reaches the app too; wait for it to finish
+                continue
+    finally:
+        _say("stopping the training engine this command started")
+        subprocess.run([str(PYTHON), "-m", "healthsync", "engine", "stop"], cwd=ROOT, check=False)
+    return code
 
 
 def tls_options(cert: str | None, key: str | None, port: int) -> list[str]:
