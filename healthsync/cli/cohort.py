@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
+from healthsync.cli.credentials import PASSWORD_VARIABLE, authenticate, read_password
 from healthsync.errors import HealthSyncError
-
-PASSWORD_VARIABLE = "HEALTHSYNC_PASSWORD"
-#: The throttle's "address" for passwords typed at this machine's command line.
-CLI_CLIENT = "command line"
 
 EPILOG = """\
 examples:
@@ -97,7 +93,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     """Run one guarded cohort query and print it."""
     from healthsync.cohort import explore
 
-    authenticate(args.user, _password(args.password_stdin), args.home)
+    authenticate(args.user, read_password(args.password_stdin), args.home)
     labels = _site_labels(args.data, args.user, args.home)
     result = explore(
         args.data,
@@ -152,33 +148,3 @@ def _hospital_by_label(text: str, labels) -> str:
             f"filter on one of those names, not {condition.value!r}"
         )
     return f"{condition.column} {condition.op} {by_label[condition.value]}"
-
-
-def authenticate(user: str, password: str | None, home: str | Path | None) -> None:
-    """Refuse unless ``password`` is ``user``'s, checked against the credentials file.
-
-    Wrong passwords count towards the same throttle as the app's login form,
-    with this machine's command line as the client address.
-    """
-    from healthsync import auth
-
-    if not password:
-        raise HealthSyncError(
-            f"{user}'s password is needed: pass --password-stdin or set {PASSWORD_VARIABLE}"
-        )
-    users = auth.UserStore(auth.resolve_home(home))
-    sessions = auth.Sessions(users)
-    if sessions.locked_for(user, client=CLI_CLIENT) > 0:
-        raise HealthSyncError(sessions.failed(user, client=CLI_CLIENT))
-    if users.verify(user, password) is None:
-        known = users.get(user) is not None
-        reason = sessions.failed(user if known else None, client=CLI_CLIENT)
-        wrong = "wrong user name or password"
-        raise HealthSyncError(reason.replace(wrong, f"{wrong} for {user!r}", 1))
-
-
-def _password(from_stdin: bool) -> str | None:
-    if from_stdin:
-        line = sys.stdin.readline()
-        return line.rstrip("\r\n") or None
-    return os.environ.get(PASSWORD_VARIABLE) or None

@@ -81,9 +81,9 @@ def _folder(data: Path, hospital: str) -> Path:
 def _governor(args: argparse.Namespace):
     """The authenticated user, if they may govern this hospital (admin or its steward)."""
     from healthsync import auth
-    from healthsync.cli.cohort import _password, authenticate
+    from healthsync.cli.credentials import authenticate, read_password
 
-    authenticate(args.user, _password(args.password_stdin), args.home)
+    authenticate(args.user, read_password(args.password_stdin), args.home)
     user = auth.UserStore(auth.resolve_home(args.home)).get(args.user)
     if user is None or not (user.role == "admin" or user.stewards(args.data, args.hospital)):
         role = user.role if user else "unknown user"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from healthsync.cli.cohort import PASSWORD_VARIABLE
+from healthsync.cli.credentials import PASSWORD_VARIABLE
 from healthsync.config import DEFAULT_DB
 
 
@@ -131,9 +131,9 @@ def _signed_in(args: argparse.Namespace):
     if args.user is None:
         return None
     from healthsync import auth
-    from healthsync.cli.cohort import _password, authenticate
+    from healthsync.cli.credentials import authenticate, read_password
 
-    authenticate(args.user, _password(args.password_stdin), args.home)
+    authenticate(args.user, read_password(args.password_stdin), args.home)
     return auth.UserStore(auth.resolve_home(args.home)).get(args.user)
 
 
