@@ -208,9 +208,9 @@ def run_detail_for(store: MetricsStore, run_id: str, user: User) -> dict:
         return label if labels.hide_ids or label is None else hospital
 
     hospitals = [
-        {**row, "hospital": shown(row["hospital"])}
+        {**row, "hospital": label}
         for row in detail["hospitals"]
-        if shown(row["hospital"]) is not None
+        if (label := shown(row["hospital"])) is not None
     ]
     events = [
         {**event, "hospital": shown(event["hospital"]), "message": labels.scrub(event["message"])}
