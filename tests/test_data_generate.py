@@ -416,3 +416,20 @@ def test_generated_data_has_each_hospitals_encoded_matrix_ready_for_the_first_ru
     for hospital in federation.hospital_ids:
         arrays = hospital_arrays(federation, hospital, federation.default_target)
         assert len(arrays.y_train) + len(arrays.y_test) > 0
+
+
+def test_a_federation_hashes_its_hospitals_once(data_federation, monkeypatch):
+    """Per-federation caches (the facts plan, ...) hash the federation on every call; at
+    100,000 hospitals a hash over every hospital each time made publishing quadratic."""
+    from dataclasses import replace
+
+    from healthsync.data.manifest import HospitalInfo
+
+    federation = replace(data_federation)  # a fresh object: nothing cached yet
+    calls = []
+    original = HospitalInfo.__hash__
+    monkeypatch.setattr(HospitalInfo, "__hash__", lambda self: calls.append(1) or original(self))
+    first = hash(federation)
+    assert hash(federation) == first
+    assert len(calls) == len(federation.hospitals)
+    assert federation == replace(federation) and hash(replace(federation)) == first

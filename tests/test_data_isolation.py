@@ -227,3 +227,52 @@ def test_no_other_code_locates_partition_files():
             if found:
                 offenders[str(path.relative_to(ROOT))] = sorted(found)
     assert offenders == {}
+
+
+def test_a_second_preflight_reads_only_partitions_that_changed(data_fresh_federation, monkeypatch):
+    """At 100,000 hospitals every start read every footer (50 s); unchanged ones are remembered."""
+    from healthsync.data import accessor as accessor_module
+
+    fed = data_fresh_federation
+    read = []
+    original = HospitalAccessor.preflight
+    monkeypatch.setattr(
+        HospitalAccessor, "preflight", lambda self: read.append(self.hospital.id) or original(self)
+    )
+    accessor_module.preflight(fed)
+    assert sorted(read) == sorted(fed.hospital_ids)
+    read.clear()
+    accessor_module.preflight(fed)
+    assert read == []
+
+    # A partition rewritten since (even with as many rows) is read and checked again.
+    path = fed.data_dir / "hospitals" / "h0001" / "patients.parquet"
+    rows = pl.read_parquet(path)
+    rows.drop("age").write_parquet(path)
+    with pytest.raises(HealthSyncError, match=r"\(h0001\): partition file .* lacks columns age"):
+        accessor_module.preflight(fed)
+    assert read == ["h0001"]
+    rows.write_parquet(path)
+    accessor_module.preflight(fed)
+
+    # A partition swapped for a symlink to another hospital's is not taken for the checked one.
+    read.clear()
+    own = fed.data_dir / "hospitals" / "h0000" / "patients.parquet"
+    own.unlink()
+    own.symlink_to(fed.data_dir / "hospitals" / "h0001" / "patients.parquet")
+    with pytest.raises(HealthSyncError, match="outside hospital"):
+        accessor_module.preflight(fed)
+    assert read == ["h0000"]
+
+
+def test_a_changed_manifest_checks_every_partition_again(data_fresh_federation, monkeypatch):
+    from healthsync.data import accessor as accessor_module
+
+    fed = data_fresh_federation
+    accessor_module.preflight(fed)
+    manifest = fed.data_dir / "federation.json"
+    raw = json.loads(manifest.read_text())
+    raw["hospitals"][2]["n_train"] += 1
+    manifest.write_text(json.dumps(raw))
+    with pytest.raises(HealthSyncError, match=r"\(h0002\): partition file .* the manifest says"):
+        accessor_module.preflight(load_federation(fed.data_dir))

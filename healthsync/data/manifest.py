@@ -119,6 +119,17 @@ class Federation:
             )
         return info
 
+    def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        # Caches keyed by federation hash it on every call; over 100,000 hospitals each
+        # time, publishing every hospital's facts was quadratic. Frozen: hash it once.
+        return hash(
+            (self.data_dir, self.name, self.source, self.outcomes, self.features, self.hospitals)
+        )
+
     @cached_property
     def _by_id(self) -> dict[str, HospitalInfo]:
         # Federations can have 10,000+ hospitals; opening each must not scan them all.
