@@ -30,6 +30,7 @@ it leaves (``simulation.secagg_mod``); SecAgg+ runs use one hospital per node.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -95,6 +96,10 @@ _scaled_with: list[tuple] = []
 def _keep_only(data_dir: str) -> None:
     """Drop cached rows of other federations: a warm engine's actors serve run after run."""
     if _cached_federation != [data_dir]:
+        # As the run process does (``simulation.launch``): each round makes a few objects
+        # per hospital, and at 100,000 hospitals collecting the young ones every 700
+        # allocations set off full collections over every hospital's cached rows.
+        gc.set_threshold(10_000, 10, 10)
         _hospital.cache_clear()
         _federation.cache_clear()
         _scaled_rows.clear()

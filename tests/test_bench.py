@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -271,6 +272,25 @@ def test_a_measurement_waits_for_the_runs_leftover_processes(settle):
     peak = sweep._watch(parent.pid, lambda: parent.poll() is not None, 60, settle=settle)
     assert peak > 0
     assert bool(proctree.alive({child})) is not settle
+
+
+def test_a_runs_status_is_read_every_few_seconds_not_every_poll(monkeypatch):
+    """Reading the status opens the metrics store; at every 0.2 s poll it took a sixth of a
+    core from the measured run. Memory is still sampled at every poll."""
+    clock = [0.0]
+    monkeypatch.setattr(sweep.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(sweep.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    samples = []
+    monkeypatch.setattr(sweep, "rss_bytes", lambda tree: samples.append(clock[0]) or 2**20)
+    asked = []
+
+    def done() -> bool:
+        asked.append(clock[0])
+        return clock[0] >= 10.0
+
+    sweep._watch(os.getpid(), done, 60, settle=False, ask_every=sweep.STATUS_POLL_SECONDS)
+    assert len(asked) <= 10 / sweep.STATUS_POLL_SECONDS + 2
+    assert len(samples) >= 10 / 0.5
 
 
 def test_the_roofline_refuses_more_threads_than_cores(capsys):
