@@ -143,14 +143,15 @@ class HospitalGrid(Grid):
                 )
             groups[block] = (first, [m.metadata.dst_node_id - 1 for m in group])
         pushed = time.time_ns()
+        answers = []
         for block, answer in self._exchange(groups, timeout):
-            replies.update(_split(answer, by_block[block]))
+            answers.append((block, answer))
             telemetry.block_span(  # from the push to this block's answer (docs/telemetry.md)
                 f"{messages[0].metadata.message_type} block",
                 pushed,
                 {"healthsync.block": block, "healthsync.hospitals": len(by_block[block])},
             )
-        return [replies[m.metadata.dst_node_id - 1] for m in messages]
+        return HospitalReplies(messages, replies, [(a, by_block[b]) for b, a in sorted(answers)])
 
     def broadcast(
         self,
@@ -263,6 +264,97 @@ class HospitalGrid(Grid):
 
 def _failed(msg: Message, reason: str) -> Message:
     return Message(Error(code=BLOCK_FAILED, reason=reason), reply_to=msg)
+
+
+class HospitalReplies(Sequence[Message]):
+    """One reply per hospital message, in the messages' order, each built only when read.
+
+    Building a Flower reply per hospital (``_split``) is the largest per-hospital
+    cost on the server at 100,000 hospitals, and FedAvg through
+    ``StackedAggregation`` only restacks them: it reads the blocks' columns
+    instead (``stacked``). Anything else that reads a reply (another strategy,
+    Flower's DP wrapper, a test) gets every reply, built as before.
+    """
+
+    def __init__(
+        self,
+        messages: list[Message],
+        early: dict[int, Message],
+        answers: list[tuple[BlockReply, list[Message]]],
+    ) -> None:
+        """``early``: replies settled before asking (withdrawn hospitals), by hospital index;
+        ``answers``: each block's answer with the messages it answers, in block order."""
+        self.messages = messages
+        self.early = early
+        self.answers = answers
+        self._built: list[Message] | None = None
+
+    @property
+    def built(self) -> bool:
+        """Whether the per-hospital replies exist (someone read them)."""
+        return self._built is not None
+
+    def _replies(self) -> list[Message]:
+        if self._built is None:
+            replies = dict(self.early)
+            for answer, group in self.answers:
+                replies.update(_split(answer, group))
+            self._built = [replies[m.metadata.dst_node_id - 1] for m in self.messages]
+        return self._built
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __getitem__(self, index):  # an int or a slice, as a list's
+        return self._replies()[index]
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(self._replies())
+
+    def failures(self) -> list[Message]:
+        """The error replies, in the messages' order, without building the others."""
+        if self._built is not None:
+            return [r for r in self._built if r.has_error()]
+        errors = dict(self.early)
+        for answer, group in self.answers:
+            asked = {m.metadata.dst_node_id - 1: m for m in group}
+            errors.update(
+                (i, _failed(asked[i], why)) for i, why in answer.errors.items() if i in asked
+            )
+        return [
+            errors[m.metadata.dst_node_id - 1]
+            for m in self.messages
+            if m.metadata.dst_node_id - 1 in errors
+        ]
+
+    def stacked(self, weight_key: str):
+        """``(weights, arrays, metrics)`` of the hospitals that answered, block by block.
+
+        Arrays keep their stacked rows (one per hospital), metrics their columns;
+        ``None`` unless every answering block sent the same float arrays and
+        scalar metrics, ``weight_key`` among them (then ``StackedAggregation``
+        reads the replies one by one, as Flower's FedAvg would).
+        """
+        parts = [answer for answer, _ in self.answers if answer.hospitals]
+        if not parts:
+            return None
+        names, columns = list(parts[0].arrays), list(parts[0].columns)
+        if weight_key not in columns or not names:
+            return None
+        for answer in parts:
+            if list(answer.arrays) != names or list(answer.columns) != columns:
+                return None
+            if not all(np.issubdtype(a.dtype, np.floating) for a in answer.arrays.values()):
+                return None
+            if any(any(type(v) not in (int, float) for v in answer.columns[c]) for c in columns):
+                return None
+        arrays = {n: [answer.arrays[n] for answer in parts] for n in names}
+        metrics = {
+            c: np.concatenate([np.asarray(a.columns[c], dtype=np.float64) for a in parts])
+            for c in columns
+        }
+        weights = metrics.pop(weight_key)
+        return weights, arrays, metrics
 
 
 # ------------------------------------------------------------ the block wire format
@@ -420,25 +512,41 @@ class StackedAggregation:
     """
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        default = self.train_metrics_aggr_fn is flower.DEFAULT_METRICS_AGGREGATION
+        blocks = None
+        if isinstance(replies, HospitalReplies) and not replies.built and default:
+            blocks = replies.stacked(self.weighted_by_key)  # read in columns: no reply built
+        if blocks is not None:
+            failures = replies.failures()
+            flower.log_train_counts(len(replies) - len(failures), failures)
+            return _weighted_means(*blocks)
         replies = list(replies)
         valid = [r.content for r in replies if not r.has_error()]
-        stacked = None
-        if valid and self.train_metrics_aggr_fn is flower.DEFAULT_METRICS_AGGREGATION:
-            stacked = _stacked(valid, self.weighted_by_key)
+        stacked = _stacked(valid, self.weighted_by_key) if valid and default else None
         if stacked is None:
             return super().aggregate_train(server_round, replies)
         flower.log_train_replies(self, replies)  # Flower's own log lines
         weights, arrays, metrics = stacked
-        factors = weights / weights.sum()
-        mean = ArrayRecord(
-            {
-                key: Array(np.tensordot(factors, rows, axes=1).astype(rows.dtype))
-                for key, rows in arrays.items()
-            }
-        )
-        return mean, MetricRecord(
-            {key: float(np.dot(factors, column)) for key, column in metrics.items()}
-        )
+        return _weighted_means(weights, {k: [rows] for k, rows in arrays.items()}, metrics)
+
+
+def _weighted_means(
+    weights: np.ndarray, arrays: dict[str, list[np.ndarray]], metrics: dict[str, np.ndarray]
+) -> tuple[ArrayRecord, MetricRecord]:
+    """FedAvg's means: each array's rows (in parts, summed in order) and each metric column,
+    weighted by ``weights`` (in float64; the arrays keep their own type)."""
+    factors = weights / weights.sum()
+    means = {}
+    for key, parts in arrays.items():
+        total, start = None, 0
+        for rows in parts:
+            share = np.tensordot(factors[start : start + len(rows)], rows, axes=1)
+            total = share if total is None else total + share
+            start += len(rows)
+        means[key] = Array(total.astype(parts[0].dtype))
+    return ArrayRecord(means), MetricRecord(
+        {key: float(np.dot(factors, column)) for key, column in metrics.items()}
+    )
 
 
 def _stacked(contents: list[RecordDict], weight_key: str):

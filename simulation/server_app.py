@@ -35,7 +35,7 @@ from healthsync.runs.store import MetricsStore
 from healthsync.telemetry import PhaseClock
 from simulation import safeguards
 from simulation.consent import ConsentWatch
-from simulation.hospital_grid import BlockReply, HospitalGrid
+from simulation.hospital_grid import BlockReply, HospitalGrid, HospitalReplies
 from simulation.round_hooks import (
     Callbacks,
     CancelCheck,
@@ -281,13 +281,15 @@ class FederatedRun:
                     f"round {rnd}: Flower's DP wrapper refused it: {err}"
                 ) from err
         with clock.phase("train", hospitals=len(train_messages)):
-            replies = list(
-                self.grid.send_and_receive(
-                    train_messages,
-                    timeout=safeguards.train_timeout(self.config, ROUND_TIMEOUT_SECONDS),
-                )
+            replies = self.grid.send_and_receive(
+                train_messages,
+                timeout=safeguards.train_timeout(self.config, ROUND_TIMEOUT_SECONDS),
             )
-        failed = [r for r in replies if r.has_error()]
+        if isinstance(replies, HospitalReplies):  # no reply per hospital built just to count
+            failed = replies.failures()
+        else:
+            replies = list(replies)
+            failed = [r for r in replies if r.has_error()]
         for reply in failed:
             index = reply.metadata.src_node_id - 1
             kind, why = safeguards.missing_event(self.config, rnd, index, reply.error.reason)

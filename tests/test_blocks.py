@@ -192,16 +192,19 @@ def test_stacked_fedavg_equals_flowers_fedavg(kind, weight_key):
         (BlockFedAvg(weighted_by_key=weight_key), FedAvg(weighted_by_key=weight_key)),
         (BlockFedProx(weighted_by_key=weight_key), FedProx(weighted_by_key=weight_key)),
     ):
-        (arrays, metrics), (their_arrays, their_metrics) = (
-            s.aggregate_train(1, replies) for s in (ours, theirs)
-        )
-        assert list(arrays) == list(their_arrays)
-        for a, b in zip(arrays.to_numpy_ndarrays(), their_arrays.to_numpy_ndarrays(), strict=True):
-            assert a.dtype == b.dtype == np.float32
-            np.testing.assert_allclose(a, b, atol=1e-6)
-        assert list(metrics) == list(their_metrics)
-        for key in metrics:
-            assert metrics[key] == pytest.approx(their_metrics[key], abs=1e-6)
+        _assert_same_mean(ours.aggregate_train(1, replies), theirs.aggregate_train(1, replies))
+
+
+def _assert_same_mean(ours, theirs) -> None:
+    """Two ``aggregate_train`` results: the same arrays (float32) and metrics, to 1e-6."""
+    (arrays, metrics), (their_arrays, their_metrics) = ours, theirs
+    assert list(arrays) == list(their_arrays)
+    for a, b in zip(arrays.to_numpy_ndarrays(), their_arrays.to_numpy_ndarrays(), strict=True):
+        assert a.dtype == b.dtype == np.float32
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert list(metrics) == list(their_metrics)
+    for key in metrics:
+        assert metrics[key] == pytest.approx(their_metrics[key], abs=1e-6)
 
 
 def test_stacked_fedavg_leaves_irregular_replies_to_flower():
@@ -315,6 +318,61 @@ def test_split_block_reply_gives_each_hospital_what_its_own_node_would_send():
     np.testing.assert_array_equal(first.numpy(), models[0][0])
     first.data = ArrayRecord(numpy_ndarrays=[np.zeros((1, 18), np.float32)])["0"].data
     np.testing.assert_array_equal(first.numpy(), np.zeros((1, 18)))  # new bytes are read
+
+
+@pytest.mark.parametrize("weight_key", ["num-examples", "hospital-weight"])
+def test_fedavg_reads_the_blocks_columns_and_equals_flowers_fedavg_over_each_reply(weight_key):
+    """At 100,000 hospitals, building a Flower reply per hospital only for FedAvg to restack
+    them was the server's largest cost a round; the mean must be the same without them."""
+    from flwr.app import Error, Message
+    from flwr.serverapp.strategy import FedAvg
+
+    from simulation.hospital_grid import (
+        BLOCK_FAILED,
+        BlockFedAvg,
+        HospitalReplies,
+        block_reply,
+        read_block,
+    )
+
+    rng = np.random.default_rng(3)
+    shapes = [a.shape for a in get_arrays(build_model("mlp", 7))]
+    order = [int(i) for i in rng.permutation(40)]  # the strategy's sampled order, not the blocks'
+    asks = _asks(order)
+    by_index = {i: ask for i, ask in zip(order, asks, strict=True)}
+    answers = []
+    for first in range(0, 36, 12):  # three blocks of 12; hospitals 36-39 withdrew
+        asked = list(range(first, first + 12))
+        failed = {str(first + 5): "dropped out"}
+        hospitals = [i for i in asked if str(i) not in failed]
+        models = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in hospitals]
+        columns = {
+            "num-examples": [int(n) for n in rng.integers(20, 400, len(hospitals))],
+            "train-loss": [float(x) for x in rng.random(len(hospitals))],
+        }
+        columns.setdefault(weight_key, [1] * len(hospitals))
+        stacked = {str(p): np.stack([m[p] for m in models]) for p in range(len(shapes))}
+        block = read_block(_block_answer(block_reply(hospitals, columns, stacked), failed), asked)
+        answers.append((block, [by_index[i] for i in asked]))
+    early = {
+        i: Message(Error(code=BLOCK_FAILED, reason="withdrew"), reply_to=by_index[i])
+        for i in range(36, 40)
+    }
+
+    replies = HospitalReplies(asks, early, answers)
+    ours = BlockFedAvg(weighted_by_key=weight_key).aggregate_train(1, replies)
+    assert not replies.built  # read in columns
+    failures = replies.failures()
+    assert [m.metadata.src_node_id - 1 for m in failures] == [
+        i for i in order if i >= 36 or i % 12 == 5
+    ]
+
+    each = list(HospitalReplies(asks, early, answers))  # one Flower reply per hospital
+    assert [m.metadata.src_node_id for m in each] == [a.metadata.dst_node_id for a in asks]
+    assert [(m.metadata.src_node_id, m.error.reason) for m in each if m.has_error()] == [
+        (m.metadata.src_node_id, m.error.reason) for m in failures
+    ]
+    _assert_same_mean(ours, FedAvg(weighted_by_key=weight_key).aggregate_train(1, each))
 
 
 def test_read_block_fails_every_hospital_of_a_failed_or_malformed_block():

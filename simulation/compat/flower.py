@@ -137,6 +137,7 @@ The plan:
 from __future__ import annotations
 
 import io
+import logging
 import math
 import threading
 import time
@@ -273,6 +274,26 @@ DEFAULT_METRICS_AGGREGATION = aggregate_metricrecords  # FedAvg's train_metrics_
 def log_train_replies(strategy: FedAvg, replies: list[Message]) -> None:
     """Log the training replies as ``FedAvg.aggregate_train`` does (no validation)."""
     strategy._check_and_log_replies(replies, is_train=True, validate=False)
+
+
+def log_train_counts(ok: int, failures: list[Message]) -> None:
+    """The same log lines as ``log_train_replies``, from a count and the failed replies."""
+    from flwr.common.logger import log
+
+    log(
+        logging.INFO,
+        "%s: Received %s results and %s failures",
+        "aggregate_train",
+        ok,
+        len(failures),
+    )
+    for msg in failures:
+        log(
+            logging.INFO,
+            "\t> Received error in reply from node %d: %s",
+            msg.metadata.src_node_id,
+            msg.error.reason,
+        )
 
 
 # ------------------------------------------------------------ 4. the in-memory grid's poll
