@@ -491,3 +491,36 @@ def test_a_block_with_different_epochs_per_hospital_matches_one_hospital_at_a_ti
         for ours, theirs in zip(block[i], get_arrays(model), strict=True):
             np.testing.assert_allclose(ours, theirs, atol=1e-5)
         assert losses[i] == pytest.approx(loss, abs=1e-5)
+
+
+def test_a_run_in_blocks_equals_one_client_per_hospital_in_process(tmp_path, monkeypatch):
+    """The whole round loop on the federation layout (a folder per hospital, preflight memo,
+    cached matrices): blocks of 64 read FedAvg's mean from the blocks' columns, and equal
+    one client per hospital and the per-reply mean to 1e-5 (the Ray version is in
+    test_scale_e2e, extended tier)."""
+    from healthsync.runs import runlog
+    from healthsync.runs.predict import load_saved_model
+    from healthsync.runs.store import MetricsStore
+    from simulation.hospital_grid import HospitalReplies
+    from tests.inprocess_grid import run_in_process
+
+    fed = generate_federation(tmp_path / "fed", hospitals=70, patients=40, seed=5, heterogeneity=1)
+    base = TrainConfig(
+        data_dir=str(fed.data_dir), db=str(tmp_path / "m.duckdb"), model="mlp", rounds=2, seed=1
+    )
+    runs = {}
+    for name, block in (("one", 1), ("blocks", 64), ("per-reply", 64)):
+        with monkeypatch.context() as patch:
+            if name == "per-reply":  # as any strategy other than FedAvg reads them
+                patch.setattr(HospitalReplies, "stacked", lambda self, key: None)
+            detail, _ = run_in_process(base.replace(block_size=block))
+        assert detail["status"] == "completed", detail
+        runs[name] = detail["run_id"]
+    models = {name: load_saved_model(base.db, run).arrays for name, run in runs.items()}
+    store = MetricsStore(base.db)
+    rounds = {name: runlog.rounds_frame(store, run) for name, run in runs.items()}
+    for name in ("blocks", "per-reply"):
+        for a, b in zip(models["one"], models[name], strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        for metric in ("loss", "auc", "accuracy", "brier"):
+            np.testing.assert_allclose(rounds["one"][metric], rounds[name][metric], atol=1e-5)
