@@ -182,3 +182,36 @@ def test_a_batch_opens_the_file_once_and_commits_all_or_nothing(tmp_path, monkey
         runlog.record_round(store, "run-b", {**row, "round": 2}, [])
         raise RuntimeError("the model could not be saved")
     assert store.scalar("SELECT max(round) FROM rounds") == 1  # round 2 was rolled back
+
+
+def test_a_new_store_object_checks_the_schema_on_its_own_connection(tmp_path, monkeypatch):
+    """Every page render and command makes a new store object, and each ran the whole
+    schema's DDL on a connection of its own first (two opens, ~70 ms); a complete store
+    is now only checked, and an incomplete one still gets what it lacks."""
+    import duckdb
+
+    from healthsync.runs import store as store_module
+
+    db = tmp_path / "m.duckdb"
+    runlog.create_run(MetricsStore(db), "run-a", TrainConfig(data_dir="x", db=str(db)))
+    opens, created = [], []
+    real_open, real_create = MetricsStore._open, MetricsStore._create
+    monkeypatch.setattr(
+        MetricsStore, "_open", lambda self, **kw: opens.append(kw) or real_open(self, **kw)
+    )
+    monkeypatch.setattr(
+        MetricsStore, "_create", lambda self: created.append(1) or real_create(self)
+    )
+    assert MetricsStore(db).scalar("SELECT count(*) FROM runs") == 1
+    assert (opens, created) == ([{"read_only": True}], [])
+
+    # A store from before a migration (no ``runs.name``), or missing an index, is completed.
+    con = duckdb.connect(str(db))
+    con.execute("ALTER TABLE runs DROP COLUMN name")
+    con.execute("DROP INDEX rounds_run")
+    con.close()
+    assert MetricsStore(db).scalar("SELECT count(*) FROM runs") == 1
+    assert created == [1]
+    con = duckdb.connect(str(db), read_only=True)
+    assert store_module._has_schema(con)
+    con.close()

@@ -116,14 +116,15 @@ def _explore(
         federation = load_federation(data_dir)
         entry["federation"] = federation_id(federation)
         withdrawn = withdrawn_hospitals(federation.data_dir, federation.hospital_ids)
-        # a broken hospital is named here, before any service starts (withdrawn ones are not asked)
-        preflight(federation, [h for h in federation.hospital_ids if h not in withdrawn])
         plan = plan_query(
             federation,
             CohortQuery.parse(where, group_by, stats),
             max_cells=policy.max_cells,
             withdrawn=withdrawn,
         )
+        # a broken hospital is named here, before any service starts (withdrawn ones are not
+        # asked), once the query itself is known to be valid
+        preflight(federation, [h for h in federation.hospital_ids if h not in withdrawn])
         entry["query"] = plan.query.describe()
     except HealthSyncError as err:
         ledger.write_audit(store, AuditEntry(status="rejected", message=str(err), **entry))

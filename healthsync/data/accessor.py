@@ -341,14 +341,14 @@ def preflight(federation: Federation, hospital_ids: Sequence[str] | None = None)
     # Two threads: footers are small reads, and more threads only contend on two cores.
     with ThreadPoolExecutor(max_workers=2) as pool:
         problems = dict(zip(unchecked, pool.map(check, unchecked), strict=True))
-    passed = [h for h in unchecked if problems[h] is None and stamps[h] is not None]
+    for hospital_id in unchecked:
+        if (problem := problems[hospital_id]) is not None:  # a refused start writes nothing
+            name = federation.hospital(hospital_id).name
+            raise HealthSyncError(f"hospital {name!r} ({hospital_id}): {problem}")
+    passed = [h for h in unchecked if stamps[h] is not None]
     if passed and manifest is not None:
         memo.update((h, stamps[h]) for h in passed)
         _write_memo(memo_path, manifest, memo)
-    for hospital_id in unchecked:
-        if (problem := problems[hospital_id]) is not None:
-            name = federation.hospital(hospital_id).name
-            raise HealthSyncError(f"hospital {name!r} ({hospital_id}): {problem}")
 
 
 def _stamp(path: Path) -> list[int] | None:

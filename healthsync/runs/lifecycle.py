@@ -123,9 +123,9 @@ def start_run(
     are ``runlog.BENCHMARK``, kept out of the training views.
     """
     config, federation = check_config(config)
-    preflight(federation)  # a broken hospital stops the start here, named, before any process
     if ray_address:
         check_ray_address(ray_address)
+    preflight(federation)  # a broken hospital stops the start here, named, before any process
     store = MetricsStore(config.db)
     run_id = runlog.new_run_id()
     runlog.create_run(store, run_id, config, kind=kind, name=name)
