@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -433,3 +434,24 @@ def test_a_federation_hashes_its_hospitals_once(data_federation, monkeypatch):
     assert hash(federation) == first
     assert len(calls) == len(federation.hospitals)
     assert federation == replace(federation) and hash(replace(federation)) == first
+
+
+def test_publishing_reads_each_hospitals_rows_once(tmp_path, monkeypatch):
+    """Its own statistics and its encoded matrix come from one read of the partition (at
+    100,000 hospitals a second read was about a tenth of publishing's time)."""
+    from healthsync.cohort.facts import publish
+    from healthsync.data.accessor import HospitalAccessor
+
+    fed = generate_federation(tmp_path / "fed", hospitals=3, patients=60, seed=1)
+    for cache in (fed.data_dir / "hospitals").glob("*/.cache"):
+        shutil.rmtree(cache)  # as a federation published for the first time
+    reads = []
+    real = HospitalAccessor._read
+    monkeypatch.setattr(
+        HospitalAccessor,
+        "_read",
+        lambda self, path: reads.append(self.hospital.id) or real(self, path),
+    )
+    assert publish(fed) == 3
+    assert sorted(reads) == sorted(fed.hospital_ids)
+    assert all(list((fed.data_dir / "hospitals" / h / ".cache").glob("*.npy")) for h in reads)

@@ -65,7 +65,7 @@ def publish(federation: Federation, hospitals: Iterable[str] | None = None) -> i
         own_statistics.write(accessor)  # for its own steward only
         # The encoded matrix a run reads first, kept in the hospital's own folder now, so
         # the first run on a new data set reads it instead of parsing every partition.
-        hospital_arrays(federation, hospital, federation.default_target)
+        hospital_arrays(federation, hospital, federation.default_target, accessor=accessor)
         return publish_reply(accessor, plan, hospital_release(accessor, plan, PUBLIC))
 
     # Each hospital's work is its own (own rows, own ledger file); threads overlap the I/O.

@@ -14,6 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 from healthsync.data import Federation, open_hospital
+from healthsync.data.accessor import HospitalAccessor
 from healthsync.ml.features import Encoder, Scaler, labels
 
 
@@ -102,14 +103,22 @@ class HospitalArrays:
 ENCODING_VERSION = 1  # bump when encoding changes, so no hospital reuses an old matrix
 
 
-def hospital_arrays(federation: Federation, hospital_id: str, target: str) -> HospitalArrays:
+def hospital_arrays(
+    federation: Federation,
+    hospital_id: str,
+    target: str,
+    *,
+    accessor: HospitalAccessor | None = None,
+) -> HospitalArrays:
     """One hospital's rows, read through its own accessor and encoded.
 
     The encoded matrix (features, label, test flag) is kept by the accessor
     beside the partition, so later runs skip reading and checking the rows.
+    ``accessor``: that hospital's, already open (its rows are then not read again).
     """
     encoder = Encoder.from_federation(federation, target)
-    accessor = open_hospital(federation, hospital_id)
+    if accessor is None or accessor.hospital.id != hospital_id:
+        accessor = open_hospital(federation, hospital_id)
 
     def encode(rows) -> np.ndarray:
         test = (rows["split"] == "test").to_numpy().astype(np.float32)
