@@ -495,7 +495,7 @@ def test_a_block_with_different_epochs_per_hospital_matches_one_hospital_at_a_ti
 
 def test_a_run_in_blocks_equals_one_client_per_hospital_in_process(tmp_path, monkeypatch):
     """The whole round loop on the federation layout (a folder per hospital, preflight memo,
-    cached matrices): blocks of 64 read FedAvg's mean from the blocks' columns, and equal
+    cached matrices): blocks of 32 read FedAvg's mean from the blocks' columns, and equal
     one client per hospital and the per-reply mean to 1e-5 (the Ray version is in
     test_scale_e2e, extended tier)."""
     from healthsync.runs import runlog
@@ -504,12 +504,12 @@ def test_a_run_in_blocks_equals_one_client_per_hospital_in_process(tmp_path, mon
     from simulation.hospital_grid import HospitalReplies
     from tests.inprocess_grid import run_in_process
 
-    fed = generate_federation(tmp_path / "fed", hospitals=70, patients=40, seed=5, heterogeneity=1)
+    fed = generate_federation(tmp_path / "fed", hospitals=40, patients=40, seed=5, heterogeneity=1)
     base = TrainConfig(
         data_dir=str(fed.data_dir), db=str(tmp_path / "m.duckdb"), model="mlp", rounds=2, seed=1
     )
     runs = {}
-    for name, block in (("one", 1), ("blocks", 64), ("per-reply", 64)):
+    for name, block in (("one", 1), ("blocks", 32), ("per-reply", 32)):
         with monkeypatch.context() as patch:
             if name == "per-reply":  # as any strategy other than FedAvg reads them
                 patch.setattr(HospitalReplies, "stacked", lambda self, key: None)
