@@ -341,9 +341,12 @@ class HospitalReplies(Sequence[Message]):
         names, columns = list(parts[0].arrays), list(parts[0].columns)
         if weight_key not in columns or not names:
             return None
+        layout = {n: (a.dtype, a.shape[1:]) for n, a in parts[0].arrays.items()}
         for answer in parts:
             if list(answer.arrays) != names or list(answer.columns) != columns:
                 return None
+            if any((a.dtype, a.shape[1:]) != layout[n] for n, a in answer.arrays.items()):
+                return None  # blocks disagree on a parameter's shape: Flower's checks say so
             if not all(np.issubdtype(a.dtype, np.floating) for a in answer.arrays.values()):
                 return None
             if any(any(type(v) not in (int, float) for v in answer.columns[c]) for c in columns):

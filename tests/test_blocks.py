@@ -374,6 +374,15 @@ def test_fedavg_reads_the_blocks_columns_and_equals_flowers_fedavg_over_each_rep
     ]
     _assert_same_mean(ours, FedAvg(weighted_by_key=weight_key).aggregate_train(1, each))
 
+    # A block whose parameter has another shape is not averaged in columns (it would
+    # broadcast); the replies go to Flower's own checks instead.
+    first = answers[0][0]
+    odd = dataclasses.replace(first, arrays={**first.arrays, "1": first.arrays["1"][:, :1]})
+    assert (
+        HospitalReplies(asks, early, [(odd, answers[0][1]), *answers[1:]]).stacked(weight_key)
+        is None
+    )
+
 
 def test_read_block_fails_every_hospital_of_a_failed_or_malformed_block():
     from flwr.app import Error, Message
