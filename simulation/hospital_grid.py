@@ -388,6 +388,8 @@ def read_block(reply: Message, requested: list[int]) -> BlockReply:
         rows = {len(v) for v in [*columns.values(), *arrays.values()]}
         if rows - {len(hospitals)} or not set(hospitals) | set(errors) <= set(requested):
             raise ValueError("its rows do not match the hospitals asked")
+        if len(set(hospitals)) != len(hospitals):  # one row each, or a mean would count it twice
+            raise ValueError("it answers for a hospital twice")
     except (KeyError, TypeError, ValueError) as err:
         why = f"malformed block reply: {err}"
         return BlockReply([], {}, {}, dict.fromkeys(requested, why))

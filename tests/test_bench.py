@@ -293,6 +293,15 @@ def test_a_runs_status_is_read_every_few_seconds_not_every_poll(monkeypatch):
     assert len(samples) >= 10 / 0.5
 
 
+def test_a_run_that_ends_between_two_status_reads_is_not_a_timeout(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(sweep.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(sweep.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setattr(sweep, "rss_bytes", lambda tree: 2**20)
+    # status last read at 9.0 s (running); it ends at 9.5 s; the deadline is 10 s
+    sweep._watch(os.getpid(), lambda: clock[0] >= 9.5, 10.0, settle=False, ask_every=3.0)
+
+
 def test_the_roofline_refuses_more_threads_than_cores(capsys):
     with pytest.raises(SystemExit) as exit_:
         roofline.main(["--data", "anywhere", "--threads", "0"])

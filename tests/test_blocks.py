@@ -394,7 +394,8 @@ def test_read_block_fails_every_hospital_of_a_failed_or_malformed_block():
 
     short = block_reply([0, 1], {"count": [3]}, {})
     foreign = block_reply([0, 8], {"count": [3, 4]}, {})
-    for records in (short, foreign):
+    twice = block_reply([0, 0], {"count": [3, 4]}, {})  # a column mean would count it twice
+    for records in (short, foreign, twice):
         block = read_block(_block_answer(records, {}), [0, 1])
         assert block.hospitals == [] and sorted(block.errors) == [0, 1]
         assert all(why.startswith("malformed block reply") for why in block.errors.values())

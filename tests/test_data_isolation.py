@@ -258,11 +258,26 @@ def test_a_second_preflight_reads_only_partitions_that_changed(data_fresh_federa
     # A partition swapped for a symlink to another hospital's is not taken for the checked one.
     read.clear()
     own = fed.data_dir / "hospitals" / "h0000" / "patients.parquet"
+    own_bytes = own.read_bytes()
     own.unlink()
     own.symlink_to(fed.data_dir / "hospitals" / "h0001" / "patients.parquet")
     with pytest.raises(HealthSyncError, match="outside hospital"):
         accessor_module.preflight(fed)
     assert read == ["h0000"]
+
+    # A hospital's folder moved elsewhere and put back as a symlink keeps its partition's
+    # own stamp; the folder's is stamped too, so it is checked (and refused) again.
+    own.unlink()
+    own.write_bytes(own_bytes)
+    accessor_module.preflight(fed)
+    read.clear()
+    hospitals = fed.data_dir / "hospitals"
+    moved = fed.data_dir.parent / "moved-h0002"
+    (hospitals / "h0002").rename(moved)
+    (hospitals / "h0002").symlink_to(moved, target_is_directory=True)
+    with pytest.raises(HealthSyncError, match="outside hospital"):
+        accessor_module.preflight(fed)
+    assert read == ["h0002"]
 
 
 def test_a_changed_manifest_checks_every_partition_again(data_fresh_federation, monkeypatch):

@@ -278,6 +278,8 @@ def _watch(
         seen |= tree
         peak = max(peak, rss_bytes(tree))
         if time.monotonic() > deadline:
+            if done():  # it may have ended since it was last asked
+                break
             raise TimeoutError
         time.sleep(0.25)
     settled = time.monotonic() + SETTLE_SECONDS

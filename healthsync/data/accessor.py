@@ -325,9 +325,9 @@ def preflight(federation: Federation, hospital_ids: Sequence[str] | None = None)
     """
     ids = list(federation.hospital_ids if hospital_ids is None else hospital_ids)
     memo_path = federation.data_dir / PREFLIGHT_MEMO
-    manifest = _stamp(federation.data_dir / MANIFEST_NAME)
+    manifest = _stamp(federation.data_dir / MANIFEST_NAME, follow=True)
     memo = _read_memo(memo_path, manifest)
-    stamps = {h: _stamp(partition_path(federation.data_dir, h)) for h in ids}
+    stamps = {h: _partition_stamp(federation.data_dir, h) for h in ids}
     unchecked = [h for h in ids if stamps[h] is None or memo.get(h) != stamps[h]]
 
     # In this thread: footer reads on eight threads were slower on two cores and grew the
@@ -344,13 +344,29 @@ def preflight(federation: Federation, hospital_ids: Sequence[str] | None = None)
         _write_memo(memo_path, manifest, memo)
 
 
-def _stamp(path: Path) -> list[int] | None:
-    """A file's identity as ``lstat`` gives it (a symlink is its own, never its target's)."""
+def _stamp(path: Path, *, follow: bool = False) -> list[int] | None:
+    """A file's identity: inode, size, modification and change times, mode.
+
+    Without ``follow`` a symlink is its own file, never its target. The change
+    time moves with any rewrite, even one that restores the modification time.
+    """
     try:
-        stat = os.lstat(path)
+        stat = os.stat(path) if follow else os.lstat(path)
     except OSError:
         return None
-    return [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_mode]
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_mode]
+
+
+def _partition_stamp(data_dir: Path, hospital_id: str) -> list[int] | None:
+    """The partition's stamp, and its hospital folder's inode and mode: a folder moved
+    behind a symlink keeps the file's own stamp, but not the folder's (its times are left
+    out, since they move whenever the hospital writes its cache or its ledger)."""
+    try:
+        folder = os.lstat(hospital_folder(data_dir, hospital_id))
+    except OSError:
+        return None
+    file = _stamp(partition_path(data_dir, hospital_id))
+    return None if file is None else [folder.st_ino, folder.st_mode, *file]
 
 
 def _read_memo(path: Path, manifest: list[int] | None) -> dict[str, list[int]]:
