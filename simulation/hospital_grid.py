@@ -317,10 +317,7 @@ class HospitalReplies(Sequence[Message]):
             return [r for r in self._built if r.has_error()]
         errors = dict(self.early)
         for answer, group in self.answers:
-            asked = {m.metadata.dst_node_id - 1: m for m in group}
-            errors.update(
-                (i, _failed(asked[i], why)) for i, why in answer.errors.items() if i in asked
-            )
+            errors.update(_error_replies(answer, _by_hospital(group)))
         return [
             errors[m.metadata.dst_node_id - 1]
             for m in self.messages
@@ -398,10 +395,20 @@ def read_block(reply: Message, requested: list[int]) -> BlockReply:
     return BlockReply(hospitals, columns, arrays, errors)
 
 
+def _by_hospital(group: list[Message]) -> dict[int, Message]:
+    """The messages of ``group`` by the hospital index each asks."""
+    return {m.metadata.dst_node_id - 1: m for m in group}
+
+
+def _error_replies(block: BlockReply, asked: dict[int, Message]) -> dict[int, Message]:
+    """An error reply for each asked hospital that ``block`` says gave no answer."""
+    return {i: _failed(asked[i], why) for i, why in block.errors.items() if i in asked}
+
+
 def _split(block: BlockReply, group: list[Message]) -> dict[int, Message]:
     """One reply per hospital message in ``group``, as a node of its own would have sent it."""
-    asked = {m.metadata.dst_node_id - 1: m for m in group}
-    out = {i: _failed(asked[i], why) for i, why in block.errors.items() if i in asked}
+    asked = _by_hospital(group)
+    out = _error_replies(block, asked)
     # Every row of a stacked array has the same dtype, shape and strides: one layout each.
     layouts = {n: _npy_layout(a[0]) if len(a) else None for n, a in block.arrays.items()}
     now = time.time()

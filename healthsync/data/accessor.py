@@ -317,9 +317,9 @@ def preflight(federation: Federation, hospital_ids: Sequence[str] | None = None)
     Reading the footers of 100,000 hospitals took 50 s (and, on eight
     threads, 3 GiB of allocator arenas) before every run.
     So each partition that passes is remembered in ``DIR/.preflight.json`` by
-    its file's identity (inode, size, modification time) under this version
-    of the manifest; the next start reads only the footers of partitions that
-    changed since, plus one ``lstat`` each. The memo holds no patient data,
+    its stamp (``_partition_stamp``) under this version of the manifest; the
+    next start reads only the footers of partitions that changed since, plus
+    two ``lstat`` calls each. The memo holds no patient data,
     and a folder that cannot be written to just goes without it. The first
     broken hospital, in manifest order, is named in the error.
     """
