@@ -534,3 +534,68 @@ def test_a_run_in_blocks_equals_one_client_per_hospital_in_process(tmp_path, mon
             np.testing.assert_allclose(a, b, atol=1e-5)
         for metric in ("loss", "auc", "accuracy", "brier"):
             np.testing.assert_allclose(rounds["one"][metric], rounds[name][metric], atol=1e-5)
+
+
+@pytest.mark.parametrize(("kind", "mu"), [("logreg", 0.0), ("mlp", 0.0), ("mlp", 0.5)])
+def test_one_hospitals_sgd_steps_are_torchs_own(hospitals, kind, mu):
+    """``train_local`` steps by hand (PyTorch's first optimiser imports ``torch._dynamo``,
+    0.75 s of a cold run's first round); its steps are ``torch.optim.SGD``'s exactly."""
+    import torch
+
+    data = hospitals[5]
+    start = get_arrays(initial_model(kind, data.x_train.shape[1], seed=2))
+    ours = build_model(kind, data.x_train.shape[1])
+    set_arrays(ours, start)
+    loss = train_local(
+        ours, data.x_train, data.y_train, epochs=3, batch_size=8, lr=0.3, seed=9, proximal_mu=mu
+    )
+
+    theirs = build_model(kind, data.x_train.shape[1])
+    set_arrays(theirs, start)
+    anchor = [p.detach().clone() for p in theirs.parameters()]
+    optimiser = torch.optim.SGD(theirs.parameters(), lr=0.3)
+    generator = torch.Generator().manual_seed(9)
+    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    for _ in range(3):
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start_row in range(0, len(order), 8):
+            idx = order[start_row : start_row + 8]
+            optimiser.zero_grad()
+            batch = torch.nn.BCEWithLogitsLoss()(theirs(x[idx]).squeeze(-1), y[idx])
+            if mu:
+                batch = batch + mu / 2 * sum(
+                    ((p - a) ** 2).sum() for p, a in zip(theirs.parameters(), anchor, strict=True)
+                )
+            batch.backward()
+            optimiser.step()
+            total += batch.item() * len(idx)
+    for mine, torchs in zip(get_arrays(ours), get_arrays(theirs), strict=True):
+        np.testing.assert_array_equal(mine, torchs)
+    assert loss == pytest.approx(total / len(x), rel=1e-12)
+
+
+def test_a_first_round_in_a_fresh_process_does_not_load_torch_dynamo(tmp_path):
+    """What a cold run's actor does first (read a hospital, train it, evaluate it) loads no
+    ``torch._dynamo``: 0.75 s that every cold first round would otherwise wait for."""
+    import subprocess
+    import sys
+
+    fed = generate_federation(tmp_path / "fed", hospitals=1, patients=40, seed=1)
+    script = f"""
+import sys
+from healthsync.data import load_federation
+from healthsync.ml.features import Scaler, ScalingStats
+from healthsync.ml.training import fit_from, evaluate_local, hospital_arrays
+from healthsync.ml.model import build_model, get_arrays, initial_model
+fed = load_federation({str(fed.data_dir)!r})
+rows = hospital_arrays(fed, fed.hospitals[0].id, "diabetes")
+data = rows.scaled(Scaler.from_stats(ScalingStats.of(rows.x_train)))
+model = build_model("mlp", data.x_train.shape[1])
+start = get_arrays(initial_model("mlp", data.x_train.shape[1], seed=0))
+fit_from(model, start, data, seed=1, epochs=2, batch_size=8, lr=0.1, proximal_mu=0.1)
+evaluate_local(model, data.x_test, data.y_test)
+print("torch._dynamo" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

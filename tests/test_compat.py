@@ -340,6 +340,12 @@ def test_flower_still_builds_its_backend_and_poll_where_we_swap_them():
     ]
     for name in ("pool", "actors_capacity", "num_actors"):
         assert f"self.{name}" in inspect.getsource(BasicActorPool), name
+    # The pool adopts actors started early by appending to ``pool`` and counting them,
+    # and stops every actor in ``pool`` through its ``terminate`` (``HospitalActor``'s).
+    assert "self.pool.append(self.create_actor_fn())" in inspect.getsource(
+        BasicActorPool.add_actors_to_pool
+    )
+    assert "actor.terminate.remote()" in inspect.getsource(BasicActorPool.terminate_all_actors)
     original = raybackend.RayBackend, vce_api.add_messages_to_queue, InMemoryGrid.push_messages
     with flower.installed():
         assert raybackend.RayBackend is flower.affinity_backend()
@@ -465,3 +471,50 @@ def test_duckdb_still_says_lock_when_another_process_holds_the_file(tmp_path):
     with pytest.raises(duckdb.IOException) as caught:
         duckdb.connect(str(blocks))
     assert not is_lock_conflict(caught.value), caught.value
+
+
+def test_flowers_ray_backend_starts_ray_only_when_nobody_has_and_as_we_do():
+    """A cold run starts Ray before Flower's backend (``ray.init_like_flower``); Flower must
+    then leave it alone, and the arguments we mirror must still be the ones it passes."""
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    source = inspect.getsource(raybackend.RayBackend.init_ray)
+    assert "if not ray.is_initialized():" in source
+    assert 'ray_init_args.setdefault("include_dashboard", False)' in source
+    assert 'runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}' in source
+
+
+def test_our_actor_runs_a_message_as_flowers_client_app_actor_does():
+    """``HospitalActor`` replaces Flower's ``ClientAppActor`` (whose module costs each actor
+    0.5 s of imports): the same reply, an app's error wrapped the same way, a failure to load
+    the app passed on as it is."""
+    from flwr.clientapp.client_app import ClientAppException, LoadClientAppError
+    from flwr.simulation.ray_transport.ray_actor import VirtualClientEngineActor
+
+    from simulation.compat import flower
+
+    def app(message, context):
+        if message == "fail":
+            raise ValueError("no such hospital")
+        return f"reply to {message}"
+
+    def unloadable():
+        raise LoadClientAppError("no app here")
+
+    class Theirs(VirtualClientEngineActor):
+        pass
+
+    context = object()
+    for loader, message in ((lambda: app, "ask"), (lambda: app, "fail"), (unloadable, "ask")):
+        outcomes = []
+        for actor in (flower.HospitalActor(), Theirs()):
+            try:
+                outcomes.append(actor.run(loader, message, "7", context))
+            except (ClientAppException, LoadClientAppError) as err:
+                outcomes.append((type(err), str(err), type(err.__cause__)))
+        assert outcomes[0] == outcomes[1], outcomes
+    assert flower.HospitalActor().run(lambda: app, "ask", "7", context) == (
+        "7",
+        "reply to ask",
+        context,
+    )

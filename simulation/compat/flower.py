@@ -70,9 +70,18 @@ each that fails loudly on a Flower version where that changed:
    subclasses rely on ``RayBackend``'s ``client_resources``, ``actor_kwargs``,
    ``pool``, ``app_fn``, ``build``, ``num_workers`` and ``process_message``,
    and on ``BasicActorPool``'s ``pool``, ``actors_capacity``, ``num_actors``,
-   ``add_actors_to_pool`` and ``ClientAppActor.run(app_fn, message, cid,
-   context)`` returning ``(cid, message, context)``.
+   ``add_actors_to_pool`` and ``terminate_all_actors``. Its actors are
+   :class:`HospitalActor`, Flower's ``ClientAppActor`` (``run(app_fn, message,
+   cid, context)`` returning ``(cid, message, context)``, ``terminate``)
+   without its module: importing ``flwr.simulation.ray_transport.ray_actor``
+   imports all of ``flwr.simulation`` and the SuperLink's state (SQLAlchemy),
+   0.5 s in each actor before its first message.
 8. **``run_simulation``**, public but deprecated (see below).
+9. **Ray started before Flower's backend** (``simulation.compat.ray.init_like_flower``,
+   kept there so that starting Ray imports no Flower). ``RayBackend`` starts
+   Ray only ``if not ray.is_initialized()``; a cold run starts it earlier
+   (``simulation.launch.ray_running``), with the arguments and the workers'
+   ``PYTHONPATH`` that ``RayBackend.init_ray`` gives.
 
 Flower's deprecation of ``run_simulation``: the plan
 ---------------------------------------------------
@@ -136,12 +145,13 @@ The plan:
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 from queue import Queue
@@ -365,6 +375,58 @@ POLL_PER_PASS = 4.0  # wait this many times as long as the last pass took
 _pushed = threading.Event()  # set when the server pushes messages: poll at once
 
 
+class HospitalActor:
+    """What Flower's ``ClientAppActor`` does, in a module a Ray worker loads anyway (the client app's).
+
+    Runs a message through the ClientApp, wrapping its errors as Flower does
+    (``ClientAppException``, which Flower's backend turns into an error reply).
+    """
+
+    def __init__(self, on_actor_init_fn: Callable[[], None] | None = None) -> None:
+        if on_actor_init_fn:
+            on_actor_init_fn()
+
+    def run(
+        self, client_app_fn: Callable[[], Any], message: Message, cid: str, context: Context
+    ) -> tuple[str, Message, Context]:
+        from flwr.clientapp.client_app import ClientAppException, LoadClientAppError
+
+        try:
+            out_message = client_app_fn()(message=message, context=context)
+        except LoadClientAppError:
+            raise
+        except Exception as ex:
+            raise ClientAppException(str(ex)) from ex
+        return cid, out_message, context
+
+    def terminate(self) -> None:
+        """Stop this actor (Flower's pool calls it when the simulation ends)."""
+        import ray
+
+        ray.actor.exit_actor()
+
+
+@cache
+def _remote_actor() -> Any:
+    import ray
+
+    return ray.remote(HospitalActor)
+
+
+_started_early: list[Any] = []  # actors started with Ray, for the next affinity pool
+
+
+def start_actors_early(client_resources: dict, count: int) -> None:
+    """Start ``count`` actors now; the next affinity backend's pool takes them instead of new ones.
+
+    A cold run starts them as soon as its Ray is up, so that they load
+    PyTorch and the client app (1-2 s each) while the run's own process is
+    still importing and starting its ServerApp, rather than after.
+    """
+    actor = _remote_actor().options(**client_resources)
+    _started_early.extend(actor.remote() for _ in range(count))
+
+
 @cache
 def affinity_backend() -> type:
     """``RayBackend`` whose node ``p`` is always served by actor ``p % actors``.
@@ -375,7 +437,7 @@ def affinity_backend() -> type:
     """
     import ray
     from flwr.server.superlink.fleet.vce.backend import raybackend
-    from flwr.simulation.ray_transport.ray_actor import BasicActorPool, ClientAppActor
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 
     class AffinityActorPool(BasicActorPool):
         """Flower's actor pool, except that a given partition always goes to the same actor."""
@@ -385,7 +447,11 @@ def affinity_backend() -> type:
             self.actors: list[Any] = []
 
         def add_actors_to_pool(self, num_actors: int) -> None:
-            super().add_actors_to_pool(num_actors)
+            adopted = _started_early[:num_actors]
+            del _started_early[: len(adopted)]
+            self.pool.extend(adopted)
+            self.num_actors += len(adopted)
+            super().add_actors_to_pool(num_actors - len(adopted))
             self.actors = list(self.pool)  # ``pool`` stays whole: we never pop from it
 
         def run(self, partition_id: int, job: tuple) -> tuple[Message, Context]:
@@ -399,7 +465,7 @@ def affinity_backend() -> type:
 
         def build(self, app_fn) -> None:
             self.pool = AffinityActorPool(
-                actor_type=ClientAppActor,
+                actor_type=_remote_actor(),
                 client_resources=self.client_resources,
                 actor_kwargs=self.actor_kwargs,
             )
@@ -467,12 +533,17 @@ def installed() -> Iterator[None]:
 
 
 # ------------------------------------------------------------ 8. run_simulation
+SIMULATION_MODULES = (
+    "flwr.simulation",
+    "flwr.server.superlink.fleet.vce.vce_api",
+    "flwr.superlink.grid.inmemory_grid",
+)  # what running a simulation imports: Flower's simulation, its Ray backend and grid
+
+
 def load_simulation() -> None:
     """Import Flower's simulation and Ray backend modules now (before ``gc.freeze``, say)."""
-    import flwr.server.superlink.fleet.vce.vce_api
-    import flwr.simulation
-    import flwr.superlink.grid.inmemory_grid  # noqa: F401
-
+    for name in SIMULATION_MODULES:
+        importlib.import_module(name)
     affinity_backend()
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -139,3 +140,26 @@ def remove_session(session: Path) -> None:
     with contextlib.suppress(OSError):
         if os.readlink(latest) == str(session):
             latest.unlink()
+
+
+def init_like_flower(backend_config: dict) -> None:
+    """Start (or join) Ray as Flower's ``RayBackend.init_ray`` would, so its backend finds it started.
+
+    Ray's workers inherit the environment of the process that starts Ray, not
+    its ``sys.path``: like Flower, put that path in ``PYTHONPATH`` first. A
+    cluster joined at an address also gets it as the job's ``runtime_env``
+    (as Flower passes it), since its workers were started elsewhere. A local
+    head's workers inherit it already, and there a ``runtime_env`` would cost
+    each actor 0.5 s: Ray then starts every worker through its runtime-env
+    agent instead of handing out the workers it started with the head.
+    """
+    import ray
+
+    pythonpath = os.pathsep.join(sys.path)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    os.environ["PYTHONPATH"] = pythonpath
+    init_args = {"include_dashboard": False, **backend_config.get("init_args", {})}
+    if init_args.get("address", "local") != "local":
+        init_args["runtime_env"] = {"env_vars": {"PYTHONPATH": pythonpath}}
+    ray.init(**init_args)
