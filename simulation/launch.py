@@ -51,7 +51,8 @@ def ray_running(
         yield
         return
     ray_compat.set_environment()
-    with ray_compat.lean_local_start():
+    with contextlib.ExitStack() as inside:
+        inside.enter_context(ray_compat.lean_local_start())
         loading = threading.Thread(target=_import_quietly, args=(importing,), daemon=True)
         loading.start()
         try:
@@ -63,7 +64,7 @@ def ray_running(
 
                 per_actor = settings["client_resources"]
                 count = int(settings["init_args"]["num_cpus"] // per_actor["num_cpus"])
-                flower.start_actors_early(per_actor, count)
+                inside.enter_context(flower.actors_started_early(per_actor, count))
         finally:
             loading.join()
         yield

@@ -1,6 +1,9 @@
 """The run process itself: its own Ray instance, and a crash of Flower's runtime recorded."""
 
 import contextlib
+import os
+
+import pytest
 
 from healthsync.config import TrainConfig
 from healthsync.runs import runlog
@@ -101,3 +104,29 @@ def test_the_stress_test_baseline_asks_for_a_cold_stock_run(monkeypatch, data_fe
         (0, {"warm": False, "stock_flower": False, "kind": "benchmark"}),
     ]
     assert all(kw["name"].startswith("stress test") for _, kw in asked)
+
+
+def test_actors_started_early_are_forgotten_when_their_ray_stops(monkeypatch):
+    """A simulation that fails before Flower builds its backend leaves its early actors
+    untaken; the next simulation (on another Ray) must not take their stale handles."""
+    from simulation.compat import flower
+    from simulation.compat import ray as ray_compat
+
+    class FakeActor:
+        def options(self, **resources):
+            return self
+
+        def remote(self):
+            return object()
+
+    monkeypatch.setattr(ray_compat, "lean_local_start", contextlib.nullcontext)
+    monkeypatch.setattr(ray_compat, "init_like_flower", lambda settings: None)
+    monkeypatch.setattr(flower, "_remote_actor", lambda: FakeActor())
+    seen = []
+    with pytest.raises(RuntimeError, match="no ServerApp"), launch.ray_running(actors=True):
+        seen.append(len(flower._started_early))
+        raise RuntimeError("no ServerApp")
+    assert seen == [os.cpu_count() or 1]  # one per CPU of the local head
+    assert flower._started_early == []
+    with launch.ray_running(actors=False):
+        assert flower._started_early == []  # the stress test's stock baseline starts none

@@ -416,15 +416,23 @@ def _remote_actor() -> Any:
 _started_early: list[Any] = []  # actors started with Ray, for the next affinity pool
 
 
-def start_actors_early(client_resources: dict, count: int) -> None:
-    """Start ``count`` actors now; the next affinity backend's pool takes them instead of new ones.
+@contextmanager
+def actors_started_early(client_resources: dict, count: int) -> Iterator[None]:
+    """Start ``count`` actors now; inside, the next affinity backend's pool takes them.
 
     A cold run starts them as soon as its Ray is up, so that they load
     PyTorch and the client app (1-2 s each) while the run's own process is
-    still importing and starting its ServerApp, rather than after.
+    still importing and starting its ServerApp, rather than after. On leaving
+    (the simulation over, or failed before it built its backend) any not
+    taken are forgotten: they end with the Ray they belong to, and a later
+    simulation on another Ray must not take them.
     """
     actor = _remote_actor().options(**client_resources)
-    _started_early.extend(actor.remote() for _ in range(count))
+    _started_early[:] = [actor.remote() for _ in range(count)]
+    try:
+        yield
+    finally:
+        _started_early.clear()
 
 
 @cache
