@@ -46,7 +46,7 @@ from flwr.clientapp import ClientApp
 from healthsync.config import block_hospitals
 from healthsync.data import Federation, load_federation
 from healthsync.ml import attacks
-from healthsync.ml.blocks import evaluate_block, train_block
+from healthsync.ml.blocks import evaluate_block, train_block_stacked
 from healthsync.ml.features import Scaler, ScalingStats
 from healthsync.ml.model import build_model, set_arrays
 from healthsync.ml.training import (
@@ -319,23 +319,31 @@ def train(msg: Message, context: Context) -> Message:
                 epochs=epochs[0],
                 **settings,
             )
-            results = [(new, loss)]
+            stacked, losses = [a[np.newaxis] for a in new], [loss]
         else:
             seeds = [_seed(config, index) for index, _ in ready]
-            new_arrays, losses = train_block(
+            stacked, losses = train_block_stacked(
                 str(config["model"]), arrays, data, epochs=epochs, seeds=seeds, **settings
             )
-            results = list(zip(new_arrays, losses, strict=True))
-        updates = [
-            _outgoing(new, arrays, config, _attack(hospital, config), _seed(config, index))
-            for (index, hospital), (new, _) in zip(ready, results, strict=True)
-        ]
+        if flower.CLIPPING_NORM_KEY in config or any(_attack(h, config) for _, h in ready):
+            # Client-side DP clips, and attackers change, their own hospital's update.
+            updates = [
+                _outgoing(
+                    [a[row] for a in stacked],
+                    arrays,
+                    config,
+                    _attack(hospital, config),
+                    _seed(config, index),
+                )
+                for row, (index, hospital) in enumerate(ready)
+            ]
+            stacked = [np.stack([u[p] for u in updates]) for p in range(len(arrays))]
         columns = {
             "num-examples": [len(d.y_train) for d in data],
-            "train-loss": [float(loss) for _, loss in results],
+            "train-loss": [float(loss) for loss in losses],
             HOSPITAL_WEIGHT: [1] * len(ready),
         }
-        return columns, {str(p): np.stack([u[p] for u in updates]) for p in range(len(arrays))}
+        return columns, {str(p): a for p, a in enumerate(stacked)}
 
     return _serve(msg, context, work, screen=_absent)
 

@@ -196,18 +196,37 @@ def train_block(
     seeds: list[int],
     **settings: Any,
 ) -> tuple[list[list[np.ndarray]], list[float]]:
-    """``train_stacked`` (same keyword settings), as each hospital's own list of arrays.
+    """:func:`train_block_stacked`, as each hospital's own list of arrays (views of its rows)."""
+    stacked, losses = train_block_stacked(
+        kind, arrays, data, epochs=epochs, seeds=seeds, **settings
+    )
+    return [[a[i] for a in stacked] for i in range(len(data))], losses.tolist()
+
+
+def train_block_stacked(
+    kind: str,
+    arrays: list[np.ndarray],
+    data: list[LocalData],
+    *,
+    epochs: int | list[int],
+    seeds: list[int],
+    **settings: Any,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """``train_stacked`` (same keyword settings) in the caller's order, epochs per hospital.
 
     ``epochs`` may differ per hospital (automatic local work,
     ``training.local_epochs_for``): hospitals with the same number of epochs
     train in one vectorised call each, so every hospital still gets exactly
-    the update ``training.train_local`` would give it alone. The arrays are
-    views of the stacked results: one row each, no copies.
+    the update ``training.train_local`` would give it alone. Returns one array
+    per model parameter, row ``i`` hospital ``i``'s, and each hospital's loss.
     """
     per_hospital = [epochs] * len(data) if isinstance(epochs, int) else list(epochs)
-    out: list[list[np.ndarray]] = [[] for _ in data]
-    losses = [0.0] * len(data)
-    for count in sorted(set(per_hospital)):
+    groups = sorted(set(per_hospital))
+    if len(groups) == 1:
+        return train_stacked(kind, arrays, data, epochs=groups[0], seeds=seeds, **settings)
+    out: list[np.ndarray] = []
+    losses = np.zeros(len(data))
+    for count in groups:
         group = [i for i, e in enumerate(per_hospital) if e == count]
         stacked, group_losses = train_stacked(
             kind,
@@ -217,9 +236,11 @@ def train_block(
             seeds=[seeds[i] for i in group],
             **settings,
         )
-        for row, i in enumerate(group):
-            out[i] = [a[row] for a in stacked]
-            losses[i] = float(group_losses[row])
+        if not out:
+            out = [np.empty((len(data), *a.shape[1:]), dtype=a.dtype) for a in stacked]
+        for whole, part in zip(out, stacked, strict=True):
+            whole[group] = part
+        losses[group] = group_losses
     return out, losses
 
 
