@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import polars as pl
 from flwr.app import ArrayRecord
 from flwr.serverapp import GaussianPrivacyEvent
 from opentelemetry import context as otel_context
@@ -52,7 +53,7 @@ class RoundResult:
     round: int
     row: dict[str, Any]  # the round's figures, as ``runlog.record_round`` takes them
     metrics: BinaryMetrics  # the federation's test metrics
-    hospitals: list[dict[str, Any]]  # per-hospital test rows (with class counts)
+    hospitals: pl.DataFrame  # per-hospital test rows (with class counts), one row each
     arrays: ArrayRecord  # the global model after the round
     histogram: np.ndarray | None  # summed score histogram of the test split
     keep_model: bool = True  # whether this round's model becomes the run's saved model

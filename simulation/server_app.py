@@ -18,6 +18,7 @@ import random
 from collections.abc import Callable
 
 import numpy as np
+import polars as pl
 from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
@@ -27,7 +28,7 @@ from healthsync.config import TrainConfig
 from healthsync.errors import HealthSyncError
 from healthsync.ml import attacks
 from healthsync.ml.features import Encoder, Scaler, ScalingStats
-from healthsync.ml.metrics import BinaryMetrics, aggregate, weighted_mean
+from healthsync.ml.metrics import BinaryMetrics, aggregate_columns, weighted_mean
 from healthsync.ml.model import SavedModel, get_arrays, initial_model
 from healthsync.privacy import training
 from healthsync.runs import lifecycle, runlog
@@ -35,7 +36,7 @@ from healthsync.runs.store import MetricsStore
 from healthsync.telemetry import PhaseClock
 from simulation import safeguards
 from simulation.consent import ConsentWatch
-from simulation.hospital_grid import BlockReply, HospitalGrid, HospitalReplies
+from simulation.hospital_grid import Answers, BlockReply, HospitalGrid, HospitalReplies
 from simulation.round_hooks import (
     Callbacks,
     CancelCheck,
@@ -71,6 +72,7 @@ class FederatedRun:
         self.phase(f"connecting to {blocks:,} Flower node(s)")
         # The grid's virtual node ids are hospital index + 1.
         self.hospital_of = {i + 1: h.id for i, h in enumerate(self.federation.hospitals)}
+        self.hospital_ids = np.array([h.id for h in self.federation.hospitals])
         consent = ConsentWatch(
             self.federation, lambda kind, why, i: self._event(kind, why, None, i)
         )
@@ -106,29 +108,23 @@ class FederatedRun:
         what: str,
         on_block: Callable[[BlockReply], None] | None = None,
         chunk: int | None = None,
-    ):
-        """Every hospital's answer: ``(hospital index, its metrics, its arrays)``.
+    ) -> Answers:
+        """Every hospital's answer, as columns in hospital order.
 
         In hospital order, so sums run in the same order for any block layout.
         A hospital that did not answer is recorded as a ``hospital_failed`` event.
         """
-        answers, failed = [], {}
-        blocks = self.grid.broadcast(
+        failed: dict[int, str] = {}
+        answered: list[BlockReply] = []
+        for block in self.grid.broadcast(
             message_type, records, timeout=ROUND_TIMEOUT_SECONDS, on_block=on_block, chunk=chunk
-        )
-        for block in blocks:
+        ):
             failed.update(block.errors)
-            for row, index in enumerate(block.hospitals):
-                answers.append(
-                    (
-                        index,
-                        {k: v[row] for k, v in block.columns.items()},
-                        {k: v[row] for k, v in block.arrays.items()},
-                    )
-                )
+            if block.hospitals:
+                answered.append(block)
         for index, why in sorted(failed.items()):
             self._event("hospital_failed", f"{what}: {why}", rnd, index)
-        return sorted(answers, key=lambda answer: answer[0])
+        return Answers.of(answered)
 
     def federated_scaler(self) -> Scaler:
         """Mean and std from every hospital's counts, sums and sums of squares.
@@ -154,7 +150,12 @@ class FederatedRun:
             # About 50 answers in all, so the count moves while thousands read their rows.
             chunk=max(SCALING_CHUNK, -(-total // 50)),
         )
-        parts = [ScalingStats(int(m["count"]), a["sums"], a["sumsq"]) for _, m, a in answers]
+        counts, sums, sumsq = (
+            answers.columns["count"],
+            answers.arrays["sums"],
+            answers.arrays["sumsq"],
+        )
+        parts = [ScalingStats(int(c), s, q) for c, s, q in zip(counts, sums, sumsq, strict=True)]
         if len(parts) < self.config.min_hospitals:
             raise HealthSyncError("too few hospitals answered the scaling query")
         return Scaler.from_stats(ScalingStats.combine(parts))
@@ -350,35 +351,30 @@ class FederatedRun:
             rnd,
             "evaluate",
         )
-        if not answers:
+        if not len(answers.index):
             raise HealthSyncError(f"round {rnd}: no hospital could evaluate the global model")
-        results, rows = [], []
-        for index, m, a in answers:
-            result = BinaryMetrics(
-                int(m["num-examples"]), m["loss"], m["auc"], m["accuracy"], m["brier"]
-            )
-            results.append(result)
-            positives, negatives = a["histogram"][:, :2].sum(axis=0)
-            rows.append(
-                {
-                    "hospital": self.hospital_of[index + 1],
-                    "round": rnd,
-                    "n": training.shown_test_size(
-                        self.federation, self.hospital_of[index + 1], self.target, result.n
-                    ),
-                    "loss": result.loss,
-                    "auc": result.auc,
-                    "accuracy": result.accuracy,
-                    "brier": result.brier,
-                    # the test split's class counts: what the release policy decides on
-                    "positives": int(positives),
-                    "negatives": int(negatives),
-                }
-            )
-        histogram = np.sum([a["histogram"] for _, _, a in answers], axis=0)
-        val_n = [int(m.get("val-n", 0)) for _, m, _ in answers]
-        val_loss = weighted_mean([float(m.get("val-loss", np.nan)) for _, m, _ in answers], val_n)
-        return aggregate(results), histogram, rows, val_loss
+        m, scores = answers.columns, answers.arrays["histogram"]
+        n = m["num-examples"].astype(np.int64)
+        metrics = aggregate_columns(n, m["loss"], m["auc"], m["accuracy"], m["brier"])
+        hospitals = self.hospital_ids[answers.index]
+        classes = scores[:, :, :2].sum(axis=1)  # each test split's class counts
+        rows = pl.DataFrame(
+            {
+                "hospital": hospitals,
+                "round": np.full(len(n), rnd, dtype=np.int32),
+                "n": training.shown_test_sizes(self.federation, hospitals, self.target, n),
+                "loss": m["loss"],
+                "auc": m["auc"],
+                "accuracy": m["accuracy"],
+                "brier": m["brier"],
+                # the test split's class counts: what the release policy decides on
+                "positives": classes[:, 0],
+                "negatives": classes[:, 1],
+            }
+        )
+        val_n = m.get("val-n", np.zeros(len(n)))
+        val_loss = weighted_mean(m.get("val-loss", np.full(len(n), np.nan)), val_n)
+        return metrics, scores.sum(axis=0), rows, val_loss
 
     def save(self, encoder: Encoder, scaler: Scaler, arrays: ArrayRecord, histogram) -> None:
         saved = SavedModel(

@@ -599,3 +599,20 @@ print("torch._dynamo" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_answers_join_the_blocks_rows_in_hospital_order():
+    """A round's evaluation reads every hospital's answer as columns, in hospital order
+    whatever order the blocks came back in; a column one block lacks is NaN there."""
+    from simulation.hospital_grid import Answers, BlockReply
+
+    late = BlockReply([4, 5], {"loss": [0.4, 0.5]}, {"h": np.array([[4.0], [5.0]])}, {})
+    early = BlockReply(
+        [0, 2], {"loss": [0.0, 0.2], "val-n": [3, 1]}, {"h": np.array([[0.0], [2.0]])}, {}
+    )
+    answers = Answers.of([late, early])
+    np.testing.assert_array_equal(answers.index, [0, 2, 4, 5])
+    np.testing.assert_array_equal(answers.columns["loss"], [0.0, 0.2, 0.4, 0.5])
+    np.testing.assert_array_equal(answers.columns["val-n"], [3, 1, np.nan, np.nan])
+    np.testing.assert_array_equal(answers.arrays["h"][:, 0], [0.0, 2.0, 4.0, 5.0])
+    assert Answers.of([]).index.size == 0

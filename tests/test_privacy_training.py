@@ -17,6 +17,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from healthsync.config import TrainConfig
 from healthsync.privacy.release import MIN_CELL
@@ -346,3 +348,47 @@ def test_incident_outcome_rows_show_the_manifest_test_size_not_the_at_risk_count
     ]
     shown = {r["hospital"]: r["n"] for r in _shown_sizes(rows, config)}
     assert shown == {h0.id: h0.n_test, h1.id: h1.n_test, "overall": h0.n_test + h1.n_test}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["h0", "h1", "h2", "h3", "h10", "h11"]),
+            st.one_of(st.none(), st.integers(0, 40)),  # n
+            st.one_of(st.none(), st.integers(0, 25)),  # positives
+            st.one_of(st.none(), st.integers(0, 25)),  # negatives
+            st.one_of(st.none(), st.just(float("nan")), st.floats(0, 1)),  # auc
+            st.one_of(st.none(), st.floats(0, 3)),  # loss
+        ),
+        max_size=12,
+    )
+)
+def test_rows_released_as_one_frame_match_rows_released_one_by_one(rows):
+    """A run releases its rounds as one frame per round (no dict per hospital at 100,000
+    hospitals); baselines and older callers release dicts. One policy: the same outcome."""
+    import polars as pl
+
+    from healthsync.privacy import training
+
+    dicts = [
+        {"hospital": h, "round": 1, "n": n, "positives": p, "negatives": q, "auc": a, "loss": b}
+        for h, n, p, q, a, b in rows
+    ]
+    federation = {"round": 1, "auc": 0.7, "loss": 0.5}
+    by_dicts = training.release_round(federation, dicts)
+    frame = pl.DataFrame(
+        dicts,
+        schema={
+            "hospital": pl.String,
+            "round": pl.Int32,
+            "n": pl.Int64,
+            "positives": pl.Int64,
+            "negatives": pl.Int64,
+            "auc": pl.Float64,
+            "loss": pl.Float64,
+        },
+    )
+    by_frame = training.release_round(federation, frame)
+    assert by_frame[0] == by_dicts[0]
+    assert by_frame[1].to_dicts() == by_dicts[1]

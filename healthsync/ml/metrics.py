@@ -6,9 +6,10 @@ coarse histogram of predicted scores, for ROC and calibration curves) leave.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 SCORE_BINS = 20
 
@@ -100,7 +101,7 @@ def binary_metrics(y: np.ndarray, p: np.ndarray) -> BinaryMetrics:
     )
 
 
-def weighted_mean(values: list[float], weights: list[int]) -> float:
+def weighted_mean(values: ArrayLike, weights: ArrayLike) -> float:
     """Example-weighted mean that skips NaNs (e.g. AUC of a one-class hospital)."""
     v = np.asarray(values, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
@@ -112,13 +113,21 @@ def weighted_mean(values: list[float], weights: list[int]) -> float:
 
 def aggregate(per_hospital: list[BinaryMetrics]) -> BinaryMetrics:
     """The federation's metrics: each hospital's metrics weighted by its test examples."""
-    weights = [m.n for m in per_hospital]
+    return aggregate_columns(
+        *(np.array([getattr(m, f.name) for m in per_hospital]) for f in fields(BinaryMetrics))
+    )
+
+
+def aggregate_columns(
+    n: np.ndarray, loss: np.ndarray, auc: np.ndarray, accuracy: np.ndarray, brier: np.ndarray
+) -> BinaryMetrics:
+    """:func:`aggregate` of hospitals given as columns (row ``i`` is one hospital's)."""
     return BinaryMetrics(
-        n=int(sum(weights)),
-        loss=weighted_mean([m.loss for m in per_hospital], weights),
-        auc=weighted_mean([m.auc for m in per_hospital], weights),
-        accuracy=weighted_mean([m.accuracy for m in per_hospital], weights),
-        brier=weighted_mean([m.brier for m in per_hospital], weights),
+        n=int(np.sum(n)),
+        loss=weighted_mean(loss, n),
+        auc=weighted_mean(auc, n),
+        accuracy=weighted_mean(accuracy, n),
+        brier=weighted_mean(brier, n),
     )
 
 

@@ -43,6 +43,7 @@ the server holds before it sums them; they are never stored.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -134,14 +135,21 @@ def shown_test_size(federation: Any, hospital_id: str, target: str, evaluated: i
     (already public in the manifest); the server weights its own figures by
     the patients actually scored, and those counts never reach the store.
     """
+    return int(shown_test_sizes(federation, [hospital_id], target, np.array([evaluated]))[0])
+
+
+def shown_test_sizes(
+    federation: Any, hospital_ids: Sequence[str], target: str, evaluated: np.ndarray
+) -> np.ndarray:
+    """:func:`shown_test_size` of many hospitals at once (``evaluated`` row by row)."""
     if target in getattr(federation, "incident", {}):
-        return federation.hospital(hospital_id).n_test
-    return evaluated
+        return np.array([federation.hospital(h).n_test for h in hospital_ids], dtype=np.int64)
+    return np.asarray(evaluated, dtype=np.int64)
 
 
 def release_round(
-    federation: Mapping[str, Any], hospitals: Sequence[Mapping[str, Any]]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    federation: Mapping[str, Any], hospitals: Sequence[Mapping[str, Any]] | pl.DataFrame
+) -> tuple[dict[str, Any], list[dict[str, Any]] | pl.DataFrame]:
     """One round's federation figures and per-hospital rows, as they may be stored.
 
     Parameters
@@ -149,32 +157,102 @@ def release_round(
     federation : the round's (or a method's overall) figures: ``loss``, ``auc``...
     hospitals : one row per hospital that answered: ``n``, the figures, and
         ``positives`` and ``negatives`` in its test split (a row without them
-        counts as too small: its size cannot be checked).
+        counts as too small: its size cannot be checked). Rows as dicts, or as
+        one frame (a run's round at 100,000 hospitals: no dict per hospital).
 
     Returns
     -------
     The federation row (a figure that would equal one withheld hospital's is
     ``None``) and the hospital rows without their class counts, with withheld
-    figures ``None``, shown ones rounded, and ``released`` set.
+    figures ``None``, shown ones rounded, and ``released`` set; as dicts or as
+    a frame, as they came.
     """
+    if isinstance(hospitals, pl.DataFrame):
+        return _release_frame(federation, hospitals)
     rows = [dict(r) for r in hospitals]
-    withheld = {i for i, r in enumerate(rows) if not _large_enough(r)}
-    released = dict(federation)
+    withheld, hidden = _withheld(
+        n=_numbers([r.get("n") for r in rows]),
+        positives=_numbers([r.get("positives") for r in rows]),
+        negatives=_numbers([r.get("negatives") for r in rows]),
+        figures={m: _numbers([r.get(m) for r in rows]) for m in HOSPITAL_METRICS},
+        names=[str(r.get("hospital")) for r in rows],
+    )
+    released = dict(federation) | dict.fromkeys(hidden)
+    return released, [_hospital_row(r, withheld=w) for r, w in zip(rows, withheld, strict=True)]
+
+
+def _release_frame(
+    federation: Mapping[str, Any], frame: pl.DataFrame
+) -> tuple[dict[str, Any], pl.DataFrame]:
+    """:func:`release_round` for rows as one frame, column by column."""
+
+    def column(name: str) -> np.ndarray:
+        if name not in frame.columns:
+            return np.full(frame.height, np.nan)
+        return frame[name].cast(pl.Float64, strict=False).fill_null(np.nan).to_numpy()
+
+    metrics = [m for m in HOSPITAL_METRICS if m in frame.columns]
+    withheld, hidden = _withheld(
+        n=column("n"),
+        positives=column("positives"),
+        negatives=column("negatives"),
+        figures={m: column(m) for m in metrics},
+        names=frame["hospital"].cast(pl.String).to_list(),
+    )
+    shown = {}
+    for metric in metrics:
+        values = np.round(column(metric), DECIMALS)
+        shown[metric] = pl.Series(metric, np.where(withheld, np.nan, values)).fill_nan(None)
+    out = frame.drop("positives", "negatives", strict=False).with_columns(
+        *shown.values(), released=pl.lit(True)
+    )
+    return dict(federation) | dict.fromkeys(hidden), out
+
+
+def _withheld(
+    *,
+    n: np.ndarray,
+    positives: np.ndarray,
+    negatives: np.ndarray,
+    figures: Mapping[str, np.ndarray],
+    names: Sequence[str],
+) -> tuple[np.ndarray, list[str]]:
+    """Which hospital rows are withheld, and which federation figures (the policy above).
+
+    Arrays are per hospital row, ``NaN`` for a missing value. A row is withheld
+    when its class counts are too small; then, pass after pass, a metric whose
+    federation mean rests on exactly one withheld figure withholds the shown
+    row with the fewest test patients too (ties: the lowest hospital id), or,
+    when none is shown, its federation figure.
+    """
+    withheld = ~((positives >= MIN_CELL) & (negatives >= MIN_CELL))
+    ids = np.array(names, dtype=str)
+    counted = np.nan_to_num(n, nan=0.0) > 0
+    entering = {m: counted & ~np.isnan(v) for m, v in figures.items()}
+    hidden: list[str] = []
     changed = True
     while changed:  # each pass withholds at most one more hospital per metric
         changed = False
         for metric in HOSPITAL_METRICS:
-            entering = [i for i, r in enumerate(rows) if _enters_mean(r, metric)]
-            hidden = [i for i in entering if i in withheld]
-            if len(hidden) != 1:
+            if metric not in entering or (entering[metric] & withheld).sum() != 1:
                 continue
-            shown = [i for i in entering if i not in withheld]
-            if shown:
-                withheld.add(min(shown, key=lambda i: (rows[i]["n"], str(rows[i]["hospital"]))))
+            shown = np.flatnonzero(entering[metric] & ~withheld)
+            if shown.size:
+                # the fewest test patients, then the lowest id (a stable sort keeps the first)
+                withheld[shown[np.lexsort((ids[shown], n[shown]))[0]]] = True
                 changed = True
-            else:
-                released[metric] = None
-    return released, [_hospital_row(r, withheld=i in withheld) for i, r in enumerate(rows)]
+            elif metric not in hidden:
+                hidden.append(metric)
+    return withheld, hidden
+
+
+def _numbers(values: Sequence[Any]) -> np.ndarray:
+    """``values`` as floats, ``NaN`` for what is not a number (``None``, text)."""
+    out = np.full(len(values), np.nan)
+    for i, value in enumerate(values):
+        with contextlib.suppress(TypeError, ValueError):
+            out[i] = float(value)
+    return out
 
 
 def released_hospital_metrics(frame: pl.DataFrame) -> pl.DataFrame:
@@ -192,17 +270,6 @@ def released_hospital_metrics(frame: pl.DataFrame) -> pl.DataFrame:
     ).drop("released")
 
 
-def _large_enough(row: Mapping[str, Any]) -> bool:
-    counts = (row.get("positives"), row.get("negatives"))
-    return all(c is not None and c >= MIN_CELL for c in counts)
-
-
-def _enters_mean(row: Mapping[str, Any], metric: str) -> bool:
-    """Whether ``row``'s figure enters the federation's weighted mean (``metrics.weighted_mean``)."""
-    value = row.get(metric)
-    return (row.get("n") or 0) > 0 and _is_number(value)
-
-
 def _is_number(value: Any) -> bool:
     try:
         return not math.isnan(float(value))
@@ -216,7 +283,9 @@ def _hospital_row(row: Mapping[str, Any], *, withheld: bool) -> dict[str, Any]:
         if metric in out:
             value = out[metric]
             out[metric] = (
-                None if withheld or not _is_number(value) else round(float(value), DECIMALS)
+                None
+                if withheld or not _is_number(value)
+                else float(np.round(float(value), DECIMALS))
             )
     out["released"] = True
     return out

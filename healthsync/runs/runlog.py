@@ -38,7 +38,16 @@ ROUND_KEYS = (
     "epsilon",
     "val_loss",
 )
-HOSPITAL_KEYS = ("hospital", "round", "n", "loss", "auc", "accuracy", "brier")
+HOSPITAL_SCHEMA = {
+    "hospital": pl.String,
+    "round": pl.Int32,
+    "n": pl.Int32,
+    "loss": pl.Float64,
+    "auc": pl.Float64,
+    "accuracy": pl.Float64,
+    "brier": pl.Float64,
+}
+HOSPITAL_KEYS = tuple(HOSPITAL_SCHEMA)
 ACTIVE = ("queued", "running")
 #: What a run is for (``runs.kind``). A training run is ``"federated"``, the kind every run
 #: had before stress-test runs were told apart (``runs show --json`` printed it, so it
@@ -114,7 +123,10 @@ def mark_running(store: MetricsStore, run_id: str, *, pid: int, target: str) -> 
 
 
 def record_round(
-    store: MetricsStore, run_id: str, round_row: dict[str, Any], hospital_rows: list[dict[str, Any]]
+    store: MetricsStore,
+    run_id: str,
+    round_row: dict[str, Any],
+    hospital_rows: list[dict[str, Any]] | pl.DataFrame,
 ) -> dict[str, Any]:
     """One finished round and its per-hospital metrics, in one transaction; the round as stored.
 
@@ -124,7 +136,7 @@ def record_round(
     round elsewhere (the run's final figures) uses the returned row, so every
     surface shows the same value. Per-hospital rows go in as one Arrow batch:
     row-by-row inserts cost ~0.2 ms each, which at thousands of hospitals
-    would rival the round itself.
+    would rival the round itself; a run hands its rows over as one frame.
     """
     round_row, hospital_rows = training.release_round(round_row, hospital_rows)
     with store.connect(write=True) as con:
@@ -133,19 +145,20 @@ def record_round(
             f" VALUES (?, {', '.join('?' for _ in ROUND_KEYS)}, ?)",
             [run_id, *(clean_number(round_row.get(k)) for k in ROUND_KEYS), now()],
         )
-        if hospital_rows:
-            batch = pl.DataFrame(
-                {k: [clean_number(r.get(k)) for r in hospital_rows] for k in HOSPITAL_KEYS},
-                schema={
-                    "hospital": pl.String,
-                    "round": pl.Int32,
-                    "n": pl.Int32,
-                    "loss": pl.Float64,
-                    "auc": pl.Float64,
-                    "accuracy": pl.Float64,
-                    "brier": pl.Float64,
-                },
-            ).to_arrow()
+        if len(hospital_rows):
+            if not isinstance(hospital_rows, pl.DataFrame):
+                hospital_rows = pl.DataFrame(
+                    {k: [clean_number(r.get(k)) for r in hospital_rows] for k in HOSPITAL_KEYS},
+                    schema=HOSPITAL_SCHEMA,
+                )
+            batch = (
+                hospital_rows.select(
+                    pl.col(k).cast(t) if k in hospital_rows.columns else pl.lit(None, t).alias(k)
+                    for k, t in HOSPITAL_SCHEMA.items()
+                )
+                .with_columns(pl.col(pl.Float64).fill_nan(None))
+                .to_arrow()
+            )
             con.register("hospital_batch", batch)
             con.execute(
                 f"INSERT INTO hospital_rounds (run_id, {', '.join(HOSPITAL_KEYS)}, released)"
