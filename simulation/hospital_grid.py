@@ -558,6 +558,12 @@ class StackedAggregation:
     code unchanged. It still receives one reply per hospital.
     """
 
+    def _construct_messages(
+        self, record: RecordDict, node_ids: list[int], message_type: str
+    ) -> list[Message]:
+        """FedAvg's messages to the sampled hospitals, the same content each (built unchecked)."""
+        return flower.same_asks(record, node_ids, message_type)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         default = self.train_metrics_aggr_fn is flower.DEFAULT_METRICS_AGGREGATION
         blocks = None

@@ -222,6 +222,34 @@ def test_flower_messages_keep_the_fields_unchecked_reply_writes():
     assert ours.content is content and not ours.has_error()
 
 
+def test_our_asks_are_the_messages_fedavg_builds():
+    """``same_asks`` stands in for ``FedAvg._construct_messages``, which ``configure_train``
+    must still call: the same messages, metadata and shared content, up to the clock."""
+    import inspect
+
+    from flwr.app import ConfigRecord, MessageType, RecordDict
+    from flwr.serverapp.strategy import FedAvg
+
+    from simulation.compat import flower
+    from simulation.hospital_grid import BlockFedAvg
+    from tests.inprocess_grid import allow_messages
+
+    allow_messages()
+    assert "self._construct_messages(" in inspect.getsource(FedAvg.configure_train)
+    content = RecordDict({"config": ConfigRecord({"lr": 0.1})})
+    nodes = [5, 2, 9]
+    theirs = FedAvg()._construct_messages(content, nodes, MessageType.TRAIN)
+    ours = BlockFedAvg()._construct_messages(content, nodes, MessageType.TRAIN)
+    assert len(ours) == len(theirs) == 3
+    for mine, flowers in zip(ours, theirs, strict=True):
+        assert set(vars(mine)) == set(vars(flowers))
+        a, b = dict(vars(mine.metadata)), dict(vars(flowers.metadata))
+        assert a.pop("_created_at") == pytest.approx(b.pop("_created_at"), abs=5.0)
+        assert a == b
+        assert mine.content is content and not mine.has_error()
+    assert flower.same_asks(content, [], MessageType.TRAIN) == []
+
+
 def test_flower_records_keep_their_items_where_fill_unchecked_writes():
     from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 

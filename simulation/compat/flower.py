@@ -9,13 +9,16 @@ their imports). What speed or a missing public hook needs beyond them is here,
 each part saying what it relies on; ``tests/test_compat.py`` has a canary for
 each that fails loudly on a Flower version where that changed:
 
-1. **Replies and records built unchecked** (``unchecked_reply``,
-   ``fill_unchecked``). ``HospitalGrid`` turns a block's reply into thousands
+1. **Messages, replies and records built unchecked** (``same_asks``,
+   ``unchecked_reply``, ``fill_unchecked``). ``HospitalGrid`` turns a block's reply into thousands
    of per-hospital replies a round; Flower's constructors check every argument
    and item, which costs more than the rest. Relies on: ``Message`` keeping
    ``_metadata``/``_content``/``_error`` and ``Metadata`` its twelve fields
    (``_run_id`` ... ``_delivered_at``) in ``__dict__``, derived for a reply as
-   ``Message(content, reply_to=ask)`` derives them; and records
+   ``Message(content, reply_to=ask)`` derives them; ``FedAvg.configure_train``
+   building its messages through ``self._construct_messages(record, node_ids,
+   message_type)`` (``StackedAggregation`` builds them with ``same_asks``);
+   and records
    (``TypedDict``) keeping their items in the dict ``_data``.
 2. **Arrays as ``.npy`` bytes** (``NUMPY_STYPE``, ``npy_header``, ``NpyArray``,
    ``row_array``, ``fast_loading``, ``cached_row``). Relies on:
@@ -197,6 +200,27 @@ def unchecked_reply(ask: Message, content: RecordDict, now: float) -> Message:
     message = Message.__new__(Message)
     message.__dict__.update(_metadata=metadata, _content=content, _error=None)
     return message
+
+
+def same_asks(content: RecordDict, node_ids: list[int], message_type: str) -> list[Message]:
+    """``FedAvg._construct_messages``: a message per node, all carrying ``content``.
+
+    The first is built by Flower; the others copy its metadata, each with its
+    own destination (built unchecked). Flower's constructor costs about 5 µs
+    a message: half a second a round at 100,000 hospitals.
+    """
+    if not node_ids:
+        return []
+    first = Message(content=content, message_type=message_type, dst_node_id=node_ids[0])
+    template = first.metadata.__dict__
+    asks = [first]
+    for node_id in node_ids[1:]:
+        metadata = Metadata.__new__(Metadata)
+        metadata.__dict__.update(template, _dst_node_id=node_id)
+        message = Message.__new__(Message)
+        message.__dict__.update(_metadata=metadata, _content=content, _error=None)
+        asks.append(message)
+    return asks
 
 
 def fill_unchecked(record: Record, items: Mapping) -> Record:
