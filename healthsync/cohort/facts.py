@@ -18,12 +18,18 @@ publish at warm-up. The app only reads what was published
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Iterable
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import polars as pl
 
+from healthsync.background.processes import read_json, write_private
 from healthsync.cohort.guards import answer
 from healthsync.cohort.local import HospitalReply, from_record, hospital_release
 from healthsync.cohort.plan import QueryPlan, plan_query
@@ -31,8 +37,9 @@ from healthsync.cohort.policy import CohortPolicy
 from healthsync.cohort.query import CohortQuery
 from healthsync.cohort.result import Release
 from healthsync.data import Federation, HospitalAccessor, open_hospital, own_statistics
+from healthsync.data.manifest import HOSPITALS_DIR, MANIFEST_NAME, PARTITION_NAME
 from healthsync.ml.arrays import hospital_arrays
-from healthsync.privacy.site import PUBLIC
+from healthsync.privacy.site import PUBLIC, published_path
 
 FACTS = "facts"
 PUBLISH_THREADS = 4
@@ -52,11 +59,17 @@ def facts_plan(federation: Federation) -> QueryPlan:
     )
 
 
-def publish(federation: Federation, hospitals: Iterable[str] | None = None) -> int:
+def publish(
+    federation: Federation,
+    hospitals: Iterable[str] | None = None,
+    *,
+    progress: Callable[[int], object] | None = None,
+) -> int:
     """Hospital-side: each hospital releases and publishes its facts; how many published.
 
     Run by whoever holds the hospital's rows (the data commands, the
     hospital's client); releasing again is free once a hospital has.
+    ``progress(1)`` is called as each hospital is done (a progress bar's update).
     """
     plan = facts_plan(federation)
 
@@ -66,7 +79,10 @@ def publish(federation: Federation, hospitals: Iterable[str] | None = None) -> i
         # The encoded matrix a run reads first, kept in the hospital's own folder now, so
         # the first run on a new data set reads it instead of parsing every partition.
         hospital_arrays(federation, hospital, federation.default_target, accessor=accessor)
-        return publish_reply(accessor, plan, hospital_release(accessor, plan, PUBLIC))
+        published = publish_reply(accessor, plan, hospital_release(accessor, plan, PUBLIC))
+        if progress is not None:
+            progress(1)
+        return published
 
     # Each hospital's work is its own (own rows, own ledger file); threads overlap the I/O.
     with ThreadPoolExecutor(max_workers=PUBLISH_THREADS) as pool:
@@ -96,12 +112,28 @@ def published_facts(
     A publication whose partition has changed since is stale and counts as
     missing. With any hospital missing, pooled figures would be incomplete,
     so the release covers only the hospitals that published.
+
+    The outcome is remembered in the federation folder (:data:`MEMO_NAME`),
+    keyed by every file it rests on: while no hospital's publication or
+    partition has changed (``stat``: inode, size, modification time), nor the
+    manifest or the policy, it is read back instead of opening every
+    publication and guarding them again. At 100,000 hospitals that is about
+    0.5 s instead of 10 s or more. The memo holds only the release, which any
+    viewer may see; deleting it costs one slow read.
     """
+    policy = policy or CohortPolicy()
+    key = _memo_key(federation, policy)
+    remembered = _remembered(federation, key)
+    if remembered is not None:
+        return remembered
     plan = facts_plan(federation)
     replies: dict[str, HospitalReply] = {}
     missing: list[str] = []
+    stamps: list[list[int] | None] = []
     for hospital in federation.hospital_ids:
         accessor = open_hospital(federation, hospital)
+        # Stamped before reading: a file replaced meanwhile fails the memo's next check.
+        stamps += _stamps(federation, hospital)
         data = accessor.site().published(FACTS)
         try:
             fresh = data is not None and data.get("stamp") == accessor.stamp()
@@ -113,19 +145,101 @@ def published_facts(
             fresh = False
         if not fresh:
             missing.append(hospital)
-    if not replies:
-        return None, missing
-    kept = plan_query(
-        federation,
-        CohortQuery.parse(
-            where=[f"hospital != {h}" for h in missing],
-            group_by=["hospital"],
-            stats=[str(s) for s in plan.query.stats],
-        ),
-        max_cells=max(len(federation.hospitals), 1),
-    )
-    release, _ = answer(replies, kept, policy or CohortPolicy())
+    release = None
+    if replies:
+        kept = plan_query(
+            federation,
+            CohortQuery.parse(
+                where=[f"hospital != {h}" for h in missing],
+                group_by=["hospital"],
+                stats=[str(s) for s in plan.query.stats],
+            ),
+            max_cells=max(len(federation.hospitals), 1),
+        )
+        release, _ = answer(replies, kept, policy)
+    _remember(federation, key, stamps, release, missing)
     return release, missing
+
+
+#: The federation folder's memo of :func:`published_facts` (a cache: safe to delete).
+MEMO_NAME = ".facts-release.json"
+
+
+def _memo_key(federation: Federation, policy: CohortPolicy) -> str:
+    """What else the release depends on: the manifest (hospitals, outcomes), the query, the policy."""
+    manifest = os.stat(federation.data_dir / MANIFEST_NAME)
+    parts = (
+        manifest.st_ino,
+        manifest.st_size,
+        manifest.st_mtime_ns,
+        facts_query(federation),
+        policy,
+    )
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _stamps(federation: Federation, hospital: str) -> list[list[int] | None]:
+    """The ``stat`` of ``hospital``'s publication and partition (``None``: no such file)."""
+    return [_stamp(path) for path in _files(federation, hospital)]
+
+
+def _files(federation: Federation, hospital: str) -> tuple[str, str]:
+    """``hospital``'s publication and partition, as plain strings (100,000 at a time)."""
+    folder = f"{federation.data_dir}{os.sep}{HOSPITALS_DIR}{os.sep}{hospital}"
+    return published_path(folder, FACTS), f"{folder}{os.sep}{PARTITION_NAME}"
+
+
+def _stamp(path: str) -> list[int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+
+
+def _remembered(federation: Federation, key: str) -> tuple[Release | None, list[str]] | None:
+    """The memo's release if every file it rests on is as it was, else ``None``."""
+    memo = read_json(federation.data_dir / MEMO_NAME)
+    try:
+        if (
+            memo is None
+            or memo["key"] != key
+            or len(memo["stamps"]) != 2 * len(federation.hospital_ids)
+        ):
+            return None
+        stamps = iter(memo["stamps"])
+        for hospital in federation.hospital_ids:
+            for path in _files(federation, hospital):
+                if _stamp(path) != next(stamps):
+                    return None
+        release = memo["release"]
+        return (Release.from_dict(release) if release else None), list(memo["missing"])
+    except (KeyError, TypeError, ValueError):
+        return None  # a memo of another version, or damaged: read afresh
+
+
+def _remember(
+    federation: Federation,
+    key: str,
+    stamps: list[list[int] | None],
+    release: Release | None,
+    missing: list[str],
+) -> None:
+    memo = {
+        "key": key,
+        "stamps": stamps,
+        "release": release.to_dict() if release is not None else None,
+        "missing": missing,
+    }
+    with contextlib.suppress(OSError):  # a read-only folder still gets its facts, slowly
+        write_private(federation.data_dir / MEMO_NAME, json.dumps(memo, default=_plain))
+
+
+def _plain(value: object) -> object:
+    """A NumPy number in a release, as JSON writes a Python one."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def published_patients(federation: Federation) -> str:
