@@ -29,7 +29,11 @@ def backend_config(ray_address: str | None = None) -> dict:
 
 @contextlib.contextmanager
 def ray_running(
-    ray_address: str | None = None, *, importing: tuple[str, ...] = (), actors: bool = False
+    ray_address: str | None = None,
+    *,
+    importing: tuple[str, ...] = (),
+    actors: bool = False,
+    early: bool = True,
 ) -> Iterator[None]:
     """Ray for the simulation(s) inside: a lean local head of our own, or the cluster at ``ray_address``.
 
@@ -42,6 +46,9 @@ def ray_running(
     ``actors``: a local head's client actors (one per CPU) start as soon as
     it is up, for the affinity backend to take (so they load PyTorch while
     this process still imports), instead of when Flower builds its backend.
+    ``early=False``: Ray is left to Flower's backend to start, as stock Flower
+    does (the stress test's baseline); only the lean head and its clean-up
+    remain.
     """
     import ray
 
@@ -53,6 +60,10 @@ def ray_running(
     ray_compat.set_environment()
     with contextlib.ExitStack() as inside:
         inside.enter_context(ray_compat.lean_local_start())
+        if not early:
+            _import_quietly(importing)
+            yield
+            return
         loading = threading.Thread(target=_import_quietly, args=(importing,), daemon=True)
         loading.start()
         try:
@@ -110,7 +121,7 @@ def simulate(
         gc.freeze()
         gc.set_threshold(10_000, 10, 10)
     # A local Ray runs only GCS, raylet and actors, and its session folder goes when it stops.
-    with ray_running(ray_address, actors=not stock):
+    with ray_running(ray_address, actors=not stock, early=not stock):
         flower.run_simulation(
             server_app, client_app, nodes, backend_config(ray_address), affinity=not stock
         )
@@ -133,7 +144,7 @@ def run(
     from simulation.compat.flower import SIMULATION_MODULES
 
     modules = ("simulation.server_app", "simulation.client_app", *SIMULATION_MODULES)
-    with ray_running(ray_address, importing=modules, actors=not stock):
+    with ray_running(ray_address, importing=modules, actors=not stock, early=not stock):
         from simulation.server_app import make_server_app
 
         config, nodes = layout(config)

@@ -150,14 +150,14 @@ class FederatedRun:
             # About 50 answers in all, so the count moves while thousands read their rows.
             chunk=max(SCALING_CHUNK, -(-total // 50)),
         )
+        if len(answers.index) < max(self.config.min_hospitals, 1):
+            raise HealthSyncError("too few hospitals answered the scaling query")
         counts, sums, sumsq = (
             answers.columns["count"],
             answers.arrays["sums"],
             answers.arrays["sumsq"],
         )
         parts = [ScalingStats(int(c), s, q) for c, s, q in zip(counts, sums, sumsq, strict=True)]
-        if len(parts) < self.config.min_hospitals:
-            raise HealthSyncError("too few hospitals answered the scaling query")
         return Scaler.from_stats(ScalingStats.combine(parts))
 
     # ------------------------------------------------------------ the loop

@@ -392,3 +392,21 @@ def test_rows_released_as_one_frame_match_rows_released_one_by_one(rows):
     by_frame = training.release_round(federation, frame)
     assert by_frame[0] == by_dicts[0]
     assert by_frame[1].to_dicts() == by_dicts[1]
+
+
+def test_released_figures_are_rounded_as_python_rounds_them():
+    """Rounded to DECIMALS places as ``round`` does (the exact binary value, correctly
+    rounded): k/n test accuracies at half-way decimals must not move by 0.001."""
+    import polars as pl
+
+    from healthsync.privacy import training
+
+    values = [k / n for n in (80, 160, 400, 2000) for k in range(n + 1)]
+    rows = [
+        {"hospital": f"h{i}", "n": 80, "positives": 20, "negatives": 20, "accuracy": v}
+        for i, v in enumerate(values)
+    ]
+    _, by_dicts = training.release_round({}, rows)
+    assert [r["accuracy"] for r in by_dicts] == [round(v, 3) for v in values]
+    _, by_frame = training.release_round({}, pl.DataFrame(rows))
+    assert by_frame["accuracy"].to_list() == [round(v, 3) for v in values]

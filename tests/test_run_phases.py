@@ -36,3 +36,19 @@ def test_live_shows_the_phase_while_it_waits_for_the_first_round(tmp_path, monke
     at = env.app("viewer", "pages/live.py", run="run-live")
     assert "Waiting for the first round: reading the hospitals' data: 812 of 2,000." in texts(at)
     assert "Ray is starting" not in texts(at)
+
+
+def test_a_run_whose_hospitals_all_fail_to_read_says_so(tmp_path, monkeypatch):
+    """No hospital answers the scaling query (every partition unreadable): the run fails
+    with that reason, not with a missing column of an empty answer."""
+    import simulation.client_app as client_app
+
+    def unreadable(data_dir, index, target):
+        raise OSError("partition unreadable")
+
+    monkeypatch.setattr(client_app, "_hospital", unreadable)
+    fed = make_federation(tmp_path, "fed", hospitals=3, patients=60)
+    config = TrainConfig(data_dir=str(fed), db=str(tmp_path / "m.duckdb"), rounds=1)
+    detail, _ = run_in_process(config)
+    assert detail["status"] == "failed"
+    assert "too few hospitals answered the scaling query" in detail["reason"], detail["reason"]

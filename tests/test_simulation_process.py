@@ -60,21 +60,29 @@ def test_a_run_that_ended_itself_is_left_as_it_is(data_federation, tmp_path, mon
 
 
 def test_stock_flower_baseline_runs_on_flowers_own_backend(monkeypatch):
-    """The stress test's baseline (a) must be stock Flower, not HealthSync's scheduling."""
+    """The stress test's baseline (a) must be stock Flower, not HealthSync's scheduling:
+    Flower's own backend, which starts Ray itself as it always does (no early start, no
+    early actors); ours starts Ray before Flower's backend would. No Ray starts here."""
     import gc
 
     from flwr.server.superlink.fleet.vce.backend import raybackend
 
     from simulation.compat import flower
+    from simulation.compat import ray as ray_compat
 
-    backends = []
+    backends, started = [], []
     monkeypatch.setattr(
         "flwr.simulation.run_simulation", lambda **kwargs: backends.append(raybackend.RayBackend)
     )
+    monkeypatch.setattr(ray_compat, "lean_local_start", contextlib.nullcontext)
+    monkeypatch.setattr(ray_compat, "init_like_flower", started.append)
+    monkeypatch.setattr(flower, "actors_started_early", lambda *a: contextlib.nullcontext())
     threshold = gc.get_threshold()
     try:
         launch.simulate(object(), 1, stock=True)
+        assert started == []  # Flower's RayBackend.init_ray starts it, as in stock Flower
         launch.simulate(object(), 1)
+        assert len(started) == 1
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)

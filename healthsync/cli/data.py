@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -137,10 +138,16 @@ def _publish(federation: Federation) -> str:
     from healthsync.cohort.facts import publish, published_facts
 
     total = len(federation.hospitals)
+    lock = threading.Lock()  # hospitals publish on several threads; tqdm counts unlocked
     with tqdm(
         total=total, desc="publishing facts", unit="hospital", file=sys.stderr, delay=1
     ) as bar:
-        published = publish(federation, progress=bar.update)
+
+        def done(count: int) -> None:
+            with lock:
+                bar.update(count)
+
+        published = publish(federation, progress=done)
     if total > 1000:  # seconds at this size: say what is happening
         print("reading the published facts back once, for Overview's first page", file=sys.stderr)
     published_facts(federation)

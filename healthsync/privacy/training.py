@@ -201,7 +201,7 @@ def _release_frame(
     )
     shown = {}
     for metric in metrics:
-        values = np.round(column(metric), DECIMALS)
+        values = _rounded(column(metric))
         shown[metric] = pl.Series(metric, np.where(withheld, np.nan, values)).fill_nan(None)
     out = frame.drop("positives", "negatives", strict=False).with_columns(
         *shown.values(), released=pl.lit(True)
@@ -246,6 +246,22 @@ def _withheld(
     return withheld, hidden
 
 
+def _rounded(values: np.ndarray) -> np.ndarray:
+    """``round(v, DECIMALS)`` of each value, as Python rounds it (what the dict path stores).
+
+    ``np.round`` scales, rounds and scales back, which moves some half-way
+    decimals (1/80 = 0.0125 to 0.012, where ``round`` gives 0.013); it agrees
+    with ``round`` everywhere else, so only values within a hair of a half-way
+    point are rounded one by one.
+    """
+    scaled = values * 10**DECIMALS
+    out = np.round(values, DECIMALS)
+    near_half = np.abs(np.abs(scaled - np.floor(scaled)) - 0.5) < 1e-6
+    for i in np.flatnonzero(near_half):
+        out[i] = round(float(values[i]), DECIMALS)
+    return out
+
+
 def _numbers(values: Sequence[Any]) -> np.ndarray:
     """``values`` as floats, ``NaN`` for what is not a number (``None``, text)."""
     out = np.full(len(values), np.nan)
@@ -283,9 +299,7 @@ def _hospital_row(row: Mapping[str, Any], *, withheld: bool) -> dict[str, Any]:
         if metric in out:
             value = out[metric]
             out[metric] = (
-                None
-                if withheld or not _is_number(value)
-                else float(np.round(float(value), DECIMALS))
+                None if withheld or not _is_number(value) else round(float(value), DECIMALS)
             )
     out["released"] = True
     return out
