@@ -37,7 +37,8 @@ from healthsync.cohort.policy import CohortPolicy
 from healthsync.cohort.query import CohortQuery
 from healthsync.cohort.result import Release
 from healthsync.data import Federation, HospitalAccessor, open_hospital, own_statistics
-from healthsync.data.manifest import HOSPITALS_DIR, MANIFEST_NAME, PARTITION_NAME
+from healthsync.data.accessor import partition_file
+from healthsync.data.manifest import MANIFEST_NAME
 from healthsync.ml.arrays import hospital_arrays
 from healthsync.privacy.site import PUBLIC, published_path
 
@@ -185,8 +186,8 @@ def _stamps(federation: Federation, hospital: str) -> list[list[int] | None]:
 
 def _files(federation: Federation, hospital: str) -> tuple[str, str]:
     """``hospital``'s publication and partition, as plain strings (100,000 at a time)."""
-    folder = f"{federation.data_dir}{os.sep}{HOSPITALS_DIR}{os.sep}{hospital}"
-    return published_path(folder, FACTS), f"{folder}{os.sep}{PARTITION_NAME}"
+    partition = partition_file(federation.data_dir, hospital)
+    return published_path(os.path.dirname(partition), FACTS), partition
 
 
 def _stamp(path: str) -> list[int] | None:
