@@ -64,6 +64,11 @@ def ray_running(
             _import_quietly(importing)
             yield
             return
+        # While the thread imports, this one imports nothing: two threads importing the
+        # same packages in different orders can deadlock on Python's module locks.
+        ray_compat.load_init_modules()
+        from simulation.compat import actor
+
         loading = threading.Thread(target=_import_quietly, args=(importing,), daemon=True)
         loading.start()
         try:
@@ -71,11 +76,9 @@ def ray_running(
             settings = backend_config(ray_address)
             ray_compat.init_like_flower(settings)
             if actors and ray_address is None:
-                from simulation.compat import flower
-
                 per_actor = settings["client_resources"]
                 count = int(settings["init_args"]["num_cpus"] // per_actor["num_cpus"])
-                inside.enter_context(flower.actors_started_early(per_actor, count))
+                inside.enter_context(actor.actors_started_early(per_actor, count))
         finally:
             loading.join()
         yield

@@ -25,6 +25,7 @@ COMPAT_MODULES = {
     "pages/_streamlit_compat.py",
     "simulation/compat/flower.py",
     "simulation/compat/ray.py",
+    "simulation/compat/actor.py",
     "healthsync/auth/stauth_compat.py",
     "healthsync/runs/duckdb_compat.py",
 }
@@ -519,7 +520,7 @@ def test_our_actor_runs_a_message_as_flowers_client_app_actor_does():
     from flwr.clientapp.client_app import ClientAppException, LoadClientAppError
     from flwr.simulation.ray_transport.ray_actor import VirtualClientEngineActor
 
-    from simulation.compat import flower
+    from simulation.compat import actor as early
 
     def app(message, context):
         if message == "fail":
@@ -535,14 +536,36 @@ def test_our_actor_runs_a_message_as_flowers_client_app_actor_does():
     context = object()
     for loader, message in ((lambda: app, "ask"), (lambda: app, "fail"), (unloadable, "ask")):
         outcomes = []
-        for actor in (flower.HospitalActor(), Theirs()):
+        for actor in (early.HospitalActor(), Theirs()):
             try:
                 outcomes.append(actor.run(loader, message, "7", context))
             except (ClientAppException, LoadClientAppError) as err:
                 outcomes.append((type(err), str(err), type(err.__cause__)))
         assert outcomes[0] == outcomes[1], outcomes
-    assert flower.HospitalActor().run(lambda: app, "ask", "7", context) == (
+    assert early.HospitalActor().run(lambda: app, "ask", "7", context) == (
         "7",
         "reply to ask",
         context,
     )
+
+
+def test_ray_init_imports_nothing_once_its_modules_are_loaded():
+    """A cold run's main thread starts Ray while another thread imports; ``ray.init``
+    must import no module there (``ray.load_init_modules`` loads them first)."""
+    script = """
+import sys
+import ray
+from simulation import launch
+from simulation.compat import ray as ray_compat
+ray_compat.set_environment()
+with ray_compat.lean_local_start():
+    ray_compat.load_init_modules()
+    before = set(sys.modules)
+    ray_compat.init_like_flower(launch.backend_config(None))
+    print(sorted(set(sys.modules) - before))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

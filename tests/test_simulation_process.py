@@ -67,6 +67,7 @@ def test_stock_flower_baseline_runs_on_flowers_own_backend(monkeypatch):
 
     from flwr.server.superlink.fleet.vce.backend import raybackend
 
+    from simulation.compat import actor as early
     from simulation.compat import flower
     from simulation.compat import ray as ray_compat
 
@@ -76,7 +77,7 @@ def test_stock_flower_baseline_runs_on_flowers_own_backend(monkeypatch):
     )
     monkeypatch.setattr(ray_compat, "lean_local_start", contextlib.nullcontext)
     monkeypatch.setattr(ray_compat, "init_like_flower", started.append)
-    monkeypatch.setattr(flower, "actors_started_early", lambda *a: contextlib.nullcontext())
+    monkeypatch.setattr(early, "actors_started_early", lambda *a: contextlib.nullcontext())
     threshold = gc.get_threshold()
     try:
         launch.simulate(object(), 1, stock=True)
@@ -117,7 +118,7 @@ def test_the_stress_test_baseline_asks_for_a_cold_stock_run(monkeypatch, data_fe
 def test_actors_started_early_are_forgotten_when_their_ray_stops(monkeypatch):
     """A simulation that fails before Flower builds its backend leaves its early actors
     untaken; the next simulation (on another Ray) must not take their stale handles."""
-    from simulation.compat import flower
+    from simulation.compat import actor as early
     from simulation.compat import ray as ray_compat
 
     class FakeActor:
@@ -129,12 +130,12 @@ def test_actors_started_early_are_forgotten_when_their_ray_stops(monkeypatch):
 
     monkeypatch.setattr(ray_compat, "lean_local_start", contextlib.nullcontext)
     monkeypatch.setattr(ray_compat, "init_like_flower", lambda settings: None)
-    monkeypatch.setattr(flower, "_remote_actor", lambda: FakeActor())
+    monkeypatch.setattr(early, "remote_actor", lambda: FakeActor())
     seen = []
     with pytest.raises(RuntimeError, match="no ServerApp"), launch.ray_running(actors=True):
-        seen.append(len(flower._started_early))
+        seen.append(len(early._started_early))
         raise RuntimeError("no ServerApp")
     assert seen == [os.cpu_count() or 1]  # one per CPU of the local head
-    assert flower._started_early == []
+    assert early._started_early == []
     with launch.ray_running(actors=False):
-        assert flower._started_early == []  # the stress test's stock baseline starts none
+        assert early._started_early == []  # the stress test's stock baseline starts none

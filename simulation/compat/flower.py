@@ -74,7 +74,7 @@ each that fails loudly on a Flower version where that changed:
    ``pool``, ``app_fn``, ``build``, ``num_workers`` and ``process_message``,
    and on ``BasicActorPool``'s ``pool``, ``actors_capacity``, ``num_actors``,
    ``add_actors_to_pool`` and ``terminate_all_actors``. Its actors are
-   :class:`HospitalActor`, Flower's ``ClientAppActor`` (``run(app_fn, message,
+   ``simulation.compat.actor.HospitalActor``, Flower's ``ClientAppActor`` (``run(app_fn, message,
    cid, context)`` returning ``(cid, message, context)``, ``terminate``)
    without its module: importing ``flwr.simulation.ray_transport.ray_actor``
    imports all of ``flwr.simulation`` and the SuperLink's state (SQLAlchemy),
@@ -154,7 +154,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from functools import cache
 from queue import Queue
@@ -168,6 +168,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_clip_model_update
+
+from simulation.compat import actor
 
 # ------------------------------------------------------------ 1. replies and records unchecked
 Record = TypeVar("Record", bound=Mapping)
@@ -399,66 +401,6 @@ POLL_PER_PASS = 4.0  # wait this many times as long as the last pass took
 _pushed = threading.Event()  # set when the server pushes messages: poll at once
 
 
-class HospitalActor:
-    """What Flower's ``ClientAppActor`` does, in a module a Ray worker loads anyway (the client app's).
-
-    Runs a message through the ClientApp, wrapping its errors as Flower does
-    (``ClientAppException``, which Flower's backend turns into an error reply).
-    """
-
-    def __init__(self, on_actor_init_fn: Callable[[], None] | None = None) -> None:
-        if on_actor_init_fn:
-            on_actor_init_fn()
-
-    def run(
-        self, client_app_fn: Callable[[], Any], message: Message, cid: str, context: Context
-    ) -> tuple[str, Message, Context]:
-        from flwr.clientapp.client_app import ClientAppException, LoadClientAppError
-
-        try:
-            out_message = client_app_fn()(message=message, context=context)
-        except LoadClientAppError:
-            raise
-        except Exception as ex:
-            raise ClientAppException(str(ex)) from ex
-        return cid, out_message, context
-
-    def terminate(self) -> None:
-        """Stop this actor (Flower's pool calls it when the simulation ends)."""
-        import ray
-
-        ray.actor.exit_actor()
-
-
-@cache
-def _remote_actor() -> Any:
-    import ray
-
-    return ray.remote(HospitalActor)
-
-
-_started_early: list[Any] = []  # actors started with Ray, for the next affinity pool
-
-
-@contextmanager
-def actors_started_early(client_resources: dict, count: int) -> Iterator[None]:
-    """Start ``count`` actors now; inside, the next affinity backend's pool takes them.
-
-    A cold run starts them as soon as its Ray is up, so that they load
-    PyTorch and the client app (1-2 s each) while the run's own process is
-    still importing and starting its ServerApp, rather than after. On leaving
-    (the simulation over, or failed before it built its backend) any not
-    taken are forgotten: they end with the Ray they belong to, and a later
-    simulation on another Ray must not take them.
-    """
-    actor = _remote_actor().options(**client_resources)
-    _started_early[:] = [actor.remote() for _ in range(count)]
-    try:
-        yield
-    finally:
-        _started_early.clear()
-
-
 @cache
 def affinity_backend() -> type:
     """``RayBackend`` whose node ``p`` is always served by actor ``p % actors``.
@@ -479,8 +421,7 @@ def affinity_backend() -> type:
             self.actors: list[Any] = []
 
         def add_actors_to_pool(self, num_actors: int) -> None:
-            adopted = _started_early[:num_actors]
-            del _started_early[: len(adopted)]
+            adopted = actor.take_started_early(num_actors)
             self.pool.extend(adopted)
             self.num_actors += len(adopted)
             super().add_actors_to_pool(num_actors - len(adopted))
@@ -497,7 +438,7 @@ def affinity_backend() -> type:
 
         def build(self, app_fn) -> None:
             self.pool = AffinityActorPool(
-                actor_type=_remote_actor(),
+                actor_type=actor.remote_actor(),
                 client_resources=self.client_resources,
                 actor_kwargs=self.actor_kwargs,
             )

@@ -31,6 +31,7 @@ arguments in Flower's ``backend_config`` (``simulation.launch``) and
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import sys
@@ -163,3 +164,27 @@ def init_like_flower(backend_config: dict) -> None:
     if init_args.get("address", "local") != "local":
         init_args["runtime_env"] = {"env_vars": {"PYTHONPATH": pythonpath}}
     ray.init(**init_args)
+
+
+#: What ``ray.init`` (Ray 2.55) imports on its way, beyond ``import ray``: usage statistics
+#: (with Pydantic's v1 shim), the GPU probe, the uv runtime-env hook, the dashboard package.
+INIT_MODULES = (
+    "ray._common.pydantic_compat",
+    "ray._common.usage.usage_lib",
+    "ray._private.thirdparty.pynvml",
+    "ray._private.runtime_env.uv_runtime_env_hook",
+    "ray.core.generated.usage_pb2",
+    "ray.dashboard",
+)
+
+
+def load_init_modules() -> None:
+    """Import what ``ray.init`` would import, so it imports nothing while another thread does.
+
+    A module missing from a later Ray is skipped: ``ray.init`` then imports
+    whatever it needs itself, as before (the canary in ``tests/test_compat.py``
+    says when this list went stale).
+    """
+    for name in INIT_MODULES:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
