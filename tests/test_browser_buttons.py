@@ -269,14 +269,27 @@ def press_visible_buttons(page, title: str, skip: list[str] = ()) -> list[str]:
     did, now and then).
     """
     done: list[str] = []
-    for _ in range(MAX_PRESSES):
+    looks_again = 3  # a page whose fragment reruns every second is always "running" now and then
+    for _ in range(MAX_PRESSES + looks_again):
         label = page.locator(MAIN_BUTTONS).evaluate_all(PRESS_NEXT, [*done, *skip])
         if label is None:
-            return done
+            if not looks_again or not script_running(page):
+                return done
+            # Looked mid-rerun (a busy machine starts a press's rerun late, after settle
+            # returned): the page's lower buttons were not drawn yet. Look again once it ends.
+            looks_again -= 1
+            settle(page)
+            continue
         settle(page)
         assert_no_error(page, f"pressing {label!r} on {title}")
         done.append(label)
     raise AssertionError(f"{title}: over {MAX_PRESSES} buttons; does a press keep adding some?")
+
+
+def script_running(page) -> bool:
+    """Whether Streamlit is still running the page's script (its app root says so)."""
+    state = page.locator("[data-testid='stApp']").first.get_attribute("data-test-script-state")
+    return state in ("running", "rerunRequested")
 
 
 #: A bound on one tab's presses (every press adds a label that is never pressed again).
