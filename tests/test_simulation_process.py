@@ -139,3 +139,21 @@ def test_actors_started_early_are_forgotten_when_their_ray_stops(monkeypatch):
     assert early._started_early == []
     with launch.ray_running(actors=False):
         assert early._started_early == []  # the stress test's stock baseline starts none
+
+
+def test_the_loader_thread_lowers_only_its_own_priority():
+    """A cold run's imports run niced, on their own thread; the rest of the process does not."""
+    import threading
+
+    seen = {}
+
+    def load():
+        launch._import_quietly(("json",), niceness=launch.LOADER_NICENESS)
+        seen["thread"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    thread = threading.Thread(target=load)
+    thread.start()
+    thread.join()
+    assert seen["thread"] == min(before + launch.LOADER_NICENESS, 19)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
