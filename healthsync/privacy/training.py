@@ -191,20 +191,20 @@ def _release_frame(
             return np.full(frame.height, np.nan)
         return frame[name].cast(pl.Float64, strict=False).fill_null(np.nan).to_numpy()
 
-    metrics = [m for m in HOSPITAL_METRICS if m in frame.columns]
+    figures = {m: column(m) for m in HOSPITAL_METRICS if m in frame.columns}
     withheld, hidden = _withheld(
         n=column("n"),
         positives=column("positives"),
         negatives=column("negatives"),
-        figures={m: column(m) for m in metrics},
+        figures=figures,
         names=frame["hospital"].cast(pl.String).to_list(),
     )
-    shown = {}
-    for metric in metrics:
-        values = _rounded(column(metric))
-        shown[metric] = pl.Series(metric, np.where(withheld, np.nan, values)).fill_nan(None)
+    shown = [
+        pl.Series(m, np.where(withheld, np.nan, _rounded(values))).fill_nan(None)
+        for m, values in figures.items()
+    ]
     out = frame.drop("positives", "negatives", strict=False).with_columns(
-        *shown.values(), released=pl.lit(True)
+        *shown, released=pl.lit(True)
     )
     return dict(federation) | dict.fromkeys(hidden), out
 
