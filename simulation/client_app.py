@@ -46,7 +46,7 @@ from flwr.clientapp import ClientApp
 from healthsync.config import block_hospitals
 from healthsync.data import Federation, load_federation
 from healthsync.ml import attacks
-from healthsync.ml.blocks import evaluate_block, train_block_stacked
+from healthsync.ml.blocks import evaluate_block, evaluate_columns, train_block_stacked
 from healthsync.ml.features import Scaler, ScalingStats
 from healthsync.ml.model import build_model, set_arrays
 from healthsync.ml.training import (
@@ -114,6 +114,11 @@ def _standardised(index: int, hospital: HospitalArrays, config: Config) -> Local
     fits only the rest, and ``evaluate`` scores the held-out rows apart from the
     test rows, for both the one-hospital and the block path alike.
     """
+    return _standardiser(config)(index, hospital)
+
+
+def _standardiser(config: Config) -> Callable[[int, HospitalArrays], LocalData]:
+    """:func:`_standardised` for one message's ``config``, its settings read once for the block."""
     share, seed = float(config.get("validation-share", 0.0)), int(config["seed"])
     key = (
         str(config["target"]),
@@ -125,11 +130,14 @@ def _standardised(index: int, hospital: HospitalArrays, config: Config) -> Local
     if _scaled_with != [key]:
         _scaled_rows.clear()
         _scaled_with[:] = [key]
-    if (data := _scaled_rows.get(index)) is None:
-        data = _scaled_rows[index] = hospital.scaled(
-            _scaler(config), validation_share=share, seed=seed
-        )
-    return data
+    scaler = _scaler(config)
+
+    def standardised(index: int, hospital: HospitalArrays) -> LocalData:
+        if (data := _scaled_rows.get(index)) is None:
+            data = _scaled_rows[index] = hospital.scaled(scaler, validation_share=share, seed=seed)
+        return data
+
+    return standardised
 
 
 def _requested(msg: Message, context: Context) -> tuple[list[int], Config]:
@@ -143,7 +151,9 @@ def _requested(msg: Message, context: Context) -> tuple[list[int], Config]:
         int(config.get("block-size", 1)),
         len(_federation(str(config["data-dir"])).hospitals),
     )
-    wanted = [int(i) for i in config.get("hospitals", list(mine))]
+    # In the federation's order, whatever order the strategy sampled them in: the block
+    # then trains the same list of hospitals every round (``blocks.layout`` reuses it).
+    wanted = sorted(int(i) for i in config.get("hospitals", list(mine)))
     foreign = [i for i in wanted if i not in mine]
     if foreign:
         raise ValueError(f"hospitals {foreign} are not served by this node")
@@ -168,27 +178,33 @@ def _consent(data_dir: str) -> Callable[[int], None]:
     return check
 
 
-def _fault_drill(hospital: HospitalArrays, config: Config) -> None:
-    """Fail on purpose when the run lists this hospital in ``fail-hospitals``."""
-    if hospital.hospital_id in str(config.get("fail-hospitals", "")).split(","):
-        raise RuntimeError(f"fault drill: hospital {hospital.hospital_id} raised on purpose")
+def _listed(config: Config, key: str) -> frozenset[str]:
+    """The hospital ids a comma-separated setting (``fail-hospitals``, ``adversaries``) lists."""
+    return frozenset(str(config.get(key, "")).split(",")) - {""}
 
 
 class HospitalAbsent(Exception):
     """A simulated dropout or straggler: the hospital does not answer this round."""
 
 
-def _absent(index: int, config: Config) -> None:
-    why = attacks.absence(
-        int(config["seed"]),
-        int(config["server-round"]),
-        index,
-        dropout=float(config.get("dropout", 0.0)),
-        max_delay=float(config.get("straggler-delay", 0.0)),
-        timeout=float(config.get("round-timeout", 0.0)),
-    )
-    if why:
-        raise HospitalAbsent(why)
+def _absence(config: Config) -> Callable[[int], None] | None:
+    """A screen that raises ``HospitalAbsent`` for a simulated dropout or late straggler,
+    or ``None`` when the run simulates neither (nobody can be absent)."""
+    seed, server_round = int(config["seed"]), int(config["server-round"])
+    dropout = float(config.get("dropout", 0.0))
+    max_delay = float(config.get("straggler-delay", 0.0))
+    timeout = float(config.get("round-timeout", 0.0))
+    if dropout <= 0 and (max_delay <= 0 or timeout <= 0):
+        return None
+
+    def screen(index: int) -> None:
+        why = attacks.absence(
+            seed, server_round, index, dropout=dropout, max_delay=max_delay, timeout=timeout
+        )
+        if why:
+            raise HospitalAbsent(why)
+
+    return screen
 
 
 def _serve(
@@ -196,26 +212,35 @@ def _serve(
     context: Context,
     work: Callable[[list[tuple[int, HospitalArrays]], Config], tuple[Columns, Stacked]],
     *,
-    screen: Callable[[int, Config], None] | None = None,
+    screen: Callable[[Config], Callable[[int], None] | None] | None = None,
 ) -> Message:
     """Run ``work(ready, config) -> (columns, stacked arrays)`` for the block, one row per
     ready hospital; failures stay per hospital.
 
-    ``screen(index, config)`` may raise to keep one hospital out (its error is reported).
+    ``screen(config)`` may give a check that raises to keep one hospital out
+    (its error is reported). A message's settings are read once for the block,
+    not once per hospital: at 100,000 hospitals that per-hospital reading cost
+    more than a logistic regression's training.
     """
     wanted, config = _requested(msg, context)
     records: dict = {}
     errors: dict[str, str] = {}
     ready: list[tuple[int, HospitalArrays]] = []
-    consent = _consent(str(config["data-dir"]))
+    data_dir, target = str(config["data-dir"]), str(config["target"])
+    consent = _consent(data_dir)
+    check = screen(config) if screen else None
+    # The fault drill: the run lists hospitals that fail on purpose (not the scaling query).
+    drill = _listed(config, "fail-hospitals") if msg.metadata.message_type != "query" else ()
     for index in wanted:
         try:
             consent(index)
-            if screen:
-                screen(index, config)
-            hospital = _hospital(str(config["data-dir"]), index, str(config["target"]))
-            if msg.metadata.message_type != "query":
-                _fault_drill(hospital, config)
+            if check:
+                check(index)
+            hospital = _hospital(data_dir, index, target)
+            if hospital.hospital_id in drill:
+                raise RuntimeError(
+                    f"fault drill: hospital {hospital.hospital_id} raised on purpose"
+                )
             ready.append((index, hospital))
         except Exception as err:  # reported per hospital; the block goes on
             errors[str(index)] = f"{type(err).__name__}: {err}"
@@ -255,17 +280,10 @@ def _seed(config: Config, index: int) -> int:
     return int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + index
 
 
-def _attack(hospital: HospitalArrays, config: Config) -> str:
-    """The attack this hospital carries out, or ``""`` for an honest one."""
-    attackers = str(config.get("adversaries", "")).split(",")
-    return str(config.get("attack", "")) if hospital.hospital_id in attackers else ""
-
-
-def _local_data(index: int, hospital: HospitalArrays, config: Config) -> LocalData:
-    data = _standardised(index, hospital, config)
-    if _attack(hospital, config) == "label-flip":
-        data = dataclasses.replace(data, y_train=attacks.flip_labels(data.y_train))
-    return data
+def _attacks(config: Config) -> Callable[[HospitalArrays], str]:
+    """The attack a hospital carries out (``""`` for an honest one), for this message."""
+    attackers, attack = _listed(config, "adversaries"), str(config.get("attack", ""))
+    return lambda hospital: attack if hospital.hospital_id in attackers else ""
 
 
 def _outgoing(
@@ -280,6 +298,8 @@ def _outgoing(
 def _wait_like_stragglers(ready: list[tuple[int, HospitalArrays]], config: Config) -> None:
     """Sleep as long as the block's slowest on-time hospital (absent ones were screened out)."""
     max_delay = float(config.get("straggler-delay", 0.0))
+    if max_delay <= 0:
+        return
     delays = [
         attacks.straggler_delay(int(config["seed"]), int(config["server-round"]), i, max_delay)
         for i, _ in ready
@@ -287,12 +307,13 @@ def _wait_like_stragglers(ready: list[tuple[int, HospitalArrays]], config: Confi
     time.sleep(max(delays, default=0.0))
 
 
-def _epochs(rows: int, config: Config) -> int:
-    """This hospital's local epochs: the run's number, or chosen from its own size (``auto``)."""
+def _epochs(data: list[LocalData], config: Config) -> list[int]:
+    """Each hospital's local epochs: the run's number, or chosen from its own size (``auto``)."""
     epochs = config["local-epochs"]
     if str(epochs) != "auto":
-        return int(epochs)
-    return local_epochs_for(rows, int(config["batch-size"]), int(config["local-steps"]))
+        return [int(epochs)] * len(data)
+    batch, steps = int(config["batch-size"]), int(config["local-steps"])
+    return [local_epochs_for(len(d.y_train), batch, steps) for d in data]
 
 
 @app.train()
@@ -302,8 +323,13 @@ def train(msg: Message, context: Context) -> Message:
 
     def work(ready, config):
         _wait_like_stragglers(ready, config)
-        data = [_local_data(index, hospital, config) for index, hospital in ready]
-        epochs = [_epochs(len(d.y_train), config) for d in data]
+        standardised, attack_of = _standardiser(config), _attacks(config)
+        data = [standardised(index, hospital) for index, hospital in ready]
+        for row, (_, hospital) in enumerate(ready):
+            if attack_of(hospital) == "label-flip":
+                flipped = attacks.flip_labels(data[row].y_train)
+                data[row] = dataclasses.replace(data[row], y_train=flipped)
+        epochs = _epochs(data, config)
         settings = {
             "batch_size": int(config["batch-size"]),
             "lr": float(config["lr"]),
@@ -325,14 +351,14 @@ def train(msg: Message, context: Context) -> Message:
             stacked, losses = train_block_stacked(
                 str(config["model"]), arrays, data, epochs=epochs, seeds=seeds, **settings
             )
-        if flower.CLIPPING_NORM_KEY in config or any(_attack(h, config) for _, h in ready):
+        if flower.CLIPPING_NORM_KEY in config or any(attack_of(h) for _, h in ready):
             # Client-side DP clips, and attackers change, their own hospital's update.
             updates = [
                 _outgoing(
                     [a[row] for a in stacked],
                     arrays,
                     config,
-                    _attack(hospital, config),
+                    attack_of(hospital),
                     _seed(config, index),
                 )
                 for row, (index, hospital) in enumerate(ready)
@@ -340,12 +366,12 @@ def train(msg: Message, context: Context) -> Message:
             stacked = [np.stack([u[p] for u in updates]) for p in range(len(arrays))]
         columns = {
             "num-examples": [len(d.y_train) for d in data],
-            "train-loss": [float(loss) for loss in losses],
+            "train-loss": np.asarray(losses, dtype=np.float64).tolist(),
             HOSPITAL_WEIGHT: [1] * len(ready),
         }
         return columns, {str(p): a for p, a in enumerate(stacked)}
 
-    return _serve(msg, context, work, screen=_absent)
+    return _serve(msg, context, work, screen=_absence)
 
 
 def _evaluated(kind: str, arrays: list[np.ndarray], data: list[LocalData]):
@@ -355,6 +381,17 @@ def _evaluated(kind: str, arrays: list[np.ndarray], data: list[LocalData]):
         set_arrays(model, arrays)
         return [evaluate_local(model, data[0].x_test, data[0].y_test)]
     return evaluate_block(kind, arrays, data)
+
+
+def _evaluated_columns(
+    kind: str, arrays: list[np.ndarray], data: list[LocalData]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """:func:`_evaluated` as ``blocks.evaluate_columns`` gives it: columns and stacked histograms."""
+    if len(data) > 1:
+        return evaluate_columns(kind, arrays, data)
+    ((metrics, histogram),) = _evaluated(kind, arrays, data)
+    columns = {key: np.array([value]) for key, value in metrics.to_dict().items()}
+    return columns, np.asarray(histogram, dtype=np.float64)[np.newaxis]
 
 
 @app.evaluate()
@@ -368,26 +405,24 @@ def evaluate(msg: Message, context: Context) -> Message:
     arrays = msg.content["arrays"].to_numpy_ndarrays()
 
     def work(ready, config):
-        data = [_standardised(index, hospital, config) for index, hospital in ready]
+        standardised = _standardiser(config)
+        data = [standardised(index, hospital) for index, hospital in ready]
         kind = str(config["model"])
-        results = _evaluated(kind, arrays, data)
-        held_out = [d.validation() for d in data]
-        if any(len(d.y_test) for d in held_out):
-            validation = [(m.n, float(m.loss)) for m, _ in _evaluated(kind, arrays, held_out)]
+        metrics, histograms = _evaluated_columns(kind, arrays, data)
+        if any(d.y_val is not None and len(d.y_val) for d in data):
+            held_out, _ = _evaluated_columns(kind, arrays, [d.validation() for d in data])
+            validation = {"val-n": held_out["n"].tolist(), "val-loss": held_out["loss"].tolist()}
         else:  # none held out (validation share 0): what scoring no rows gives, without a pass
-            validation = [(0, float("nan"))] * len(data)
-        metrics = [result for result, _ in results]
+            validation = {"val-n": [0] * len(data), "val-loss": [float("nan")] * len(data)}
         columns = {
-            "num-examples": [m.n for m in metrics],
-            "loss": [float(m.loss) for m in metrics],
-            "auc": [float(m.auc) for m in metrics],
-            "accuracy": [float(m.accuracy) for m in metrics],
-            "brier": [float(m.brier) for m in metrics],
-            "val-n": [n for n, _ in validation],
-            "val-loss": [loss for _, loss in validation],
+            "num-examples": metrics["n"].tolist(),
+            **{
+                key: metrics[key].astype(float).tolist()
+                for key in ("loss", "auc", "accuracy", "brier")
+            },
+            **validation,
         }
-        histograms = np.stack([np.asarray(h, dtype=np.float64) for _, h in results])
-        return columns, {"histogram": histograms}
+        return columns, {"histogram": histograms.astype(np.float64)}
 
     return _serve(msg, context, work)
 

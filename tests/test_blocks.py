@@ -14,6 +14,7 @@ from healthsync.config import (
     block_hospitals,
 )
 from healthsync.data.synthetic import generate_federation
+from healthsync.ml import blocks
 from healthsync.ml.blocks import evaluate_block, train_block
 from healthsync.ml.features import Scaler, ScalingStats
 from healthsync.ml.model import build_model, get_arrays, initial_model, set_arrays
@@ -34,8 +35,10 @@ def hospitals(tmp_path_factory):
     return [a.scaled(scaler) for a in arrays]
 
 
+@pytest.mark.parametrize("chunk_rows", [48, 100_000])  # 3 hospitals a chunk, or all at once
 @pytest.mark.parametrize(("kind", "mu"), [("logreg", 0.0), ("mlp", 0.0), ("mlp", 0.5)])
-def test_block_of_64_matches_one_hospital_at_a_time(hospitals, kind, mu):
+def test_block_of_64_matches_one_hospital_at_a_time(hospitals, kind, mu, chunk_rows, monkeypatch):
+    monkeypatch.setattr(blocks, "CHUNK_ROWS", chunk_rows)
     start = get_arrays(initial_model(kind, hospitals[0].x_train.shape[1], seed=0))
     seeds = [1000 + i for i in range(len(hospitals))]
     settings = {"epochs": 2, "batch_size": 16, "lr": 0.1, "proximal_mu": mu}
@@ -66,6 +69,89 @@ def test_block_evaluation_matches(hospitals):
             ), key
         np.testing.assert_allclose(hist, their_hist, atol=1e-6)
     assert np.isnan(evaluate_block("mlp", arrays, [one_class])[0][0].auc)
+
+
+def test_block_evaluation_in_chunks_equals_one_pass(hospitals, monkeypatch):
+    arrays = get_arrays(initial_model("mlp", hospitals[0].x_train.shape[1], seed=1))
+    whole, whole_hist = blocks.evaluate_columns("mlp", arrays, hospitals)
+    monkeypatch.setattr(blocks, "CHUNK_ROWS", 7)  # forward passes of 7 rows
+    blocks._layouts.clear()
+    chunked, chunked_hist = blocks.evaluate_columns("mlp", arrays, hospitals)
+    for key, column in whole.items():  # float32 products of other heights: equal to 1e-6
+        np.testing.assert_allclose(column, chunked[key], atol=1e-6)
+    np.testing.assert_allclose(whole_hist, chunked_hist, atol=1e-5)
+
+
+def test_a_layout_is_reused_only_for_the_same_hospital_objects(hospitals):
+    """Rounds reuse a block's concatenated rows; a changed hospital (a label flip) does not."""
+    data = hospitals[:5]
+    first = blocks.layout(data)
+    assert blocks.layout(list(data)) is first  # a new list of the same objects
+    flipped = dataclasses.replace(data[2], y_train=1 - data[2].y_train)
+    changed = blocks.layout([*data[:2], flipped, *data[3:]])
+    assert changed is not first
+    assert changed.y.sum() == first.y.sum() - data[2].y_train.sum() + flipped.y_train.sum()
+    assert blocks.layout(data[:4]) is not first  # fewer hospitals: another layout
+
+
+def test_a_layout_is_not_mistaken_for_one_of_objects_that_died(hospitals):
+    """A dead object's id may be reused by a new one; its old layout must not answer for it."""
+    copies = [dataclasses.replace(h) for h in hospitals[:3]]
+    old = blocks.layout(copies)
+    key = tuple(map(id, copies))
+    del copies
+    import gc
+
+    gc.collect()
+    assert not any(r() for r in old.refs)
+    assert key in blocks._layouts  # still remembered until the next new layout
+    assert not old.holds([hospitals[0], hospitals[1], hospitals[2]])
+    blocks.layout(hospitals[5:7])
+    assert key not in blocks._layouts  # dead layouts are dropped when another is made
+
+
+def test_layouts_are_dropped_least_recently_used_first_within_their_byte_budget(
+    hospitals, monkeypatch
+):
+    blocks._layouts.clear()
+    a, b, c = hospitals[0:4], hospitals[4:8], hospitals[8:12]
+    three = sum(blocks.Layout(d).nbytes for d in (a, b, c))
+    monkeypatch.setattr(blocks, "LAYOUT_BYTES", three - 1)  # room for any two, not three
+    first = blocks.layout(a)
+    blocks.layout(b)
+    assert blocks.layout(a) is first  # a is now the most recently used
+    blocks.layout(c)  # no room for three: b, the least recently used, goes
+    assert blocks.layout(a) is first
+    assert list(blocks._layouts) == [tuple(map(id, c)), tuple(map(id, a))]
+
+
+def test_a_run_lays_out_each_block_once_whatever_order_fedavg_samples_in(tmp_path, monkeypatch):
+    """FedAvg asks a block's hospitals in a new random order each round; the block trains
+    and scores them in the federation's order, so one layout serves every round."""
+    from tests.inprocess_grid import run_in_process
+
+    made = []
+    original = blocks.Layout.__init__
+    monkeypatch.setattr(
+        blocks.Layout, "__init__", lambda self, data: made.append(len(data)) or original(self, data)
+    )
+    blocks._layouts.clear()
+    fed = generate_federation(tmp_path / "fed", hospitals=40, patients=40, seed=5)
+    config = TrainConfig(  # validation rows held out: scored every round from their own layout
+        data_dir=str(fed.data_dir),
+        db=str(tmp_path / "m.duckdb"),
+        rounds=3,
+        block_size=20,
+        local_epochs=1,
+        validation_share=0.2,
+    )
+    detail, grid = run_in_process(config)
+    assert detail["status"] == "completed", detail
+    asked = [
+        m.content["config"]["hospitals"] for m in grid.sent if m.metadata.message_type == "train"
+    ]
+    assert any(list(h) != sorted(h) for h in asked)  # the strategy's order is not the federation's
+    assert made == [20, 20, 20, 20]  # per block: its rows, its validation rows; for 3 rounds
 
 
 def test_block_auc_handles_ties():

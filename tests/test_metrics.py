@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from healthsync.ml.metrics import (
     BinaryMetrics,
@@ -34,6 +36,32 @@ def test_auc_by_group_is_each_groups_own_auc_whatever_the_row_order():
     for g in range(4):
         assert together[g] == pytest.approx(auc_score(y[group == g], p[group == g]))
     assert np.isnan(together[4]) and np.isnan(together[5])
+
+
+def _pairwise_auc(y: np.ndarray, p: np.ndarray) -> float:
+    pos, neg = p[y == 1], p[y == 0]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return wins / (len(pos) * len(neg))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 40), min_size=1, max_size=8),
+    levels=st.sampled_from([2, 5, 1000]),  # few score levels: many ties
+    seed=st.integers(0, 2**16),
+)
+def test_auc_by_group_is_the_pairwise_auc_of_each_group(sizes, levels, seed):
+    """Groups of any sizes (empty, one very large), interleaved, with ties across groups."""
+    rng = np.random.default_rng(seed)
+    sizes[0] *= 10  # one group far larger than the others
+    group = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+    y = rng.integers(0, 2, group.size)
+    p = rng.integers(0, levels, group.size) / levels
+    got = auc_by_group(group, y, p, groups=len(sizes))
+    want = [_pairwise_auc(y[group == g], p[group == g]) for g in range(len(sizes))]
+    np.testing.assert_allclose(got, want, atol=1e-12)
 
 
 def test_single_class_auc_is_nan_and_skipped_when_aggregating():

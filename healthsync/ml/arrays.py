@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -39,8 +39,14 @@ class LocalData:
         """The same hospital with its validation rows in the test slot, for the evaluators.
 
         Both evaluation paths (one hospital, ``blocks.evaluate_block``) then score
-        validation rows exactly as they score test rows.
+        validation rows exactly as they score test rows. The same object every
+        time, so a block scores its validation rows every round from the same
+        ``blocks.layout``.
         """
+        return self._validation
+
+    @cached_property
+    def _validation(self) -> LocalData:
         width = self.x_train.shape[1]
         x = self.x_val if self.x_val is not None else np.zeros((0, width), np.float32)
         y = self.y_val if self.y_val is not None else np.zeros(0, np.float32)

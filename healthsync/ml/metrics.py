@@ -57,31 +57,28 @@ def auc_by_group(group: np.ndarray, y: np.ndarray, p: np.ndarray, *, groups: int
 def _ranks_by_group(group: np.ndarray, scores: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Each row's rank (1 = lowest, ties averaged) among its own group's scores.
 
-    The scores are laid out one group per line (padded with +inf, which sorts
-    last) and sorted line by line: many short sorts, several times faster than
-    one sort of all rows by group and score, and about twice as fast as
-    ``scipy.stats.rankdata`` along the lines (measured, 1,000 x 100 scores).
+    One sort of all scores, then a stable sort by group (a radix sort when
+    groups fit 16 bits) puts each group's rows together in score order; a run
+    of equal scores within a group shares the mean of its places. No padding:
+    laying groups out one per line padded to the largest group (as this did
+    before) cost several times more when one hospital is much larger than the
+    rest.
     """
-    order = np.argsort(group, kind="stable")  # rows need not come grouped
-    position = np.empty(group.size, dtype=np.int64)
-    position[order] = np.arange(group.size) - (np.cumsum(sizes) - sizes)[group[order]]
-    grid = np.full((len(sizes), max(int(sizes.max(initial=0)), 1)), np.inf)
-    grid[group, position] = scores
-    order = np.argsort(grid, axis=1)
-    ordered = np.take_along_axis(grid, order, axis=1)
-    place = np.broadcast_to(np.arange(1.0, grid.shape[1] + 1), grid.shape)  # 1-based
-    tied = ordered[:, 1:] == ordered[:, :-1]
-    tied &= np.isfinite(ordered[:, 1:])  # padding ties with padding; that does not matter
-    if tied.any():  # a run of equal scores on a line shares the mean of its places
-        starts_run = np.ones(grid.shape, dtype=bool)
-        starts_run[:, 1:] = ~tied
-        starts = np.flatnonzero(starts_run)
-        lengths = np.diff(np.r_[starts, grid.size])
-        mean_place = starts % grid.shape[1] + (lengths + 1) / 2
-        place = np.repeat(mean_place, lengths).reshape(grid.shape)
-    ranks = np.empty(grid.shape)
-    np.put_along_axis(ranks, order, place, axis=1)
-    return ranks[group, position]
+    by_score = np.argsort(scores)  # the order among equal scores does not matter: they tie
+    key = group[by_score]
+    if len(sizes) <= 1 << 16:
+        key = key.astype(np.uint16)
+    order = by_score[np.argsort(key, kind="stable")]
+    grouped, ordered = group[order], scores[order]
+    starts_run = np.ones(group.size, dtype=bool)
+    starts_run[1:] = (ordered[1:] != ordered[:-1]) | (grouped[1:] != grouped[:-1])
+    starts = np.flatnonzero(starts_run)
+    lengths = np.diff(np.append(starts, group.size))
+    group_start = (np.cumsum(sizes) - sizes)[grouped[starts]]
+    mean_place = starts - group_start + (lengths + 1) / 2  # 1-based place within the group
+    ranks = np.empty(group.size)
+    ranks[order] = np.repeat(mean_place, lengths)
+    return ranks
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray) -> BinaryMetrics:
