@@ -160,6 +160,8 @@ class HospitalGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         """One message per hospital in, one reply per hospital out (in the same order)."""
+        if isinstance(messages, flower.SameAsks) and not messages.built:
+            return self._send_same(messages, timeout)
         messages = list(messages)
         gone = self.withdrawn()
         replies: dict[int, Message] = {}
@@ -177,16 +179,50 @@ class HospitalGrid(Grid):
                     "per-hospital message contents are not supported with block execution"
                 )
             groups[block] = (first, [m.metadata.dst_node_id - 1 for m in group])
+        return self._replies(messages, replies, groups, timeout)
+
+    def _send_same(self, messages: flower.SameAsks, timeout: float | None) -> HospitalReplies:
+        """``send_and_receive`` of asks that all carry the same content, grouped without
+        building a message per hospital: by their destinations, in arrays."""
+        index = np.asarray(messages.node_ids, dtype=np.int64) - 1
+        replies: dict[int, Message] = {}
+        if gone := self.withdrawn():
+            out = np.isin(index, np.fromiter(gone, dtype=np.int64, count=len(gone)))
+            for position in np.flatnonzero(out).tolist():
+                why = gone[int(index[position])]
+                replies[int(index[position])] = _failed(
+                    messages.one(position), f"{WITHDRAWN_MARK} {why}"
+                )
+            index = index[~out]
+        block_of = index // self.block_size
+        order = np.argsort(block_of, kind="stable")  # each block's hospitals in the asks' order
+        index, block_of = index[order], block_of[order]
+        starts = np.flatnonzero(np.r_[True, block_of[1:] != block_of[:-1]]) if len(index) else []
+        ends = [*starts[1:], len(index)]
+        groups = {
+            int(block_of[a]): (messages.first, index[a:b].tolist())
+            for a, b in zip(starts, ends, strict=True)
+        }
+        return self._replies(messages, replies, groups, timeout)
+
+    def _replies(
+        self,
+        messages: Sequence[Message],
+        early: dict[int, Message],
+        groups: dict[int, tuple[Message, list[int]]],
+        timeout: float | None,
+    ) -> HospitalReplies:
+        """Ask each block its group; the replies, built only when read."""
         pushed = time.time_ns()
         answers = []
         for block, answer in self._exchange(groups, timeout):
             answers.append((block, answer))
             telemetry.block_span(  # from the push to this block's answer (docs/telemetry.md)
-                f"{messages[0].metadata.message_type} block",
+                f"{groups[block][0].metadata.message_type} block",
                 pushed,
-                {"healthsync.block": block, "healthsync.hospitals": len(by_block[block])},
+                {"healthsync.block": block, "healthsync.hospitals": len(groups[block][1])},
             )
-        return HospitalReplies(messages, replies, [(a, by_block[b]) for b, a in sorted(answers)])
+        return HospitalReplies(messages, early, [(a, groups[b][1]) for b, a in sorted(answers)])
 
     def broadcast(
         self,
@@ -313,16 +349,32 @@ class HospitalReplies(Sequence[Message]):
 
     def __init__(
         self,
-        messages: list[Message],
+        messages: Sequence[Message],
         early: dict[int, Message],
-        answers: list[tuple[BlockReply, list[Message]]],
+        answers: list[tuple[BlockReply, list[int]]],
     ) -> None:
         """``early``: replies settled before asking (withdrawn hospitals), by hospital index;
-        ``answers``: each block's answer with the messages it answers, in block order."""
+        ``answers``: each block's answer with the hospitals it was asked for, in block order."""
         self.messages = messages
         self.early = early
         self.answers = answers
         self._built: list[Message] | None = None
+        self._positions: dict[int, int] | None = None
+
+    def _destinations(self) -> list[int]:
+        """The hospital each message asks, in the messages' order (none built to say so)."""
+        if isinstance(self.messages, flower.SameAsks):
+            return [node - 1 for node in self.messages.node_ids]
+        return [m.metadata.dst_node_id - 1 for m in self.messages]
+
+    def _ask(self, index: int) -> Message:
+        """Hospital ``index``'s message (only that one built, for FedAvg's asks)."""
+        if self._positions is None:
+            self._positions = {h: p for p, h in enumerate(self._destinations())}
+        position = self._positions[index]
+        if isinstance(self.messages, flower.SameAsks):
+            return self.messages.one(position)
+        return self.messages[position]
 
     @property
     def built(self) -> bool:
@@ -332,8 +384,8 @@ class HospitalReplies(Sequence[Message]):
     def _replies(self) -> list[Message]:
         if self._built is None:
             replies = dict(self.early)
-            for answer, group in self.answers:
-                replies.update(_split(answer, group))
+            for answer, hospitals in self.answers:
+                replies.update(_split(answer, [self._ask(i) for i in hospitals]))
             self._built = [replies[m.metadata.dst_node_id - 1] for m in self.messages]
         return self._built
 
@@ -351,13 +403,12 @@ class HospitalReplies(Sequence[Message]):
         if self._built is not None:
             return [r for r in self._built if r.has_error()]
         errors = dict(self.early)
-        for answer, group in self.answers:
-            errors.update(_error_replies(answer, _by_hospital(group)))
-        return [
-            errors[m.metadata.dst_node_id - 1]
-            for m in self.messages
-            if m.metadata.dst_node_id - 1 in errors
-        ]
+        for answer, _ in self.answers:
+            if answer.errors:  # most blocks have none: no message looked up
+                errors.update(_error_replies(answer, {i: self._ask(i) for i in answer.errors}))
+        if not errors:
+            return []
+        return [errors[h] for h in self._destinations() if h in errors]
 
     def stacked(self, weight_key: str):
         """``(weights, arrays, metrics)`` of the hospitals that answered, block by block.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import polars as pl
@@ -274,9 +274,11 @@ class FederatedRun:
         """One round's training through the strategy: configure, train, aggregate."""
         with clock.phase("configure"):
             try:
-                train_messages = list(
-                    strategy.configure_train(rnd, arrays, ConfigRecord(settings), self.grid)
+                train_messages = strategy.configure_train(
+                    rnd, arrays, ConfigRecord(settings), self.grid
                 )
+                if not isinstance(train_messages, Sequence):  # FedAvg's ``SameAsks`` stays unbuilt
+                    train_messages = list(train_messages)
             except PrivacyBudgetExhausted as err:  # PrivacyBudgetStop asks the same accountant
                 raise HealthSyncError(
                     f"round {rnd}: Flower's DP wrapper refused it: {err}"
