@@ -124,8 +124,8 @@ class _Batches:
         first = torch.cumsum(sizes, 0) - sizes  # where each hospital's rows begin
         self.start = torch.repeat_interleave(first, sizes)  # the same, per row
         self.spans = list(zip(first.tolist(), (first + sizes).tolist(), strict=True))
-        # One batch of slack: a short last batch reads past the end, masked out.
-        self.shuffled = torch.zeros(len(self.start) + batch_size, dtype=torch.long)
+        self.batch_size = batch_size
+        self.shuffled = torch.zeros((0, 0), dtype=torch.long)  # per epoch (``shuffle``)
         offsets = torch.arange(batch_size)
         steps = -(-sizes // batch_size)
         # Per step: positions in ``shuffled`` (a row of batch slots per hospital),
@@ -139,25 +139,37 @@ class _Batches:
             used = real.sum(dim=1)
             self.plan.append((first[:k, None] + slot, k, real / used[:, None], used))
 
-    def shuffle(self, generators: list[torch.Generator]) -> None:
-        """Draw this epoch's shuffles, one per hospital from its own generator."""
-        shuffles = self.shuffled[: len(self.start)]
-        for generator, (a, b) in zip(generators, self.spans, strict=True):
-            torch.randperm(b - a, generator=generator, out=shuffles[a:b])
-        shuffles += self.start  # into the concatenation of all hospitals' rows
+    def shuffle(self, seeds: list[int], epochs: int) -> None:
+        """Draw every epoch's shuffles: hospital ``i``'s generator, seeded with ``seeds[i]``,
+        draws its epochs one after the other, as ``training.train_local``'s does.
 
-    def steps(self, first: int, end: int) -> Iterator[tuple[int, torch.Tensor, slice]]:
-        """For hospitals ``first..end-1``: ``(k, rows, hospitals)`` of each step that has any.
+        One generator, seeded again for each hospital (which resets all of its
+        state): creating a generator per hospital cost as much as its draws.
+        """
+        rows = len(self.start)
+        # One batch of slack per epoch: a short last batch reads past the end, masked out.
+        self.shuffled = torch.zeros((epochs, rows + self.batch_size), dtype=torch.long)
+        generator = torch.Generator()
+        for seed, (a, b) in zip(seeds, self.spans, strict=True):
+            generator.manual_seed(seed)
+            for epoch in range(epochs):
+                torch.randperm(b - a, generator=generator, out=self.shuffled[epoch, a:b])
+        self.shuffled[:, :rows] += self.start  # into the concatenation of all hospitals' rows
+
+    def steps(self, epoch: int, first: int, end: int) -> Iterator[tuple[int, torch.Tensor, slice]]:
+        """For hospitals ``first..end-1`` in ``epoch``: ``(k, rows, hospitals)`` of each step
+        that has any.
 
         ``hospitals`` is the slice of the leading ones with rows left; ``rows``
         their batches' rows (``k`` batches, one after the other).
         """
+        shuffled = self.shuffled[epoch]
         for positions, k, _, _ in self.plan:
             last = min(k, end)
             if last <= first:
                 break  # later steps have fewer hospitals still
             wanted = positions[first:last].reshape(-1)
-            yield last - first, self.shuffled.index_select(0, wanted), slice(first, last)
+            yield last - first, shuffled.index_select(0, wanted), slice(first, last)
 
     def weights(self, step: int, hospitals: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Each slot's share of its hospital's mean, and each hospital's real rows, at ``step``."""
@@ -262,27 +274,26 @@ def train_stacked(
     torch.set_num_threads(1)
     rows = layout(data)
     count = rows.count
-    generators = [torch.Generator().manual_seed(seeds[i]) for i in rows.largest_first]
     model = build_model(kind, rows.width)
     layers = _layers(model)
     params = _stack(model, arrays, count)
     anchor = {n: p.clone() for n, p in params.items()} if proximal_mu > 0 else {}
     batches = rows.batches(batch_size)
+    batches.shuffle([seeds[i] for i in rows.largest_first], epochs)
     chunk = max(1, CHUNK_ROWS // batch_size)
     last = torch.zeros(count)
-    for _ in range(epochs):
+    for epoch in range(epochs):
         total = torch.zeros(count)
-        batches.shuffle(generators)
         for first in range(0, count, chunk):
-            for step, (k, picked, hospitals) in enumerate(batches.steps(first, first + chunk)):
+            steps = batches.steps(epoch, first, first + chunk)
+            for step, (k, picked, hospitals) in enumerate(steps):
                 scale, used = batches.weights(step, hospitals)
                 xb = rows.x.index_select(0, picked).view(k, batch_size, -1)
                 yb = rows.y.index_select(0, picked).view(k, batch_size)
                 live = {n: p[hospitals] for n, p in params.items()}
                 loss, grads = _loss_and_grads(layers, live, xb, yb, scale)
-                if (
-                    proximal_mu > 0
-                ):  # FedProx: + mu/2 ||w - w_global||^2, gradient mu (w - w_global)
+                # FedProx: + mu/2 ||w - w_global||^2, whose gradient is mu (w - w_global)
+                if proximal_mu > 0:
                     for n, p in live.items():
                         drift = p - anchor[n][hospitals]
                         loss = loss + proximal_mu / 2 * (drift**2).flatten(1).sum(dim=1)
