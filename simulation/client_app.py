@@ -409,7 +409,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         data = [standardised(index, hospital) for index, hospital in ready]
         kind = str(config["model"])
         metrics, histograms = _evaluated_columns(kind, arrays, data)
-        if any(d.y_val is not None and len(d.y_val) for d in data):
+        share = float(config.get("validation-share", 0.0))
+        if share > 0 and any(d.y_val is not None and len(d.y_val) for d in data):
             held_out, _ = _evaluated_columns(kind, arrays, [d.validation() for d in data])
             validation = {"val-n": held_out["n"].tolist(), "val-loss": held_out["loss"].tolist()}
         else:  # none held out (validation share 0): what scoring no rows gives, without a pass

@@ -81,11 +81,16 @@ class Answers:
         """The blocks' rows together, sorted by hospital (a column a block lacks is NaN there)."""
         if not blocks:
             return cls(np.zeros(0, dtype=np.int64), {}, {})
+        # Blocks come as they finish; in the order of their first hospital their rows
+        # usually are in hospital order already, and need no second copy to sort them.
+        blocks = sorted(blocks, key=lambda b: b.hospitals[0] if b.hospitals else -1)
         index = np.concatenate([np.asarray(b.hospitals, dtype=np.int64) for b in blocks])
-        order = np.argsort(index, kind="stable")
+        ordered = bool(np.all(index[1:] > index[:-1]))
+        order = None if ordered else np.argsort(index, kind="stable")
 
         def joined(parts: list[np.ndarray]) -> np.ndarray:
-            return np.concatenate(parts)[order]
+            together = np.concatenate(parts)
+            return together if ordered else together[order]
 
         def column(block: BlockReply, key: str) -> np.ndarray:
             if key in block.columns:
@@ -95,7 +100,7 @@ class Answers:
         keys = dict.fromkeys(k for b in blocks for k in b.columns)
         columns = {k: joined([column(b, k) for b in blocks]) for k in keys}
         arrays = {k: joined([b.arrays[k] for b in blocks]) for k in blocks[0].arrays}
-        return cls(index[order], columns, arrays)
+        return cls(index if ordered else index[order], columns, arrays)
 
 
 class HospitalGrid(Grid):

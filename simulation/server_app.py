@@ -72,7 +72,8 @@ class FederatedRun:
         self.phase(f"connecting to {blocks:,} Flower node(s)")
         # The grid's virtual node ids are hospital index + 1.
         self.hospital_of = {i + 1: h.id for i, h in enumerate(self.federation.hospitals)}
-        self.hospital_ids = np.array([h.id for h in self.federation.hospitals])
+        # A Polars column: a round's 100,000 rows gather their ids without converting strings.
+        self.hospital_ids = pl.Series("hospital", [h.id for h in self.federation.hospitals])
         consent = ConsentWatch(
             self.federation, lambda kind, why, i: self._event(kind, why, None, i)
         )
@@ -358,7 +359,7 @@ class FederatedRun:
         m, scores = answers.columns, answers.arrays["histogram"]
         n = m["num-examples"].astype(np.int64)
         metrics = aggregate_columns(n, m["loss"], m["auc"], m["accuracy"], m["brier"])
-        hospitals = self.hospital_ids[answers.index]
+        hospitals = self.hospital_ids.gather(answers.index)
         classes = scores[:, :, :2].sum(axis=1)  # each test split's class counts
         rows = pl.DataFrame(
             {

@@ -739,3 +739,9 @@ def test_answers_join_the_blocks_rows_in_hospital_order():
     np.testing.assert_array_equal(answers.columns["val-n"], [3, 1, np.nan, np.nan])
     np.testing.assert_array_equal(answers.arrays["h"][:, 0], [0.0, 2.0, 4.0, 5.0])
     assert Answers.of([]).index.size == 0
+    # Rows out of order within a block (blocks overlapping): sorted all the same.
+    mixed = BlockReply([3, 1], {"loss": [0.3, 0.1]}, {"h": np.array([[3.0], [1.0]])}, {})
+    answers = Answers.of([late, mixed, early])
+    np.testing.assert_array_equal(answers.index, [0, 1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(answers.columns["loss"], [0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    np.testing.assert_array_equal(answers.arrays["h"][:, 0], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
