@@ -173,7 +173,7 @@ def withdrawn_hospitals(data_dir: Path, hospital_ids: tuple[str, ...]) -> dict[s
     """
     found = {}
     for hospital, path in zip(hospital_ids, consent_files(data_dir, hospital_ids), strict=True):
-        if os.path.exists(path) and (change := withdrawal(Path(path).parent)) is not None:
+        if os.access(path, os.F_OK) and (change := withdrawal(Path(path).parent)) is not None:
             found[hospital] = change
     return dict(sorted(found.items()))
 
