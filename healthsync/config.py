@@ -41,7 +41,10 @@ SECAGG_STRATEGIES = ("fedavg", "fedprox")
 SECAGG_MIN_HOSPITALS, SECAGG_MAX_HOSPITALS = 3, 1000
 DEFAULT_DB = Path("data/healthsync.duckdb")
 AUTO_BLOCK_THRESHOLD = 32
-MAX_AUTO_BLOCK = 2048
+#: Each block costs a message each way and some milliseconds of Flower's and Ray's
+#: dispatch: at 20,000 hospitals on 2 CPUs, blocks of 10,000 trained a round 25 % faster
+#: than blocks of 2,000. Training memory does not grow with it (``blocks.CHUNK_ROWS``).
+MAX_AUTO_BLOCK = 16384
 DEFAULT_DATA = Path("data/demo")
 #: Share of each hospital's training rows held out for model selection (``TrainConfig``).
 DEFAULT_VALIDATION_SHARE = 0.2

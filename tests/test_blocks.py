@@ -171,7 +171,7 @@ def test_automatic_block_size():
     config = TrainConfig()
     assert config.block_size_for(10, cpus=2) == 1  # small federations: one client per hospital
     assert config.block_size_for(1000, cpus=2) == 500
-    assert config.block_size_for(100_000, cpus=2) == 2000  # at most 2,048; 50 blocks on 2 CPUs
+    assert config.block_size_for(100_000, cpus=2) == 12_500  # at most 16,384: 8 blocks on 2 CPUs
     assert TrainConfig(block_size=64).block_size_for(10) == 10
 
 

@@ -65,7 +65,8 @@ def test_a_push_wakes_the_poll_at_once(monkeypatch):
 
 def test_automatic_blocks_are_evened_out_over_the_cpus():
     auto = TrainConfig()
-    assert auto.block_size_for(10_000, cpus=2) == 1667  # 6 blocks, not 5
+    assert auto.block_size_for(100_000, cpus=2) == 12_500  # 8 blocks, not 7
+    assert auto.block_size_for(10_000, cpus=2) == 5000  # one block per CPU
     assert auto.block_size_for(1000, cpus=2) == 500
     assert auto.block_size_for(10, cpus=2) == 1  # small: one client per hospital
     assert TrainConfig(block_size=2048).block_size_for(10_000, cpus=2) == 2048
