@@ -10,14 +10,17 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import torch
 from torch import nn
 
 from healthsync.errors import HealthSyncError
 from healthsync.ml.features import Encoder, Scaler
+
+if TYPE_CHECKING:  # Polars is not imported by a training actor, which never predicts on frames
+    import polars as pl
 
 MLP_HIDDEN = 32
 
