@@ -43,7 +43,9 @@ DEFAULT_DB = Path("data/healthsync.duckdb")
 AUTO_BLOCK_THRESHOLD = 32
 #: Each block costs a message each way and some milliseconds of Flower's and Ray's
 #: dispatch: at 20,000 hospitals on 2 CPUs, blocks of 10,000 trained a round 25 % faster
-#: than blocks of 2,000. Training memory does not grow with it (``blocks.CHUNK_ROWS``).
+#: than blocks of 2,000. A training step's memory does not grow with it
+#: (``blocks.CHUNK_ROWS``); a block's rows, updates and replies do. One failed block
+#: fails all of its hospitals, and cohort queries lay hospitals out by the same rule.
 MAX_AUTO_BLOCK = 16384
 DEFAULT_DATA = Path("data/demo")
 #: Share of each hospital's training rows held out for model selection (``TrainConfig``).

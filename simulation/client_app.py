@@ -46,7 +46,12 @@ from flwr.clientapp import ClientApp
 from healthsync.config import block_hospitals
 from healthsync.data import Federation, load_federation
 from healthsync.ml import attacks
-from healthsync.ml.blocks import evaluate_block, evaluate_columns, train_block_stacked
+from healthsync.ml.blocks import (
+    evaluate_block,
+    evaluate_columns,
+    forget_layouts,
+    train_block_stacked,
+)
 from healthsync.ml.features import Scaler, ScalingStats
 from healthsync.ml.model import build_model, set_arrays
 from healthsync.ml.training import (
@@ -103,6 +108,7 @@ def _keep_only(data_dir: str) -> None:
         _hospital.cache_clear()
         _federation.cache_clear()
         _scaled_rows.clear()
+        forget_layouts()
         _cached_federation[:] = [data_dir]
 
 
@@ -129,6 +135,7 @@ def _standardiser(config: Config) -> Callable[[int, HospitalArrays], LocalData]:
     )
     if _scaled_with != [key]:
         _scaled_rows.clear()
+        forget_layouts()  # of rows scaled another way
         _scaled_with[:] = [key]
     scaler = _scaler(config)
 
@@ -142,8 +149,7 @@ def _standardiser(config: Config) -> Callable[[int, HospitalArrays], LocalData]:
 
 def _requested(msg: Message, context: Context) -> tuple[list[int], Config]:
     """The hospital indices this message asks for, checked against the node's own block."""
-    # A plain dict: the block looks settings up per hospital, and a ConfigRecord
-    # look-up of an absent key costs a caught KeyError each time.
+    # A plain dict: a ConfigRecord look-up of an absent key costs a caught KeyError.
     config = dict(msg.content["config"])
     _keep_only(str(config["data-dir"]))
     mine = block_hospitals(

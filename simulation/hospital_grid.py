@@ -204,7 +204,7 @@ class HospitalGrid(Grid):
         order = np.argsort(block_of, kind="stable")  # each block's hospitals in the asks' order
         index, block_of = index[order], block_of[order]
         starts = np.flatnonzero(np.r_[True, block_of[1:] != block_of[:-1]]) if len(index) else []
-        ends = [*starts[1:], len(index)]
+        ends = [*starts[1:], len(index)] if len(index) else []
         groups = {
             int(block_of[a]): (messages.first, index[a:b].tolist())
             for a, b in zip(starts, ends, strict=True)

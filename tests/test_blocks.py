@@ -90,39 +90,47 @@ def test_a_layout_is_reused_only_for_the_same_hospital_objects(hospitals):
     flipped = dataclasses.replace(data[2], y_train=1 - data[2].y_train)
     changed = blocks.layout([*data[:2], flipped, *data[3:]])
     assert changed is not first
-    assert changed.y.sum() == first.y.sum() - data[2].y_train.sum() + flipped.y_train.sum()
+    assert changed.train.y.sum() == (
+        first.train.y.sum() - data[2].y_train.sum() + flipped.y_train.sum()
+    )
     assert blocks.layout(data[:4]) is not first  # fewer hospitals: another layout
 
 
 def test_a_layout_is_not_mistaken_for_one_of_objects_that_died(hospitals):
-    """A dead object's id may be reused by a new one; its old layout must not answer for it."""
+    """A dead object's id may be reused by a new one: its old layout must not answer for it."""
+    blocks.forget_layouts()
     copies = [dataclasses.replace(h) for h in hospitals[:3]]
     old = blocks.layout(copies)
-    key = tuple(map(id, copies))
+    assert old.train.count == 3 and not old.dead
     del copies
     import gc
 
     gc.collect()
-    assert not any(r() for r in old.refs)
-    assert key in blocks._layouts  # still remembered until the next new layout
-    assert not old.holds([hospitals[0], hospitals[1], hospitals[2]])
-    blocks.layout(hospitals[5:7])
-    assert key not in blocks._layouts  # dead layouts are dropped when another is made
+    assert old.dead
+    fresh = [dataclasses.replace(h, y_train=1 - h.y_train) for h in hospitals[:3]]
+    blocks._layouts[tuple(map(id, fresh))] = old  # as if the new objects had the old ids
+    got = blocks.layout(fresh)
+    assert got is not old
+    np.testing.assert_array_equal(got.train.y.numpy().sum(), sum(f.y_train.sum() for f in fresh))
+    assert old not in blocks._layouts.values()  # dead layouts are dropped when another is made
 
 
 def test_layouts_are_dropped_least_recently_used_first_within_their_byte_budget(
     hospitals, monkeypatch
 ):
-    blocks._layouts.clear()
+    blocks.forget_layouts()
     a, b, c = hospitals[0:4], hospitals[4:8], hospitals[8:12]
-    three = sum(blocks.Layout(d).nbytes for d in (a, b, c))
+    three = sum(blocks.Layout(d).train.nbytes for d in (a, b, c))
     monkeypatch.setattr(blocks, "LAYOUT_BYTES", three - 1)  # room for any two, not three
     first = blocks.layout(a)
-    blocks.layout(b)
+    assert first.nbytes == 0 and first.train.count == 4  # parts are built when read
+    assert blocks.layout(b).train.count == 4
     assert blocks.layout(a) is first  # a is now the most recently used
-    blocks.layout(c)  # no room for three: b, the least recently used, goes
+    blocks.layout(c).train  # noqa: B018  (built: now three would not fit)
+    blocks.layout(hospitals[12:13])  # the next new layout finds no room: b goes
     assert blocks.layout(a) is first
-    assert list(blocks._layouts) == [tuple(map(id, c)), tuple(map(id, a))]
+    assert tuple(map(id, b)) not in blocks._layouts
+    assert tuple(map(id, c)) in blocks._layouts
 
 
 def test_a_run_lays_out_each_block_once_whatever_order_fedavg_samples_in(tmp_path, monkeypatch):
@@ -572,6 +580,11 @@ def test_fedavgs_asks_are_grouped_unbuilt_and_answered_as_the_built_messages_wou
     assert answered(replies) == answered(built)
     assert [node for node, _ in answered(replies)] == nodes
     assert answered(replies)[2] == (4, f"{WITHDRAWN_MARK} withdrew for the test")
+
+    # Every sampled hospital withdrew (after the strategy sampled them): nothing to ask.
+    grid.withdrawn = lambda: {3: "withdrew for the test", 1: "so did this one"}
+    replies = grid.send_and_receive(SameAsks(content, [4, 2], "query"))
+    assert [m.metadata.src_node_id for m in replies.failures()] == [4, 2]
 
 
 def test_a_broadcast_in_chunks_gives_the_same_answers_and_reports_each_chunk(tmp_path):

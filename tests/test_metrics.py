@@ -64,6 +64,18 @@ def test_auc_by_group_is_the_pairwise_auc_of_each_group(sizes, levels, seed):
     np.testing.assert_allclose(got, want, atol=1e-12)
 
 
+def test_auc_by_group_beyond_16_bit_group_numbers():
+    """More groups than a 16-bit sort key holds (the sort then takes the groups as they are)."""
+    rng = np.random.default_rng(4)
+    groups = 70_000
+    group = rng.permutation(np.repeat(np.arange(groups), 3))
+    y = rng.integers(0, 2, group.size)
+    p = rng.integers(0, 4, group.size) / 4  # ties
+    got = auc_by_group(group, y, p, groups=groups)
+    for g in [*range(0, groups, 997), 65_535, 65_536, 69_999]:
+        assert got[g] == pytest.approx(_pairwise_auc(y[group == g], p[group == g]), nan_ok=True)
+
+
 def test_single_class_auc_is_nan_and_skipped_when_aggregating():
     assert np.isnan(auc_score(np.ones(5), np.linspace(0, 1, 5)))
     combined = aggregate(

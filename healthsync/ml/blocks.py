@@ -38,7 +38,7 @@ CHUNK_ROWS = 32_768
 #: many, holding at most ``LAYOUT_BYTES`` of rows (the rows of every block of a
 #: 100,000 x 100 federation's actor take about 0.4 GiB; a run that samples new
 #: hospitals every round makes a new layout each time, which must not pile up).
-LAYOUTS_KEPT = 64
+LAYOUTS_KEPT = 512
 LAYOUT_BYTES = 1 << 30
 
 
@@ -114,10 +114,10 @@ class _Batches:
     Hospitals come largest first, so step ``s`` covers the leading ``k`` hospitals
     that still have rows. Hospital ``i`` gets its own seeded shuffle of its rows
     each epoch, drawn exactly as ``training.train_local`` draws it, into one
-    buffer of all shuffles. Where each step's batches sit in that buffer (and
-    which of their slots are real rows rather than the overrun of a short last
-    batch) is the same every epoch, so it is worked out once: an epoch is then
-    its draws plus one small gather per step, with no per-hospital padding.
+    buffer of all shuffles per epoch. Where each step's batches sit in that
+    buffer (and which of their slots are real rows rather than the overrun of a
+    short last batch) is the same every epoch, so it is worked out once: an
+    epoch is then one small gather per step, with no per-hospital padding.
     """
 
     def __init__(self, sizes: torch.Tensor, batch_size: int) -> None:
@@ -125,10 +125,9 @@ class _Batches:
         self.start = torch.repeat_interleave(first, sizes)  # the same, per row
         self.spans = list(zip(first.tolist(), (first + sizes).tolist(), strict=True))
         self.batch_size = batch_size
-        self.shuffled = torch.zeros((0, 0), dtype=torch.long)  # per epoch (``shuffle``)
         offsets = torch.arange(batch_size)
         steps = -(-sizes // batch_size)
-        # Per step: positions in ``shuffled`` (a row of batch slots per hospital),
+        # Per step: positions in the shuffles (a row of batch slots per hospital),
         # hospitals k, each slot's share of its hospital's mean (0 past its last
         # row), and the hospitals' real rows.
         self.plan = []
@@ -139,31 +138,39 @@ class _Batches:
             used = real.sum(dim=1)
             self.plan.append((first[:k, None] + slot, k, real / used[:, None], used))
 
-    def shuffle(self, seeds: list[int], epochs: int) -> None:
-        """Draw every epoch's shuffles: hospital ``i``'s generator, seeded with ``seeds[i]``,
-        draws its epochs one after the other, as ``training.train_local``'s does.
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.start, *(t for step in self.plan for t in (step[0], step[2], step[3]))]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def shuffle(self, seeds: list[int], epochs: int) -> torch.Tensor:
+        """Every epoch's shuffles, ``(epochs, rows + batch_size)``: hospital ``i``'s
+        generator, seeded with ``seeds[i]``, draws its epochs one after the other, as
+        ``training.train_local``'s does.
 
         One generator, seeded again for each hospital (which resets all of its
         state): creating a generator per hospital cost as much as its draws.
         """
         rows = len(self.start)
         # One batch of slack per epoch: a short last batch reads past the end, masked out.
-        self.shuffled = torch.zeros((epochs, rows + self.batch_size), dtype=torch.long)
+        shuffled = torch.zeros((epochs, rows + self.batch_size), dtype=torch.long)
         generator = torch.Generator()
         for seed, (a, b) in zip(seeds, self.spans, strict=True):
             generator.manual_seed(seed)
             for epoch in range(epochs):
-                torch.randperm(b - a, generator=generator, out=self.shuffled[epoch, a:b])
-        self.shuffled[:, :rows] += self.start  # into the concatenation of all hospitals' rows
+                torch.randperm(b - a, generator=generator, out=shuffled[epoch, a:b])
+        shuffled[:, :rows] += self.start  # into the concatenation of all hospitals' rows
+        return shuffled
 
-    def steps(self, epoch: int, first: int, end: int) -> Iterator[tuple[int, torch.Tensor, slice]]:
-        """For hospitals ``first..end-1`` in ``epoch``: ``(k, rows, hospitals)`` of each step
-        that has any.
+    def steps(
+        self, shuffled: torch.Tensor, first: int, end: int
+    ) -> Iterator[tuple[int, torch.Tensor, slice]]:
+        """For hospitals ``first..end-1``, given one epoch's ``shuffled`` rows:
+        ``(k, rows, hospitals)`` of each step that has any.
 
         ``hospitals`` is the slice of the leading ones with rows left; ``rows``
         their batches' rows (``k`` batches, one after the other).
         """
-        shuffled = self.shuffled[epoch]
         for positions, k, _, _ in self.plan:
             last = min(k, end)
             if last <= first:
@@ -177,34 +184,57 @@ class _Batches:
         return scale[hospitals], used[hospitals]
 
 
+class TrainRows:
+    """A list of hospitals' training rows, largest hospital first, in one array."""
+
+    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.count = len(parts)
+        self.largest_first = sorted(range(self.count), key=lambda i: -len(parts[i][1]))
+        ordered = [parts[i] for i in self.largest_first]
+        self.sizes = torch.tensor([len(y) for _, y in ordered])
+        self.x = torch.from_numpy(np.concatenate([x for x, _ in ordered]))
+        self.y = torch.from_numpy(np.concatenate([y for _, y in ordered]))
+        self.back = torch.tensor(self.largest_first).argsort()  # to the caller's order
+        self._batches: dict[int, _Batches] = {}
+
+    def batches(self, batch_size: int) -> _Batches:
+        if (plan := self._batches.get(batch_size)) is None:
+            plan = self._batches[batch_size] = _Batches(self.sizes, batch_size)
+        return plan
+
+    @property
+    def nbytes(self) -> int:
+        batches = sum(b.nbytes for b in self._batches.values())
+        return self.x.nbytes + self.y.nbytes + batches
+
+
 class Layout:
     """A list of hospitals' rows as block training and evaluation read them, laid out once.
 
-    Every round of a run trains and scores the same hospitals on the same
-    standardised rows, and concatenating them (a copy of every row) and
-    planning the mini-batches cost as much as a logistic regression's epoch.
-    ``layout(data)`` therefore returns the same ``Layout`` for the same
-    ``LocalData`` objects (frozen, so their rows do not change) while they
-    live; a hospital whose data changes (a label-flipping attacker, a
-    validation split) comes as a new object and gets a new layout.
+    The rounds of a run train and score a block's hospitals on the same
+    standardised rows (when every hospital takes part), and concatenating them
+    (a copy of every row) and planning the mini-batches cost as much as a
+    logistic regression's epoch. ``layout(data)`` therefore returns the same
+    ``Layout`` for the same ``LocalData`` objects (frozen, so their rows do not
+    change) while they live; a hospital whose data changes (a label-flipping
+    attacker, a validation split) comes as a new object and gets a new layout.
+    Each part (training rows, test rows) is built when first read: a list that
+    is only scored copies no training row.
     """
 
     def __init__(self, data: Sequence[LocalData]) -> None:
-        self.refs = [weakref.ref(d) for d in data]
+        # Set when any of the objects dies. The callback holds the flag, not the layout:
+        # no reference cycle keeps a dropped layout's rows alive until a full collection.
+        self._dead = dead = [False]
+        self.refs = [weakref.ref(d, lambda _, dead=dead: dead.__setitem__(0, True)) for d in data]
         self.count = len(data)
-        self.width = data[0].x_train.shape[1]
-        # Training: hospitals largest first (``_Batches``), rows concatenated.
-        self.largest_first = sorted(range(self.count), key=lambda i: -len(data[i].y_train))
-        ordered = [data[i] for i in self.largest_first]
-        self.sizes = torch.tensor([len(d.y_train) for d in ordered])
-        self.x = torch.from_numpy(np.concatenate([d.x_train for d in ordered]))
-        self.y = torch.from_numpy(np.concatenate([d.y_train for d in ordered]))
-        self.back = torch.tensor(self.largest_first).argsort()  # to the caller's order
-        self._batches: dict[int, _Batches] = {}
+        self._trains = [(d.x_train, d.y_train) for d in data]
         self._tests = [(d.x_test, d.y_test) for d in data]
-        self.nbytes = (
-            self.x.nbytes + self.y.nbytes + sum(x.nbytes + y.nbytes for x, y in self._tests)
-        )
+
+    @property
+    def dead(self) -> bool:
+        """Whether one of the objects it was laid out from no longer exists."""
+        return self._dead[0]
 
     def holds(self, data: Sequence[LocalData]) -> bool:
         """Whether this layout is of exactly these objects, in this order."""
@@ -212,22 +242,35 @@ class Layout:
             r() is d for r, d in zip(self.refs, data, strict=True)
         )
 
-    def batches(self, batch_size: int) -> _Batches:
-        if (plan := self._batches.get(batch_size)) is None:
-            plan = self._batches[batch_size] = _Batches(self.sizes, batch_size)
-        return plan
+    @cached_property
+    def train(self) -> TrainRows:
+        """Training rows, largest hospital first (``train_stacked``)."""
+        rows = TrainRows(self._trains)
+        self._trains = []
+        return rows
 
     @cached_property
     def test(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Test rows in the caller's order: ``(x, y, sizes, hospital of each row)``."""
-        tests, self._tests = self._tests, []
+        tests = self._tests
         sizes = np.array([len(y) for _, y in tests])
         x = np.concatenate([x for x, _ in tests])
         y = np.concatenate([y for _, y in tests]).astype(np.float64)
+        self._tests = []  # only once built: a failed build leaves them to try again
         return x, y, sizes, np.repeat(np.arange(self.count), sizes)
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the parts built so far."""
+        built = self.__dict__
+        train = built["train"].nbytes if "train" in built else 0
+        test = sum(a.nbytes for a in built["test"]) if "test" in built else 0
+        return train + test
 
-_layouts: dict[tuple[int, ...], Layout] = {}  # least recently used first
+
+# One process's layouts, least recently used first. Not locked: a Ray actor serves one
+# message at a time (and the in-process paths are single-threaded).
+_layouts: dict[tuple[int, ...], Layout] = {}
 
 
 def layout(data: Sequence[LocalData]) -> Layout:
@@ -237,13 +280,18 @@ def layout(data: Sequence[LocalData]) -> Layout:
     found = _layouts.pop(key, None)
     if found is None or not found.holds(data):
         found = Layout(data)
-        for stale in [k for k, v in _layouts.items() if any(r() is None for r in v.refs)]:
+        for stale in [k for k, v in _layouts.items() if v.dead]:
             del _layouts[stale]
-        kept = sum(v.nbytes for v in _layouts.values()) + found.nbytes
+        kept = sum(v.nbytes for v in _layouts.values())
         while _layouts and (len(_layouts) >= LAYOUTS_KEPT or kept > LAYOUT_BYTES):
             kept -= _layouts.pop(next(iter(_layouts))).nbytes
     _layouts[key] = found
     return found
+
+
+def forget_layouts() -> None:
+    """Drop every remembered layout (the rows they were made of are no longer used)."""
+    _layouts.clear()
 
 
 def train_stacked(
@@ -272,20 +320,20 @@ def train_stacked(
     only on its own rows and parameters, so the order changes nothing.
     """
     torch.set_num_threads(1)
-    rows = layout(data)
+    rows = layout(data).train
     count = rows.count
-    model = build_model(kind, rows.width)
+    model = build_model(kind, data[0].x_train.shape[1])
     layers = _layers(model)
     params = _stack(model, arrays, count)
     anchor = {n: p.clone() for n, p in params.items()} if proximal_mu > 0 else {}
     batches = rows.batches(batch_size)
-    batches.shuffle([seeds[i] for i in rows.largest_first], epochs)
+    shuffled = batches.shuffle([seeds[i] for i in rows.largest_first], epochs)
     chunk = max(1, CHUNK_ROWS // batch_size)
     last = torch.zeros(count)
     for epoch in range(epochs):
         total = torch.zeros(count)
         for first in range(0, count, chunk):
-            steps = batches.steps(epoch, first, first + chunk)
+            steps = batches.steps(shuffled[epoch], first, first + chunk)
             for step, (k, picked, hospitals) in enumerate(steps):
                 scale, used = batches.weights(step, hospitals)
                 xb = rows.x.index_select(0, picked).view(k, batch_size, -1)
@@ -387,7 +435,7 @@ def evaluate_columns(
 
     ``({"n", "loss", "auc", "accuracy", "brier"}: one value per hospital, histograms
     (hospitals, SCORE_BINS, 3))``. Computed for all hospitals' rows together
-    (one forward pass; per-hospital sums by ``bincount``; AUC by
+    (forward passes of ``CHUNK_ROWS`` rows; per-hospital sums by ``bincount``; AUC by
     ``metrics.auc_by_group``); each hospital's numbers equal
     ``metrics.binary_metrics`` and ``metrics.score_histogram`` on its own rows
     alone (NaN for a hospital without test rows).
