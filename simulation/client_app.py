@@ -336,8 +336,9 @@ def train(msg: Message, context: Context) -> Message:
         _wait_like_stragglers(ready, config)
         standardised, attack_of = _standardiser(config), _attacks(config)
         data = [standardised(index, hospital) for index, hospital in ready]
-        for row, (_, hospital) in enumerate(ready):
-            if attack_of(hospital) == "label-flip":
+        attack = [attack_of(hospital) for _, hospital in ready]  # "" for an honest hospital
+        for row, kind in enumerate(attack):
+            if kind == "label-flip":
                 flipped = attacks.flip_labels(data[row].y_train)
                 data[row] = dataclasses.replace(data[row], y_train=flipped)
         epochs = _epochs(data, config)
@@ -362,17 +363,17 @@ def train(msg: Message, context: Context) -> Message:
             stacked, losses = train_block_stacked(
                 str(config["model"]), arrays, data, epochs=epochs, seeds=seeds, **settings
             )
-        if flower.CLIPPING_NORM_KEY in config or any(attack_of(h) for _, h in ready):
+        if flower.CLIPPING_NORM_KEY in config or any(attack):
             # Client-side DP clips, and attackers change, their own hospital's update.
             updates = [
                 _outgoing(
                     [a[row] for a in stacked],
                     arrays,
                     config,
-                    attack_of(hospital),
+                    attack[row],
                     _seed(config, index),
                 )
-                for row, (index, hospital) in enumerate(ready)
+                for row, (index, _) in enumerate(ready)
             ]
             stacked = [np.stack([u[p] for u in updates]) for p in range(len(arrays))]
         columns = {
@@ -434,7 +435,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             },
             **validation,
         }
-        return columns, {"histogram": histograms.astype(np.float64)}
+        return columns, {"histogram": np.asarray(histograms, dtype=np.float64)}
 
     return _serve(msg, context, work)
 

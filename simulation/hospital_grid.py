@@ -87,11 +87,10 @@ class Answers:
         blocks = sorted(blocks, key=lambda b: b.hospitals[0] if b.hospitals else -1)
         index = np.concatenate([np.asarray(b.hospitals, dtype=np.int64) for b in blocks])
         ordered = bool(np.all(index[1:] > index[:-1]))
-        order = None if ordered else np.argsort(index, kind="stable")
+        order = slice(None) if ordered else np.argsort(index, kind="stable")  # a view, or a copy
 
         def joined(parts: list[np.ndarray]) -> np.ndarray:
-            together = np.concatenate(parts)
-            return together if ordered else together[order]
+            return np.concatenate(parts)[order]
 
         def column(block: BlockReply, key: str) -> np.ndarray:
             if key in block.columns:
@@ -101,7 +100,7 @@ class Answers:
         keys = dict.fromkeys(k for b in blocks for k in b.columns)
         columns = {k: joined([column(b, k) for b in blocks]) for k in keys}
         arrays = {k: joined([b.arrays[k] for b in blocks]) for k in blocks[0].arrays}
-        return cls(index if ordered else index[order], columns, arrays)
+        return cls(index[order], columns, arrays)
 
 
 class HospitalGrid(Grid):
@@ -197,7 +196,7 @@ class HospitalGrid(Grid):
             for position in np.flatnonzero(out).tolist():
                 why = gone[int(index[position])]
                 replies[int(index[position])] = _failed(
-                    messages.one(position), f"{WITHDRAWN_MARK} {why}"
+                    messages[position], f"{WITHDRAWN_MARK} {why}"
                 )
             index = index[~out]
         block_of = index // self.block_size
@@ -377,10 +376,7 @@ class HospitalReplies(Sequence[Message]):
         """Hospital ``index``'s message (only that one built, for FedAvg's asks)."""
         if self._positions is None:
             self._positions = {h: p for p, h in enumerate(self._destinations())}
-        position = self._positions[index]
-        if isinstance(self.messages, flower.SameAsks):
-            return self.messages.one(position)
-        return self.messages[position]
+        return self.messages[self._positions[index]]
 
     @property
     def built(self) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator, Sequence
+from dataclasses import fields
 from functools import cached_property
 from typing import Any
 
@@ -424,10 +425,6 @@ def _predict_all(kind: str, arrays: list[np.ndarray], x: np.ndarray) -> np.ndarr
     )
 
 
-#: ``evaluate_columns``' metric columns, named as ``BinaryMetrics``' fields.
-METRIC_COLUMNS = ("n", "loss", "auc", "accuracy", "brier")
-
-
 def evaluate_columns(
     kind: str, arrays: list[np.ndarray], data: list[LocalData]
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -478,5 +475,5 @@ def evaluate_block(
 ) -> list[tuple[BinaryMetrics, np.ndarray]]:
     """:func:`evaluate_columns` as each hospital's ``(BinaryMetrics, histogram)``."""
     columns, histogram = evaluate_columns(kind, arrays, data)
-    rows = zip(*(columns[c].tolist() for c in METRIC_COLUMNS), strict=True)
+    rows = zip(*(columns[f.name].tolist() for f in fields(BinaryMetrics)), strict=True)
     return [(BinaryMetrics(*row), histogram[i]) for i, row in enumerate(rows)]
