@@ -27,6 +27,8 @@ def backend_config(ray_address: str | None = None) -> dict:
     return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
 
 
+#: What a local head's workers import as they start when they are to be client actors.
+WORKER_PRELOAD = ("simulation.client_app",)
 LOADER_NICENESS = 10  # how much lower the loader thread's priority is (see _import_quietly)
 
 
@@ -47,8 +49,9 @@ def ray_running(
     server app (1.5 s on an idle 2-core machine) then load while Ray's head
     starts (2 s, mostly waiting for its processes), instead of before it.
     ``actors``: a local head's client actors (one per CPU) start as soon as
-    it is up, for the affinity backend to take (so they load PyTorch while
-    this process still imports), instead of when Flower builds its backend.
+    it is up, for the affinity backend to take, instead of when Flower
+    builds its backend; its workers start with the head and import the
+    client app (``WORKER_PRELOAD``) while this process still imports.
     ``early=False``: Ray is left to Flower's backend to start, as stock Flower
     does (the stress test's baseline); only the lean head and its clean-up
     remain.
@@ -82,7 +85,7 @@ def ray_running(
         try:
             # In this (main) thread: Ray sets its SIGTERM handler only there.
             settings = backend_config(ray_address)
-            ray_compat.init_like_flower(settings)
+            ray_compat.init_like_flower(settings, preload=WORKER_PRELOAD if actors else ())
             if actors and ray_address is None:
                 per_actor = settings["client_resources"]
                 count = int(settings["init_args"]["num_cpus"] // per_actor["num_cpus"])

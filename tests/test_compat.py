@@ -569,3 +569,68 @@ with ray_compat.lean_local_start():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_a_local_heads_workers_import_the_client_app_before_their_first_task():
+    """``head_system_config``: Ray must still take the raylet settings we pass (an unknown
+    one fails ``ray.init``) and its workers must import ``preload`` as they start."""
+    script = """
+import sys
+import ray
+from simulation import launch
+from simulation.compat import ray as ray_compat
+ray_compat.set_environment()
+
+@ray.remote(num_cpus=1)
+def loaded():
+    import sys
+    return sorted(name for name in ("simulation.client_app", "torch") if name in sys.modules)
+
+with ray_compat.lean_local_start():
+    ray_compat.init_like_flower(launch.backend_config(None), preload=launch.WORKER_PRELOAD)
+    print(ray.get([loaded.remote() for _ in range(2)]))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = ["simulation.client_app", "torch"]
+    assert out.stdout.strip().splitlines()[-1] == repr([loaded, loaded]), out.stdout
+
+
+def test_ray_still_waits_for_its_raylet_after_starting_the_processes_we_wait_on():
+    """The lean head waits for its raylet's registration inside ``start_ray_processes``; Ray's
+    own wait (a question to GCS, then one a second) must still come after that call."""
+    import ray._private.node as node
+
+    init = inspect.getsource(node.Node.__init__)
+    started = init.index("self.start_ray_processes()")
+    assert started < init.index("ray._private.services.get_node(", started)
+    assert "def start_ray_processes(self)" in inspect.getsource(node.Node)
+
+
+def test_a_lean_head_asks_gcs_until_its_raylet_registered(monkeypatch):
+    from simulation.compat import ray as ray_compat
+
+    class Gcs:
+        def __init__(self, answers):
+            self.answers, self.asked = list(answers), []
+
+        def get_all_node_info(self, **kwargs):
+            self.asked.append(kwargs)
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    monkeypatch.setattr(ray_compat, "REGISTRATION_POLL", 0.001)
+    node_id = "ab" * 28
+    gcs = Gcs([{}, RuntimeError("GCS still starting"), {}, {b"id": "alive"}])
+    assert ray_compat.wait_until_registered(gcs, node_id)
+    assert len(gcs.asked) == 4
+    (selector,) = gcs.asked[0]["node_selectors"]
+    assert selector.node_id == bytes.fromhex(node_id)
+
+    monkeypatch.setattr(ray_compat, "REGISTRATION_LIMIT", 0.05)
+    never = Gcs([{}] * 10_000)
+    assert not ray_compat.wait_until_registered(never, node_id)  # Ray's own wait decides

@@ -76,14 +76,16 @@ def test_stock_flower_baseline_runs_on_flowers_own_backend(monkeypatch):
         "flwr.simulation.run_simulation", lambda **kwargs: backends.append(raybackend.RayBackend)
     )
     monkeypatch.setattr(ray_compat, "lean_local_start", contextlib.nullcontext)
-    monkeypatch.setattr(ray_compat, "init_like_flower", started.append)
+    monkeypatch.setattr(
+        ray_compat, "init_like_flower", lambda settings, preload=(): started.append(preload)
+    )
     monkeypatch.setattr(early, "actors_started_early", lambda *a: contextlib.nullcontext())
     threshold = gc.get_threshold()
     try:
         launch.simulate(object(), 1, stock=True)
         assert started == []  # Flower's RayBackend.init_ray starts it, as in stock Flower
         launch.simulate(object(), 1)
-        assert len(started) == 1
+        assert started == [launch.WORKER_PRELOAD]  # its workers load the client app early
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
@@ -129,7 +131,7 @@ def test_actors_started_early_are_forgotten_when_their_ray_stops(monkeypatch):
             return object()
 
     monkeypatch.setattr(ray_compat, "lean_local_start", contextlib.nullcontext)
-    monkeypatch.setattr(ray_compat, "init_like_flower", lambda settings: None)
+    monkeypatch.setattr(ray_compat, "init_like_flower", lambda settings, preload=(): None)
     monkeypatch.setattr(early, "remote_actor", lambda: FakeActor())
     seen = []
     with pytest.raises(RuntimeError, match="no ServerApp"), launch.ray_running(actors=True):

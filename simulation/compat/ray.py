@@ -18,6 +18,13 @@ Relies on, in Ray 2.55 (checked by ``tests/test_compat.py``):
   (with fewer modules), and ``ray.init`` always starts the autoscaler monitor
   and the log monitor (only ``ray start``'s hidden ``--no-monitor`` and
   ``--include-log-monitor`` reach them). :func:`lean_local_start` is the shim.
+- Two of the raylet's system settings (``ray._private.ray_config``'s
+  ``RAY_CONFIG`` entries, passed as ``ray.init(_system_config=...)``, which
+  only a new local head takes): ``enable_worker_prestart`` (its default
+  workers, one per CPU, start as the raylet starts rather than when the first
+  driver connects) and ``preload_python_modules`` (each worker imports these
+  before it takes work: ``default_worker.py --worker-preload-modules``).
+  :func:`head_system_config` builds them.
 - The session folder's name, ``session_<date>_<pid of the process that started
   the head>`` in ``ray._common.utils.get_default_ray_temp_dir()``
   (``Node.__init__``): :func:`sessions_of` finds a process's folder after it
@@ -35,6 +42,7 @@ import importlib
 import os
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -62,6 +70,14 @@ def lean_node_class() -> type:
     agent): it exits when either fails. Each head built records its session
     folder in ``sessions`` (class attribute), so the process that started it
     can remove that folder and no other.
+
+    One wait is shortened: after starting its processes, ``Node.__init__``
+    asks GCS whether the raylet has registered, and GCS's answer comes from
+    ``GlobalStateAccessor::GetNode``, which asks again only after a whole
+    second. A raylet here registers about 0.5 s after it starts (once its
+    agents are up), so every start waited a second more than it needed
+    (1.2 s or 2.2 s, never in between). The lean head asks every 20 ms
+    (:func:`wait_until_registered`), so Ray's own question finds it there.
     """
     from ray._private import node
 
@@ -78,6 +94,11 @@ def lean_node_class() -> type:
                 if head and not kwargs.get("connect_only") and session:
                     LeanNode.sessions.append(Path(session))
 
+        def start_ray_processes(self) -> None:
+            super().start_ray_processes()
+            if self.head:
+                wait_until_registered(self.get_gcs_client(), self._node_id)
+
         def start_monitor(self) -> None:
             """No autoscaler on a single fixed node."""
 
@@ -88,6 +109,35 @@ def lean_node_class() -> type:
             """No dashboard: we start Ray with ``include_dashboard=False``."""
 
     return LeanNode
+
+
+REGISTRATION_POLL = 0.02  # seconds between two questions to GCS while a raylet starts
+REGISTRATION_LIMIT = 30.0  # then Ray's own wait takes over (and fails as it would)
+
+
+def wait_until_registered(gcs_client, node_id: str) -> bool:
+    """Whether node ``node_id`` registered alive with GCS within ``REGISTRATION_LIMIT`` seconds.
+
+    Asked every ``REGISTRATION_POLL`` seconds; an error answering (GCS busy
+    starting) counts as not yet. Not registered in time, Ray's own wait
+    after this one reports the failure as it always did.
+    """
+    from ray._raylet import NodeID
+    from ray.core.generated.gcs_pb2 import GcsNodeInfo
+    from ray.core.generated.gcs_service_pb2 import GetAllNodeInfoRequest
+
+    selector = GetAllNodeInfoRequest.NodeSelector(node_id=NodeID.from_hex(node_id).binary())
+    deadline = time.monotonic() + REGISTRATION_LIMIT
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if gcs_client.get_all_node_info(
+                timeout=1,
+                node_selectors=[selector],
+                state_filter=GcsNodeInfo.GcsNodeState.ALIVE,
+            ):
+                return True
+        time.sleep(REGISTRATION_POLL)
+    return False
 
 
 @contextlib.contextmanager
@@ -143,7 +193,21 @@ def remove_session(session: Path) -> None:
             latest.unlink()
 
 
-def init_like_flower(backend_config: dict) -> None:
+def head_system_config(preload: tuple[str, ...]) -> dict:
+    """A local head's system settings: its workers start with it and import ``preload`` first.
+
+    A cold run's client actors spend 1.5 s each importing Ray, PyTorch and
+    the client app, on a 2-core machine already busy starting the head and
+    importing the run's own modules. Started with the raylet (before the
+    driver has connected) and importing as they start, they are ready sooner
+    than when the first message imports it all. A module that fails to import
+    there is only logged by Ray; it fails again, with its traceback, where it
+    is used.
+    """
+    return {"enable_worker_prestart": True, "preload_python_modules": list(preload)}
+
+
+def init_like_flower(backend_config: dict, *, preload: tuple[str, ...] = ()) -> None:
     """Start (or join) Ray as Flower's ``RayBackend.init_ray`` would, so its backend finds it started.
 
     Ray's workers inherit the environment of the process that starts Ray, not
@@ -153,6 +217,9 @@ def init_like_flower(backend_config: dict) -> None:
     head's workers inherit it already, and there a ``runtime_env`` would cost
     each actor 0.5 s: Ray then starts every worker through its runtime-env
     agent instead of handing out the workers it started with the head.
+    ``preload``: modules a local head's workers import as they start
+    (:func:`head_system_config`); ignored when joining a cluster, whose
+    workers were started elsewhere.
     """
     import ray
 
@@ -163,6 +230,8 @@ def init_like_flower(backend_config: dict) -> None:
     init_args = {"include_dashboard": False, **backend_config.get("init_args", {})}
     if init_args.get("address", "local") != "local":
         init_args["runtime_env"] = {"env_vars": {"PYTHONPATH": pythonpath}}
+    elif preload:
+        init_args["_system_config"] = head_system_config(preload)
     ray.init(**init_args)
 
 
