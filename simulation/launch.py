@@ -27,8 +27,9 @@ def backend_config(ray_address: str | None = None) -> dict:
     return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args}
 
 
-#: What a local head's workers import as they start when they are to be client actors.
-WORKER_PRELOAD = ("simulation.client_app",)
+#: What a local head's workers import as they start when they are to be client actors: the
+#: client app, through a module that keeps an error in its import from ending the worker.
+WORKER_PRELOAD = ("simulation.preload",)
 LOADER_NICENESS = 10  # how much lower the loader thread's priority is (see _import_quietly)
 
 

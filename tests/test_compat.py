@@ -572,14 +572,18 @@ with ray_compat.lean_local_start():
 
 
 def test_a_local_heads_workers_import_the_client_app_before_their_first_task():
-    """``head_system_config``: Ray must still take the raylet settings we pass (an unknown
-    one fails ``ray.init``) and its workers must import ``preload`` as they start."""
+    """``head_system_config``: Ray must still take the raylet settings we pass and its
+    workers must import ``preload`` as they start; the lean head's own wait must see its
+    raylet register (were its question to GCS wrong, every start would wait 30 s)."""
     script = """
 import sys
 import ray
 from simulation import launch
 from simulation.compat import ray as ray_compat
 ray_compat.set_environment()
+waited = []
+wait = ray_compat.wait_until_registered
+ray_compat.wait_until_registered = lambda *args: waited.append(wait(*args)) or waited[-1]
 
 @ray.remote(num_cpus=1)
 def loaded():
@@ -588,14 +592,40 @@ def loaded():
 
 with ray_compat.lean_local_start():
     ray_compat.init_like_flower(launch.backend_config(None), preload=launch.WORKER_PRELOAD)
-    print(ray.get([loaded.remote() for _ in range(2)]))
+    print(waited, ray.get([loaded.remote() for _ in range(2)]))
 """
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
     loaded = ["simulation.client_app", "torch"]
-    assert out.stdout.strip().splitlines()[-1] == repr([loaded, loaded]), out.stdout
+    assert out.stdout.strip().splitlines()[-1] == f"[True] {[loaded, loaded]!r}", out.stdout
+
+
+def test_the_workers_preload_leaves_any_error_of_the_client_app_to_its_first_message(
+    monkeypatch,
+):
+    """Ray ends a worker whose preload raises anything but ``ImportError``; ours raises
+    nothing, and the client app's import fails again where Flower loads it."""
+    import importlib.abc
+
+    from simulation import launch
+
+    assert launch.WORKER_PRELOAD == ("simulation.preload",)
+
+    class Broken(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "simulation.client_app":
+                raise RuntimeError("a bug at import time")
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    for name in ("simulation.preload", "simulation.client_app"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    importlib.import_module("simulation.preload")  # raises nothing
+    assert "simulation.client_app" not in sys.modules
+    with pytest.raises(RuntimeError, match="a bug at import time"):
+        importlib.import_module("simulation.client_app")
 
 
 def test_ray_still_waits_for_its_raylet_after_starting_the_processes_we_wait_on():
@@ -623,14 +653,32 @@ def test_a_lean_head_asks_gcs_until_its_raylet_registered(monkeypatch):
                 raise answer
             return answer
 
+    class Raylet:
+        def __init__(self, exits_after: int | None = None):
+            self.polls, self.exits_after = 0, exits_after
+
+        def poll(self):
+            self.polls += 1
+            return 1 if self.exits_after is not None and self.polls > self.exits_after else None
+
+    from ray.exceptions import RpcError
+
     monkeypatch.setattr(ray_compat, "REGISTRATION_POLL", 0.001)
     node_id = "ab" * 28
-    gcs = Gcs([{}, RuntimeError("GCS still starting"), {}, {b"id": "alive"}])
-    assert ray_compat.wait_until_registered(gcs, node_id)
+    gcs = Gcs([{}, RpcError("GCS still starting"), {}, {b"id": "alive"}])
+    assert ray_compat.wait_until_registered(gcs, node_id, Raylet())
     assert len(gcs.asked) == 4
     (selector,) = gcs.asked[0]["node_selectors"]
     assert selector.node_id == bytes.fromhex(node_id)
 
+    # A raylet that exited: no more questions, Ray's own wait reports it.
+    dead = Gcs([{}] * 10_000)
+    assert not ray_compat.wait_until_registered(dead, node_id, Raylet(exits_after=2))
+    assert len(dead.asked) == 2
+    # An error that is not Ray's (a changed API) is not taken for "not yet".
+    with pytest.raises(TypeError):
+        ray_compat.wait_until_registered(Gcs([TypeError("no such keyword")]), node_id, Raylet())
+
     monkeypatch.setattr(ray_compat, "REGISTRATION_LIMIT", 0.05)
     never = Gcs([{}] * 10_000)
-    assert not ray_compat.wait_until_registered(never, node_id)  # Ray's own wait decides
+    assert not ray_compat.wait_until_registered(never, node_id, Raylet())  # Ray's own wait decides

@@ -18,13 +18,18 @@ Relies on, in Ray 2.55 (checked by ``tests/test_compat.py``):
   (with fewer modules), and ``ray.init`` always starts the autoscaler monitor
   and the log monitor (only ``ray start``'s hidden ``--no-monitor`` and
   ``--include-log-monitor`` reach them). :func:`lean_local_start` is the shim.
-- Two of the raylet's system settings (``ray._private.ray_config``'s
-  ``RAY_CONFIG`` entries, passed as ``ray.init(_system_config=...)``, which
-  only a new local head takes): ``enable_worker_prestart`` (its default
+- Two of the raylet's system settings (entries of Ray's C++ ``RayConfig``,
+  ``ray_config_def.h``, with no Python definition; passed as
+  ``ray.init(_system_config=...)``, which only a new local head takes): ``enable_worker_prestart`` (its default
   workers, one per CPU, start as the raylet starts rather than when the first
   driver connects) and ``preload_python_modules`` (each worker imports these
-  before it takes work: ``default_worker.py --worker-preload-modules``).
-  :func:`head_system_config` builds them.
+  before it takes work: ``default_worker.py --worker-preload-modules``, through
+  ``ray._private.utils.try_import_each_module``, which catches only
+  ``ImportError``: any other error there ends the worker, hence
+  ``simulation.preload``). :func:`head_system_config` builds them.
+- ``Node.all_processes[PROCESS_TYPE_RAYLET]`` (a ``ProcessInfo`` whose
+  ``process`` is the raylet's ``Popen``) and ``Node._node_id``: the lean head
+  stops waiting for a raylet that has exited.
 - The session folder's name, ``session_<date>_<pid of the process that started
   the head>`` in ``ray._common.utils.get_default_ray_temp_dir()``
   (``Node.__init__``): :func:`sessions_of` finds a process's folder after it
@@ -97,7 +102,10 @@ def lean_node_class() -> type:
         def start_ray_processes(self) -> None:
             super().start_ray_processes()
             if self.head:
-                wait_until_registered(self.get_gcs_client(), self._node_id)
+                from ray._private import ray_constants
+
+                (raylet,) = self.all_processes[ray_constants.PROCESS_TYPE_RAYLET]
+                wait_until_registered(self.get_gcs_client(), self._node_id, raylet.process)
 
         def start_monitor(self) -> None:
             """No autoscaler on a single fixed node."""
@@ -115,21 +123,24 @@ REGISTRATION_POLL = 0.02  # seconds between two questions to GCS while a raylet 
 REGISTRATION_LIMIT = 30.0  # then Ray's own wait takes over (and fails as it would)
 
 
-def wait_until_registered(gcs_client, node_id: str) -> bool:
+def wait_until_registered(gcs_client, node_id: str, raylet) -> bool:
     """Whether node ``node_id`` registered alive with GCS within ``REGISTRATION_LIMIT`` seconds.
 
-    Asked every ``REGISTRATION_POLL`` seconds; an error answering (GCS busy
-    starting) counts as not yet. Not registered in time, Ray's own wait
-    after this one reports the failure as it always did.
+    Asked every ``REGISTRATION_POLL`` seconds; a Ray error answering (GCS busy
+    starting) counts as not yet, any other error (a changed Ray API) is
+    raised. Stops at once, ``False``, when ``raylet`` (its ``Popen``) has
+    exited. Not registered, Ray's own wait after this one reports the failure
+    as it always did.
     """
     from ray._raylet import NodeID
     from ray.core.generated.gcs_pb2 import GcsNodeInfo
     from ray.core.generated.gcs_service_pb2 import GetAllNodeInfoRequest
+    from ray.exceptions import RayError
 
     selector = GetAllNodeInfoRequest.NodeSelector(node_id=NodeID.from_hex(node_id).binary())
     deadline = time.monotonic() + REGISTRATION_LIMIT
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
+    while time.monotonic() < deadline and raylet.poll() is None:
+        with contextlib.suppress(RayError):
             if gcs_client.get_all_node_info(
                 timeout=1,
                 node_selectors=[selector],
@@ -200,9 +211,11 @@ def head_system_config(preload: tuple[str, ...]) -> dict:
     the client app, on a 2-core machine already busy starting the head and
     importing the run's own modules. Started with the raylet (before the
     driver has connected) and importing as they start, they are ready sooner
-    than when the first message imports it all. A module that fails to import
-    there is only logged by Ray; it fails again, with its traceback, where it
-    is used.
+    than when the first message imports it all. Ray lets only an
+    ``ImportError`` of a preloaded module pass (it is logged, and the module
+    fails again, with its traceback, where it is used); any other error ends
+    the worker, so ``preload`` should name modules that raise nothing else
+    (``simulation.preload``).
     """
     return {"enable_worker_prestart": True, "preload_python_modules": list(preload)}
 
@@ -230,7 +243,7 @@ def init_like_flower(backend_config: dict, *, preload: tuple[str, ...] = ()) -> 
     init_args = {"include_dashboard": False, **backend_config.get("init_args", {})}
     if init_args.get("address", "local") != "local":
         init_args["runtime_env"] = {"env_vars": {"PYTHONPATH": pythonpath}}
-    elif preload:
+    if init_args.get("address") == "local" and preload:
         init_args["_system_config"] = head_system_config(preload)
     ray.init(**init_args)
 
