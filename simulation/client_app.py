@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import importlib
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from functools import cache
@@ -39,40 +41,49 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from healthsync.config import block_hospitals
 from healthsync.data import Federation, load_federation
 from healthsync.ml import attacks
-from healthsync.ml.blocks import (
-    evaluate_block,
-    evaluate_columns,
-    forget_layouts,
-    train_block_stacked,
-)
+from healthsync.ml.arrays import HospitalArrays, LocalData, hospital_arrays
 from healthsync.ml.features import Scaler, ScalingStats
-from healthsync.ml.model import build_model, set_arrays
-from healthsync.ml.training import (
-    HospitalArrays,
-    LocalData,
-    evaluate_local,
-    fit_from,
-    hospital_arrays,
-    local_epochs_for,
-)
 from healthsync.privacy.consent import consent_files, refuse_if_withdrawn
 from simulation.compat import flower
 from simulation.hospital_grid import block_reply
 from simulation.secagg_mod import secure_aggregation
 from simulation.strategies import HOSPITAL_WEIGHT
 
-# One Ray actor per CPU, one thread per actor: no oversubscription, and the same
-# reduction order (hence the same numbers) whichever actor serves a hospital.
-torch.set_num_threads(1)
 # SecAgg+ runs wrap training in Flower's secaggplus_mod; other messages pass through.
 app = ClientApp(mods=[secure_aggregation])
+
+#: The training side: PyTorch and the code that trains and scores with it.
+TRAINING_MODULES = ("healthsync.ml.blocks", "healthsync.ml.training")
+
+
+@cache
+def load_training() -> None:
+    """Import PyTorch and the training code (at an actor's start: ``simulation.preload``).
+
+    Not at this module's import: Flower loads the ClientApp in the run's own
+    process too (to check it loads), which trains nothing and would spend
+    0.9 CPU-seconds of a cold start importing PyTorch. One thread: one Ray
+    actor per CPU, no oversubscription, and the same reduction order (hence
+    the same numbers) whichever actor serves a hospital.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    for name in TRAINING_MODULES:
+        importlib.import_module(name)
+
+
+def _forget_layouts() -> None:
+    """Drop block training's remembered layouts, if block training was ever loaded."""
+    if (blocks := sys.modules.get("healthsync.ml.blocks")) is not None:
+        blocks.forget_layouts()
+
 
 Config = Mapping[str, Any]  # a message's settings
 Columns = dict[str, list]  # a block reply's metric columns, one row per hospital
@@ -108,7 +119,7 @@ def _keep_only(data_dir: str) -> None:
         _hospital.cache_clear()
         _federation.cache_clear()
         _scaled_rows.clear()
-        forget_layouts()
+        _forget_layouts()
         _cached_federation[:] = [data_dir]
 
 
@@ -135,7 +146,7 @@ def _standardiser(config: Config) -> Callable[[int, HospitalArrays], LocalData]:
     )
     if _scaled_with != [key]:
         _scaled_rows.clear()
-        forget_layouts()  # of rows scaled another way
+        _forget_layouts()  # of rows scaled another way
         _scaled_with[:] = [key]
     scaler = _scaler(config)
 
@@ -320,6 +331,8 @@ def _wait_like_stragglers(ready: list[tuple[int, HospitalArrays]], config: Confi
 
 def _epochs(data: list[LocalData], config: Config) -> list[int]:
     """Each hospital's local epochs: the run's number, or chosen from its own size (``auto``)."""
+    from healthsync.ml.training import local_epochs_for
+
     epochs = config["local-epochs"]
     if str(epochs) != "auto":
         return [int(epochs)] * len(data)
@@ -330,6 +343,11 @@ def _epochs(data: list[LocalData], config: Config) -> list[int]:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local epochs of SGD from the global model; one new set of weights per hospital."""
+    load_training()
+    from healthsync.ml.blocks import train_block_stacked
+    from healthsync.ml.model import build_model
+    from healthsync.ml.training import fit_from
+
     arrays = msg.content["arrays"].to_numpy_ndarrays()
 
     def work(ready, config):
@@ -388,6 +406,10 @@ def train(msg: Message, context: Context) -> Message:
 
 def _evaluated(kind: str, arrays: list[np.ndarray], data: list[LocalData]):
     """``(metrics, histogram)`` of the global model on each hospital's test slot."""
+    from healthsync.ml.blocks import evaluate_block
+    from healthsync.ml.model import build_model, set_arrays
+    from healthsync.ml.training import evaluate_local
+
     if len(data) == 1:  # the classic path: one hospital, an ordinary PyTorch model
         model = build_model(kind, data[0].x_test.shape[1])
         set_arrays(model, arrays)
@@ -399,6 +421,8 @@ def _evaluated_columns(
     kind: str, arrays: list[np.ndarray], data: list[LocalData]
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """:func:`_evaluated` as ``blocks.evaluate_columns`` gives it: columns and stacked histograms."""
+    from healthsync.ml.blocks import evaluate_columns
+
     if len(data) > 1:
         return evaluate_columns(kind, arrays, data)
     ((metrics, histogram),) = _evaluated(kind, arrays, data)
@@ -414,6 +438,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     ``val-n`` rows), which the server sums into the federated validation loss
     that chooses the round to keep.
     """
+    load_training()
     arrays = msg.content["arrays"].to_numpy_ndarrays()
 
     def work(ready, config):

@@ -1,4 +1,5 @@
-"""What a local Ray head's workers import as they start (``launch.WORKER_PRELOAD``): the client app.
+"""What a local Ray head's workers import as they start (``launch.WORKER_PRELOAD``): the client
+app and its training side (PyTorch: ``client_app.load_training``).
 
 Ray imports a preload module before the worker takes any work and lets only
 an ``ImportError`` pass (``simulation.compat.ray`` item on system settings):
@@ -17,4 +18,4 @@ import importlib
 CLIENT_APP = "simulation.client_app"
 
 with contextlib.suppress(Exception):
-    importlib.import_module(CLIENT_APP)
+    importlib.import_module(CLIENT_APP).load_training()

@@ -29,7 +29,7 @@ from healthsync.errors import HealthSyncError
 from healthsync.ml import attacks
 from healthsync.ml.features import Encoder, Scaler, ScalingStats
 from healthsync.ml.metrics import BinaryMetrics, aggregate_columns, weighted_mean
-from healthsync.ml.model import SavedModel, get_arrays, initial_model
+from healthsync.ml.model import SavedModel, initial_arrays
 from healthsync.privacy import training
 from healthsync.runs import lifecycle, runlog
 from healthsync.runs.store import MetricsStore
@@ -173,8 +173,9 @@ class FederatedRun:
         np.random.seed(self.config.seed)  # Flower's DP noise draws from NumPy's global generator
         scaler = self.federated_scaler()
         encoder = Encoder.from_federation(self.federation, self.target)
-        model = initial_model(self.config.model, encoder.width, self.config.seed)
-        arrays = ArrayRecord(numpy_ndarrays=get_arrays(model))
+        # PyTorch's own starting weights, drawn without it: this process never loads PyTorch.
+        start = initial_arrays(self.config.model, encoder.width, self.config.seed)
+        arrays = ArrayRecord(numpy_ndarrays=start)
         strategy = build_strategy(self.config, hospitals=len(self.hospital_of))
         settings = {
             **self.base,
