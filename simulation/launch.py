@@ -140,7 +140,8 @@ def simulate(
     if not stock:
         # A round with 10,000 hospitals makes a million short-lived Flower objects, enough
         # to trigger several full collections (a quarter of a second each, measured).
-        # Everything loaded so far (PyTorch, Flower, Ray) lives as long as the process:
+        # Everything loaded so far (Flower, Ray; PyTorch in the actors only) lives as long
+        # as the process:
         # frozen, no collection rescans it; and collecting young objects every 10,000
         # allocations rather than 700 leaves about one full collection per round.
         gc.collect()

@@ -628,6 +628,33 @@ def test_the_workers_preload_leaves_any_error_of_the_client_app_to_its_first_mes
         importlib.import_module("simulation.client_app")
 
 
+def test_the_workers_preload_leaves_an_error_of_the_training_side_to_its_first_message(
+    monkeypatch,
+):
+    """The client app imports, but its training side (PyTorch, block training) fails:
+    the preload raises nothing, and the error comes again where a message needs it."""
+    import importlib.abc
+
+    from simulation import client_app
+
+    class Broken(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "healthsync.ml.blocks":
+                raise RuntimeError("a broken training module")
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    for name in ("simulation.preload", "healthsync.ml.blocks"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    client_app.load_training.cache_clear()
+    try:
+        importlib.import_module("simulation.preload")  # raises nothing
+        with pytest.raises(RuntimeError, match="a broken training module"):
+            client_app.load_training()
+    finally:
+        client_app.load_training.cache_clear()
+
+
 def test_ray_still_waits_for_its_raylet_after_starting_the_processes_we_wait_on():
     """The lean head waits for its raylet's registration inside ``start_ray_processes``; Ray's
     own wait (a question to GCS, then one a second) must still come after that call."""

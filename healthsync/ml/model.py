@@ -52,6 +52,8 @@ def initial_model(kind: str, width: int, seed: int) -> nn.Module:
 
 def _shapes(kind: str, width: int) -> list[tuple[int, int]]:
     """``(out, in)`` of each Linear layer of :func:`build_model`'s model, in order."""
+    if width < 1:
+        raise HealthSyncError("the model has no input: the encoding found no feature column")
     if kind == "logreg":
         return [(1, width)]
     if kind == "mlp":
