@@ -602,26 +602,31 @@ with ray_compat.lean_local_start():
     assert out.stdout.strip().splitlines()[-1] == f"[True] {[loaded, loaded]!r}", out.stdout
 
 
+def _breaks_on_import(monkeypatch, module: str, message: str) -> None:
+    """From now on (and until the test ends), importing ``module`` raises ``RuntimeError``;
+    it and ``simulation.preload`` are imported afresh."""
+    import importlib.abc
+
+    class Broken(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == module:
+                raise RuntimeError(message)
+            return None
+
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    for name in ("simulation.preload", module):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
 def test_the_workers_preload_leaves_any_error_of_the_client_app_to_its_first_message(
     monkeypatch,
 ):
     """Ray ends a worker whose preload raises anything but ``ImportError``; ours raises
     nothing, and the client app's import fails again where Flower loads it."""
-    import importlib.abc
-
     from simulation import launch
 
     assert launch.WORKER_PRELOAD == ("simulation.preload",)
-
-    class Broken(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "simulation.client_app":
-                raise RuntimeError("a bug at import time")
-            return None
-
-    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
-    for name in ("simulation.preload", "simulation.client_app"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    _breaks_on_import(monkeypatch, "simulation.client_app", "a bug at import time")
     importlib.import_module("simulation.preload")  # raises nothing
     assert "simulation.client_app" not in sys.modules
     with pytest.raises(RuntimeError, match="a bug at import time"):
@@ -633,19 +638,9 @@ def test_the_workers_preload_leaves_an_error_of_the_training_side_to_its_first_m
 ):
     """The client app imports, but its training side (PyTorch, block training) fails:
     the preload raises nothing, and the error comes again where a message needs it."""
-    import importlib.abc
-
     from simulation import client_app
 
-    class Broken(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "healthsync.ml.blocks":
-                raise RuntimeError("a broken training module")
-            return None
-
-    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
-    for name in ("simulation.preload", "healthsync.ml.blocks"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    _breaks_on_import(monkeypatch, "healthsync.ml.blocks", "a broken training module")
     client_app.load_training.cache_clear()
     try:
         importlib.import_module("simulation.preload")  # raises nothing
