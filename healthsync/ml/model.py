@@ -31,15 +31,27 @@ if TYPE_CHECKING:  # Polars is not imported by a training actor, which never pre
 MLP_HIDDEN = 32
 
 
+def _shapes(kind: str, width: int) -> list[tuple[int, int]]:
+    """``(out, in)`` of each Linear layer of the model, in order (ReLU between them)."""
+    if width < 1:
+        raise HealthSyncError("the model has no input: the encoding found no feature column")
+    if kind == "logreg":
+        return [(1, width)]
+    if kind == "mlp":
+        return [(MLP_HIDDEN, width), (1, MLP_HIDDEN)]
+    raise HealthSyncError(f"unknown model {kind!r}; choose logreg or mlp")
+
+
 def build_model(kind: str, width: int) -> nn.Module:
     """Logistic regression (one linear layer) or a small one-hidden-layer MLP; outputs logits."""
+    shapes = _shapes(kind, width)
     from torch import nn
 
-    if kind == "logreg":
-        return nn.Sequential(nn.Linear(width, 1))
-    if kind == "mlp":
-        return nn.Sequential(nn.Linear(width, MLP_HIDDEN), nn.ReLU(), nn.Linear(MLP_HIDDEN, 1))
-    raise HealthSyncError(f"unknown model {kind!r}; choose logreg or mlp")
+    layers: list[nn.Module] = []
+    for out, fan_in in shapes:
+        layers += [nn.ReLU()] if layers else []
+        layers.append(nn.Linear(fan_in, out))
+    return nn.Sequential(*layers)
 
 
 def initial_model(kind: str, width: int, seed: int) -> nn.Module:
@@ -50,15 +62,8 @@ def initial_model(kind: str, width: int, seed: int) -> nn.Module:
     return build_model(kind, width)
 
 
-def _shapes(kind: str, width: int) -> list[tuple[int, int]]:
-    """``(out, in)`` of each Linear layer of :func:`build_model`'s model, in order."""
-    if width < 1:
-        raise HealthSyncError("the model has no input: the encoding found no feature column")
-    if kind == "logreg":
-        return [(1, width)]
-    if kind == "mlp":
-        return [(MLP_HIDDEN, width), (1, MLP_HIDDEN)]
-    raise HealthSyncError(f"unknown model {kind!r}; choose logreg or mlp")
+#: ``init.calculate_gain("leaky_relu", sqrt(5))``, as ``nn.Linear``'s ``kaiming_uniform_`` computes it.
+_LINEAR_GAIN = math.sqrt(2.0 / (1 + math.sqrt(5) ** 2))
 
 
 def initial_arrays(kind: str, width: int, seed: int) -> list[np.ndarray]:
@@ -80,10 +85,7 @@ def initial_arrays(kind: str, width: int, seed: int) -> list[np.ndarray]:
     unit = (draws & 0xFFFFFF).astype(np.float64) / (1 << 24)
     arrays, used = [], 0
     for out, fan_in in shapes:
-        gain = math.sqrt(
-            2.0 / (1 + math.sqrt(5) ** 2)
-        )  # init.calculate_gain("leaky_relu", sqrt(5))
-        weight_bound = math.sqrt(3.0) * (gain / math.sqrt(fan_in))
+        weight_bound = math.sqrt(3.0) * (_LINEAR_GAIN / math.sqrt(fan_in))
         for size, bound, shape in (
             (out * fan_in, weight_bound, (out, fan_in)),
             (out, 1 / math.sqrt(fan_in), (out,)),

@@ -20,9 +20,9 @@ Relies on, in Ray 2.55 (checked by ``tests/test_compat.py``):
   ``--include-log-monitor`` reach them). :func:`lean_local_start` is the shim.
 - Two of the raylet's system settings (entries of Ray's C++ ``RayConfig``,
   ``ray_config_def.h``, with no Python definition; passed as
-  ``ray.init(_system_config=...)``, which only a new local head takes): ``enable_worker_prestart`` (its default
-  workers, one per CPU, start as the raylet starts rather than when the first
-  driver connects) and ``preload_python_modules`` (each worker imports these
+  ``ray.init(_system_config=...)``, which only a new local head takes):
+  ``enable_worker_prestart`` (its default workers, one per CPU, start as the
+  raylet starts rather than when the first driver connects) and ``preload_python_modules`` (each worker imports these
   before it takes work: ``default_worker.py --worker-preload-modules``, through
   ``ray._private.utils.try_import_each_module``, which catches only
   ``ImportError``: any other error there ends the worker, hence
